@@ -1,0 +1,33 @@
+"""User-caused failures: the CLI prints them as one line (plus a hint) and exits with code 2."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A failure the user can fix: bad input, a missing file, an impossible setting.
+
+    Args:
+        message: what was found and what was expected, naming the file or recipe key.
+        hint: the next thing to try, shown on its own line.
+    """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class DataError(UserError):
+    """A dataset layout, manifest, image or video that cannot be read as expected."""
+
+
+class RecipeError(UserError):
+    """A recipe key that is unknown, of the wrong type or impossible."""
+
+
+class CheckpointError(UserError):
+    """A weight or checkpoint file that is missing, corrupt or does not fit the model."""
+
+
+class GalleryError(UserError):
+    """An embeddings table, FAISS index or sidecar that is missing, empty or inconsistent."""

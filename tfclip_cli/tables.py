@@ -1,0 +1,289 @@
+"""The values that cross module boundaries as tables: Tracklet records, the Manifest and the Embeddings.
+
+Both tables are Parquet files whose schema-level metadata holds provenance (JSON under the key ``tfclip``).
+Every write goes through :func:`atomic_output`, so an interrupted run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tfclip_cli import __version__
+from tfclip_cli.errors import DataError, GalleryError, UserError
+
+Split = Literal["train", "query", "gallery"]
+SPLITS: tuple[Split, ...] = ("train", "query", "gallery")
+
+GalleryRule = Literal["includes_query", "gallery_only"]
+"""What a query is ranked against: every test tracklet (official MARS) or the gallery split alone."""
+GALLERY_RULES: tuple[GalleryRule, ...] = ("includes_query", "gallery_only")
+
+METADATA_KEY = b"tfclip"
+MANIFEST_COLUMNS = ("tracklet_id", "pid", "camid", "split", "num_frames", "frames", "video")
+EMBEDDING_ROW_COLUMNS = ("tracklet_id", "pid", "camid", "split", "num_frames", "frames", "video")
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("tracklet_id", pa.string()),
+        ("pid", pa.int64()),
+        ("camid", pa.int64()),
+        ("split", pa.string()),
+        ("num_frames", pa.int64()),
+        ("frames", pa.list_(pa.string())),
+        ("video", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Tracklet:
+    """One tracklet of one person seen by one camera: a video file or an ordered list of frame images.
+
+    Exactly one of ``frames`` (absolute image paths in temporal order) and ``video`` (absolute path) is set.
+    ``camid`` is 0-based.
+    """
+
+    tracklet_id: str
+    pid: int
+    camid: int
+    split: Split
+    num_frames: int
+    frames: tuple[str, ...] | None = None
+    video: str | None = None
+
+    def __post_init__(self) -> None:
+        assert (self.frames is None) != (self.video is None), f"{self.tracklet_id}: frames xor video"
+        assert self.split in SPLITS, self.split
+
+    @property
+    def is_video(self) -> bool:
+        return self.video is not None
+
+    @property
+    def source(self) -> str:
+        """The video file, or the folder holding the frames."""
+        if self.video is not None:
+            return self.video
+        return str(Path(self.frames[0]).parent) if self.frames else ""
+
+
+@dataclass(frozen=True)
+class ManifestInfo:
+    """Provenance and protocol of a manifest, stored in the Parquet metadata."""
+
+    dataset: str
+    gallery_rule: GalleryRule
+    root: str
+    tfclip_version: str = __version__
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One row per tracklet (columns ``MANIFEST_COLUMNS``) plus its :class:`ManifestInfo`."""
+
+    table: pd.DataFrame
+    info: ManifestInfo
+
+    def tracklets(self, split: Split | None = None) -> list[Tracklet]:
+        """The rows as Tracklet records, optionally only those of one split."""
+        rows = self.table if split is None else self.table[self.table["split"] == split]
+        return [_row_to_tracklet(row) for row in rows.itertuples(index=False)]
+
+    def split_counts(self) -> dict[str, int]:
+        return {name: int((self.table["split"] == name).sum()) for name in SPLITS}
+
+
+def _row_to_tracklet(row) -> Tracklet:
+    frames = row.frames
+    has_frames = frames is not None and not (isinstance(frames, float) and np.isnan(frames))
+    video = row.video if isinstance(row.video, str) else None
+    return Tracklet(
+        tracklet_id=str(row.tracklet_id),
+        pid=int(row.pid),
+        camid=int(row.camid),
+        split=row.split,
+        num_frames=int(row.num_frames),
+        frames=tuple(frames) if has_frames and video is None else None,
+        video=video,
+    )
+
+
+def manifest_from_tracklets(tracklets: Sequence[Tracklet], info: ManifestInfo) -> Manifest:
+    """Build a Manifest; tracklet ids must be unique.
+
+    Raises:
+        DataError: when two tracklets share an id.
+    """
+    ids = [t.tracklet_id for t in tracklets]
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        duplicates = sorted({i for i in ids if i in seen or seen.add(i)})
+        raise DataError(f"duplicate tracklet ids in {info.root}: {', '.join(duplicates[:5])}")
+    table = pd.DataFrame(
+        {
+            "tracklet_id": ids,
+            "pid": pd.array([t.pid for t in tracklets], dtype="int64"),
+            "camid": pd.array([t.camid for t in tracklets], dtype="int64"),
+            "split": [t.split for t in tracklets],
+            "num_frames": pd.array([t.num_frames for t in tracklets], dtype="int64"),
+            "frames": [list(t.frames) if t.frames is not None else None for t in tracklets],
+            "video": [t.video for t in tracklets],
+        }
+    )
+    return Manifest(table=table, info=info)
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, *, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Raises:
+        UserError: when ``path`` exists and ``force`` is false.
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        raise UserError(f"{path} already exists", hint="pass --force to overwrite it, or choose another --out")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    temp = Path(temp_name)
+    try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _metadata(info: dict) -> dict[bytes, bytes]:
+    return {METADATA_KEY: json.dumps(info, sort_keys=True).encode()}
+
+
+def write_manifest(manifest: Manifest, path: Path, *, force: bool = False) -> None:
+    """Write the manifest atomically as Parquet, its info in the schema metadata."""
+    info = dict(manifest.info.__dict__)
+    schema = MANIFEST_SCHEMA.with_metadata(_metadata(info))
+    table = pa.Table.from_pandas(manifest.table[list(MANIFEST_COLUMNS)], schema=schema, preserve_index=False)
+    with atomic_output(path, force=force) as temp:
+        pq.write_table(table, temp)
+
+
+def _read_parquet(path: Path, error: type[UserError], what: str) -> pa.Table:
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path} not found: expected a {what} Parquet file")
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise error(f"{path} is not a readable Parquet file ({exc}): expected a {what}") from exc
+
+
+def _check_columns(table: pa.Table, path: Path, required: Sequence[str], error: type[UserError]) -> None:
+    missing = [c for c in required if c not in table.column_names]
+    if missing:
+        raise error(f"{path} lacks the column(s) {', '.join(missing)}; found {', '.join(table.column_names)}")
+
+
+def _stored_info(table: pa.Table) -> dict:
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    return json.loads(raw) if raw else {}
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Read a manifest written by :func:`write_manifest` (or any table with the manifest columns).
+
+    Raises:
+        DataError: when the file is missing, unreadable or lacks columns.
+    """
+    table = _read_parquet(path, DataError, "manifest (tfclip prepare ... --out M.parquet)")
+    _check_columns(table, path, MANIFEST_COLUMNS, DataError)
+    stored = _stored_info(table)
+    info = ManifestInfo(
+        dataset=stored.get("dataset", "unknown"),
+        gallery_rule=stored.get("gallery_rule", "gallery_only"),
+        root=stored.get("root", str(Path(path).parent)),
+        tfclip_version=stored.get("tfclip_version", "unknown"),
+        extra=stored.get("extra", {}),
+    )
+    frame = table.select(list(MANIFEST_COLUMNS)).to_pandas()
+    return Manifest(table=frame, info=info)
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Tracklet rows (``EMBEDDING_ROW_COLUMNS``) with one float32 vector each, plus provenance.
+
+    ``info`` holds at least ``gallery_rule`` when known, and for tfclip-written tables ``checkpoint``,
+    ``checkpoint_sha256``, ``sampling`` and ``embedding``.
+    """
+
+    rows: pd.DataFrame
+    vectors: np.ndarray
+    info: dict
+
+    def __post_init__(self) -> None:
+        assert self.vectors.ndim == 2 and len(self.vectors) == len(self.rows)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def select(self, mask: np.ndarray) -> "Embeddings":
+        """The rows where ``mask`` is true."""
+        return Embeddings(rows=self.rows[mask].reset_index(drop=True), vectors=self.vectors[mask], info=self.info)
+
+
+def write_embeddings(embeddings: Embeddings, path: Path, *, force: bool = False) -> None:
+    """Write atomically as Parquet; ``embedding`` is a fixed-size list<float32> column."""
+    vectors = np.ascontiguousarray(embeddings.vectors, dtype=np.float32)
+    flat = pa.array(vectors.reshape(-1), type=pa.float32())
+    column = pa.FixedSizeListArray.from_arrays(flat, embeddings.dim)
+    rows = embeddings.rows.copy()
+    for name in EMBEDDING_ROW_COLUMNS:
+        if name not in rows:
+            rows[name] = None
+    base = pa.Table.from_pandas(rows[list(EMBEDDING_ROW_COLUMNS)], schema=MANIFEST_SCHEMA, preserve_index=False)
+    table = base.append_column("embedding", column)
+    table = table.replace_schema_metadata(_metadata(embeddings.info))
+    with atomic_output(path, force=force) as temp:
+        pq.write_table(table, temp)
+
+
+def read_embeddings(path: Path) -> Embeddings:
+    """Read an embeddings table; tables written by other tools (no tfclip metadata) are accepted.
+
+    The only required columns are ``tracklet_id``, ``pid``, ``camid`` and ``embedding``; a missing
+    ``split`` is read as ``gallery``.
+
+    Raises:
+        GalleryError: when the file is missing, unreadable, lacks columns or has ragged embeddings.
+    """
+    table = _read_parquet(path, GalleryError, "embeddings table (tfclip extract ... --out E.parquet)")
+    _check_columns(table, path, ("tracklet_id", "pid", "camid", "embedding"), GalleryError)
+    info = _stored_info(table)
+    column = table.column("embedding").combine_chunks()
+    if pa.types.is_fixed_size_list(column.type):
+        vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
+    else:
+        lengths = {len(v) for v in column.to_pylist()}
+        if len(lengths) > 1:
+            raise GalleryError(f"{path}: embeddings of different lengths {sorted(lengths)}; expected one dimension")
+        vectors = np.asarray(column.to_pylist(), dtype=np.float32).reshape(len(column), -1)
+    rows = table.drop(["embedding"]).to_pandas()
+    for name in EMBEDDING_ROW_COLUMNS:
+        if name not in rows:
+            rows[name] = "gallery" if name == "split" else None
+    rows["pid"] = rows["pid"].astype("int64")
+    rows["camid"] = rows["camid"].astype("int64")
+    return Embeddings(rows=rows[list(EMBEDDING_ROW_COLUMNS)], vectors=vectors.astype(np.float32, copy=False), info=info)
