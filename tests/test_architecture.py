@@ -1,0 +1,80 @@
+"""The layering in STYLE.md holds: imports point down only, and heavy libraries stay in their one module."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "tfclip_cli"
+
+# Higher rank may import lower rank, never the reverse nor sideways (same rank, other module).
+RANK = {
+    "errors": 0,
+    "display": 1,
+    "tables": 2,
+    "recipe": 3,
+    "clips": 4,
+    "model": 4,
+    "losses": 5,
+    "datasets": 6,
+    "checkpoint": 7,
+    "inference": 8,
+    "evaluate": 8,
+    "train": 9,
+    "index": 9,
+    "demo": 10,
+    "cli": 11,
+    "__main__": 12,
+}
+THIRD_PARTY_HOMES = {
+    "decord": {"clips"},
+    "faiss": {"index"},
+    "open_clip": {"model", "checkpoint"},
+    "rich": {"cli", "display"},
+    "typer": {"cli"},
+    "click": set(),
+}
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py" or p.parent != PACKAGE)
+
+
+def _home(path: Path) -> str:
+    """The top-level module a file belongs to (`datasets/mars.py` → `datasets`)."""
+    return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.level:
+                raise AssertionError(f"{path}: use absolute imports (from tfclip_cli...)")
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_point_down_only(path: Path) -> None:
+    home = _home(path)
+    assert home in RANK, f"{home} has no place in the layering; add it to STYLE.md's order and RANK"
+    for name in _imports(path):
+        parts = name.split(".")
+        if parts[0] != "tfclip_cli" or len(parts) < 2 or parts[1] == "__version__":
+            continue
+        target = parts[1]
+        if target == home or target not in RANK:
+            continue
+        assert RANK[target] < RANK[home], f"{path.name} ({home}) imports {target}: imports must point down"
+
+
+@pytest.mark.parametrize("library", sorted(THIRD_PARTY_HOMES))
+def test_heavy_libraries_stay_in_their_module(library: str) -> None:
+    for path in _modules():
+        uses = {n.split(".")[0] for n in _imports(path)}
+        if library in uses:
+            assert _home(path) in THIRD_PARTY_HOMES[library], f"{path} imports {library}"
