@@ -1,0 +1,130 @@
+"""From a layout on disk to a Manifest: the KINDS registry, :func:`prepare` and :func:`summarize`.
+
+One parser per layout (``mars``, ``lsvid``, ``ilidsvid``, ``prid2011``, ``folder``); ``synthetic`` draws the embedded
+dataset in the ``folder`` layout and parses it. Each kind records its evaluation protocol (the gallery rule) in the
+manifest, so evaluation follows the benchmark's own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from tfclip_cli.datasets import folder, ilidsvid, lsvid, mars, prid2011
+from tfclip_cli.datasets.common import Parsed, Problems
+from tfclip_cli.datasets.synthetic import SyntheticOptions, generate_synthetic
+from tfclip_cli.errors import DataError, UserError
+from tfclip_cli.tables import SPLITS, GalleryRule, Manifest, ManifestInfo, manifest_from_tracklets
+
+
+def parse_synthetic(root: Path, *, problems: Problems, synthetic: SyntheticOptions | None = None) -> Parsed:
+    """Draw the embedded synthetic dataset into ROOT (folder layout), then parse it as ``folder``."""
+    options = synthetic or SyntheticOptions()
+    generate_synthetic(root, options)
+    parsed = folder.parse(root, problems=problems)
+    return Parsed(tracklets=parsed.tracklets, extra={"synthetic": dataclasses.asdict(options)})
+
+
+@dataclass(frozen=True)
+class DatasetKind:
+    """A layout tfclip can prepare: its parser, its official gallery rule and the options it takes."""
+
+    name: str
+    parse: Callable[..., Parsed]
+    gallery_rule: GalleryRule
+    options: frozenset[str] = frozenset()  # keyword options of prepare() this kind accepts besides strict
+
+
+KINDS: dict[str, DatasetKind] = {
+    kind.name: kind
+    for kind in (
+        DatasetKind("mars", mars.parse, "includes_query"),
+        DatasetKind("lsvid", lsvid.parse, "includes_query", frozenset({"train_chunk"})),
+        DatasetKind("ilidsvid", ilidsvid.parse, "gallery_only", frozenset({"split_id"})),
+        DatasetKind("prid2011", prid2011.parse, "gallery_only", frozenset({"split_id"})),
+        DatasetKind("folder", folder.parse, "gallery_only"),
+        DatasetKind("synthetic", parse_synthetic, "gallery_only", frozenset({"synthetic"})),
+    )
+}
+OPTION_FLAGS = {"split_id": "--split-id", "train_chunk": "--train-chunk", "synthetic": "the synthetic options"}
+OPTION_VERBS = {"synthetic": "do"}  # grammatical number of the flag's name; "does" otherwise
+
+
+def _kind(name: str) -> DatasetKind:
+    if name not in KINDS:
+        raise UserError(f"unknown dataset kind {name!r}: expected one of {', '.join(KINDS)}")
+    return KINDS[name]
+
+
+def _check_options(kind: DatasetKind, given: dict) -> None:
+    for option in given:
+        if option not in kind.options:
+            takers = [k.name for k in KINDS.values() if option in k.options]
+            verb = OPTION_VERBS.get(option, "does")
+            raise UserError(f"{OPTION_FLAGS[option]} {verb} not apply to {kind.name}: only to {', '.join(takers)}")
+
+
+def prepare(
+    kind: str,
+    root: Path,
+    *,
+    split_id: int | None = None,
+    train_chunk: int | None = None,
+    synthetic: SyntheticOptions | None = None,
+    strict: bool = False,
+) -> Manifest:
+    """Parse the dataset at ``root`` in layout ``kind`` into a Manifest (train, then query, then gallery rows).
+
+    Args:
+        kind: a key of :data:`KINDS`.
+        root: the dataset folder (for ``synthetic``, where to draw it).
+        split_id: ilidsvid and prid2011 only: which of the 10 splits (default 0).
+        train_chunk: lsvid only: cut training tracklets into chunks of this many frames (the reference uses 48).
+        synthetic: synthetic only: what to draw (default :class:`SyntheticOptions`).
+        strict: an unusable file is an error instead of being reported and skipped.
+    Raises:
+        UserError: an unknown kind, or an option the kind does not take.
+        DataError: a missing file or wrong layout (naming the path), no tracklets, or (strict) an unusable file.
+    """
+    spec = _kind(kind)
+    options = {"split_id": split_id, "train_chunk": train_chunk, "synthetic": synthetic}
+    given = {name: value for name, value in options.items() if value is not None}
+    _check_options(spec, given)
+    root = Path(root).expanduser().resolve()
+    problems = Problems(strict=strict)
+    parsed = spec.parse(root, problems=problems, **given)
+    problems.log()
+    if not parsed.tracklets:
+        raise DataError(f"{root}: no usable tracklets found for layout {kind}")
+    extra = {**parsed.extra, "strict": strict, "skipped_files": len(problems)}
+    info = ManifestInfo(dataset=spec.name, gallery_rule=spec.gallery_rule, root=str(root), extra=extra)
+    return manifest_from_tracklets(parsed.tracklets, info)
+
+
+@dataclass(frozen=True)
+class SplitSummary:
+    """Counts of one split of a manifest (or of all rows, for ``split="total"``)."""
+
+    split: str
+    ids: int
+    tracklets: int
+    frames: int
+    cameras: int
+
+
+def summarize(manifest: Manifest) -> tuple[SplitSummary, ...]:
+    """Per-split counts of identities, tracklets, frames and cameras, then the total."""
+    table = manifest.table
+    parts = [(split, table[table["split"] == split]) for split in SPLITS] + [("total", table)]
+    return tuple(
+        SplitSummary(
+            split=split,
+            ids=int(rows["pid"].nunique()),
+            tracklets=len(rows),
+            frames=int(rows["num_frames"].sum()),
+            cameras=int(rows["camid"].nunique()),
+        )
+        for split, rows in parts
+    )
