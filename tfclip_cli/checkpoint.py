@@ -1,0 +1,375 @@
+"""Every weight file tfclip reads or writes.
+
+- tfclip checkpoints: one ``torch.save`` file of plain dicts and tensors (loadable with ``weights_only=True``):
+  format version, model config, weights, pid mapping, CLIP-Memory, recipe and the state needed to resume.
+- CLIP weights to start from: OpenAI's ViT-B/16 through open_clip (``"openai"``), a local file (OpenAI's JIT archive
+  ``ViT-B-16.pt``, an open_clip or OpenAI state dict, ``.safetensors``), or ``"none"``; the positional grid is
+  resized bilinearly like the reference (model/clip/model.py L451-467).
+- The state dicts saved by the reference implementation, converted key by key by :func:`import_reference_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import re
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+import torch.nn.functional as F
+
+from tfclip_cli import __version__
+from tfclip_cli.errors import CheckpointError, RecipeError
+from tfclip_cli.model import TFCLIP, ModelConfig, backbone_names, backbone_spec, build_model
+from tfclip_cli.tables import atomic_output
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "tfclip-checkpoint"
+FORMAT_VERSION = 1
+SHOWN_KEYS = 8  # keys listed per group in an error message
+
+
+@dataclass
+class Checkpoint:
+    """The content of a tfclip checkpoint file."""
+
+    model_config: dict[str, Any]  # ModelConfig.to_dict()
+    model_state: dict[str, torch.Tensor]  # TFCLIP.state_dict()
+    pid_to_label: dict[int, int]  # dataset pid -> training label (classifier and memory row); empty when unknown
+    memory: torch.Tensor | None = None  # CLIP-Memory features [Y, proj_dim]
+    recipe: dict[str, Any] | None = None  # the effective recipe of the training run
+    training_state: dict[str, Any] | None = None  # optimizer, scheduler, scaler, RNG, epoch, best metric
+    provenance: dict[str, Any] = field(default_factory=dict)  # e.g. the reference file it was imported from
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: Path, *, force: bool = True) -> None:
+    """Write ``checkpoint`` atomically (a crash never leaves half a file); overwrites unless ``force`` is false."""
+    payload = {"format": FORMAT, "version": FORMAT_VERSION, "tfclip_version": __version__, **vars(checkpoint)}
+    with atomic_output(Path(path), force=force) as temp:
+        torch.save(payload, temp)
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read a tfclip checkpoint on the CPU.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, not a tfclip checkpoint or from a newer tfclip.
+    """
+    path = Path(path)
+    payload = _read_torch_file(path)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = sorted(map(str, payload))[:SHOWN_KEYS] if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(
+            f"{path} is not a tfclip checkpoint (found {found})",
+            hint="a state dict saved by the TF-CLIP reference code converts with `tfclip import-checkpoint`",
+        )
+    if payload["version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format version {payload['version']}; this tfclip reads up to {FORMAT_VERSION}",
+            hint="upgrade tfclip",
+        )
+    fields = Checkpoint.__dataclass_fields__
+    return Checkpoint(**{name: payload[name] for name in fields if name in payload})
+
+
+def _read_torch_file(path: Path) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for truncated or foreign files
+        raise CheckpointError(f"{path} is not a readable PyTorch file: {error}".splitlines()[0]) from error
+
+
+def model_from_checkpoint(checkpoint: Checkpoint, device: torch.device | str) -> TFCLIP:
+    """Rebuild the model a checkpoint describes, load its weights and put it in eval mode on ``device``.
+
+    Raises:
+        CheckpointError: the config is invalid or the weights do not fit it.
+    """
+    try:
+        config = ModelConfig.from_dict(checkpoint.model_config)
+    except (TypeError, RecipeError) as error:
+        raise CheckpointError(f"checkpoint model config is invalid: {error}") from error
+    model = build_model(config)
+    _check_keys(model.state_dict(), checkpoint.model_state, "checkpoint")
+    model.load_state_dict(checkpoint.model_state)
+    return model.to(device).eval()
+
+
+def _check_keys(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], what: str) -> None:
+    """Raise a CheckpointError listing missing keys, unexpected keys and shape mismatches, if any."""
+    problems = []
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = [
+        f"{key} {tuple(found[key].shape)} != {tuple(expected[key].shape)}"
+        for key in sorted(set(expected) & set(found))
+        if found[key].shape != expected[key].shape
+    ]
+    groups = (("missing", missing), ("unexpected", unexpected), ("shape mismatch (found != expected)", mismatched))
+    for label, keys in groups:
+        if keys:
+            more = f" ... (+{len(keys) - SHOWN_KEYS})" if len(keys) > SHOWN_KEYS else ""
+            problems.append(f"{len(keys)} {label}: {', '.join(keys[:SHOWN_KEYS])}{more}")
+    if problems:
+        raise CheckpointError(f"{what} does not fit the model: " + "; ".join(problems))
+
+
+def load_clip_weights(model: TFCLIP, source: str) -> None:
+    """Initialise the model's CLIP image encoder from pretrained weights.
+
+    Args:
+        model: a freshly built model; only ``model.backbone`` changes.
+        source: ``"openai"`` (OpenAI's weights for the backbone through open_clip: downloaded once into its cache),
+            ``"none"`` (keep the random initialisation), or a local file: OpenAI's JIT archive (``ViT-B-16.pt``),
+            an open_clip / OpenAI state dict (``visual.*`` keys, optionally under ``state_dict``) or ``.safetensors``.
+
+    Raises:
+        CheckpointError: the weights cannot be downloaded or read, or do not fit the backbone (keys listed).
+    """
+    if source == "none":
+        logger.info("CLIP weights: none, the backbone keeps its random initialisation")
+        return
+    path = _download_openai(model.config.backbone) if source == "openai" else Path(source)
+    visual = _visual_state(_read_clip_file(path), path)
+    grid = model.backbone.grid_size
+    if "positional_embedding" in visual:
+        visual["positional_embedding"] = _resize_positions(visual["positional_embedding"], grid, path)
+    _check_keys(model.backbone.vit.state_dict(), visual, f"CLIP weights {path}")
+    model.backbone.vit.load_state_dict(visual)
+    logger.info("CLIP weights: %d vision tensors from %s (grid %dx%d)", len(visual), path, *grid)
+
+
+def _download_openai(backbone: str) -> Path:
+    """The local path of OpenAI's weights for ``backbone``, downloading them into open_clip's cache once."""
+    config = open_clip.get_pretrained_cfg(backbone, "openai")
+    if not config:
+        raise CheckpointError(
+            f"there are no OpenAI CLIP weights for backbone {backbone!r}",
+            hint="OpenAI weights exist for ViT-B-16; set model.pretrained to none or to a local weight file",
+        )
+    try:
+        return Path(open_clip.download_pretrained(config))
+    except Exception as error:  # network, HTTP and hub errors all mean the same to the user
+        raise CheckpointError(
+            f"could not download OpenAI CLIP weights for {backbone}: {error}".splitlines()[0],
+            hint="on a machine without network, copy OpenAI's ViT-B-16.pt there and set model.pretrained to its path",
+        ) from error
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives (OpenAI's ``ViT-B-16.pt``) are zip files holding serialized code beside the weights."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def _read_clip_file(path: Path) -> dict[str, torch.Tensor]:
+    """A CLIP weight file as a flat state dict (``module.`` prefixes and a ``state_dict`` wrapper removed)."""
+    if not path.is_file():
+        raise CheckpointError(f"CLIP weights {path} not found", hint="model.pretrained is openai, none or a file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(path, device="cpu")
+    elif _is_torchscript(path):
+        with warnings.catch_warnings():  # TorchScript is deprecated, but it is the format OpenAI published
+            warnings.simplefilter("ignore", FutureWarning)
+            state = torch.jit.load(path, map_location="cpu").state_dict()
+    else:
+        state = _read_torch_file(path)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"CLIP weights {path} hold a {type(state).__name__}, not a state dict")
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def _visual_state(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """The image encoder's tensors with ``visual.`` removed, in float32 (OpenAI's archive stores float16)."""
+    visual = {key.removeprefix("visual."): value.float() for key, value in state.items() if key.startswith("visual.")}
+    if not visual:
+        raise CheckpointError(
+            f"CLIP weights {path} have no visual.* keys (found {sorted(state)[:SHOWN_KEYS]})",
+            hint="expected OpenAI's JIT archive or an open_clip CLIP state dict",
+        )
+    return visual
+
+
+def _resize_positions(positions: torch.Tensor, grid: tuple[int, int], path: Path) -> torch.Tensor:
+    """Resize a square positional grid [1 + g*g, D] to ``grid`` bilinearly, CLS row kept (reference L451-467).
+
+    open_clip resizes bicubically with antialiasing; TF-CLIP's published results used bilinear (REFERENCE.md §4.1).
+    """
+    if positions.shape[0] == 1 + grid[0] * grid[1]:
+        return positions
+    side = math.isqrt(positions.shape[0] - 1)
+    if side * side != positions.shape[0] - 1:
+        raise CheckpointError(
+            f"CLIP weights {path}: positional embedding has {positions.shape[0] - 1} patch rows, not a square grid "
+            f"to resize to {grid[0]}x{grid[1]}"
+        )
+    square = positions[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)  # [1, D, g, g]
+    resized = F.interpolate(square, size=grid, mode="bilinear", align_corners=False)
+    logger.info("positional embedding resized %dx%d -> %dx%d (bilinear)", side, side, *grid)
+    return torch.cat([positions[:1], resized.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)])
+
+
+# The reference model's state-dict keys (model/make_model_clipreid.py build_transformer) -> ours, by full match.
+# None marks a tensor the reference declares but its forward never uses (SSP.norm, SSP.alpha, classifier_proj_temp2).
+REFERENCE_KEYS: tuple[tuple[str, str | None], ...] = (
+    (r"image_encoder\.(.+)", r"backbone.vit.\1"),
+    (r"cv_embed", "camera_embedding"),
+    (r"TMD\.resblocks\.(\d+)\.message_fc\.(.+)", r"tmd.blocks.\1.memory_fc.\2"),
+    (r"TMD\.resblocks\.(\d+)\.message_ln\.(.+)", r"tmd.blocks.\1.memory_norm.\2"),
+    (r"TMD\.resblocks\.(\d+)\.message_attn\.(.+)", r"tmd.blocks.\1.memory_attn.\2"),
+    (r"TMD\.resblocks\.(\d+)\.ln_1\.(.+)", r"tmd.blocks.\1.norm1.\2"),
+    (r"TMD\.resblocks\.(\d+)\.ln_2\.(.+)", r"tmd.blocks.\1.norm2.\2"),
+    (r"TMD\.resblocks\.(\d+)\.(attn|mlp)\.(.+)", r"tmd.blocks.\1.\2.\3"),
+    (r"SSP\.memory_proj\.(.+)", r"ssp.video_proj.\1"),
+    (r"SSP\.text_proj\.(.+)", r"ssp.memory_proj.\1"),
+    (r"SSP\.out_proj\.(.+)", r"ssp.out_proj.\1"),
+    (r"SSP\.decoder\.(\d+)\.(self_attn|cross_attn)\.proj\.(.+)", r"ssp.layers.\1.\2.out_proj.\3"),
+    (r"SSP\.decoder\.(\d+)\.(self_attn|cross_attn)\.([qkv]_proj\.weight)", r"ssp.layers.\1.\2.\3"),
+    (r"SSP\.decoder\.(\d+)\.(norm[123]\..+)", r"ssp.layers.\1.\2"),
+    (r"SSP\.decoder\.(\d+)\.mlp\.0\.(.+)", r"ssp.layers.\1.mlp.fc.\2"),
+    (r"SSP\.decoder\.(\d+)\.mlp\.3\.(.+)", r"ssp.layers.\1.mlp.proj.\2"),
+    (r"SSP\.norm\.(weight|bias)|SSP\.alpha", None),
+    (r"bottleneck\.(.+)", r"neck_cls.\1"),
+    (r"bottleneck_proj\.(.+)", r"neck_proj.\1"),
+    (r"bottleneck_proj_temp\.(.+)", r"neck_frame.\1"),
+    (r"bottleneck_proj_temp2\.(.+)", r"neck_temporal.\1"),
+    (r"classifier2\.weight", "classifier_cls.weight"),
+    (r"classifier_proj\.weight", "classifier_proj.weight"),
+    (r"classifier_proj_temp\.weight", "classifier_temporal.weight"),
+    (r"classifier_proj_temp2\.weight", None),
+)
+IMAGE_ASPECTS = (2, 3, 1)  # grid rows per column tried when inferring the input size: 256x128, 384x128, square
+
+
+def import_reference_checkpoint(
+    source: Path, *, image_size: tuple[int, int] | None = None, seq_len: int = 8
+) -> Checkpoint:
+    """Convert a state dict saved by the reference implementation into a tfclip checkpoint.
+
+    The model config is inferred from the tensor shapes (backbone by width, layers, patch and projection; cameras;
+    classes; TMD and SSP layers). reference: processor L229-234 (bare state dicts), model L306-310 (``module.``).
+
+    Args:
+        source: ``checkpoint_ep.pth.tar`` / ``best_model.pth.tar`` or any state dict of ``build_transformer``.
+        image_size: (height, width); None infers it from the positional grid (2:1, then 3:1, then square).
+        seq_len: T the model was trained with (not stored in the weights; the reference yml uses 8).
+
+    Raises:
+        CheckpointError: the file is unreadable, or has unknown keys, missing keys or shape mismatches (listed).
+    """
+    source = Path(source)
+    state = _read_torch_file(source)
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise CheckpointError(f"{source} is not a state dict of tensors", hint="expected the reference's .pth.tar")
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    mapped, ignored = _rename_reference_keys(state, source)
+    config = _infer_reference_config(state, source, image_size=image_size, seq_len=seq_len)
+    model = build_model(config)
+    _check_keys(model.state_dict(), mapped, f"reference checkpoint {source}")
+    model.load_state_dict(mapped)
+    logger.info("imported %d tensors from %s; ignored (unused by the reference): %s", len(mapped), source, ignored)
+    return Checkpoint(
+        model_config=config.to_dict(),
+        model_state=model.state_dict(),
+        pid_to_label={},
+        provenance={"imported_from": str(source), "source_sha256": file_sha256(source), "ignored_keys": ignored},
+    )
+
+
+def _rename_reference_keys(
+    state: dict[str, torch.Tensor], source: Path
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(our state dict, the reference keys dropped as unused); unknown keys raise a CheckpointError."""
+    mapped, ignored, unknown = {}, [], []
+    for key, value in state.items():
+        rule = next(((pattern, target) for pattern, target in REFERENCE_KEYS if re.fullmatch(pattern, key)), None)
+        if rule is None:
+            unknown.append(key)
+        elif rule[1] is None:
+            ignored.append(key)
+        else:
+            mapped[re.sub(rule[0], rule[1], key)] = value
+    if unknown:
+        shown = ", ".join(sorted(unknown)[:SHOWN_KEYS])
+        raise CheckpointError(
+            f"{source}: {len(unknown)} keys the reference TF-CLIP model does not have: {shown}",
+            hint="expected keys image_encoder.*, cv_embed, TMD.*, SSP.*, bottleneck*, classifier*",
+        )
+    return mapped, sorted(ignored)
+
+
+def _required(state: dict[str, torch.Tensor], key: str, source: Path) -> torch.Tensor:
+    if key not in state:
+        raise CheckpointError(f"{source}: missing key {key}, needed to infer the model config")
+    return state[key]
+
+
+def _count_blocks(state: dict[str, torch.Tensor], prefix: str) -> int:
+    """Number of distinct block indices under ``prefix`` (e.g. ``TMD.resblocks.``), at least 1."""
+    indices = {m.group(1) for key in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", key))}
+    return max(1, len(indices))
+
+
+def _infer_reference_config(
+    state: dict[str, torch.Tensor], source: Path, *, image_size: tuple[int, int] | None, seq_len: int
+) -> ModelConfig:
+    """The ModelConfig whose model has the shapes of a reference state dict."""
+    conv = _required(state, "image_encoder.conv1.weight", source)
+    width, patch = conv.shape[0], conv.shape[-1]
+    proj_dim = _required(state, "image_encoder.proj", source).shape[1]
+    layers = _count_blocks(state, "image_encoder.transformer.resblocks.")
+    patches = _required(state, "image_encoder.positional_embedding", source).shape[0] - 1
+    return ModelConfig(
+        backbone=_match_backbone(width, layers, patch, proj_dim, source),
+        image_size=image_size or _infer_image_size(patches, patch, source),
+        seq_len=seq_len,
+        num_classes=_required(state, "classifier2.weight", source).shape[0],
+        num_cameras=state["cv_embed"].shape[0] if "cv_embed" in state else 0,
+        tmd_layers=_count_blocks(state, "TMD.resblocks."),
+        ssp_layers=_count_blocks(state, "SSP.decoder."),
+    )
+
+
+def _match_backbone(width: int, layers: int, patch: int, proj_dim: int, source: Path) -> str:
+    """The registered backbone config with these dimensions."""
+    for name in backbone_names():
+        spec = backbone_spec(name)
+        if (spec.width, spec.layers, spec.patch_size, spec.proj_dim) == (width, layers, patch, proj_dim):
+            return name
+    raise CheckpointError(
+        f"{source}: no backbone config has width {width}, {layers} layers, patch {patch} and projection {proj_dim}",
+        hint="add an open_clip-format JSON with these dimensions to tfclip_cli/model_configs/",
+    )
+
+
+def _infer_image_size(patches: int, patch: int, source: Path) -> tuple[int, int]:
+    """(height, width) whose patch grid has ``patches`` cells, trying portrait aspects first."""
+    for aspect in IMAGE_ASPECTS:
+        columns = math.isqrt(patches // aspect)
+        if aspect * columns * columns == patches:
+            return aspect * columns * patch, columns * patch
+    raise CheckpointError(f"{source}: cannot infer the input size from a {patches}-patch positional grid")

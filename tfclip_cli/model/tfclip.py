@@ -1,0 +1,172 @@
+"""TF-CLIP: the CLIP image encoder with SIE, TMD, SSP over a fixed CLIP-Memory, and BNNeck heads.
+
+reference: model/make_model_clipreid.py ``build_transformer``; REFERENCE.md §4.3-4.8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tfclip_cli.model.backbone import FrameTokens, VisionBackbone
+from tfclip_cli.model.config import ModelConfig, attention_heads, backbone_dims, backbone_spec
+from tfclip_cli.model.ssp import SequenceSpecificPrompt
+from tfclip_cli.model.tmd import TemporalMemoryDiffusion
+
+CLASSIFIER_STD = 0.001  # reference: weights_init_classifier
+CAMERA_STD = 0.02  # reference: trunc_normal_(cv_embed, std=.02)
+
+
+@dataclass(frozen=True)
+class ClipMemory:
+    """The CLIP-Memory: one projected CLIP feature per training identity, built once before training.
+
+    ``features`` row ``label`` belongs to the pid with ``pid_to_label[pid] == label``; ``fingerprint`` identifies
+    the tracklets and weights it was built from.
+    """
+
+    features: torch.Tensor  # [Y, proj_dim]
+    pid_to_label: dict[int, int]
+    fingerprint: str
+
+    def __post_init__(self) -> None:
+        assert self.features.ndim == 2 and self.features.shape[0] == len(self.pid_to_label), "one row per identity"
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """What one training forward returns; features are before the BNNecks, scores after them."""
+
+    cls_scores: torch.Tensor  # [B, Y] classifier on BN(CLS feature)
+    proj_scores: torch.Tensor  # [B, Y] classifier on BN(projected CLS feature)
+    temporal_scores: torch.Tensor  # [B, Y] temporal classifier on BN(temporal TMD feature)
+    frame_scores: torch.Tensor  # [B*T, Y] the same temporal classifier on BN(frame TMD features)
+    cls_features: torch.Tensor  # [B, width] CLS after ln_post, mean over T
+    proj_features: torch.Tensor  # [B, proj_dim] projected CLS, mean over T
+    temporal_features: torch.Tensor  # [B, width] TMD frame features, mean over T
+    v2m_logits: torch.Tensor  # [B, Y] projected feature . (M + SSP(M, V))^T, no normalisation or temperature
+
+
+def _bnneck(dim: int) -> nn.BatchNorm1d:
+    """BatchNorm1d with weight 1, bias 0 and the bias frozen (reference: model L151-163, weights_init_kaiming)."""
+    neck = nn.BatchNorm1d(dim)
+    neck.bias.requires_grad_(False)
+    return neck
+
+
+def _classifier(dim: int, classes: int) -> nn.Linear:
+    classifier = nn.Linear(dim, classes, bias=False)
+    nn.init.normal_(classifier.weight, std=CLASSIFIER_STD)
+    return classifier
+
+
+class TFCLIP(nn.Module):
+    """TF-CLIP for video person re-identification.
+
+    Args:
+        config: the architecture; every width follows ``config.backbone``.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        spec = backbone_spec(config.backbone)
+        width, proj_dim = spec.width, spec.proj_dim
+        self.config = config
+        self.backbone = VisionBackbone(spec, config.image_size)
+        self.camera_embedding = nn.Parameter(torch.zeros(config.num_cameras, width)) if config.num_cameras else None
+        if self.camera_embedding is not None:
+            nn.init.trunc_normal_(self.camera_embedding, std=CAMERA_STD)
+        self.tmd = TemporalMemoryDiffusion(width, attention_heads(width), config.tmd_layers)
+        self.ssp = SequenceSpecificPrompt(proj_dim, attention_heads(proj_dim), config.ssp_layers)
+        self.neck_cls, self.neck_proj = _bnneck(width), _bnneck(proj_dim)
+        self.neck_frame, self.neck_temporal = _bnneck(width), _bnneck(width)
+        self.classifier_cls = _classifier(width, config.num_classes)
+        self.classifier_proj = _classifier(proj_dim, config.num_classes)
+        self.classifier_temporal = _classifier(width, config.num_classes)
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width of :meth:`embed`'s output: 2*width + proj_dim before BN (2048 for ViT-B-16), width + proj_dim after."""
+        width, proj_dim = backbone_dims(self.config.backbone)
+        return 2 * width + proj_dim if self.config.embedding == "before_bn" else width + proj_dim
+
+    def _camera_embedding(self, camids: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
+        """``sie_coe`` x the camera's vector, one row per frame [B*T, width]; None without SIE or camera ids."""
+        if self.camera_embedding is None or camids is None:
+            return None
+        if camids.min() < 0 or camids.max() >= self.camera_embedding.shape[0]:
+            raise ValueError(
+                f"camera ids {camids.tolist()} outside 0..{self.camera_embedding.shape[0] - 1}: pass None "
+                "for a camera the model was not trained on"
+            )
+        return (self.config.sie_coe * self.camera_embedding[camids]).repeat_interleave(seq_len, dim=0)
+
+    def _encode(self, clips: torch.Tensor, camids: torch.Tensor | None) -> FrameTokens:
+        """Clips [B, T, 3, H, W] -> the backbone tokens of all B*T frames (frames of a clip adjacent)."""
+        batch, seq_len = clips.shape[:2]
+        if seq_len != self.config.seq_len:
+            raise ValueError(f"clips have {seq_len} frames, the model was built for seq_len={self.config.seq_len}")
+        return self.backbone(clips.flatten(0, 1), self._camera_embedding(camids, seq_len))
+
+    def _temporal(self, tokens: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """TMD on detached tokens (reference L266) -> (frame features [B*T, width], temporal features [B, width])."""
+        frames = self.tmd(tokens.detach(), self.config.seq_len)
+        return frames, frames.view(batch, self.config.seq_len, -1).mean(dim=1)
+
+    def forward(
+        self, clips: torch.Tensor, *, memory: torch.Tensor, camids: torch.Tensor | None = None
+    ) -> ModelOutput:
+        """Training forward (reference ``build_transformer.forward``, training branch; REFERENCE.md §4.3-4.6).
+
+        Args:
+            clips: [B, T, 3, H, W] normalised frames.
+            memory: the CLIP-Memory features [Y, proj_dim]; kept fixed, refined per sequence by SSP.
+            camids: [B] 0-based train cameras for SIE; None leaves the camera embedding out.
+        """
+        batch, seq_len = clips.shape[:2]
+        frames = self._encode(clips, camids)
+        length = frames.tokens.shape[1]
+        cls_features = frames.tokens[:, 0].view(batch, seq_len, -1).mean(dim=1)
+        proj_features = frames.projected[:, 0].view(batch, seq_len, -1).mean(dim=1)
+        frame_features, temporal_features = self._temporal(frames.tokens, batch)
+        video_tokens = frames.projected.view(batch, seq_len, length, -1).mean(dim=1)  # [B, L, proj_dim]
+        updated_memory = memory + self.ssp(memory, video_tokens)  # [B, Y, proj_dim]
+        return ModelOutput(
+            cls_scores=self.classifier_cls(self.neck_cls(cls_features)),
+            proj_scores=self.classifier_proj(self.neck_proj(proj_features)),
+            temporal_scores=self.classifier_temporal(self.neck_temporal(temporal_features)),
+            frame_scores=self.classifier_temporal(self.neck_frame(frame_features)),
+            cls_features=cls_features,
+            proj_features=proj_features,
+            temporal_features=temporal_features,
+            v2m_logits=torch.einsum("bd,byd->by", proj_features, updated_memory),
+        )
+
+    def embed(self, clips: torch.Tensor, camids: torch.Tensor | None = None) -> torch.Tensor:
+        """The test-time embedding of clips [B, T, 3, H, W] -> [B, embedding_dim] (call in eval mode).
+
+        ``before_bn``: concat(CLS, projected CLS, temporal TMD feature); ``after_bn``: concat(BN(CLS), BN(projected
+        CLS)), as the reference's ``TEST.NECK_FEAT`` (model L298-302; REFERENCE.md §4.7). SSP, classifiers and the
+        memory are not computed. ``camids`` None leaves the camera embedding out (a camera unknown to the model).
+        """
+        batch, seq_len = clips.shape[:2]
+        frames = self._encode(clips, camids)
+        cls_features = frames.tokens[:, 0].view(batch, seq_len, -1).mean(dim=1)
+        proj_features = frames.projected[:, 0].view(batch, seq_len, -1).mean(dim=1)
+        if self.config.embedding == "after_bn":
+            return torch.cat([self.neck_cls(cls_features), self.neck_proj(proj_features)], dim=1)
+        _, temporal_features = self._temporal(frames.tokens, batch)
+        return torch.cat([cls_features, proj_features, temporal_features], dim=1)
+
+    def memory_features(self, clips: torch.Tensor) -> torch.Tensor:
+        """Projected CLS averaged over the T frames, without camera embedding [B, proj_dim] (reference L201-216)."""
+        batch, seq_len = clips.shape[:2]
+        frames = self.backbone(clips.flatten(0, 1))
+        return frames.projected[:, 0].view(batch, seq_len, -1).mean(dim=1)
+
+
+def build_model(config: ModelConfig) -> TFCLIP:
+    """A TF-CLIP model with random weights; load CLIP weights with ``checkpoint.load_clip_weights``."""
+    return TFCLIP(config)
