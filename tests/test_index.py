@@ -1,0 +1,353 @@
+"""FAISS gallery: exact and approximate search, the documented ivfpq rule, append, sidecar checks, the --gpu
+error path, `tfclip index` / `tfclip query` (tiny random-init model), and the HTML report (also in Chromium)."""
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from tiny_training import tiny_manifest
+from tfclip_cli import display, index
+from tfclip_cli.checkpoint import Checkpoint, file_sha256, save_checkpoint
+from tfclip_cli.cli import app
+from tfclip_cli.errors import GalleryError, UserError
+from tfclip_cli.inference import extract_to_file
+from tfclip_cli.model import ModelConfig, build_model
+from tfclip_cli.tables import Embeddings, read_embeddings, read_manifest, write_embeddings
+
+CHECKPOINT_INFO = {"checkpoint": "/runs/a.ckpt", "checkpoint_sha256": "a" * 64, "sampling": "dense"}
+
+
+def _rows(ids: list[str], *, videos: bool = True) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "tracklet_id": ids,
+            "pid": np.arange(len(ids), dtype=np.int64),
+            "camid": np.arange(len(ids), dtype=np.int64) % 3,
+            "split": "gallery",
+            "num_frames": np.full(len(ids), 5, dtype=np.int64),
+            "frames": [None] * len(ids),
+            "video": [f"/videos/{i}.mp4" if videos else None for i in ids],
+        }
+    )
+
+
+def _embeddings(vectors: np.ndarray, *, prefix: str = "t", info: dict | None = None) -> Embeddings:
+    ids = [f"{prefix}{i}" for i in range(len(vectors))]
+    info = dict(CHECKPOINT_INFO if info is None else info)
+    return Embeddings(rows=_rows(ids), vectors=vectors.astype(np.float32), info=info)
+
+
+def _clustered(count: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` rows and 50 queries around ``count // 10`` random centres."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((count // 10, dim)).astype(np.float32)
+    draw = lambda n: centres[rng.integers(0, len(centres), n)] + 0.4 * rng.standard_normal((n, dim)).astype(np.float32)
+    return draw(count), draw(50)
+
+
+def _brute_force(gallery: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k rows by cosine similarity with a plain numpy sort: the oracle."""
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+    scores = unit(queries) @ unit(gallery).T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(scores, order, axis=1)
+
+
+def test_flat_search_equals_brute_force_cosine(tmp_path):
+    rng = np.random.default_rng(0)
+    gallery, queries = rng.standard_normal((300, 24)) * 5, rng.standard_normal((7, 24))
+    index.build_index(_embeddings(gallery), tmp_path / "g.faiss")
+    hits = index.search(index.load_index(tmp_path / "g.faiss"), queries, 5)
+    expected_rows, expected_scores = _brute_force(gallery, queries, 5)
+    assert [[hit.row for hit in query] for query in hits] == expected_rows.tolist()
+    np.testing.assert_allclose([[hit.score for hit in query] for query in hits], expected_scores, atol=1e-5)
+    first = hits[0][0]
+    assert first.rank == 1 and first.tracklet_id == f"t{first.row}" and first.source == f"/videos/t{first.row}.mp4"
+    assert first.pid == first.row and first.camid == first.row % 3
+
+
+def test_top_k_larger_than_the_gallery_returns_every_row_once(tmp_path):
+    index.build_index(_embeddings(np.eye(4)), tmp_path / "g.faiss")
+    hits = index.search(index.load_index(tmp_path / "g.faiss"), np.eye(4)[:1], 10)[0]
+    assert [hit.tracklet_id for hit in hits][0] == "t0" and sorted(hit.row for hit in hits) == [0, 1, 2, 3]
+    assert [hit.rank for hit in hits] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("index_type", ["ivfpq", "hnsw"])
+def test_approximate_indexes_find_the_exact_neighbours_of_clustered_data(tmp_path, index_type):
+    gallery, queries = _clustered(4000, 32, seed=1)
+    info = index.build_index(_embeddings(gallery), tmp_path / "g.faiss", index_type=index_type)
+    hits = index.search(index.load_index(tmp_path / "g.faiss"), queries, 10)
+    exact, _ = _brute_force(gallery, queries, 10)
+    recall = np.mean([len({h.row for h in found} & set(rows)) / 10 for found, rows in zip(hits, exact)])
+    assert recall >= 0.9
+    assert info.type == index_type and info.count == 4000
+
+
+def test_ivfpq_parameters_follow_the_documented_rule():
+    assert index.ivfpq_params(100_000, 256) == {
+        "nlist": 316, "m": 64, "nbits": 4, "nprobe": 39, "k_factor": 4.0, "train_rows": 20_224,
+    }
+    large = index.ivfpq_params(1_000_000, 2048)
+    assert (large["nlist"], large["m"], large["nprobe"], large["train_rows"]) == (1000, 512, 125, 64_000)
+    small = index.ivfpq_params(2000, 30)  # 2000 // 39 = 51 > round(sqrt(2000)) = 45; 6 is 30's largest divisor <= 7
+    assert (small["nlist"], small["m"], small["nprobe"], small["train_rows"]) == (45, 6, 16, 2000)
+
+
+def test_ivfpq_refuses_a_gallery_too_small_to_train_and_points_to_flat(tmp_path):
+    with pytest.raises(GalleryError, match="at least 624") as error:
+        index.build_index(_embeddings(np.eye(8)), tmp_path / "g.faiss", index_type="ivfpq")
+    assert "--type flat" in error.value.hint
+    assert not list(tmp_path.iterdir())
+
+
+def test_sidecar_and_header_record_rows_and_provenance(tmp_path):
+    path = tmp_path / "g.faiss"
+    info = index.build_index(_embeddings(np.eye(6)), path, index_type="hnsw")
+    meta, header = index.sidecar_paths(path)
+    assert meta.name == "g.faiss.meta.parquet" and header.name == "g.faiss.json"
+    stored = json.loads(header.read_text())
+    assert stored["type"] == "hnsw" and stored["dim"] == 6 and stored["count"] == 6
+    assert stored["params"] == {"M": 32, "efConstruction": 40, "efSearch": 64}
+    assert stored["checkpoint"] == "/runs/a.ckpt" and stored["checkpoint_sha256"] == "a" * 64
+    assert stored["embeddings_info"] == {"sampling": "dense"}
+    gallery = index.load_index(path)
+    assert gallery.info == info
+    assert list(gallery.rows["tracklet_id"]) == [f"t{i}" for i in range(6)]
+    assert list(gallery.rows["video"]) == [f"/videos/t{i}.mp4" for i in range(6)]
+
+
+def test_build_refuses_existing_outputs_and_repeated_ids(tmp_path):
+    path = tmp_path / "g.faiss"
+    index.sidecar_paths(path)[0].write_text("stale")
+    with pytest.raises(UserError, match="g.faiss.meta.parquet already exists"):
+        index.build_index(_embeddings(np.eye(3)), path)
+    assert not path.exists()
+    index.build_index(_embeddings(np.eye(3)), path, force=True)
+    repeated = Embeddings(rows=_rows(["a", "b", "a"]), vectors=np.eye(3, dtype=np.float32), info={})
+    with pytest.raises(GalleryError, match="repeats tracklet ids a"):
+        index.build_index(repeated, tmp_path / "h.faiss")
+
+
+@pytest.mark.parametrize("index_type", ["flat", "ivfpq", "hnsw"])
+def test_append_adds_tracklets_that_search_then_finds(tmp_path, index_type):
+    rng = np.random.default_rng(2)
+    path = tmp_path / "g.faiss"
+    index.build_index(_embeddings(rng.standard_normal((700, 16))), path, index_type=index_type)
+    new = rng.standard_normal((5, 16))
+    info = index.append_to_index(_embeddings(new, prefix="new"), path)
+    gallery = index.load_index(path)
+    assert info.count == 705 and gallery.info.count == 705 and gallery.index.ntotal == 705
+    assert info.type == index_type and info.params == gallery.info.params
+    assert list(gallery.rows["tracklet_id"][-5:]) == [f"new{i}" for i in range(5)]
+    assert [hits[0].tracklet_id for hits in index.search(gallery, new, 3)] == [f"new{i}" for i in range(5)]
+
+
+def test_append_refuses_other_dimension_other_checkpoint_and_known_ids(tmp_path):
+    path = tmp_path / "g.faiss"
+    index.build_index(_embeddings(np.eye(4)), path)
+    before = path.read_bytes()
+    with pytest.raises(GalleryError, match="holds 4-d embeddings; the new table has 5-d"):
+        index.append_to_index(_embeddings(np.eye(5), prefix="n"), path)
+    other = {**CHECKPOINT_INFO, "checkpoint_sha256": "b" * 64}
+    with pytest.raises(GalleryError, match="checkpoint sha256") as error:
+        index.append_to_index(_embeddings(np.eye(4), prefix="n", info=other), path)
+    assert "/runs/a.ckpt" in error.value.hint
+    with pytest.raises(GalleryError, match="already indexed or repeated: t0, t1"):
+        index.append_to_index(_embeddings(np.eye(4)[:2]), path)
+    assert path.read_bytes() == before and index.load_index(path).info.count == 4
+
+
+def _broken(tmp_path: Path, how: str) -> tuple[Path, str]:
+    """An index damaged in one way, and the file the error must name."""
+    path = tmp_path / "g.faiss"
+    index.build_index(_embeddings(np.eye(4)), path)
+    meta, header = index.sidecar_paths(path)
+    if how == "missing sidecar":
+        meta.unlink()
+        return path, str(meta)
+    if how == "missing header":
+        header.unlink()
+        return path, str(header)
+    if how == "corrupt index":
+        path.write_bytes(b"not a faiss index")
+        return path, str(path)
+    if how == "count mismatch":
+        index.build_index(_embeddings(np.eye(3)), tmp_path / "other.faiss")
+        shutil.copy(index.sidecar_paths(tmp_path / "other.faiss")[0], meta)
+        return path, str(meta)
+    faiss.write_index(faiss.IndexFlatIP(4), str(path))
+    header.write_text(json.dumps({**json.loads(header.read_text()), "count": 0}))
+    pd.DataFrame(columns=_rows([]).columns).to_parquet(meta)
+    return path, f"{path} is an empty index"
+
+
+BROKEN = ["missing sidecar", "missing header", "corrupt index", "count mismatch", "empty index"]
+
+
+@pytest.mark.parametrize("how", BROKEN)
+def test_load_names_the_file_of_a_broken_gallery(tmp_path, how):
+    path, named = _broken(tmp_path, how)
+    with pytest.raises(GalleryError) as error:
+        index.load_index(path)
+    assert named in error.value.message
+
+
+@pytest.mark.parametrize("how", BROKEN)
+def test_query_cli_exits_2_naming_the_file_of_a_broken_gallery(tmp_path, how):
+    path, named = _broken(tmp_path, how)
+    result = CliRunner().invoke(app, ["query", "clip.mp4", "--gallery", str(path)], terminal_width=1000)
+    assert result.exit_code == 2
+    assert named in result.output.replace("\n", "")
+
+
+def test_search_refuses_queries_of_another_dimension(tmp_path):
+    index.build_index(_embeddings(np.eye(4)), tmp_path / "g.faiss")
+    with pytest.raises(GalleryError, match="query embeddings have 3 dimensions"):
+        index.search(index.load_index(tmp_path / "g.faiss"), np.ones((1, 3), np.float32), 2)
+
+
+@pytest.mark.skipif(faiss.get_num_gpus() > 0, reason="this faiss build sees a GPU: the no-GPU error cannot occur")
+def test_gpu_without_faiss_gpu_is_a_clear_error_and_writes_nothing(tmp_path):
+    table = tmp_path / "e.parquet"
+    write_embeddings(_embeddings(np.eye(4)), table)
+    with pytest.raises(UserError, match="faiss-gpu/CUDA is not available"):
+        index.build_index(read_embeddings(table), tmp_path / "g.faiss", use_gpu=True)
+    result = CliRunner().invoke(app, ["index", str(table), "--out", str(tmp_path / "g.faiss"), "--gpu"])
+    assert result.exit_code == 2 and "faiss-gpu/CUDA is not available" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.parquet"]
+
+
+def test_index_cli_builds_appends_and_summarises(tmp_path):
+    first, second, out = tmp_path / "a.parquet", tmp_path / "b.parquet", tmp_path / "g.faiss"
+    write_embeddings(_embeddings(np.eye(6)[:4]), first)
+    write_embeddings(_embeddings(np.eye(6)[4:], prefix="n"), second)
+    runner = CliRunner()
+    result = runner.invoke(app, ["index", str(first), "--out", str(out), "--type", "hnsw"], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    assert "hnsw index of 4 tracklets x 6-d" in result.output and "efSearch=64" in result.output
+    result = runner.invoke(app, ["index", str(second), "--out", str(out), "--append"], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    assert "appended to" in result.output and "6 tracklets" in result.output
+    result = runner.invoke(app, ["index", str(second), "--out", str(out), "--append", "--type", "flat"])
+    assert result.exit_code == 2 and "--append keeps the index" in result.output
+
+
+def _frames(color: tuple[int, int, int], count: int = 3) -> np.ndarray:
+    return np.broadcast_to(np.array(color, np.uint8), (count, 64, 32, 3)).copy()
+
+
+def _report_results() -> list[index.QueryResult]:
+    hits = (
+        index.Hit(1, 0.9731, "gallery-<7>", 7, 1, "gallery", "/data/p7/c1", 3),
+        index.Hit(2, 0.5012, "gallery-9", 9, 0, "gallery", "", 5),
+    )
+    hit_frames = (_frames((20, 20, 230)), index.NO_FRAMES)
+    return [index.QueryResult("/clips/query & friend.mp4", 40, _frames((230, 20, 20)), hits, hit_frames)]
+
+
+def test_html_report_is_self_contained_with_ids_scores_and_embedded_thumbnails():
+    page = display.render_query_report(_report_results(), gallery="/runs/g.faiss")
+    assert page.startswith("<!DOCTYPE html>") and "/runs/g.faiss" in page
+    assert "/clips/query &amp; friend.mp4" in page and "40 frames" in page
+    assert "gallery-&lt;7&gt;" in page and "gallery-9" in page and "/data/p7/c1" in page
+    assert "0.9731" in page and "0.5012" in page and "frames unavailable" in page
+    images = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', page)
+    assert len(images) == 6  # 3 query key frames + 3 of the first hit; the second hit has none
+    assert all(base64.b64decode(data)[:2] == b"\xff\xd8" for data in images)
+    assert not re.search(r"https?:|//[a-z]|src=\"(?!data:)|<script|<link", page)
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="Debian's chromium is not installed (apt-get install chromium)"
+)
+def test_html_report_renders_its_thumbnails_in_headless_chromium(tmp_path):
+    page = tmp_path / "report.html"
+    page.write_text(display.render_query_report(_report_results(), gallery="/runs/g.faiss"))
+    shot = tmp_path / "shot.png"
+    command = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               f"--screenshot={shot}", "--window-size=1000,900", page.as_uri()]
+    subprocess.run(command, check=True, capture_output=True, timeout=60)
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    red = (pixels[..., 0] > 180) & (pixels[..., 1] < 80) & (pixels[..., 2] < 80)
+    blue = (pixels[..., 2] > 180) & (pixels[..., 0] < 80) & (pixels[..., 1] < 80)
+    assert red.sum() > 3 * 1000 and blue.sum() > 3 * 1000  # three ~64x128 thumbnails of each colour drawn
+
+
+# ------------------------------------------------------------------ query with a random-init tiny model
+
+
+CONFIG = ModelConfig(backbone="tfclip-tiny", image_size=(64, 32), seq_len=4, num_classes=4, num_cameras=2)
+
+
+def _checkpoint(path: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    model = build_model(CONFIG)
+    save_checkpoint(Checkpoint(model_config=CONFIG.to_dict(), model_state=model.state_dict(), pid_to_label={},
+                               recipe={"data": {"normalization": "imagenet"}}), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_gallery(tmp_path_factory) -> tuple[Path, Path, list[str]]:
+    """A flat index over the tiny synthetic gallery tracklets (given as paths), its checkpoint and the sources."""
+    folder = tmp_path_factory.mktemp("gallery")
+    sources = [t.source for t in read_manifest(tiny_manifest(tmp_path_factory.mktemp("tiny"))).tracklets("gallery")]
+    checkpoint = _checkpoint(folder / "model.ckpt", seed=0)
+    extract_to_file(checkpoint, folder / "e.parquet", paths=[Path(s) for s in sources], sampling="rrs", workers=0)
+    index.build_index(read_embeddings(folder / "e.parquet"), folder / "g.faiss")
+    return folder / "g.faiss", checkpoint, sources
+
+
+def test_query_finds_a_gallery_tracklet_at_rank_1_from_its_own_clip(tiny_gallery):
+    path, _, sources = tiny_gallery
+    clips = [Path(sources[0]), Path(sources[-1])]  # embedded together, as one batch
+    results = index.query(path, clips, top_k=3, with_hit_frames=True)
+    assert [r.hits[0].tracklet_id for r in results] == [str(c.resolve()) for c in clips]
+    assert all(r.hits[0].score == pytest.approx(1.0, abs=1e-4) and len(r.hits) == 3 for r in results)
+    assert results[0].key_frames.ndim == 4 and results[0].key_frames.shape[-1] == 3
+    assert len(results[0].hit_key_frames) == 3 and results[0].hit_key_frames[0].shape[1:] == (64, 32, 3)
+
+
+def test_query_refuses_a_checkpoint_the_gallery_was_not_built_from(tiny_gallery, tmp_path):
+    path, _, sources = tiny_gallery
+    other = _checkpoint(tmp_path / "other.ckpt", seed=1)
+    with pytest.raises(GalleryError, match="is not the checkpoint"):
+        index.query(path, [Path(sources[0])], checkpoint=other)
+    foreign = tmp_path / "foreign.faiss"  # a table from another tool: no checkpoint recorded, 16-d
+    index.build_index(_embeddings(np.eye(16), info={}), foreign)
+    with pytest.raises(GalleryError, match="records no checkpoint"):
+        index.query(foreign, [Path(sources[0])])
+    with pytest.raises(GalleryError, match="embeds in 320 dimensions"):
+        index.query(foreign, [Path(sources[0])], checkpoint=other)
+
+
+def test_query_cli_prints_table_json_and_html_and_names_bad_clips(tiny_gallery, tmp_path):
+    path, checkpoint, sources = tiny_gallery
+    runner = CliRunner()
+    result = runner.invoke(app, ["query", sources[1], "--gallery", str(path), "-k", "2"], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    assert "rank" in result.output and "tracklet_id" in result.output and "1.0000" in result.output
+    report = tmp_path / "r.html"
+    args = ["query", sources[1], "--gallery", str(path), "-k", "2", "--json", "--html", str(report)]
+    result = runner.invoke(app, args, terminal_width=400)
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.stdout)[0]["hits"]
+    assert hits[0]["tracklet_id"] == str(Path(sources[1]).resolve()) and len(hits) == 2
+    assert report.read_text().count("data:image/jpeg;base64,") >= 6
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"no video here")
+    for clip in (tmp_path / "missing.mp4", bad):
+        result = runner.invoke(app, ["query", str(clip), "--gallery", str(path)], terminal_width=1000)
+        assert result.exit_code == 2 and clip.name in result.output
