@@ -1,0 +1,492 @@
+"""No-grad passes of a TF-CLIP model over tracklets: test embeddings, the CLIP-Memory, and query clips.
+
+Tracklets are decoded in DataLoader workers, one tracklet per item; the main process packs the clips of several
+tracklets into one batch of at most ``batch_size`` clips, runs the model in ``inference_mode`` (autocast on CUDA)
+and splits the result back per tracklet. Under ``torchrun`` :func:`extract_to_file` gives each rank a shard and
+rank 0 merges them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Literal, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset
+
+from tfclip_cli import __version__, display
+from tfclip_cli.checkpoint import Checkpoint, file_sha256, load_checkpoint, model_from_checkpoint
+from tfclip_cli.clips import (
+    ClipDataset,
+    ClipTransform,
+    DenseClipDataset,
+    TrackletClips,
+    build_loader,
+    count_video_frames,
+)
+from tfclip_cli.errors import CheckpointError, DataError, UserError
+from tfclip_cli.model import TFCLIP, ClipMemory
+from tfclip_cli.tables import (
+    EMBEDDING_ROW_COLUMNS,
+    SPLITS,
+    Embeddings,
+    Split,
+    Tracklet,
+    atomic_output,
+    read_manifest,
+    write_embeddings,
+)
+
+logger = logging.getLogger(__name__)
+
+Sampling = Literal["dense", "rrs"]
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """Embeddings of the readable tracklets, and one ``"source: reason"`` line per unreadable one (skipped)."""
+
+    embeddings: Embeddings
+    failures: tuple[str, ...]
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA (bf16 where supported, else fp16); full precision elsewhere."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+class _RrsClips(Dataset):
+    """One ``rrs_test`` clip per tracklet as :class:`TrackletClips` ``[1, T, 3, H, W]``; errors are returned."""
+
+    def __init__(self, tracklets: Sequence[Tracklet], *, seq_len: int, transform: ClipTransform) -> None:
+        self.tracklets = list(tracklets)
+        self.clips = ClipDataset(self.tracklets, seq_len=seq_len, sampling="rrs_test", transform=transform)
+
+    def __len__(self) -> int:
+        return len(self.tracklets)
+
+    def __getitem__(self, index: int) -> TrackletClips:
+        tracklet = self.tracklets[index]
+        try:
+            frames = self.clips[index].frames[None]
+            error = None
+        except DataError as exc:
+            frames, error = torch.empty(0), exc.message
+        return TrackletClips(
+            clips=frames, pid=tracklet.pid, camid=tracklet.camid, tracklet_id=tracklet.tracklet_id, error=error
+        )
+
+
+def _clip_dataset(
+    tracklets: Sequence[Tracklet], sampling: Sampling, *, seq_len: int, transform: ClipTransform
+) -> Dataset:
+    if sampling == "dense":
+        return DenseClipDataset(tracklets, seq_len=seq_len, transform=transform)
+    return _RrsClips(tracklets, seq_len=seq_len, transform=transform)
+
+
+def _packed(items: Iterable[TrackletClips], batch_size: int) -> Iterator[list[TrackletClips]]:
+    """Group readable tracklets so each group holds about ``batch_size`` clips (a long tracklet may exceed it)."""
+    group: list[TrackletClips] = []
+    count = 0
+    for item in items:
+        group.append(item)
+        count += len(item.clips)
+        if count >= batch_size:
+            yield group
+            group, count = [], 0
+    if group:
+        yield group
+
+
+def _forward_group(
+    model: TFCLIP, group: list[TrackletClips], *, device: torch.device, use_camids: bool
+) -> list[torch.Tensor]:
+    """Embed all clips of a group in one pass; returns one ``[D]`` float32 per tracklet, the mean of its clips.
+
+    Clips are averaged before any normalisation (reference: processor_clipreid_stage2.py do_inference_dense;
+    REFERENCE.md §4.7).
+    """
+    clips = torch.cat([item.clips for item in group]).to(device, non_blocking=True)  # [sum C, T, 3, H, W]
+    camids = None
+    if use_camids:
+        counts = torch.tensor([len(item.clips) for item in group])
+        camids = torch.repeat_interleave(torch.tensor([item.camid for item in group]), counts).to(device)
+    with autocast(device):
+        features = model.embed(clips, camids=camids).float()  # [sum C, D]
+    parts = features.split([len(item.clips) for item in group])
+    return [part.mean(dim=0).cpu() for part in parts]
+
+
+@torch.inference_mode()
+def extract_embeddings(
+    model: TFCLIP,
+    tracklets: Sequence[Tracklet],
+    *,
+    sampling: Sampling,
+    transform: ClipTransform,
+    device: torch.device,
+    batch_size: int = 32,
+    workers: int = 2,
+    use_camids: bool = True,
+) -> Extraction:
+    """Embed every tracklet: ``dense`` averages all consecutive clips, ``rrs`` uses one ``rrs_test`` clip.
+
+    Args:
+        use_camids: feed each tracklet's camera to the SIE embedding (when the model has one); false for clips
+            from unknown cameras.
+
+    Returns:
+        An :class:`Extraction`; unreadable tracklets are listed in ``failures`` and left out of the embeddings.
+    """
+    model.eval()
+    seq_len = model.config.seq_len
+    loader = build_loader(
+        _clip_dataset(tracklets, sampling, seq_len=seq_len, transform=transform), workers=workers, device=device
+    )
+    use_camids = use_camids and _has_camera_rows(model, tracklets)
+    by_id = {t.tracklet_id: t for t in tracklets}
+    vectors: dict[str, torch.Tensor] = {}
+    failures: list[str] = []
+    for group in _packed(_readable(loader, by_id, failures, total=len(tracklets)), batch_size):
+        for item, vector in zip(group, _forward_group(model, group, device=device, use_camids=use_camids)):
+            vectors[item.tracklet_id] = vector
+    kept = [t for t in tracklets if t.tracklet_id in vectors]
+    return Extraction(embeddings=_embeddings(kept, vectors, model), failures=tuple(failures))
+
+
+def _has_camera_rows(model: TFCLIP, tracklets: Sequence[Tracklet]) -> bool:
+    """Whether the model has an SIE row for every tracklet's camera; if not, SIE is left out (with a warning)."""
+    cameras = model.config.num_cameras
+    if cameras == 0:
+        return False
+    outside = sorted({t.camid for t in tracklets if not 0 <= t.camid < cameras})
+    if outside:
+        logger.warning("camera ids %s have no SIE row (model has %d cameras): embedding without SIE", outside, cameras)
+    return not outside
+
+
+def _readable(
+    loader: Iterable[TrackletClips], by_id: dict[str, Tracklet], failures: list[str], *, total: int
+) -> Iterator[TrackletClips]:
+    """The loader's items with a progress bar; unreadable ones are logged and recorded in ``failures``."""
+    for item in display.progress(loader, "embedding", total=total, unit="tracklets"):
+        if item.error is None and len(item.clips):
+            yield item
+            continue
+        source = by_id[item.tracklet_id].source
+        failures.append(f"{source}: {item.error or 'no frames'}")
+        logger.warning("skipped unreadable tracklet %s: %s", source, item.error)
+
+
+def _embeddings(tracklets: Sequence[Tracklet], vectors: dict[str, torch.Tensor], model: TFCLIP) -> Embeddings:
+    rows = pd.DataFrame(
+        {
+            "tracklet_id": [t.tracklet_id for t in tracklets],
+            "pid": pd.array([t.pid for t in tracklets], dtype="int64"),
+            "camid": pd.array([t.camid for t in tracklets], dtype="int64"),
+            "split": [t.split for t in tracklets],
+            "num_frames": pd.array([t.num_frames for t in tracklets], dtype="int64"),
+            "frames": [list(t.frames) if t.frames is not None else None for t in tracklets],
+            "video": [t.video for t in tracklets],
+        },
+        columns=list(EMBEDDING_ROW_COLUMNS),
+    )
+    matrix = np.zeros((0, model.embedding_dim), dtype=np.float32)
+    if tracklets:
+        matrix = np.stack([vectors[t.tracklet_id].numpy() for t in tracklets]).astype(np.float32)
+    return Embeddings(rows=rows, vectors=matrix, info={})
+
+
+def embed_tracklets(
+    model: TFCLIP,
+    tracklets: Sequence[Tracklet],
+    *,
+    sampling: Sampling,
+    transform: ClipTransform,
+    device: torch.device,
+) -> np.ndarray:
+    """Embeddings ``[N, D]`` of a few tracklets (e.g. query clips) in one batch, without camera embedding.
+
+    Raises:
+        DataError: naming every tracklet that cannot be read.
+    """
+    extraction = extract_embeddings(
+        model, tracklets, sampling=sampling, transform=transform, device=device,
+        batch_size=max(1, len(tracklets)), workers=0, use_camids=False,
+    )
+    if extraction.failures:
+        raise DataError("cannot read " + "; ".join(extraction.failures))
+    return extraction.embeddings.vectors
+
+
+def tracklet_from_path(path: Path, *, camid: int = -1, split: Split = "query") -> Tracklet:
+    """A Tracklet of unknown identity (pid -1) from a video file or a folder of frame images (sorted by name).
+
+    Args:
+        camid: the camera, or -1 when unknown.
+
+    Raises:
+        DataError: when the path is missing, is a folder without images, or a video that cannot be opened.
+    """
+    path = Path(path).resolve()
+    if path.is_dir():
+        frames = tuple(str(p) for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not frames:
+            raise DataError(f"{path} holds no frame images ({', '.join(IMAGE_SUFFIXES)}); expected a tracklet folder")
+        return Tracklet(str(path), pid=-1, camid=camid, split=split, num_frames=len(frames), frames=frames)
+    if not path.is_file():
+        raise DataError(f"{path} not found: expected a video file or a folder of frames")
+    return Tracklet(str(path), pid=-1, camid=camid, split=split, num_frames=count_video_frames(path), video=str(path))
+
+
+def transform_for(checkpoint: Checkpoint) -> ClipTransform:
+    """The test transform a checkpoint was trained with (size from its model config, normalisation from its recipe;
+    ImageNet statistics, the reference's, when it carries no recipe, e.g. an imported reference checkpoint)."""
+    recipe = checkpoint.recipe or {}
+    normalization = recipe.get("data", {}).get("normalization", "imagenet")
+    height, width = checkpoint.model_config["image_size"]
+    return ClipTransform(image_size=(height, width), normalization=normalization, is_train=False)
+
+
+def label_map(tracklets: Iterable[Tracklet]) -> dict[int, int]:
+    """Train pid → classifier label, 0..Y-1 in increasing pid order (reference: datasets/set/mars.py L153-170)."""
+    return {pid: label for label, pid in enumerate(sorted({t.pid for t in tracklets}))}
+
+
+def memory_fingerprint(tracklets: Sequence[Tracklet], *, weights: str, settings: dict) -> str:
+    """sha256 over the train rows (id, pid, camera, frames, source), the initial weights' identity and the settings
+    that change the memory (backbone, image size, seq_len, normalisation)."""
+    rows = sorted((t.tracklet_id, t.pid, t.camid, t.num_frames, t.source) for t in tracklets)
+    payload = json.dumps({"rows": rows, "weights": weights, "settings": settings}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@torch.inference_mode()
+def build_memory(
+    model: TFCLIP,
+    tracklets: Sequence[Tracklet],
+    *,
+    transform: ClipTransform,
+    device: torch.device,
+    fingerprint: str,
+    workers: int = 2,
+    batch_size: int = 32,
+) -> ClipMemory:
+    """The CLIP-Memory: per identity, the mean over its tracklets of the mean over all dense clips of the projected
+    CLS averaged over T, from ``model`` as given (the pretrained encoder, before training), without SIE.
+
+    Features are keyed by tracklet id, never by batch position (REFERENCE.md §4.4, the X-TFCLIP cache trap).
+    Reference: processor_clipreid_stage2.py L70-100; model/make_model_clipreid.py L201-216.
+
+    Raises:
+        DataError: when a train tracklet cannot be read.
+    """
+    model.eval()
+    dataset = DenseClipDataset(tracklets, seq_len=model.config.seq_len, transform=transform)
+    by_id = {t.tracklet_id: t for t in tracklets}
+    failures: list[str] = []
+    per_tracklet: dict[str, torch.Tensor] = {}
+    loader = build_loader(dataset, workers=workers, device=device)
+    for group in _packed(_readable(loader, by_id, failures, total=len(tracklets)), batch_size):
+        clips = torch.cat([item.clips for item in group]).to(device, non_blocking=True)
+        with autocast(device):
+            features = model.memory_features(clips).float()  # [sum C, D]
+        for item, part in zip(group, features.split([len(item.clips) for item in group])):
+            per_tracklet[item.tracklet_id] = part.mean(dim=0).cpu()
+    if failures:
+        raise DataError(f"cannot build the CLIP-Memory: {len(failures)} unreadable train tracklet(s): {failures[0]}")
+    return _identity_means(per_tracklet, by_id, fingerprint)
+
+
+def _identity_means(per_tracklet: dict[str, torch.Tensor], by_id: dict[str, Tracklet], fingerprint: str) -> ClipMemory:
+    """Rows in label order (pids sorted): the mean of each identity's tracklet vectors ``[Y, D]``, not normalised."""
+    pid_to_label = label_map(by_id.values())
+    grouped: dict[int, list[torch.Tensor]] = {pid: [] for pid in pid_to_label}
+    for tracklet_id, vector in per_tracklet.items():
+        grouped[by_id[tracklet_id].pid].append(vector)
+    features = torch.stack([torch.stack(grouped[pid]).mean(dim=0) for pid in pid_to_label])
+    return ClipMemory(features=features, pid_to_label=pid_to_label, fingerprint=fingerprint)
+
+
+def save_memory(memory: ClipMemory, path: Path) -> None:
+    """Write a CLIP-Memory (features, pid → label, fingerprint) atomically, loadable with ``weights_only=True``."""
+    payload = {"features": memory.features.cpu(), "pid_to_label": dict(memory.pid_to_label),
+               "fingerprint": memory.fingerprint}
+    with atomic_output(Path(path), force=True) as temp:
+        torch.save(payload, temp)
+
+
+def load_memory(path: Path) -> ClipMemory:
+    """Read a file written by :func:`save_memory`.
+
+    Raises:
+        CheckpointError: when it is missing or not a CLIP-Memory file.
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return ClipMemory(features=payload["features"], pid_to_label=dict(payload["pid_to_label"]),
+                          fingerprint=str(payload["fingerprint"]))
+    except Exception as exc:  # torch raises many types for missing, truncated or foreign files
+        raise CheckpointError(f"{path} is not a readable CLIP-Memory file ({exc})".splitlines()[0],
+                              hint="rebuild it with `tfclip build-memory RECIPE --force`") from exc
+
+
+# ------------------------------------------------------------------------------------------ processes and files
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def process_device() -> torch.device:
+    """This process's device: its torchrun-local CUDA device, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def start_distributed() -> DistContext:
+    """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on CUDA)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    device = process_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return DistContext(rank=rank, world_size=world_size, device=device)
+
+
+def _gathered(extraction: Extraction, order: Sequence[Tracklet], context: DistContext) -> Extraction:
+    """Every rank's shard merged back into ``order`` (on every rank, so all ranks see the same failures)."""
+    if context.world_size == 1:
+        return extraction
+    shards: list[Extraction | None] = [None] * context.world_size
+    dist.all_gather_object(shards, extraction)
+    position = {t.tracklet_id: i for i, t in enumerate(order)}
+    rows = pd.concat([shard.embeddings.rows for shard in shards], ignore_index=True)
+    vectors = np.concatenate([shard.embeddings.vectors for shard in shards])
+    ranking = np.argsort(rows["tracklet_id"].map(position).to_numpy(), kind="stable")
+    merged = Embeddings(rows=rows.iloc[ranking].reset_index(drop=True), vectors=vectors[ranking], info={})
+    return Extraction(embeddings=merged, failures=tuple(f for shard in shards for f in shard.failures))
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """Tracklets to embed, sources that could not even be opened, and the table metadata they bring."""
+
+    tracklets: list[Tracklet]
+    failures: list[str]
+    info: dict
+
+
+def _manifest_inputs(path: Path, splits: Sequence[str]) -> _Inputs:
+    unknown = [split for split in splits if split not in SPLITS]
+    if unknown:
+        raise UserError(f"--split {','.join(splits)}: unknown split {unknown[0]!r}; allowed: {', '.join(SPLITS)}")
+    manifest = read_manifest(path)
+    tracklets = [t for split in splits for t in manifest.tracklets(split)]
+    if not tracklets:
+        raise DataError(f"{path} has no {'/'.join(splits)} tracklets; it holds {manifest.split_counts()}")
+    info = {"manifest": str(Path(path).resolve()), "dataset": manifest.info.dataset,
+            "gallery_rule": manifest.info.gallery_rule}
+    return _Inputs(tracklets, [], info)
+
+
+def _path_inputs(paths: Sequence[Path], camid: int | None) -> _Inputs:
+    """Tracklets of unknown identity from videos and frame folders; unopenable ones become failures."""
+    tracklets, failures = [], []
+    for path in paths:
+        try:
+            tracklets.append(tracklet_from_path(path, camid=-1 if camid is None else camid, split="gallery"))
+        except DataError as exc:
+            failures.append(f"{path}: {exc.message}")
+    return _Inputs(tracklets, failures, {"sources": [str(Path(p).resolve()) for p in paths]})
+
+
+def extract_to_file(
+    checkpoint: Path,
+    out: Path,
+    *,
+    manifest: Path | None = None,
+    splits: Sequence[str] = ("query", "gallery"),
+    paths: Sequence[Path] = (),
+    camid: int | None = None,
+    sampling: Sampling = "dense",
+    batch_size: int = 32,
+    workers: int = 4,
+    skip_bad: bool = False,
+    force: bool = False,
+) -> Extraction:
+    """``tfclip extract``: embed a manifest's splits (or videos / frame folders) and write an embeddings table.
+
+    Under torchrun each rank embeds a shard and rank 0 writes the merged table. The table's metadata holds the
+    checkpoint path and sha256, the sampling, the embedding type and the manifest's gallery rule.
+
+    Raises:
+        UserError: ``out`` exists without ``force``; DataError: unreadable tracklets without ``skip_bad`` (nothing
+        is written), or nothing readable at all.
+    """
+    if Path(out).exists() and not force:
+        raise UserError(f"{out} already exists", hint="pass --force to overwrite it, or choose another --out")
+    inputs = _manifest_inputs(manifest, splits) if manifest is not None else _path_inputs(paths, camid)
+    state = load_checkpoint(checkpoint)
+    context = start_distributed()
+    try:
+        model = model_from_checkpoint(state, context.device)
+        shard = extract_embeddings(
+            model, inputs.tracklets[context.rank :: context.world_size], sampling=sampling,
+            transform=transform_for(state), device=context.device, batch_size=batch_size, workers=workers,
+            use_camids=manifest is not None or camid is not None,
+        )
+        extraction = _gathered(shard, inputs.tracklets, context)
+        failures = tuple(inputs.failures) + extraction.failures
+        _check_failures(failures, len(extraction.embeddings.rows), out=out, skip_bad=skip_bad)
+        info = {**inputs.info, **_provenance(Path(checkpoint), model, sampling)}
+        embeddings = dataclasses.replace(extraction.embeddings, info=info)
+        if context.is_main:
+            write_embeddings(embeddings, out, force=force)
+        return Extraction(embeddings=embeddings, failures=failures)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _provenance(checkpoint: Path, model: TFCLIP, sampling: Sampling) -> dict:
+    """What an embeddings table records about how it was made."""
+    return {"checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": file_sha256(checkpoint),
+            "sampling": sampling, "embedding": model.config.embedding, "seq_len": model.config.seq_len,
+            "tfclip_version": __version__}
+
+
+def _check_failures(failures: Sequence[str], num_embedded: int, *, out: Path, skip_bad: bool) -> None:
+    if num_embedded == 0:
+        raise DataError(f"no readable tracklet: nothing written to {out}; " + "; ".join(failures[:5]))
+    if failures and not skip_bad:
+        listed = "\n  ".join(failures)
+        raise DataError(f"{len(failures)} unreadable tracklet(s), nothing written to {out}:\n  {listed}",
+                        hint="pass --skip-bad to write the embeddings of the others")

@@ -1,0 +1,217 @@
+"""What a training run carries between iterations: running meters, the metrics log, the resumable sampler, the
+run state, and its checkpoints (everything needed to continue exactly after a stop)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from tfclip_cli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from tfclip_cli.clips import ClipDataset, IdentitySampler
+from tfclip_cli.errors import CheckpointError
+from tfclip_cli.evaluate import EvalResult
+from tfclip_cli.inference import DistContext
+from tfclip_cli.losses import LossWeights
+from tfclip_cli.model import TFCLIP, ClipMemory
+from tfclip_cli.recipe import Recipe, recipe_to_dict
+from tfclip_cli.tables import Manifest
+
+logger = logging.getLogger(__name__)
+
+LOSS_PARTS = ("total", "id", "frame_id", "triplet", "v2m")
+EVAL_FIELDS = ("mAP", "rank1", "rank5", "rank10", "rank20", "mINP")
+METRICS_FIELDS = ("kind", "epoch", "iteration", "lr", *LOSS_PARTS, "clips_per_s", "data_share", *EVAL_FIELDS)
+
+
+class Meters:
+    """Running sums of one epoch's loss parts (on the device, read only at log points) and its timings."""
+
+    def __init__(self, state: dict | None = None) -> None:
+        state = state or {}
+        self.sums: dict[str, torch.Tensor | float] = dict(state.get("sums", {}))
+        self.iterations: int = state.get("iterations", 0)
+        self.clips: int = state.get("clips", 0)
+        self.step_s: float = state.get("step_s", 0.0)
+        self.data_s: float = state.get("data_s", 0.0)
+
+    def add(self, parts: dict[str, torch.Tensor], *, clips: int, step_s: float, data_s: float) -> None:
+        for name, value in parts.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.iterations += 1
+        self.clips += clips
+        self.step_s += step_s
+        self.data_s += data_s
+
+    def means(self) -> dict[str, float]:
+        return {name: float(total) / max(1, self.iterations) for name, total in self.sums.items()}
+
+    def speed(self) -> tuple[float, float]:
+        """(clips per second, share of the step time spent waiting for data)."""
+        return self.clips / max(self.step_s, 1e-9), self.data_s / max(self.step_s, 1e-9)
+
+    def state(self) -> dict:
+        """Plain values for a checkpoint (a resumed epoch reports the mean over all of its iterations)."""
+        return {"sums": {k: float(v) for k, v in self.sums.items()}, "iterations": self.iterations,
+                "clips": self.clips, "step_s": self.step_s, "data_s": self.data_s}
+
+
+class MetricsLog:
+    """Rows appended to ``metrics.csv`` (and TensorBoard events when ``tensorboard`` is installed); rank 0 only."""
+
+    def __init__(self, run_dir: Path) -> None:
+        path = run_dir / "metrics.csv"
+        is_new = not path.exists()
+        self._file = path.open("a", newline="")
+        self._csv = csv.DictWriter(self._file, fieldnames=METRICS_FIELDS)
+        if is_new:
+            self._csv.writeheader()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._board = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:
+            self._board = None
+
+    def write(self, row: dict, *, step: int) -> None:
+        self._csv.writerow({key: _format(value) for key, value in row.items()})
+        self._file.flush()
+        if self._board is not None:
+            for key, value in row.items():
+                if isinstance(value, float):
+                    self._board.add_scalar(f"{row['kind']}/{key}", value, step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._board is not None:
+            self._board.close()
+
+
+def _format(value: object) -> object:
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """The P×K batch sampler, able to start an epoch after its first ``skip`` batches (a mid-epoch resume)."""
+
+    def __init__(self, sampler: IdentitySampler) -> None:
+        super().__init__()
+        self.sampler = sampler
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, *, skip: int = 0) -> None:
+        self.sampler.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.skip
+
+
+@dataclass
+class RunState:
+    """Everything the epoch loop touches; mutable (position, best result, stop request)."""
+
+    recipe: Recipe
+    context: DistContext
+    model: TFCLIP  # the bare model (evaluation, checkpoints)
+    engine: nn.Module  # the model under DistributedDataParallel, or the model itself
+    memory: ClipMemory
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    autocast_dtype: torch.dtype | None
+    dataset: ClipDataset
+    sampler: ResumableSampler
+    loader: torch.utils.data.DataLoader
+    manifest: Manifest
+    metrics: MetricsLog | None
+    next_epoch: int = 1
+    next_iteration: int = 0  # batches of ``next_epoch`` already done (after a Ctrl-C)
+    meters: Meters = dataclasses.field(default_factory=Meters)
+    best_epoch: int | None = None
+    best: EvalResult | None = None
+    stop_requested: bool = False
+
+    @property
+    def run_dir(self) -> Path:
+        return self.recipe.run.output_dir
+
+    @property
+    def loss_weights(self) -> LossWeights:
+        loss = self.recipe.loss
+        return LossWeights(id=loss.id, triplet=loss.triplet, v2m=loss.v2m)
+
+
+# ------------------------------------------------------------------------------------------------- checkpoints
+
+
+def _checkpoint(run: RunState, *, is_resumable: bool) -> Checkpoint:
+    """The model, recipe, pid mapping and memory; plus, when resumable, everything needed to continue exactly."""
+    training_state = None
+    if is_resumable:
+        training_state = {
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if run.context.device.type == "cuda" else [],
+            "next_epoch": run.next_epoch,
+            "next_iteration": run.next_iteration,
+            "meters": run.meters.state(),
+            "best_epoch": run.best_epoch,
+            "best": dataclasses.asdict(run.best) if run.best is not None else None,
+        }
+    return Checkpoint(
+        model_config=run.model.config.to_dict(),
+        model_state=run.model.state_dict(),
+        pid_to_label=dict(run.memory.pid_to_label),
+        memory=run.memory.features.cpu(),
+        recipe=recipe_to_dict(run.recipe),
+        training_state=training_state,
+    )
+
+
+def restore(run: RunState, path: Path) -> None:
+    """Continue from ``last.ckpt``: weights, optimiser, schedule, scaler, RNG, position and best result.
+
+    Raises:
+        CheckpointError: when the file is not resumable or was made for another model.
+    """
+    checkpoint = load_checkpoint(path)
+    state = checkpoint.training_state
+    if state is None:
+        raise CheckpointError(f"{path} holds no training state; expected a last.ckpt written by tfclip train")
+    if checkpoint.model_config != run.model.config.to_dict():
+        raise CheckpointError(
+            f"{path} was trained with model config {checkpoint.model_config}; this recipe gives "
+            f"{run.model.config.to_dict()}", hint="resume with the recipe.yaml saved in the run directory")
+    run.model.load_state_dict(checkpoint.model_state)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] and run.context.device.type == "cuda":
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    run.next_epoch, run.next_iteration = state["next_epoch"], state["next_iteration"]
+    run.meters = Meters(state["meters"])
+    run.best_epoch = state["best_epoch"]
+    run.best = EvalResult(**state["best"]) if state["best"] is not None else None
+    logger.info("resumed from %s at epoch %d, iteration %d", path, run.next_epoch, run.next_iteration)
+
+
+def save(run: RunState, name: str, *, is_resumable: bool) -> Path:
+    """Atomically write ``name`` in the run directory (rank 0 only); the previous file survives any crash."""
+    path = run.run_dir / name
+    if run.context.is_main:
+        save_checkpoint(_checkpoint(run, is_resumable=is_resumable), path)
+    return path
