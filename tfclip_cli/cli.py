@@ -6,13 +6,19 @@ Heavy libraries (torch, open_clip, faiss, decord) are imported inside command bo
 from __future__ import annotations
 
 import functools
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, Optional, Sequence
 
 import typer
+from rich.markup import escape
 
 from tfclip_cli import __version__, display
 from tfclip_cli.errors import UserError
+
+if TYPE_CHECKING:
+    from tfclip_cli.datasets import SplitSummary
+    from tfclip_cli.tables import Manifest
 
 app = typer.Typer(
     name="tfclip",
@@ -56,9 +62,9 @@ def _root(
 
 
 def _report(error: UserError) -> None:
-    display.stderr.print(f"[bold red]error:[/] {error.message}", highlight=False)
+    display.stderr.print(f"[bold red]error:[/] {escape(error.message)}", highlight=False, soft_wrap=True)
     if error.hint:
-        display.stderr.print(f"[dim]hint:[/] {error.hint}", highlight=False)
+        display.stderr.print(f"[dim]hint:[/] {escape(error.hint)}", highlight=False, soft_wrap=True)
 
 
 def command(name: str | None = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
@@ -79,6 +85,407 @@ def command(name: str | None = None) -> Callable[[Callable[..., None]], Callable
         return app.command(name)(run)
 
     return register
+
+
+@command("import-checkpoint")
+def import_checkpoint(
+    source: Annotated[
+        Path, typer.Argument(help="A state dict saved by the TF-CLIP reference code.", exists=True, dir_okay=False)
+    ],
+    out: OutOpt,
+    force: ForceOpt = False,
+) -> None:
+    """Convert a checkpoint of the official TF-CLIP code into a tfclip checkpoint (config inferred from shapes).
+
+    Example: tfclip import-checkpoint MARS_best_model.pth.tar --out runs/mars-official.ckpt
+    """
+    from rich.table import Table
+
+    from tfclip_cli.checkpoint import import_reference_checkpoint, save_checkpoint
+
+    checkpoint = import_reference_checkpoint(source)
+    save_checkpoint(checkpoint, out, force=force)
+    table = Table("model", "value", title=f"{out}", title_justify="left")
+    for key, value in checkpoint.model_config.items():
+        table.add_row(key, str(value))
+    table.add_row("ignored (unused by the reference)", ", ".join(checkpoint.provenance["ignored_keys"]) or "-")
+    display.stdout.print(table)
+
+
+SYNTHETIC_PANEL = "Synthetic dataset (KIND synthetic)"
+
+
+def _synthetic_option(help_text: str) -> typer.models.OptionInfo:
+    return typer.Option(help=help_text, rich_help_panel=SYNTHETIC_PANEL, show_default=False)
+
+
+def _print_summary(manifest: Manifest, summary: Sequence[SplitSummary]) -> None:
+    """A rich table of per-split counts, titled with the dataset and its gallery rule."""
+    from rich.table import Table
+
+    table = Table(title=f"{manifest.info.dataset} ({manifest.info.gallery_rule.replace('_', ' ')})")
+    for column in ("split", "ids", "tracklets", "frames", "cameras"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for row in summary:
+        table.add_row(row.split, *(f"{getattr(row, c):,}" for c in ("ids", "tracklets", "frames", "cameras")))
+    display.stdout.print(table)
+
+
+@command("prepare")
+def prepare(
+    kind: Annotated[str, typer.Argument(help="Layout of ROOT: mars, lsvid, ilidsvid, prid2011, folder or synthetic.")],
+    root: Annotated[Path, typer.Argument(help="The dataset folder (for synthetic: a new folder to draw it into).")],
+    out: OutOpt,
+    force: ForceOpt = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Fail on an unreadable or missing frame or video instead of skipping it.")
+    ] = False,
+    split_id: Annotated[
+        Optional[int], typer.Option("--split-id", help="ilidsvid, prid2011: which of the 10 splits (0-9).", min=0)
+    ] = None,
+    train_chunk: Annotated[
+        Optional[int],
+        typer.Option(
+            "--train-chunk",
+            min=1,
+            help="lsvid: cut training tracklets into chunks of N frames, the last chunk keeping the remainder, "
+            "as the reference trains with N=48. Unlike the reference, tracklets shorter than N are kept whole, "
+            "not dropped.",
+        ),
+    ] = None,
+    identities: Annotated[Optional[int], _synthetic_option("Identities with tracklets (default 60).")] = None,
+    cameras: Annotated[Optional[int], _synthetic_option("Cameras (default 3).")] = None,
+    tracklets_per_camera: Annotated[
+        Optional[int], _synthetic_option("Tracklets per identity per camera (default 1).")
+    ] = None,
+    train_fraction: Annotated[
+        Optional[float], _synthetic_option("Share of identities used for training (default 0.5).")
+    ] = None,
+    distractors: Annotated[Optional[int], _synthetic_option("Gallery-only distractor identities (default 5).")] = None,
+    image_size: Annotated[
+        Optional[tuple[int, int]], _synthetic_option("Frame HEIGHT WIDTH, both even (default 256 128).")
+    ] = None,
+    min_frames: Annotated[Optional[int], _synthetic_option("Shortest tracklet (default 12).")] = None,
+    max_frames: Annotated[Optional[int], _synthetic_option("Longest tracklet (default 64).")] = None,
+    video_fraction: Annotated[
+        Optional[float], _synthetic_option("Share of tracklets written as .mp4 videos (default 0.33).")
+    ] = None,
+    seed: Annotated[Optional[int], _synthetic_option("Seed fixing every pixel (default 0).")] = None,
+) -> None:
+    """Parse a dataset layout into a manifest (one Parquet row per tracklet) and print its splits.
+
+    Example: tfclip prepare synthetic data/synthetic --out data/synthetic.parquet
+    """
+    from tfclip_cli import datasets, tables
+    from tfclip_cli.datasets.synthetic import SyntheticOptions
+
+    if out.exists() and not force:
+        raise UserError(f"{out} already exists", hint="pass --force to overwrite it, or choose another --out")
+    drawn = {
+        "identities": identities,
+        "cameras": cameras,
+        "tracklets_per_camera": tracklets_per_camera,
+        "train_fraction": train_fraction,
+        "distractors": distractors,
+        "image_size": image_size,
+        "min_frames": min_frames,
+        "max_frames": max_frames,
+        "video_fraction": video_fraction,
+        "seed": seed,
+    }
+    given = {name: value for name, value in drawn.items() if value is not None}
+    synthetic = SyntheticOptions(**given) if given else None
+    manifest = datasets.prepare(
+        kind, root, split_id=split_id, train_chunk=train_chunk, synthetic=synthetic, strict=strict
+    )
+    tables.write_manifest(manifest, out, force=force)
+    _print_summary(manifest, datasets.summarize(manifest))
+    display.stderr.print(f"wrote {out}", highlight=False)
+
+
+def _print_train_result(result) -> None:
+    """The run's outcome: epochs, best evaluation and checkpoint paths."""
+    from rich.table import Table
+
+    table = Table("", "value", title=f"{result.run_dir}", title_justify="left")
+    table.add_row("epochs done", str(result.epochs_done))
+    if result.best is not None:
+        table.add_row(f"best (epoch {result.best_epoch})", f"mAP {100 * result.best.mAP:.1f}%  "
+                      f"rank-1 {100 * result.best.rank1:.1f}%  rank-5 {100 * result.best.rank5:.1f}%  "
+                      f"({result.best.gallery_rule.replace('_', ' ')})")
+    table.add_row("last checkpoint", str(result.last_checkpoint))
+    table.add_row("best checkpoint", str(result.best_checkpoint or "-"))
+    display.stdout.print(table)
+
+
+@command("build-memory")
+def build_memory(recipe: RecipeArg, overrides: SetOpt = None, force: ForceOpt = False) -> None:
+    """Compute the CLIP-Memory (one CLIP feature per training identity) into the recipe's run directory.
+
+    Example: tfclip build-memory recipes/mars.yaml --set data.workers=16
+    """
+    from tfclip_cli.recipe import load_recipe
+    from tfclip_cli.train import build_memory_file
+
+    result = build_memory_file(load_recipe(recipe, overrides or []), force=force)
+    display.stdout.print(
+        f"wrote {result.path}: {result.num_identities} identities x {result.dim} (fingerprint {result.fingerprint[:16]})",
+        highlight=False,
+    )
+
+
+@command("train")
+def train(
+    recipe: RecipeArg,
+    overrides: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its last.ckpt.")] = False,
+    gpus: Annotated[
+        int, typer.Option("--gpus", min=1, help="Train on N GPUs of this machine (relaunches itself with torchrun).")
+    ] = 1,
+) -> None:
+    """Train TF-CLIP from a YAML recipe: progress, metrics.csv, evaluation, best.ckpt and last.ckpt in its run folder.
+
+    Example: tfclip train recipes/synthetic-tiny.yaml --set solver.epochs=5
+    """
+    import os
+
+    from tfclip_cli.recipe import load_recipe
+    from tfclip_cli import train as training
+
+    loaded = load_recipe(recipe, overrides or [])
+    if gpus > 1 and "WORLD_SIZE" not in os.environ:
+        argv = ["train", str(recipe), *(f"--set={item}" for item in overrides or []), *(["--resume"] if resume else [])]
+        raise typer.Exit(training.relaunch_distributed(gpus, argv))
+    result = training.train(loaded, resume=resume)
+    if display.is_main_process():
+        _print_train_result(result)
+
+
+class ExtractSampling(str, Enum):
+    dense = "dense"
+    rrs = "rrs"
+
+
+@command("extract")
+def extract(
+    checkpoint: CheckpointOpt,
+    out: OutOpt,
+    inputs: Annotated[
+        Optional[list[Path]], typer.Argument(help="Videos or frame folders to embed, instead of --manifest.")
+    ] = None,
+    manifest: Annotated[
+        Optional[Path], typer.Option("--manifest", "-m", help="A manifest to embed.", exists=True, dir_okay=False)
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="Manifest splits to embed, comma-separated.")] = "query,gallery",
+    sampling: Annotated[
+        ExtractSampling, typer.Option("--sampling", help="dense: average all 8-frame clips; rrs: one clip, faster.")
+    ] = ExtractSampling.dense,
+    camid: Annotated[
+        Optional[int], typer.Option("--camid", min=0, help="Camera of the given videos (for SIE); default unknown.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Clips per forward pass.")] = 32,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes decoding frames.")] = 4,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Write the readable tracklets even if some cannot be read.")
+    ] = False,
+    force: ForceOpt = False,
+) -> None:
+    """Embed a manifest's tracklets (or video files / frame folders) with a checkpoint into an embeddings table.
+
+    Example: tfclip extract --checkpoint runs/mars-tfclip/best.ckpt --manifest runs/mars/manifest.parquet --out runs/mars/emb.parquet
+    """
+    from tfclip_cli.inference import extract_to_file
+
+    if (manifest is None) == (not inputs):
+        raise UserError("give either --manifest M.parquet or video files / frame folders, not both or neither")
+    if manifest is not None and camid is not None:
+        raise UserError("--camid applies to video files / frame folders; a manifest has its own cameras")
+    result = extract_to_file(
+        checkpoint, out, manifest=manifest, splits=tuple(s.strip() for s in split.split(",") if s.strip()),
+        paths=tuple(inputs or ()), camid=camid, sampling=sampling.value, batch_size=batch_size, workers=workers,
+        skip_bad=skip_bad, force=force,
+    )
+    if not display.is_main_process():
+        return
+    for failure in result.failures:
+        display.stderr.print(f"[yellow]skipped:[/] {failure}", highlight=False)
+    embeddings = result.embeddings
+    display.stderr.print(f"wrote {out}: {len(embeddings.rows)} tracklets x {embeddings.dim} ({sampling.value})",
+                         highlight=False)
+
+
+GALLERY_RULE_NAMES = {"includes_query": "every test tracklet, queries included", "gallery_only": "gallery split only"}
+
+
+def _print_eval_result(path: Path, result, *, reranked: bool) -> None:
+    """The metrics as a rich table, then the gallery rule and the query/gallery counts."""
+    from rich.table import Table
+
+    title = f"{escape(str(path))}{' (re-ranked)' if reranked else ''}"
+    table = Table("metric", "value", title=title, title_justify="left")
+    for name in ("mAP", "rank1", "rank5", "rank10", "rank20", "mINP"):
+        table.add_row(name.replace("rank", "rank-"), f"{100 * getattr(result, name):.2f}%")
+    display.stdout.print(table)
+    display.stdout.print(
+        f"gallery rule: {result.gallery_rule} ({GALLERY_RULE_NAMES[result.gallery_rule]}); "
+        f"{result.num_query:,} queries ({result.num_skipped_queries:,} skipped: no true match), "
+        f"{result.num_gallery:,} ranked tracklets",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@command("evaluate")
+def evaluate(
+    embeddings: Annotated[
+        Path, typer.Argument(help="An embeddings table written by tfclip extract.", exists=True, dir_okay=False)
+    ],
+    json_output: JsonOpt = False,
+    rerank: Annotated[
+        bool, typer.Option("--rerank", help="k-reciprocal re-ranking (Zhong et al. 2017; k1=20, k2=6, lambda=0.3).")
+    ] = False,
+    includes_query: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--gallery-includes-query/--gallery-only",
+            help="Rank queries against every test tracklet (official MARS) or the gallery split only; "
+            "default: the rule recorded in the table, else gallery-only.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Report mAP, CMC rank-1/5/10/20 and mINP of an embeddings table's queries against its gallery.
+
+    Example: tfclip evaluate runs/mars/emb.parquet --json
+    """
+    import dataclasses
+    import json
+
+    from tfclip_cli.evaluate import RerankParams, evaluate_file
+
+    rule = None if includes_query is None else ("includes_query" if includes_query else "gallery_only")
+    result = evaluate_file(embeddings, gallery_rule=rule, rerank=RerankParams() if rerank else None)
+    if json_output:
+        typer.echo(json.dumps(dataclasses.asdict(result)))
+    else:
+        _print_eval_result(embeddings, result, reranked=rerank)
+
+
+class IndexKind(str, Enum):
+    flat = "flat"
+    ivfpq = "ivfpq"
+    hnsw = "hnsw"
+
+
+@command("index")
+def index(
+    embeddings: Annotated[
+        Path, typer.Argument(help="An embeddings table written by tfclip extract.", exists=True, dir_okay=False)
+    ],
+    out: OutOpt,
+    index_type: Annotated[
+        Optional[IndexKind],
+        typer.Option("--type", help="flat: exact; ivfpq / hnsw: approximate, for large galleries. [default: flat]"),
+    ] = None,
+    gpu: Annotated[bool, typer.Option("--gpu", help="Train and add on all visible GPUs (needs faiss-gpu).")] = False,
+    append: Annotated[
+        bool, typer.Option("--append", help="Add the table's tracklets to the existing index at --out.")
+    ] = False,
+    force: ForceOpt = False,
+) -> None:
+    """Build a FAISS index (plus sidecar) over an embeddings table, or --append new tracklets to one.
+
+    Example: tfclip index runs/mars/emb.parquet --out runs/mars/gallery.faiss --type hnsw
+    """
+    from tfclip_cli.index import append_to_index, build_index
+    from tfclip_cli.tables import read_embeddings
+
+    if append and (index_type is not None or gpu or force):
+        raise UserError("--append keeps the index's type and rewrites it on the CPU; drop --type, --gpu and --force")
+    table = read_embeddings(embeddings)
+    if append:
+        info = append_to_index(table, out)
+    else:
+        kind = (index_type or IndexKind.flat).value
+        info = build_index(table, out, index_type=kind, use_gpu=gpu, force=force)
+    params = ", ".join(f"{key}={value}" for key, value in info.params.items())
+    display.stdout.print(
+        f"{'appended to' if append else 'wrote'} {out}: {info.type} index of {info.count:,} tracklets x {info.dim}-d"
+        + (f" ({params})" if params else ""),
+        highlight=False,
+    )
+
+
+@command("query")
+def query(
+    clips: Annotated[list[Path], typer.Argument(help="Video files or frame folders of the person to look for.")],
+    gallery: Annotated[
+        Path, typer.Option("--gallery", "-g", help="A FAISS index written by tfclip index.", dir_okay=False)
+    ],
+    checkpoint: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--checkpoint", "-c", help="Checkpoint to embed with; default: the one recorded in the index.",
+            exists=True, dir_okay=False,
+        ),
+    ] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Gallery tracklets to return per clip.")] = 10,
+    json_output: JsonOpt = False,
+    html_out: Annotated[
+        Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report here.", dir_okay=False)
+    ] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Find the gallery tracklets most similar to one or more query clips, as a table, JSON or an HTML report.
+
+    Example: tfclip query person.mp4 --gallery runs/mars/gallery.faiss --top-k 10 --html report.html
+    """
+    import json
+
+    from tfclip_cli.index import query as run_query
+    from tfclip_cli.inference import process_device
+    from tfclip_cli.tables import atomic_output
+
+    if html_out is not None and html_out.exists() and not force:
+        raise UserError(f"{html_out} already exists", hint="pass --force to overwrite it, or choose another --html")
+    results = run_query(
+        gallery, clips, checkpoint=checkpoint, top_k=top_k, device=process_device(),
+        with_hit_frames=html_out is not None,
+    )
+    if html_out is not None:
+        with atomic_output(html_out, force=force) as temp:
+            temp.write_text(display.render_query_report(results, gallery=str(gallery)), encoding="utf-8")
+        display.stderr.print(f"wrote {html_out}", highlight=False)
+    if json_output:
+        typer.echo(json.dumps([result.to_dict() for result in results]))
+        return
+    for result in results:
+        display.stdout.print(display.query_table(result))
+
+
+@command("demo")
+def demo(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the demo's data, run, index and report.", file_okay=False)
+    ] = Path("tfclip-demo"),
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Fewer identities, shorter tracklets, fewer epochs: about 2 minutes.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Delete an earlier demo in --out and start over.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an earlier demo in --out, reusing its finished steps.")
+    ] = False,
+) -> None:
+    """Run the whole pipeline on the embedded synthetic dataset: draw it, train, evaluate before/after, index, query.
+
+    Example: tfclip demo --out tfclip-demo --quick
+    """
+    from tfclip_cli.demo import run_demo
+
+    if force and resume:
+        raise UserError("--force starts over and --resume continues: pass one of them")
+    result = run_demo(out, quick=quick, if_exists="force" if force else "resume" if resume else "refuse")
+    display.stdout.print(display.demo_summary(result))
 
 
 def main() -> None:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 import logging
 import os
-from typing import Iterable, Iterator, TypeVar
+from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
-from rich.console import Console
+import numpy as np
+from PIL import Image
+from rich.console import Console, Group
 from rich.logging import RichHandler
+from rich.panel import Panel
 from rich.progress import (
     BarColumn,
     ProgressColumn,
@@ -19,6 +25,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
+from rich.text import Text
 
 T = TypeVar("T")
 
@@ -74,3 +82,167 @@ def progress(
         for item in items:
             yield item
             bar.advance(task)
+
+
+class StatusBar:
+    """A progress bar with a status line, for loops whose steps carry news (e.g. training losses and lr).
+
+    Use as a context manager; :meth:`advance` moves the bar by ``steps`` (the rate column counts those steps, e.g.
+    clips/s) and may replace the status text. Silent off a terminal and off rank 0, like :func:`progress`.
+    """
+
+    def __init__(self, description: str, *, total: int, unit: str) -> None:
+        self._is_shown = stderr.is_terminal and is_main_process()
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            _RateColumn(unit),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=stderr,
+            transient=False,
+            disable=not self._is_shown,
+        )
+        self._task = self._bar.add_task(description, total=total, status="")
+
+    def __enter__(self) -> "StatusBar":
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._bar.stop()
+
+    @property
+    def is_shown(self) -> bool:
+        """False where the bar stays silent: callers then log their news instead."""
+        return self._is_shown
+
+    def advance(self, steps: float, *, status: str | None = None) -> None:
+        """Move by ``steps``; replace the status text unless ``status`` is None."""
+        fields = {} if status is None else {"status": status}
+        self._bar.update(self._task, advance=steps, **fields)
+
+
+def query_table(result: Any) -> Table:
+    """A rich table of one ``index.QueryResult``: rank, score, pid, camid, tracklet_id, source."""
+    table = Table(title=f"query {result.source} ({result.num_frames} frames)", title_justify="left")
+    for name in ("rank", "score", "pid", "camid", "tracklet_id", "source"):
+        table.add_column(name, justify="right" if name in ("rank", "score", "pid", "camid") else "left")
+    for hit in result.hits:
+        table.add_row(str(hit.rank), f"{hit.score:.4f}", str(hit.pid), str(hit.camid), hit.tracklet_id, hit.source)
+    return table
+
+
+THUMBNAIL_SIZE = (128, 128)
+"""Largest thumbnail (width, height) in the HTML report; frames keep their aspect ratio."""
+REPORT_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #1d1d1f; background: #fafafa; }
+section { background: #fff; border: 1px solid #ddd; border-radius: 8px; padding: 16px; margin-bottom: 24px; }
+table { border-collapse: collapse; } td, th { padding: 6px 10px; border-bottom: 1px solid #eee; text-align: left; }
+img { height: 128px; margin-right: 4px; border-radius: 3px; vertical-align: middle; }
+.score { font-variant-numeric: tabular-nums; } .source { color: #666; font-size: 0.85em; word-break: break-all; }
+.missing { color: #999; font-style: italic; }
+"""
+
+
+def _jpeg_data_uri(frame: np.ndarray) -> str:
+    """A uint8 ``[H, W, 3]`` frame as a ``data:`` URI holding a JPEG thumbnail."""
+    image = Image.fromarray(frame).convert("RGB")
+    image.thumbnail(THUMBNAIL_SIZE)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _frames_html(frames: np.ndarray, label: str) -> str:
+    if len(frames) == 0:
+        return '<span class="missing">frames unavailable</span>'
+    alt = html.escape(label, quote=True)
+    return "".join(f'<img src="{_jpeg_data_uri(frame)}" alt="{alt}">' for frame in frames)
+
+
+def _query_section(number: int, result: Any) -> str:
+    """One query: its key frames, then a table of hits with their key frames and scores."""
+    hit_frames = result.hit_key_frames or [np.zeros((0, 1, 1, 3), np.uint8)] * len(result.hits)
+    rows = "".join(
+        f"<tr><td>{hit.rank}</td><td class=\"score\">{hit.score:.4f}</td><td>{hit.pid}</td><td>{hit.camid}</td>"
+        f"<td>{html.escape(hit.tracklet_id)}<div class=\"source\">{html.escape(hit.source)}</div></td>"
+        f"<td>{_frames_html(frames, hit.tracklet_id)}</td></tr>"
+        for hit, frames in zip(result.hits, hit_frames)
+    )
+    return (
+        f"<section><h2>Query {number}: {html.escape(result.source)}</h2>"
+        f"<p>{result.num_frames} frames; first, middle and last:</p><p>{_frames_html(result.key_frames, 'query')}</p>"
+        "<table><tr><th>rank</th><th>score</th><th>pid</th><th>camid</th><th>tracklet</th><th>key frames</th></tr>"
+        f"{rows}</table></section>"
+    )
+
+
+def render_query_report(results: Sequence[Any], *, gallery: str) -> str:
+    """One self-contained HTML page (thumbnails embedded as base64 JPEG, no external resources) for the
+    ``index.QueryResult`` values of a ``tfclip query --html`` call against the index ``gallery``."""
+    title = f"tfclip query against {html.escape(gallery)}"
+    sections = "".join(_query_section(number, result) for number, result in enumerate(results, start=1))
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{REPORT_STYLE}</style></head><body><h1>{title}</h1>{sections}</body></html>\n"
+    )
+
+
+DEMO_NEXT_STEPS = """\
+[bold]# MARS with OpenAI's CLIP ViT-B/16 weights (downloaded once; train on a GPU)[/]
+tfclip prepare mars /data/MARS --out mars.parquet
+tfclip train recipes/mars.yaml --set data.manifest=mars.parquet \\
+    --set run.output_dir=runs/mars
+tfclip extract -c runs/mars/best.ckpt --manifest mars.parquet \\
+    --out mars-emb.parquet
+tfclip evaluate mars-emb.parquet
+tfclip index mars-emb.parquet --out mars.faiss
+tfclip query person.mp4 --gallery mars.faiss --html report.html
+
+[bold]# your own footage: ROOT/<split>/<pid>/<camid>/<video or frame folder>[/]
+tfclip prepare folder /data/my-cameras --out mine.parquet
+tfclip train recipes/mars.yaml --set data.manifest=mine.parquet \\
+    --set run.output_dir=runs/mine
+tfclip extract -c runs/mine/best.ckpt --manifest mine.parquet \\
+    --out mine-emb.parquet
+tfclip index mine-emb.parquet --out mine.faiss
+tfclip query person.mp4 --gallery mine.faiss --html report.html"""
+"""Shown after the demo: the same pipeline on real data (rich markup; every line fits 80 columns)."""
+
+
+def _demo_metrics_table(result: Any) -> Table:
+    """Before/after training metrics of a ``demo.DemoResult`` on the held-out identities."""
+    after = result.after
+    rule = after.gallery_rule.replace("_", " ")
+    table = Table(title=f"held-out identities: {after.num_query} queries, {after.num_gallery} ranked tracklets "
+                  f"({rule})", title_justify="left")
+    for name in ("metric", "before training", "after training", "change"):
+        table.add_column(name, justify="left" if name == "metric" else "right")
+    for name, label in (("mAP", "mAP"), ("rank1", "rank-1"), ("rank5", "rank-5"), ("mINP", "mINP")):
+        before, trained = 100 * getattr(result.before, name), 100 * getattr(after, name)
+        table.add_row(label, f"{before:.1f}%", f"[bold]{trained:.1f}%[/]", f"{trained - before:+.1f}")
+    return table
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
+
+
+def demo_summary(result: Any) -> Group:
+    """What ``tfclip demo`` prints for a ``demo.DemoResult``: metrics before and after training, the query's top
+    hits, the report's path, the time each step took, and the commands to run on real data."""
+    query = result.query_tracklet
+    ranks = [hit.rank for hit in result.query.hits if hit.pid == query.pid]
+    found = f"found at rank {ranks[0]}" if ranks else f"not in the top {len(result.query.hits)}"
+    steps = " · ".join(f"{name} {_duration(seconds)}" for name, seconds in result.timings.items())
+    return Group(
+        _demo_metrics_table(result),
+        Text(f"trained {result.training.epochs_done} epochs on {result.device}: {steps}", style="dim"),
+        query_table(result.query),
+        Text(f"the query is held-out identity {query.pid} ({query.tracklet_id}): {found}"),
+        Text(f"report: {result.paths.report}"),
+        Panel(DEMO_NEXT_STEPS, title="what next", title_align="left", expand=False),
+    )

@@ -622,7 +622,7 @@ def _check_empty(root: Path) -> None:
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise DataError(
             f"{root} is not an empty folder: the synthetic dataset is written into a new or empty ROOT",
-            hint="choose another ROOT, or delete it first (tfclip prepare synthetic ... --force)",
+            hint="choose another ROOT, or delete this one first",
         )
 
 
