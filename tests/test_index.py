@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from tiny_training import tiny_manifest
 from tfclip_cli import display, index
-from tfclip_cli.checkpoint import Checkpoint, file_sha256, save_checkpoint
+from tfclip_cli.checkpoint import Checkpoint, save_checkpoint
 from tfclip_cli.cli import app
 from tfclip_cli.errors import GalleryError, UserError
 from tfclip_cli.inference import extract_to_file

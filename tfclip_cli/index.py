@@ -42,7 +42,14 @@ from tfclip_cli.clips import ClipTransform, read_frames
 from tfclip_cli.errors import DataError, GalleryError, UserError
 from tfclip_cli.inference import embed_tracklets, tracklet_from_path, transform_for
 from tfclip_cli.model import TFCLIP
-from tfclip_cli.tables import EMBEDDING_ROW_COLUMNS, MANIFEST_SCHEMA, Embeddings, Tracklet, atomic_output
+from tfclip_cli.tables import (
+    EMBEDDING_ROW_COLUMNS,
+    MANIFEST_SCHEMA,
+    Embeddings,
+    Tracklet,
+    atomic_output,
+    row_to_tracklet,
+)
 
 log = logging.getLogger(__name__)
 
@@ -391,23 +398,6 @@ def load_index(path: Path) -> Gallery:
     return Gallery(path=path, index=index, rows=rows, info=info)
 
 
-def _row_tracklet(row: pd.Series) -> Tracklet | None:
-    """The sidecar row as a Tracklet, or None when it names neither frames nor a video (a foreign table)."""
-    video = row["video"] if isinstance(row["video"], str) else None
-    frames = row["frames"] if video is None and row["frames"] is not None else None
-    if video is None and (frames is None or len(frames) == 0):
-        return None
-    return Tracklet(
-        tracklet_id=str(row["tracklet_id"]),
-        pid=int(row["pid"]),
-        camid=int(row["camid"]),
-        split=row["split"],
-        num_frames=int(row["num_frames"]),
-        frames=tuple(frames) if frames is not None else None,
-        video=video,
-    )
-
-
 def search(gallery: Gallery, vectors: np.ndarray, top_k: int) -> list[list[Hit]]:
     """The ``top_k`` most similar gallery tracklets for each query embedding in ``vectors`` [Q, D].
 
@@ -428,7 +418,7 @@ def search(gallery: Gallery, vectors: np.ndarray, top_k: int) -> list[list[Hit]]
 
 def _hit(rows: pd.DataFrame, row: int, rank: int, score: float) -> Hit:
     record = rows.iloc[row]
-    tracklet = _row_tracklet(record)
+    tracklet = row_to_tracklet(record)
     return Hit(
         rank=rank,
         score=score,
@@ -457,7 +447,7 @@ def read_key_frames(tracklet: Tracklet) -> np.ndarray:
 
 def _hit_key_frames(gallery: Gallery, hit: Hit) -> np.ndarray:
     """A hit's key frames, or ``NO_FRAMES`` (logged) when its source is unknown or unreadable."""
-    tracklet = _row_tracklet(gallery.rows.iloc[hit.row])
+    tracklet = row_to_tracklet(gallery.rows.iloc[hit.row])
     if tracklet is None:
         return NO_FRAMES
     try:

@@ -37,13 +37,13 @@ from tfclip_cli.clips import (
 from tfclip_cli.errors import CheckpointError, DataError, UserError
 from tfclip_cli.model import TFCLIP, ClipMemory
 from tfclip_cli.tables import (
-    EMBEDDING_ROW_COLUMNS,
     SPLITS,
     Embeddings,
     Split,
     Tracklet,
     atomic_output,
     read_manifest,
+    tracklet_table,
     write_embeddings,
 )
 
@@ -194,18 +194,7 @@ def _readable(
 
 
 def _embeddings(tracklets: Sequence[Tracklet], vectors: dict[str, torch.Tensor], model: TFCLIP) -> Embeddings:
-    rows = pd.DataFrame(
-        {
-            "tracklet_id": [t.tracklet_id for t in tracklets],
-            "pid": pd.array([t.pid for t in tracklets], dtype="int64"),
-            "camid": pd.array([t.camid for t in tracklets], dtype="int64"),
-            "split": [t.split for t in tracklets],
-            "num_frames": pd.array([t.num_frames for t in tracklets], dtype="int64"),
-            "frames": [list(t.frames) if t.frames is not None else None for t in tracklets],
-            "video": [t.video for t in tracklets],
-        },
-        columns=list(EMBEDDING_ROW_COLUMNS),
-    )
+    rows = tracklet_table(tracklets)
     matrix = np.zeros((0, model.embedding_dim), dtype=np.float32)
     if tracklets:
         matrix = np.stack([vectors[t.tracklet_id].numpy() for t in tracklets]).astype(np.float32)

@@ -28,6 +28,16 @@ PRETRAINED_KEYWORDS = ("openai", "none")
 PATH_KEYS = ("data.manifest", "model.pretrained", "run.output_dir")
 
 
+def _bundled_recipes() -> Path:
+    """The recipes/ folder: inside the package in an installed wheel (pyproject maps it to tfclip_cli/recipes),
+    beside the package in a source checkout or editable install."""
+    installed = Path(__file__).resolve().parent / "recipes"
+    return installed if installed.is_dir() else Path(__file__).resolve().parents[1] / "recipes"
+
+
+BUNDLED_RECIPES = _bundled_recipes()
+
+
 @dataclass(frozen=True)
 class DataSection:
     """What is read and how clips are made (reference: configs/vit_clipreid.yml INPUT/DATALOADER)."""

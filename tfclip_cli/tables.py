@@ -99,24 +99,45 @@ class Manifest:
     def tracklets(self, split: Split | None = None) -> list[Tracklet]:
         """The rows as Tracklet records, optionally only those of one split."""
         rows = self.table if split is None else self.table[self.table["split"] == split]
-        return [_row_to_tracklet(row) for row in rows.itertuples(index=False)]
+        return [row_to_tracklet(row) for row in rows.itertuples(index=False)]
 
     def split_counts(self) -> dict[str, int]:
         return {name: int((self.table["split"] == name).sum()) for name in SPLITS}
 
 
-def _row_to_tracklet(row) -> Tracklet:
-    frames = row.frames
-    has_frames = frames is not None and not (isinstance(frames, float) and np.isnan(frames))
+def row_to_tracklet(row: object) -> Tracklet | None:
+    """A table row (namedtuple or Series with the manifest columns) as a Tracklet; None when it names neither frames
+    nor a video (embeddings tables written by other tools)."""
     video = row.video if isinstance(row.video, str) else None
+    frames = row.frames if video is None else None
+    if frames is not None and not isinstance(frames, float) and len(frames) == 0:
+        frames = None
+    if video is None and (frames is None or isinstance(frames, float)):
+        return None
     return Tracklet(
         tracklet_id=str(row.tracklet_id),
         pid=int(row.pid),
         camid=int(row.camid),
         split=row.split,
         num_frames=int(row.num_frames),
-        frames=tuple(frames) if has_frames and video is None else None,
+        frames=tuple(frames) if frames is not None else None,
         video=video,
+    )
+
+
+def tracklet_table(tracklets: Sequence[Tracklet]) -> pd.DataFrame:
+    """The manifest columns of ``tracklets``, one row each, in order."""
+    return pd.DataFrame(
+        {
+            "tracklet_id": [t.tracklet_id for t in tracklets],
+            "pid": pd.array([t.pid for t in tracklets], dtype="int64"),
+            "camid": pd.array([t.camid for t in tracklets], dtype="int64"),
+            "split": [t.split for t in tracklets],
+            "num_frames": pd.array([t.num_frames for t in tracklets], dtype="int64"),
+            "frames": [list(t.frames) if t.frames is not None else None for t in tracklets],
+            "video": [t.video for t in tracklets],
+        },
+        columns=list(MANIFEST_COLUMNS),
     )
 
 
@@ -131,17 +152,7 @@ def manifest_from_tracklets(tracklets: Sequence[Tracklet], info: ManifestInfo) -
         seen: set[str] = set()
         duplicates = sorted({i for i in ids if i in seen or seen.add(i)})
         raise DataError(f"duplicate tracklet ids in {info.root}: {', '.join(duplicates[:5])}")
-    table = pd.DataFrame(
-        {
-            "tracklet_id": ids,
-            "pid": pd.array([t.pid for t in tracklets], dtype="int64"),
-            "camid": pd.array([t.camid for t in tracklets], dtype="int64"),
-            "split": [t.split for t in tracklets],
-            "num_frames": pd.array([t.num_frames for t in tracklets], dtype="int64"),
-            "frames": [list(t.frames) if t.frames is not None else None for t in tracklets],
-            "video": [t.video for t in tracklets],
-        }
-    )
+    table = tracklet_table(tracklets)
     return Manifest(table=table, info=info)
 
 
