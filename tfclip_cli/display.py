@@ -215,9 +215,8 @@ tfclip query person.mp4 --gallery mine.faiss --html report.html"""
 def _demo_metrics_table(result: Any) -> Table:
     """Before/after training metrics of a ``demo.DemoResult`` on the held-out identities."""
     after = result.after
-    rule = after.gallery_rule.replace("_", " ")
-    table = Table(title=f"held-out identities: {after.num_query} queries, {after.num_gallery} ranked tracklets "
-                  f"({rule})", title_justify="left")
+    table = Table(title=f"{after.num_query} held-out queries vs {after.num_gallery} gallery tracklets",
+                  title_justify="left")
     for name in ("metric", "before training", "after training", "change"):
         table.add_column(name, justify="left" if name == "metric" else "right")
     for name, label in (("mAP", "mAP"), ("rank1", "rank-1"), ("rank5", "rank-5"), ("mINP", "mINP")):
@@ -240,7 +239,7 @@ def demo_summary(result: Any) -> Group:
     steps = " · ".join(f"{name} {_duration(seconds)}" for name, seconds in result.timings.items())
     return Group(
         _demo_metrics_table(result),
-        Text(f"trained {result.training.epochs_done} epochs on {result.device}: {steps}", style="dim"),
+        Text(f"trained {result.training.epochs_done} epochs on {result.device}; time per step: {steps}", style="dim"),
         query_table(result.query),
         Text(f"the query is held-out identity {query.pid} ({query.tracklet_id}): {found}"),
         Text(f"report: {result.paths.report}"),

@@ -1,0 +1,92 @@
+"""`tfclip demo --quick` end to end: it learns, finds the query's identity, writes its report, resumes without
+redoing finished steps, and never deletes a folder it did not write."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tfclip_cli.cli import app
+from tfclip_cli.demo import DemoPaths, pick_query, run_demo
+from tfclip_cli.errors import UserError
+from tfclip_cli.tables import read_manifest
+
+
+def _invoke(*args: object):
+    return CliRunner().invoke(app, ["demo", *map(str, args)], terminal_width=400)
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoPaths, str]:
+    """One `tfclip demo --quick --force` run over the remains of an earlier demo, shared by the tests below (the
+    expensive part: about 1.5 minutes on 2 cores)."""
+    out = tmp_path_factory.mktemp("demo") / "tfclip-demo"
+    out.mkdir()
+    (out / "demo.json").write_text('{"plan": "default"}')
+    (out / "report.html").write_text("stale report")
+    result = _invoke("--out", out, "--quick", "--force")
+    assert result.exit_code == 0, result.output
+    return DemoPaths.under(out), result.output
+
+
+def test_quick_demo_replaces_an_earlier_demo_prints_metrics_and_reports_the_query(
+    quick_demo: tuple[DemoPaths, str],
+) -> None:
+    paths, output = quick_demo
+    assert "mAP" in output and "before training" in output and "after training" in output
+    assert "what next" in output and "tfclip prepare mars /data/MARS --out mars.parquet" in output
+    assert json.loads(paths.plan.read_text())["plan"] == "quick"  # --force replaced the earlier demo
+    query = pick_query(read_manifest(paths.manifest))
+    assert query.video is not None and query.split == "query"
+    assert query.tracklet_id in paths.report.read_text(encoding="utf-8")
+    for path in (paths.initial_checkpoint, paths.trained_checkpoint, paths.before, paths.after, paths.index):
+        assert path.is_file(), path
+
+
+def test_resumed_demo_reuses_every_step_and_the_trained_model_beats_the_untrained_one(
+    quick_demo: tuple[DemoPaths, str],
+) -> None:
+    paths, _ = quick_demo
+    kept = (paths.manifest, paths.initial_checkpoint, paths.trained_checkpoint, paths.before, paths.after,
+            paths.index)
+    written = {path: path.stat().st_mtime_ns for path in kept}
+    result = run_demo(paths.root, quick=True, if_exists="resume")
+    assert {path: path.stat().st_mtime_ns for path in kept} == written
+    assert result.training.history == ()  # the finished run was not trained again
+    assert result.after.mAP > result.before.mAP + 0.1
+    assert result.after.rank5 > result.before.rank5
+    assert result.query_tracklet.pid in [hit.pid for hit in result.query.hits]
+    assert len(result.query.hits) == 5
+    assert result.is_query_found
+
+
+def test_resume_refuses_a_demo_started_with_the_other_plan(quick_demo: tuple[DemoPaths, str]) -> None:
+    paths, _ = quick_demo
+    with pytest.raises(UserError, match="holds a quick demo"):
+        run_demo(paths.root, quick=False, if_exists="resume")
+
+
+def test_demo_refuses_a_non_empty_folder_and_deletes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("keep me")
+    result = _invoke("--out", tmp_path, "--quick")
+    assert result.exit_code == 2
+    assert "is not empty (notes.txt)" in result.output and "--resume" in result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("flag", ["--force", "--resume"])
+def test_force_and_resume_never_touch_a_folder_the_demo_did_not_write(tmp_path: Path, flag: str) -> None:
+    (tmp_path / "notes.txt").write_text("keep me")
+    result = _invoke("--out", tmp_path, "--quick", flag)
+    assert result.exit_code == 2
+    assert "holds files the demo did not write (notes.txt)" in result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_force_and_resume_together_are_refused(tmp_path: Path) -> None:
+    result = _invoke("--out", tmp_path / "demo", "--force", "--resume")
+    assert result.exit_code == 2
+    assert "pass one of them" in result.output
+    assert not (tmp_path / "demo").exists()
