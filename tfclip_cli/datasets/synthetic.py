@@ -7,7 +7,7 @@ colours come from a small palette, so many identities share them and differ by p
 colour histogram cannot solve the task, a model that sees shapes can learn it.
 
 The tree is written in the ``folder`` layout, ``ROOT/<split>/<pid>/<camid>/<tracklet>``, where a tracklet is an
-H.264 (or MPEG-4) ``tNN.mp4`` video or a ``tNN/`` folder of JPEG frames ``000000.jpg ...``.
+MPEG-4 ``tNN.mp4`` video or a ``tNN/`` folder of JPEG frames ``000000.jpg ...``.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class SyntheticOptions:
     tracklets_per_camera: int = 1  # tracklets per identity per camera
     train_fraction: float = 0.5  # share of the identities used for training (the rest are test ids)
     distractors: int = 5  # gallery-only identities, numbered after the real ones
-    image_size: tuple[int, int] = (256, 128)  # (height, width) of every frame; both even (H.264 needs it)
+    image_size: tuple[int, int] = (256, 128)  # (height, width) of every frame; both even (yuv420p video needs it)
     min_frames: int = 12  # shortest tracklet
     max_frames: int = 64  # longest tracklet
     video_fraction: float = 1 / 3  # share of tracklets written as .mp4 videos instead of JPEG folders
@@ -576,21 +576,20 @@ def _write_frames(frames: list[np.ndarray], folder: Path) -> None:
         Image.fromarray(frame).save(folder / f"{t:06d}.jpg", quality=92)
 
 
-def _video_codec() -> str:
-    """H.264 when this FFmpeg build has libx264, MPEG-4 Part 2 otherwise."""
-    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
-
-
 def _write_video(frames: list[np.ndarray], path: Path) -> None:
-    """Encode frames as a yuv420p .mp4, single-threaded so the bytes do not depend on the machine."""
+    """Encode frames as an MPEG-4 Part 2 .mp4 whose bytes depend on the frames alone.
+
+    MPEG-4 rather than H.264: the first libx264 encode of a process was seen to give other bytes than later ones for
+    the same frames (PyAV 18, x264 core 165), which would make the dataset depend on what ran before. Single-threaded
+    and bitexact (no creation time); a keyframe every 12 frames keeps reading a few frames cheap.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    codec = _video_codec()
-    options = {"crf": "18", "preset": "veryfast"} if codec == "libx264" else {"qscale": "3"}
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=FPS, options=options)
+    with av.open(str(path), mode="w", options={"fflags": "+bitexact"}) as container:
+        stream = container.add_stream("mpeg4", rate=FPS, options={"qscale": "3"})
         stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = 1
+        stream.codec_context.gop_size = 12
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode(None))
@@ -608,7 +607,7 @@ def _check_options(options: SyntheticOptions) -> None:
          f"train_fraction={options.train_fraction}: expected at least one train and one test identity"),
         (options.distractors < 0, f"distractors={options.distractors}: expected ≥ 0"),
         (height % 2 or width % 2 or height < 16 or width < 16,
-         f"image_size={options.image_size}: expected even (height, width), each ≥ 16 (H.264 needs even sizes)"),
+         f"image_size={options.image_size}: expected even (height, width), each ≥ 16 (yuv420p video needs even sizes)"),
         (not 1 <= options.min_frames <= options.max_frames,
          f"min_frames={options.min_frames}, max_frames={options.max_frames}: expected 1 ≤ min_frames ≤ max_frames"),
         (not 0.0 <= options.video_fraction <= 1.0, f"video_fraction={options.video_fraction}: expected 0..1"),
