@@ -44,8 +44,7 @@ from tfclip_cli.tables import (
     read_manifest,
     write_manifest,
 )
-from tfclip_cli.train import TrainResult, train
-from tfclip_cli.train.memory import initial_model, model_config
+from tfclip_cli.train import TrainResult, initial_model, model_config, train
 
 logger = logging.getLogger(__name__)
 

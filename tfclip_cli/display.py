@@ -46,6 +46,7 @@ def setup_logging(verbose: bool = False) -> None:
         level = logging.WARNING
     handler = RichHandler(console=stderr, show_path=False, show_time=False, markup=False)
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # "Loading faiss with AVX512 support" on every run
 
 
 class _RateColumn(ProgressColumn):

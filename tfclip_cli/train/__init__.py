@@ -14,7 +14,7 @@ uninterrupted run on CPU.
 
 from tfclip_cli.train.engine import EpochSummary, TrainResult, train
 from tfclip_cli.train.launch import relaunch_distributed, torchrun_command
-from tfclip_cli.train.memory import MemoryResult, build_memory_file
+from tfclip_cli.train.memory import MemoryResult, build_memory_file, initial_model, model_config
 from tfclip_cli.train.solver import lr_factor, param_groups, resolve_precision
 from tfclip_cli.train.state import METRICS_FIELDS
 
@@ -24,7 +24,9 @@ __all__ = [
     "MemoryResult",
     "TrainResult",
     "build_memory_file",
+    "initial_model",
     "lr_factor",
+    "model_config",
     "param_groups",
     "relaunch_distributed",
     "resolve_precision",
