@@ -1,0 +1,38 @@
+"""README and --help stay true: CI runs the README's test command, every command is helped and documented."""
+
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tfclip_cli.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+COMMANDS = sorted(c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands)
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    test_command = next(line for line in ci.splitlines() if "pytest" in line and "pip install" in line)
+    assert test_command in README
+
+
+def test_readme_has_exactly_two_setup_commands() -> None:
+    setup = README.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"```bash\n(.*?)\n```", setup, flags=re.S)
+    assert len(commands) == 2
+    assert "tfclip demo" in commands[0] and "pytest" in commands[1]
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_has_help_with_an_example(name: str) -> None:
+    result = CliRunner().invoke(app, [name, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "Example:" in result.output
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_is_in_the_readme(name: str) -> None:
+    assert f"tfclip {name}" in README
