@@ -29,13 +29,7 @@ from tfclip_cli.model.config import MODEL_CONFIG_DIR
 TINY = ModelConfig(backbone="tfclip-tiny", image_size=(64, 32), seq_len=2, num_classes=5, num_cameras=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; more threads spin against each other on a busy 2-core runner."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _clips(batch: int = 2) -> torch.Tensor:

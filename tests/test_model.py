@@ -14,13 +14,7 @@ LABELS = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
 CAMIDS = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; more threads spin against each other on a busy 2-core runner."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _clips(batch: int, config: ModelConfig = TINY, seed: int = 0) -> torch.Tensor:
