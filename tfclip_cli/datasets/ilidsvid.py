@@ -64,7 +64,7 @@ def _split(path: Path, split_id: int, persons: list[str]) -> tuple[list[str], li
     """(train persons, test persons) of one split, each sorted."""
     try:
         content = scipy.io.loadmat(str(path))
-    except (ValueError, NotImplementedError, OSError) as exc:
+    except (ValueError, NotImplementedError, OSError) as exc:  # scipy raises NotImplementedError on MATLAB v7.3
         raise DataError(f"{path} is not a readable MATLAB .mat file ({exc})", hint=LAYOUT.hint) from exc
     if "ls_set" not in content or np.ndim(content["ls_set"]) != 2:
         raise DataError(f"{path} has no 2-D key 'ls_set': expected the iLIDS-VID split file")

@@ -76,7 +76,7 @@ class _Row:
 def _load_mat(path: Path, key: str) -> np.ndarray:
     try:
         content = scipy.io.loadmat(str(path))
-    except (ValueError, NotImplementedError, OSError) as exc:
+    except (ValueError, NotImplementedError, OSError) as exc:  # scipy raises NotImplementedError on MATLAB v7.3
         raise DataError(f"{path} is not a readable MATLAB .mat file ({exc})", hint=LAYOUT.hint) from exc
     if key not in content:
         found = ", ".join(k for k in content if not k.startswith("__"))
