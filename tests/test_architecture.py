@@ -18,11 +18,14 @@ RANK = {
     "losses": 5,
     "datasets": 6,
     "checkpoint": 7,
+    "export": 7.5,
     "inference": 8,
     "evaluate": 8,
     "train": 9,
     "index": 9,
+    "footage": 9.5,
     "demo": 10,
+    "serve": 10,
     "cli": 11,
     "__main__": 12,
 }
@@ -33,6 +36,11 @@ THIRD_PARTY_HOMES = {
     "rich": {"cli", "display"},
     "typer": {"cli"},
     "click": set(),
+    "cv2": {"footage"},
+    "onnx": {"export"},
+    "onnxruntime": {"export"},
+    "fastapi": {"serve"},
+    "uvicorn": {"serve"},
 }
 
 
