@@ -147,11 +147,22 @@ def prepare(
         Optional[int],
         typer.Option(
             "--train-chunk",
-            min=1,
-            help="lsvid: cut training tracklets into chunks of N frames, the last chunk keeping the remainder, "
-            "as the reference trains with N=48. Unlike the reference, tracklets shorter than N are kept whole, "
-            "not dropped.",
+            min=0,
+            help="lsvid: frames per training chunk, the last chunk keeping the remainder and tracklets shorter than "
+            "N left out: 48 unless given, the official protocol; 0 trains on whole tracklets.",
         ),
+    ] = None,
+    window: Annotated[
+        Optional[int],
+        typer.Option(
+            "--window",
+            min=0,
+            help="ilidsvid: cut every sequence into windows of N frames, each its own train, query or gallery item "
+            "(8 unless given, the official protocol; must equal the recipe's data.seq_len); 0 keeps whole sequences.",
+        ),
+    ] = None,
+    window_stride: Annotated[
+        Optional[int], typer.Option("--window-stride", min=1, help="ilidsvid: frames between window starts (4 unless given).")
     ] = None,
     identities: Annotated[Optional[int], _synthetic_option("Identities with tracklets (default 60).")] = None,
     cameras: Annotated[Optional[int], _synthetic_option("Cameras (default 3).")] = None,
@@ -196,7 +207,8 @@ def prepare(
     given = {name: value for name, value in drawn.items() if value is not None}
     synthetic = SyntheticOptions(**given) if given else None
     manifest = datasets.prepare(
-        kind, root, split_id=split_id, train_chunk=train_chunk, synthetic=synthetic, strict=strict
+        kind, root, split_id=split_id, train_chunk=train_chunk, window=window, window_stride=window_stride,
+        synthetic=synthetic, strict=strict,
     )
     tables.write_manifest(manifest, out, force=force)
     _print_summary(manifest, datasets.summarize(manifest))
