@@ -17,7 +17,7 @@ from tfclip_cli import train as training
 from tfclip_cli.train import engine
 from tfclip_cli.checkpoint import load_checkpoint, save_checkpoint
 from tfclip_cli.cli import app
-from tfclip_cli.errors import CheckpointError, RecipeError
+from tfclip_cli.errors import CheckpointError
 from tfclip_cli.inference import load_memory
 from tfclip_cli.model import ModelConfig, build_model
 from tfclip_cli.recipe import load_recipe

@@ -278,6 +278,13 @@ class ExtractSampling(str, Enum):
     rrs = "rrs"
 
 
+class ExtractPrecision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+    auto = "auto"
+
+
 @command("extract")
 def extract(
     checkpoint: CheckpointOpt,
@@ -301,6 +308,10 @@ def extract(
         bool, typer.Option("--skip-bad", help="Write the readable tracklets even if some cannot be read.")
     ] = False,
     force: ForceOpt = False,
+    precision: Annotated[
+        ExtractPrecision,
+        typer.Option("--precision", help="fp32 as the reference evaluates; fp16, bf16 or auto: autocast on CUDA."),
+    ] = ExtractPrecision.fp32,
 ) -> None:
     """Embed a manifest's tracklets (or video files / frame folders) with a checkpoint into an embeddings table.
 
@@ -315,7 +326,7 @@ def extract(
     result = extract_to_file(
         checkpoint, out, manifest=manifest, splits=tuple(s.strip() for s in split.split(",") if s.strip()),
         paths=tuple(inputs or ()), camid=camid, sampling=sampling.value, batch_size=batch_size, workers=workers,
-        skip_bad=skip_bad, force=force,
+        skip_bad=skip_bad, force=force, precision=precision.value,
     )
     if not display.is_main_process():
         return
@@ -354,7 +365,9 @@ def evaluate(
     ],
     json_output: JsonOpt = False,
     rerank: Annotated[
-        bool, typer.Option("--rerank", help="k-reciprocal re-ranking (Zhong et al. 2017; k1=20, k2=6, lambda=0.3).")
+        bool,
+        typer.Option("--rerank", help="k-reciprocal re-ranking (Zhong et al. 2017), the official code's k1=50, k2=15, "
+                     "lambda=0.3."),
     ] = False,
     includes_query: Annotated[
         Optional[bool],

@@ -1,9 +1,9 @@
 """No-grad passes of a TF-CLIP model over tracklets: test embeddings, the CLIP-Memory, and query clips.
 
 Tracklets are decoded in DataLoader workers, one tracklet per item; the main process packs the clips of several
-tracklets into one batch of at most ``batch_size`` clips, runs the model in ``inference_mode`` at the precision asked
-(fp32 unless told otherwise, as the reference evaluates) and splits the result back per tracklet. Under ``torchrun`` :func:`extract_to_file` gives each rank a shard and
-rank 0 merges them.
+tracklets into one batch of at most ``batch_size`` clips, runs the model in ``inference_mode`` at the precision
+asked (fp32 unless told otherwise, as the reference evaluates) and splits the result back per tracklet. Under
+``torchrun`` :func:`extract_to_file` gives each rank a shard and rank 0 merges them.
 """
 
 from __future__ import annotations

@@ -24,6 +24,10 @@ GALLERY_RULE_TEXT = {
     "includes_query": "queries ranked against query + gallery (the same pid and camera removed)",
     "gallery_only": "queries ranked against the gallery split alone",
 }
+ERASING_TEXT = {
+    "frame": "each frame on its own, p={p}, own box and colour at the reference's paste position",
+    "clip": "one box and colour on every frame of a clip, p={p} (tfclip's choice, not the reference's)",
+}
 
 
 def _cut_text(manifest: Manifest) -> str:
@@ -88,26 +92,24 @@ def describe_protocol(recipe: Recipe, manifest: Manifest, device: torch.device) 
     data, solver, evaluation = recipe.data, recipe.solver, recipe.eval
     counts = manifest.split_counts()
     rule = manifest.info.gallery_rule if evaluation.gallery_rule == "manifest" else evaluation.gallery_rule
-    erasing = {
-        "frame": f"each frame on its own, p={data.erase_p}, own box and colour at the reference's paste position",
-        "clip": f"one box and colour on every frame of a clip, p={data.erase_p} (tfclip's choice, not the reference)",
-    }[data.erase]
+    height, width = data.image_size
+    memory_precision = _precision_text(solver.precision, device, is_training=False)
     rows = [
         ("protocol", "none checked" if data.protocol == "none" else f"{data.protocol}, official (manifest checked)"),
         ("data", f"{manifest.info.dataset}: train {counts['train']}, query {counts['query']}, gallery "
                  f"{counts['gallery']} items; {_cut_text(manifest)}"),
-        ("training clips", f"{data.train_sampling}, {data.seq_len} frames at {data.image_size[0]}x{data.image_size[1]}"
-                           f", {data.num_ids} ids x {data.num_instances} items per batch, whole-clip flip p={data.flip_p}"),
-        ("erasing", erasing if data.erase_p > 0 else "off"),
+        ("training clips", f"{data.train_sampling}, {data.seq_len} frames at {height}x{width}, {data.num_ids} ids x "
+                           f"{data.num_instances} items per batch, whole-clip flip p={data.flip_p}"),
+        ("erasing", ERASING_TEXT[data.erase].format(p=data.erase_p) if data.erase_p > 0 else "off"),
         ("training precision", _precision_text(solver.precision, device, is_training=True)),
-        ("CLIP-Memory", f"every train item as dense clips, {_precision_text(solver.precision, device, is_training=False)}"),
+        ("CLIP-Memory", f"every train item as dense clips, {memory_precision}"),
         ("evaluation", f"every {evaluation.every} epochs, {evaluation.sampling} sampling, "
                        f"{_precision_text(evaluation.precision, device, is_training=False)}"),
         ("gallery rule", f"{rule}: {GALLERY_RULE_TEXT[rule]}"),
     ]
     if evaluation.sampling == "rrs_test":
-        rows.append(("paper figures", "measured with dense sampling: `tfclip extract --sampling dense`, then "
-                                      "`tfclip evaluate` (in-training rrs_test is the official loop's model selection)"))
+        rows.append(("paper figures", "dense sampling: `tfclip extract --sampling dense`, then `tfclip evaluate` "
+                                      "(in-training rrs_test is the official loop's model selection)"))
     return rows
 
 
