@@ -22,8 +22,9 @@ queries for every query to have a match, hence the gallery rule ``includes_query
 Training chunks (TF-CLIP ``datasets/set/lsvid.py`` L140-148, ``sampling_step=48``; REFERENCE.md §4.11): by default
 each training tracklet is cut into ``len // 48`` chunks of 48 frames, the last chunk keeping the remainder (100
 frames give 0-47 and 48-99), and a training tracklet shorter than 48 frames yields no chunk, so it is left out of
-training (and out of the CLIP-Memory) as in the reference. ``train_chunk=0`` keeps whole training tracklets
-instead. Query and gallery tracklets are never cut. Frames are checked for presence by listing their folders, not
+training (and out of the CLIP-Memory) as in the reference; an identity left without chunks has no classifier row
+(the reference counts classes before chunking, so it keeps a row no sample uses). ``train_chunk=0`` keeps whole
+training tracklets instead. Query and gallery tracklets are never cut. Frames are checked for presence by listing their folders, not
 decoded.
 """
 
