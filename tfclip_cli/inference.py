@@ -453,7 +453,8 @@ def extract_to_file(
     """``tfclip extract``: embed a manifest's splits (or videos / frame folders) and write an embeddings table.
 
     Under torchrun each rank embeds a shard and rank 0 writes the merged table. The table's metadata holds the
-    checkpoint path and sha256, the sampling, the precision, the embedding type and the manifest's gallery rule.
+    checkpoint path and sha256, the sampling, the precision it ran at, the embedding type and the manifest's gallery
+    rule.
 
     Raises:
         UserError: ``out`` exists without ``force``; DataError: unreadable tracklets without ``skip_bad`` (nothing
@@ -474,7 +475,8 @@ def extract_to_file(
         extraction = _gathered(shard, inputs.tracklets, context)
         failures = tuple(inputs.failures) + extraction.failures
         _check_failures(failures, len(extraction.embeddings.rows), out=out, skip_bad=skip_bad)
-        info = {**inputs.info, **_provenance(Path(checkpoint), model, sampling), "precision": precision}
+        ran = precision if resolve_precision(precision, context.device) is not None else "fp32"
+        info = {**inputs.info, **_provenance(Path(checkpoint), model, sampling), "precision": ran}
         embeddings = dataclasses.replace(extraction.embeddings, info=info)
         if context.is_main:
             write_embeddings(embeddings, out, force=force)
