@@ -26,6 +26,7 @@ from tfclip_cli.clips import (
     chunk_indices,
     count_video_frames,
     read_frames,
+    reference_erase_rect,
     sample_dense,
     sample_evenly,
     sample_rrs_test,
@@ -275,10 +276,10 @@ def test_flip_applies_to_every_frame_of_the_clip_or_to_none() -> None:
     assert 5 < sum(flipped) < 35
 
 
-def test_erasing_paints_the_same_rectangle_and_colour_on_every_frame() -> None:
+def test_clip_erasing_paints_the_same_rectangle_and_colour_on_every_frame() -> None:
     clip = torch.stack([torch.full((3, 64, 32), 10 * t + 5, dtype=torch.uint8) for t in range(4)])
     plain = ClipTransform((64, 32), is_train=True, flip_p=0.0, erase_p=0.0)(clip)
-    transform = ClipTransform((64, 32), is_train=True, flip_p=0.0, erase_p=1.0)
+    transform = ClipTransform((64, 32), is_train=True, flip_p=0.0, erase_p=1.0, erase="clip")
     for seed in range(20):
         out = transform(clip, torch.Generator().manual_seed(seed))
         changed = (out != plain).any(dim=1)  # [T, H, W]
@@ -288,6 +289,54 @@ def test_erasing_paints_the_same_rectangle_and_colour_on_every_frame() -> None:
         rows, cols = changed[0].any(dim=1).sum(), changed[0].any(dim=0).sum()
         assert int(changed[0].sum()) == int(rows * cols)  # one solid rectangle
         assert 0.01 * 64 * 32 <= int(changed[0].sum()) <= 0.25 * 64 * 32
+
+
+# The reference's RandomSizedEarser (utils/seqtransforms.py L92-138), worked out by hand: the patch is
+# floor(sqrt(area * aspect)) rows x floor(sqrt(area / aspect)) columns, pasted with its own size as the offset.
+@pytest.mark.parametrize(
+    ("area", "aspect", "expected"),
+    [
+        (0.10 * 256 * 128, 2.0, (80, 40, 160, 80)),  # 80.95 x 40.48 → 80 x 40 at (80, 40)
+        (0.15 * 256 * 128, 0.5, (49, 99, 98, 128)),  # 49.57 x 99.15 → 49 x 99 at (49, 99): cut at the right edge
+        (0.20 * 256 * 128, 3.3, (147, 44, 256, 88)),  # 147.1 x 44.56 → 147 x 44 at (147, 44): cut at the bottom
+        (0.20 * 256 * 128, 0.3, None),  # 44.3 x 147.8: wider than the 128-pixel frame, drawn again
+    ],
+)
+def test_reference_erasing_pastes_the_patch_at_its_own_size(area, aspect, expected) -> None:
+    assert reference_erase_rect((256, 128), area, aspect) == expected
+
+
+def _erased_masks(transform: ClipTransform, clip: torch.Tensor, seeds: range) -> list[torch.Tensor]:
+    """Per seed, the [T, H, W] mask of pixels the training transform changed (no flip)."""
+    plain = ClipTransform(transform.image_size, is_train=True, flip_p=0.0, erase_p=0.0)(clip)
+    return [(transform(clip, torch.Generator().manual_seed(seed)) != plain).any(dim=1) for seed in seeds]
+
+
+def test_frame_erasing_puts_each_patch_where_the_reference_pastes_it() -> None:
+    clip = torch.full((8, 3, HEIGHT, WIDTH), 7, dtype=torch.uint8)
+    transform = ClipTransform((HEIGHT, WIDTH), is_train=True, flip_p=0.0, erase_p=1.0)
+    for mask in _erased_masks(transform, clip, range(10)):
+        for frame in mask:
+            rows = torch.nonzero(frame.any(dim=1)).flatten()
+            cols = torch.nonzero(frame.any(dim=0)).flatten()
+            top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+            assert int(frame.sum()) == (bottom - top) * (right - left)  # one solid rectangle
+            assert (bottom, right) == (min(2 * top, HEIGHT), min(2 * left, WIDTH))  # corner = its own size
+
+
+def test_frame_erasing_decides_each_frame_independently_with_its_own_colour() -> None:
+    clip = torch.full((8, 3, HEIGHT, WIDTH), 7, dtype=torch.uint8)
+    transform = ClipTransform((HEIGHT, WIDTH), is_train=True, flip_p=0.0, erase_p=0.5)
+    decisions = torch.stack([mask.flatten(1).any(dim=1) for mask in _erased_masks(transform, clip, range(300))])
+    erased_per_clip = decisions.sum(dim=1)  # [300]; independent p=0.5 draws: Binomial(8, 0.5)
+    assert 0.45 < decisions.float().mean() < 0.55
+    assert (erased_per_clip.bincount(minlength=9)[1:8].sum() / 300) > 0.9  # all-or-none would give 0
+    both = (decisions[:, :-1] & decisions[:, 1:]).float().mean()  # neighbours both erased: 0.25 if independent
+    assert 0.2 < both < 0.3
+    always = ClipTransform((HEIGHT, WIDTH), is_train=True, flip_p=0.0, erase_p=1.0)
+    out, mask = always(clip, torch.Generator().manual_seed(0)), _erased_masks(always, clip, range(1))[0]
+    colours = {tuple(out[t][:, mask[t]][:, 0].tolist()) for t in range(8)}
+    assert len(colours) > 1 and len({tuple(m.flatten().nonzero()[0].tolist()) for m in mask}) > 1
 
 
 def test_train_transform_is_reproducible_from_its_generator() -> None:

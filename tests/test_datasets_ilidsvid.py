@@ -7,6 +7,7 @@ import pytest
 
 from fake_layouts import make_ilidsvid
 from tfclip_cli.datasets import prepare
+from tfclip_cli.datasets.ilidsvid import window_bounds
 from tfclip_cli.errors import DataError
 
 # person number → frames in (cam1, cam2); numbers have gaps, as in the release (300 persons up to 319)
@@ -25,7 +26,7 @@ def _rows(manifest) -> list[tuple]:
 
 
 def test_ilidsvid_split_zero_first_half_trains_second_half_tests(root: Path) -> None:
-    manifest = prepare("ilidsvid", root)
+    manifest = prepare("ilidsvid", root, window=0)
     # ls_set[0] = positions 1, 3 | 2, 4 → train person001, person004; test person002, person007
     assert _rows(manifest) == [
         ("cam1/person001", 1, 0, "train", 3),
@@ -38,6 +39,36 @@ def test_ilidsvid_split_zero_first_half_trains_second_half_tests(root: Path) -> 
         ("cam2/person007", 7, 1, "gallery", 4),
     ]
     assert (manifest.info.gallery_rule, manifest.info.extra["split_id"]) == ("gallery_only", 0)
+
+
+@pytest.mark.parametrize(
+    "num_frames, bounds",
+    # reference datasequence.py L6-20: starts range(0, n - 8, 4); 20 frames → 0, 4, 8 (frames 16-19 in no window)
+    [(20, [(0, 8), (4, 12), (8, 16)]), (21, [(0, 8), (4, 12), (8, 16), (12, 20)]), (12, [(0, 8)]),
+     (8, [(0, 8)]), (5, [(0, 5)])],
+)
+def test_window_bounds_follow_the_reference(num_frames: int, bounds: list) -> None:
+    assert window_bounds(num_frames, 8, 4) == bounds
+
+
+def test_ilidsvid_default_cuts_every_split_into_8_frame_windows_ranked_against_query_and_gallery(tmp_path) -> None:
+    root = make_ilidsvid(tmp_path / "iLIDS-VID", persons={1: (20, 9), 2: (12, 13), 4: (8, 3), 7: (2, 21)},
+                         ls_set=LS_SET)
+    manifest = prepare("ilidsvid", root)
+    assert _rows(manifest) == [
+        ("cam1/person001:w0", 1, 0, "train", 8), ("cam1/person001:w1", 1, 0, "train", 8),
+        ("cam1/person001:w2", 1, 0, "train", 8), ("cam2/person001:w0", 1, 1, "train", 8),
+        ("cam1/person004:w0", 4, 0, "train", 8), ("cam2/person004:w0", 4, 1, "train", 3),
+        ("cam1/person002:w0", 2, 0, "query", 8), ("cam1/person007:w0", 7, 0, "query", 2),
+        ("cam2/person002:w0", 2, 1, "gallery", 8), ("cam2/person002:w1", 2, 1, "gallery", 8),
+        ("cam2/person007:w0", 7, 1, "gallery", 8), ("cam2/person007:w1", 7, 1, "gallery", 8),
+        ("cam2/person007:w2", 7, 1, "gallery", 8), ("cam2/person007:w3", 7, 1, "gallery", 8),
+    ]
+    second = manifest.tracklets("train")[1].frames
+    whole = prepare("ilidsvid", root, window=0).tracklets("train")[0].frames
+    assert second == whole[4:12]
+    assert manifest.info.gallery_rule == "includes_query"
+    assert (manifest.info.extra["window"], manifest.info.extra["window_stride"]) == (8, 4)
 
 
 def test_ilidsvid_split_id_selects_the_row(root: Path) -> None:

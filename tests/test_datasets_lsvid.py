@@ -25,7 +25,7 @@ def _rows(manifest) -> list[tuple]:
 
 
 def test_lsvid_splits_follow_the_lists_and_one_based_query_lines(root: Path) -> None:
-    manifest = prepare("lsvid", root)
+    manifest = prepare("lsvid", root, train_chunk=0)
     assert _rows(manifest) == [
         ("tracklet_train/0005/0005_001_03_0001", 5, 2, "train", 100),
         ("tracklet_train/0005/0005_002_04_0002", 5, 3, "train", 20),
@@ -40,31 +40,34 @@ def test_lsvid_splits_follow_the_lists_and_one_based_query_lines(root: Path) -> 
 
 def test_lsvid_frames_are_the_prefix_matches_sorted_by_name(root: Path) -> None:
     # a second tracklet in the same folder must not leak into the first one's frames
-    frames = prepare("lsvid", root).tracklets()[1].frames
+    frames = prepare("lsvid", root, train_chunk=0).tracklets()[1].frames
     prefix = root / lsvid_prefix("train", 2, pid=5, camera=4)
     assert frames == tuple(f"{prefix}_{i:04d}.jpg" for i in range(20))
 
 
-def test_lsvid_train_chunk_cuts_long_tracklets_and_keeps_short_ones(root: Path) -> None:
-    manifest = prepare("lsvid", root, train_chunk=48)
+def test_lsvid_default_is_the_reference_48_frame_chunks_with_short_tracklets_left_out(root: Path) -> None:
+    # reference lsvid.py L140-148: 100 frames → 100 // 48 = 2 chunks, 0-47 and 48-99 (the last keeps the remainder);
+    # the 20-frame tracklet gives 20 // 48 = 0 chunks, so it is not trained on; 48 frames give exactly one chunk
+    manifest = prepare("lsvid", root)
     train = [row for row in _rows(manifest) if row[3] == "train"]
     assert train == [
         ("tracklet_train/0005/0005_001_03_0001:c0", 5, 2, "train", 48),
         ("tracklet_train/0005/0005_001_03_0001:c1", 5, 2, "train", 52),
-        ("tracklet_train/0005/0005_002_04_0002:c0", 5, 3, "train", 20),
         ("tracklet_train/0007/0007_003_15_0003:c0", 7, 14, "train", 48),
     ]
     chunks = manifest.tracklets("train")[:2]
     assert chunks[0].frames[-1].endswith("_0047.jpg") and chunks[1].frames[0].endswith("_0048.jpg")
-    assert manifest.split_counts()["query"] == 2 and manifest.info.extra["train_chunk"] == 48
+    assert chunks[1].frames[-1].endswith("_0099.jpg")
+    assert manifest.split_counts()["query"] == 2
+    assert manifest.info.extra["train_chunk"] == 48 and manifest.info.extra["short_train_tracklets_dropped"] == 1
 
 
 @pytest.mark.parametrize(
     "num_frames, bounds",
     [(100, [(0, 48), (48, 100)]), (96, [(0, 48), (48, 96)]), (143, [(0, 48), (48, 143)]), (48, [(0, 48)]),
-     (47, [(0, 47)]), (1, [(0, 1)])],
+     (47, []), (1, [])],
 )
-def test_chunk_bounds_last_chunk_keeps_the_remainder(num_frames: int, bounds: list) -> None:
+def test_chunk_bounds_last_chunk_keeps_the_remainder_and_short_ones_give_none(num_frames: int, bounds: list) -> None:
     assert chunk_bounds(num_frames, 48) == bounds
 
 

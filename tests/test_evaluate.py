@@ -246,6 +246,11 @@ def test_rerank_lifts_true_matches_that_share_the_query_neighbourhood() -> None:
     assert (reranked.rank1, reranked.mAP) == (1.0, pytest.approx((1 + 1 + 3 / 4) / 3))
 
 
+def test_rerank_defaults_are_the_official_codes():
+    # utils/metrics.py R1_mAP_eval: re_ranking(qf, gf, k1=50, k2=15, lambda_value=0.3)
+    assert RerankParams() == RerankParams(k1=50, k2=15, lambda_value=0.3)
+
+
 @pytest.mark.parametrize("gallery_rule", ["gallery_only", "includes_query"])
 def test_reranked_metrics_stay_in_range(gallery_rule: str) -> None:
     case = random_case(6, with_ties=False)

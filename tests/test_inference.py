@@ -135,6 +135,23 @@ def test_extract_writes_the_table_with_its_provenance(manifest, checkpoint, tmp_
     assert pa.types.is_fixed_size_list(column) and column.value_type == pa.float32() and column.list_size == 320
 
 
+def test_extract_runs_fp32_unless_told_and_records_the_precision_it_ran_at(manifest, checkpoint, tmp_path):
+    base = ["extract", "-c", str(checkpoint), "-m", str(manifest), "--sampling", "rrs", "--workers", "0"]
+    tables = {}
+    for precision in ("default", "fp16", "bf16"):
+        out = tmp_path / f"{precision}.parquet"
+        option = [] if precision == "default" else ["--precision", precision]
+        result = CliRunner().invoke(app, [*base, "--out", str(out), *option])
+        assert result.exit_code == 0, result.output
+        tables[precision] = read_embeddings(out)
+    assert tables["default"].info["precision"] == "fp32"  # the reference evaluates in fp32
+    # no fp16 autocast on the CPU: it runs (and says) fp32, identical vectors; bf16 autocast runs and differs a little
+    assert (tables["fp16"].info["precision"], tables["bf16"].info["precision"]) == ("fp32", "bf16")
+    assert np.array_equal(tables["fp16"].vectors, tables["default"].vectors)
+    assert not np.array_equal(tables["bf16"].vectors, tables["default"].vectors)
+    assert np.allclose(tables["bf16"].vectors, tables["default"].vectors, atol=0.1)
+
+
 def _with_a_broken_tracklet(manifest: Path, folder: Path) -> tuple[Path, str]:
     """The query split with one frame-folder tracklet whose first frame is not an image."""
     tracklets = read_manifest(manifest).tracklets("query")

@@ -38,6 +38,9 @@ def test_missing_keys_take_the_reference_defaults_and_paths_resolve_against_the_
     assert (recipe.solver.base_lr, recipe.solver.milestones, recipe.solver.epochs) == (5e-6, (30, 50, 70), 80)
     assert (recipe.loss.id, recipe.loss.triplet, recipe.loss.v2m) == (0.25, 1.0, 1.0)
     assert (recipe.eval.every, recipe.eval.sampling, recipe.run.seed) == (2, "rrs_test", 1234)
+    # the reference's per-frame erasing, fp16 + grad scaler training, fp32 evaluation; no protocol check
+    assert (recipe.data.erase, recipe.solver.precision, recipe.eval.precision) == ("frame", "fp16", "fp32")
+    assert recipe.data.protocol == "none"
 
 
 def test_overrides_are_parsed_as_yaml_and_their_paths_resolve_against_the_current_folder(tmp_path, manifest,
@@ -72,6 +75,9 @@ def test_recipe_to_dict_round_trips_through_yaml(tmp_path, manifest):
         ("model.sie=1", "model.sie: found 1", "expected bool"),
         ("eval.sampling=evenly", "eval.sampling: found 'evenly'", "rrs_test, dense"),
         ("solver.precision=fp8", "solver.precision", "auto, fp32, bf16, fp16"),
+        ("eval.precision=fp8", "eval.precision", "auto, fp32, bf16, fp16"),
+        ("data.erase=box", "data.erase: found 'box'", "frame, clip"),
+        ("data.protocol=market", "data.protocol: found 'market'", "none, mars, lsvid, ilidsvid, prid2011"),
         ("solver.milestones=[5, 3]", "solver.milestones", "strictly increasing"),
         ("data.flip_p=1.5", "data.flip_p", "[0, 1]"),
         ("data.num_ids=4", "data.num_ids: found 4, but the train split", "allowed: 1..3"),
@@ -123,6 +129,8 @@ def test_benchmark_recipes_carry_the_reference_settings(name, tmp_path):
     assert (solver.milestones, solver.gamma, solver.epochs) == ((30, 50, 70), 0.1, 80)
     assert (recipe.loss.id, recipe.loss.triplet, recipe.loss.v2m, recipe.eval.every) == (0.25, 1.0, 1.0, 2)
     assert recipe.run.output_dir == ROOT / "runs" / f"{name}-tfclip"
+    assert (data.erase, data.protocol, solver.precision, recipe.eval.precision) == ("frame", name, "fp16", "fp32")
+    assert (recipe.eval.sampling, recipe.eval.gallery_rule) == ("rrs_test", "manifest")
 
 
 def test_synthetic_tiny_recipe_loads(tmp_path):

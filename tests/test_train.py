@@ -17,7 +17,7 @@ from tfclip_cli import train as training
 from tfclip_cli.train import engine
 from tfclip_cli.checkpoint import load_checkpoint, save_checkpoint
 from tfclip_cli.cli import app
-from tfclip_cli.errors import CheckpointError, RecipeError
+from tfclip_cli.errors import CheckpointError
 from tfclip_cli.inference import load_memory
 from tfclip_cli.model import ModelConfig, build_model
 from tfclip_cli.recipe import load_recipe
@@ -180,12 +180,12 @@ def test_param_groups_double_bias_lr_and_speed_up_the_temporal_classifier_only()
     assert {group["weight_decay"] for group in groups} == {1e-4}
 
 
-def test_precision_is_fp32_on_cpu_and_fp16_needs_cuda():
-    cpu = torch.device("cpu")
-    assert training.resolve_precision("auto", cpu) is None
+def test_precision_fp16_is_the_reference_autocast_on_cuda_and_fp32_on_cpu():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # resolving touches no device
+    assert [training.resolve_precision(p, cpu) for p in ("fp16", "auto", "fp32")] == [None, None, None]
     assert training.resolve_precision("bf16", cpu) is torch.bfloat16
-    with pytest.raises(RecipeError, match="solver.precision: fp16 needs a CUDA device"):
-        training.resolve_precision("fp16", cpu)
+    assert training.resolve_precision("fp16", cuda) is torch.float16  # the reference's autocast (+ grad scaler)
+    assert (training.resolve_precision("bf16", cuda), training.resolve_precision("fp32", cuda)) == (torch.bfloat16, None)
 
 
 def test_gpus_relaunches_the_same_command_under_torchrun():

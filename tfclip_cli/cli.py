@@ -147,11 +147,22 @@ def prepare(
         Optional[int],
         typer.Option(
             "--train-chunk",
-            min=1,
-            help="lsvid: cut training tracklets into chunks of N frames, the last chunk keeping the remainder, "
-            "as the reference trains with N=48. Unlike the reference, tracklets shorter than N are kept whole, "
-            "not dropped.",
+            min=0,
+            help="lsvid: frames per training chunk, the last chunk keeping the remainder and tracklets shorter than "
+            "N left out: 48 unless given, the official protocol; 0 trains on whole tracklets.",
         ),
+    ] = None,
+    window: Annotated[
+        Optional[int],
+        typer.Option(
+            "--window",
+            min=0,
+            help="ilidsvid: cut every sequence into windows of N frames, each its own train, query or gallery item "
+            "(8 unless given, the official protocol; must equal the recipe's data.seq_len); 0 keeps whole sequences.",
+        ),
+    ] = None,
+    window_stride: Annotated[
+        Optional[int], typer.Option("--window-stride", min=1, help="ilidsvid: frames between window starts (4 unless given).")
     ] = None,
     identities: Annotated[Optional[int], _synthetic_option("Identities with tracklets (default 60).")] = None,
     cameras: Annotated[Optional[int], _synthetic_option("Cameras (default 3).")] = None,
@@ -196,7 +207,8 @@ def prepare(
     given = {name: value for name, value in drawn.items() if value is not None}
     synthetic = SyntheticOptions(**given) if given else None
     manifest = datasets.prepare(
-        kind, root, split_id=split_id, train_chunk=train_chunk, synthetic=synthetic, strict=strict
+        kind, root, split_id=split_id, train_chunk=train_chunk, window=window, window_stride=window_stride,
+        synthetic=synthetic, strict=strict,
     )
     tables.write_manifest(manifest, out, force=force)
     _print_summary(manifest, datasets.summarize(manifest))
@@ -266,6 +278,13 @@ class ExtractSampling(str, Enum):
     rrs = "rrs"
 
 
+class ExtractPrecision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+    auto = "auto"
+
+
 @command("extract")
 def extract(
     checkpoint: CheckpointOpt,
@@ -289,6 +308,10 @@ def extract(
         bool, typer.Option("--skip-bad", help="Write the readable tracklets even if some cannot be read.")
     ] = False,
     force: ForceOpt = False,
+    precision: Annotated[
+        ExtractPrecision,
+        typer.Option("--precision", help="fp32 as the reference evaluates; fp16, bf16 or auto: autocast on CUDA."),
+    ] = ExtractPrecision.fp32,
 ) -> None:
     """Embed a manifest's tracklets (or video files / frame folders) with a checkpoint into an embeddings table.
 
@@ -303,7 +326,7 @@ def extract(
     result = extract_to_file(
         checkpoint, out, manifest=manifest, splits=tuple(s.strip() for s in split.split(",") if s.strip()),
         paths=tuple(inputs or ()), camid=camid, sampling=sampling.value, batch_size=batch_size, workers=workers,
-        skip_bad=skip_bad, force=force,
+        skip_bad=skip_bad, force=force, precision=precision.value,
     )
     if not display.is_main_process():
         return
@@ -342,7 +365,9 @@ def evaluate(
     ],
     json_output: JsonOpt = False,
     rerank: Annotated[
-        bool, typer.Option("--rerank", help="k-reciprocal re-ranking (Zhong et al. 2017; k1=20, k2=6, lambda=0.3).")
+        bool,
+        typer.Option("--rerank", help="k-reciprocal re-ranking (Zhong et al. 2017), the official code's k1=50, k2=15, "
+                     "lambda=0.3."),
     ] = False,
     includes_query: Annotated[
         Optional[bool],

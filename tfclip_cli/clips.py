@@ -1,4 +1,4 @@
-"""From tracklets to clip tensors: frame-index sampling, decoding, clip-consistent transforms, datasets, loaders.
+"""From tracklets to clip tensors: frame-index sampling, decoding, transforms, datasets, loaders.
 
 The only module that imports decord (and the one that decodes frames). Sampling reproduces the official TF-CLIP code (REFERENCE.md §4.10); the
 transforms and the P×K sampler follow §4.9 and §4.11, with the differences documented where they occur.
@@ -43,6 +43,8 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 Sampling = Literal["rrs_train", "rrs_test", "evenly"]
 SAMPLINGS: tuple[Sampling, ...] = ("rrs_train", "rrs_test", "evenly")
 
+Erasing = Literal["frame", "clip"]
+ERASINGS: tuple[Erasing, ...] = ("frame", "clip")
 # Random erasing as the reference's RandomSizedEarser (utils/seqtransforms.py L92-138; REFERENCE.md §4.9).
 ERASE_AREA = (0.02, 0.2)
 ERASE_ASPECT = (0.3, 1 / 0.3)
@@ -220,15 +222,37 @@ def _randint(high: int, generator: torch.Generator | None) -> int:
     return int(torch.randint(high, (), generator=generator))
 
 
+def reference_erase_rect(frame_size: tuple[int, int], area: float, aspect: float) -> tuple[int, int, int, int] | None:
+    """(top, left, bottom, right) of what the reference's RandomSizedEarser paints for a drawn area and aspect.
+
+    The patch is ``floor(sqrt(area * aspect))`` rows by ``floor(sqrt(area / aspect))`` columns. The reference pastes
+    it with the patch's own size as the offset (``frame.paste(I, part1.size)``), so its top-left corner lands at
+    (row = its height, column = its width) whatever corner was drawn, and PIL clips it at the bottom and right
+    edges. A draw is rejected (None) when the unrounded patch does not fit strictly inside the frame, the only case
+    where the reference's corner draw can fail. Reference: utils/seqtransforms.py L92-138; REFERENCE.md §4.9.
+    256x128, area 3276.8, aspect 2 gives (80, 40, 160, 80).
+    """
+    frame_h, frame_w = frame_size
+    height, width = math.sqrt(area * aspect), math.sqrt(area / aspect)
+    if height >= frame_h or width >= frame_w:
+        return None
+    rows, cols = math.floor(height), math.floor(width)
+    return rows, cols, min(2 * rows, frame_h), min(2 * cols, frame_w)
+
+
 class ClipTransform:
     """uint8 [T, 3, H, W] → float32 [T, 3, h, w]: resize, (train) flip and erase, normalise, batched over T.
 
     Resize is bilinear with antialiasing straight to ``image_size`` (no crop), as PIL's bilinear resize in the
     reference (utils/seqtransforms.py L30-50). Training adds a horizontal flip of the whole clip (p=``flip_p``, as
-    the reference) and random erasing (p=``erase_p``, area 2-20 %, aspect 0.3-3.33, one random solid RGB colour).
-    Deliberate difference: the erased rectangle and colour are the same on every frame of the clip, as the issue
-    asks, where the reference draws them per frame; the reference's quirk of pasting the patch at (width, height)
-    instead of at the drawn corner is not reproduced (REFERENCE.md §4.9).
+    the reference) and then random erasing (area 2-20 %, aspect 0.3-3.33, one random solid RGB colour) in one of
+    two ways (``erase``):
+
+    - ``frame`` (the reference's RandomSizedEarser, seqtransforms.py L92-138): every frame decides on its own with
+      p=``erase_p`` and gets its own rectangle and colour, painted where the reference paints it
+      (:func:`reference_erase_rect`: top-left corner at the patch's own height and width, clipped at the edges).
+    - ``clip`` (tfclip's choice): with p=``erase_p`` the same rectangle and colour, at a uniformly drawn position,
+      cover every frame of the clip, so the occluder stays put as a real one would.
 
     Randomness comes from the ``generator`` passed to each call (torch's global RNG when None), so a fixed generator
     seed gives a fixed output.
@@ -242,9 +266,12 @@ class ClipTransform:
         is_train: bool = False,
         flip_p: float = 0.5,
         erase_p: float = 0.5,
+        erase: Erasing = "frame",
     ) -> None:
         if normalization not in NORMALIZATIONS:
             raise RecipeError(f"normalization {normalization!r} is not one of {', '.join(NORMALIZATIONS)}")
+        if erase not in ERASINGS:
+            raise RecipeError(f"erase {erase!r} is not one of {', '.join(ERASINGS)}")
         if not (0.0 <= flip_p <= 1.0 and 0.0 <= erase_p <= 1.0):
             raise RecipeError(f"flip_p {flip_p} and erase_p {erase_p} must be probabilities in [0, 1]")
         self.image_size = (int(image_size[0]), int(image_size[1]))
@@ -252,6 +279,7 @@ class ClipTransform:
         self.is_train = is_train
         self.flip_p = flip_p
         self.erase_p = erase_p
+        self.erase = erase
         mean, std = (torch.tensor(values).view(3, 1, 1) for values in NORMALIZATIONS[normalization])
         self._scale = 1.0 / (255.0 * std)
         self._shift = mean / std
@@ -266,17 +294,44 @@ class ClipTransform:
         return clip.mul_(self._scale).sub_(self._shift)
 
     def _augment(self, clip: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Flip, then erase, the whole clip [T, 3, h, w] (values 0-255) at once; always draws in the same order."""
-        flip = float(torch.rand((), generator=generator)) < self.flip_p
-        erase = float(torch.rand((), generator=generator)) < self.erase_p
-        if flip:
+        """Flip the whole clip [T, 3, h, w] (values 0-255), then erase; always draws in the same order."""
+        if float(torch.rand((), generator=generator)) < self.flip_p:
             clip = clip.flip(-1)
-        box = self._erase_box(generator) if erase else None
+        if self.erase == "clip":
+            return self._erase_clip(clip, generator)
+        return self._erase_frames(clip, generator)
+
+    def _erase_clip(self, clip: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """One rectangle and colour on every frame of ``clip`` [T, 3, h, w], or none."""
+        if float(torch.rand((), generator=generator)) >= self.erase_p:
+            return clip
+        box = self._erase_box(generator)
         if box is not None:
             top, left, height, width = box
             colour = torch.randint(256, (3, 1, 1), generator=generator).float()
             clip[:, :, top : top + height, left : left + width] = colour
         return clip
+
+    def _erase_frames(self, clip: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Each frame of ``clip`` [T, 3, h, w] erased or not on its own draw, with its own rectangle and colour."""
+        for frame in clip:
+            if float(torch.rand((), generator=generator)) >= self.erase_p:
+                continue
+            rect = self._reference_rect(generator)
+            if rect is not None:
+                top, left, bottom, right = rect
+                frame[:, top:bottom, left:right] = torch.randint(256, (3, 1, 1), generator=generator).float()
+        return clip
+
+    def _reference_rect(self, generator: torch.Generator | None) -> tuple[int, int, int, int] | None:
+        """Area and aspect redrawn until the patch fits, as the reference's loop (capped: a miss is ~never)."""
+        frame_area = self.image_size[0] * self.image_size[1]
+        for _ in range(ERASE_ATTEMPTS):
+            area = _uniform(ERASE_AREA, generator) * frame_area
+            rect = reference_erase_rect(self.image_size, area, _uniform(ERASE_ASPECT, generator))
+            if rect is not None:
+                return rect
+        return None
 
     def _erase_box(self, generator: torch.Generator | None) -> tuple[int, int, int, int] | None:
         """(top, left, height, width) of a rectangle that fits the frame, or None when no draw fitted."""

@@ -50,10 +50,11 @@ CMC_RANKS = (1, 5, 10, 20)
 
 @dataclass(frozen=True)
 class RerankParams:
-    """k-reciprocal re-ranking settings (Zhong et al., CVPR 2017; the paper's defaults)."""
+    """k-reciprocal re-ranking settings (Zhong et al., CVPR 2017), defaulting to the official TF-CLIP code's
+    (utils/metrics.py R1_mAP_eval: k1 50, k2 15, lambda 0.3; REFERENCE.md §4.11b), not Zhong's 20 and 6."""
 
-    k1: int = 20  # size of the neighbourhood whose reciprocal members form a tracklet's k-reciprocal set
-    k2: int = 6  # neighbours averaged in the local query expansion (1 = none)
+    k1: int = 50  # size of the neighbourhood whose reciprocal members form a tracklet's k-reciprocal set
+    k2: int = 15  # neighbours averaged in the local query expansion (1 = none)
     lambda_value: float = 0.3  # weight of the original distance against the Jaccard distance
 
     def __post_init__(self) -> None:

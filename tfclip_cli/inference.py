@@ -1,9 +1,9 @@
 """No-grad passes of a TF-CLIP model over tracklets: test embeddings, the CLIP-Memory, and query clips.
 
 Tracklets are decoded in DataLoader workers, one tracklet per item; the main process packs the clips of several
-tracklets into one batch of at most ``batch_size`` clips, runs the model in ``inference_mode`` (autocast on CUDA)
-and splits the result back per tracklet. Under ``torchrun`` :func:`extract_to_file` gives each rank a shard and
-rank 0 merges them.
+tracklets into one batch of at most ``batch_size`` clips, runs the model in ``inference_mode`` at the precision
+asked (fp32 unless told otherwise, as the reference evaluates) and splits the result back per tracklet. Under
+``torchrun`` :func:`extract_to_file` gives each rank a shard and rank 0 merges them.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from tfclip_cli.clips import (
 )
 from tfclip_cli.errors import CheckpointError, DataError, UserError
 from tfclip_cli.model import TFCLIP, ClipMemory
+from tfclip_cli.recipe import Precision
 from tfclip_cli.tables import (
     SPLITS,
     Embeddings,
@@ -61,12 +62,24 @@ class Extraction:
     failures: tuple[str, ...]
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """Mixed precision on CUDA (bf16 where supported, else fp16); full precision elsewhere."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+def resolve_precision(precision: Precision, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a precision setting on ``device`` (None = fp32).
+
+    ``fp16`` is the reference's (fp16 autocast; training adds a grad scaler) and runs fp32 on a device without CUDA
+    (CPU fp16 autocast is slower than fp32; ``tfclip train`` says so in its protocol summary); ``bf16`` is bf16
+    anywhere; ``auto`` (tfclip's choice) is bf16 on CUDA when supported, else fp16, and fp32 on CPU.
+    """
+    if precision == "fp32" or (precision in ("auto", "fp16") and device.type != "cuda"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    """Autocast at ``precision`` on ``device`` (see :func:`resolve_precision`); nothing for fp32."""
+    dtype = resolve_precision(precision, device)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 class _RrsClips(Dataset):
@@ -114,7 +127,7 @@ def _packed(items: Iterable[TrackletClips], batch_size: int) -> Iterator[list[Tr
 
 
 def _forward_group(
-    model: TFCLIP, group: list[TrackletClips], *, device: torch.device, use_camids: bool
+    model: TFCLIP, group: list[TrackletClips], *, device: torch.device, use_camids: bool, precision: Precision
 ) -> list[torch.Tensor]:
     """Embed all clips of a group in one pass; returns one ``[D]`` float32 per tracklet, the mean of its clips.
 
@@ -126,7 +139,7 @@ def _forward_group(
     if use_camids:
         counts = torch.tensor([len(item.clips) for item in group])
         camids = torch.repeat_interleave(torch.tensor([item.camid for item in group]), counts).to(device)
-    with autocast(device):
+    with autocast(device, precision):
         features = model.embed(clips, camids=camids).float()  # [sum C, D]
     parts = features.split([len(item.clips) for item in group])
     return [part.mean(dim=0).cpu() for part in parts]
@@ -143,12 +156,14 @@ def extract_embeddings(
     batch_size: int = 32,
     workers: int = 2,
     use_camids: bool = True,
+    precision: Precision = "fp32",
 ) -> Extraction:
     """Embed every tracklet: ``dense`` averages all consecutive clips, ``rrs`` uses one ``rrs_test`` clip.
 
     Args:
         use_camids: feed each tracklet's camera to the SIE embedding (when the model has one); false for clips
             from unknown cameras.
+        precision: fp32 as the reference evaluates (processor L209-222, L272-282), or autocast (fp16, bf16, auto).
 
     Returns:
         An :class:`Extraction`; unreadable tracklets are listed in ``failures`` and left out of the embeddings.
@@ -163,7 +178,8 @@ def extract_embeddings(
     vectors: dict[str, torch.Tensor] = {}
     failures: list[str] = []
     for group in _packed(_readable(loader, by_id, failures, total=len(tracklets)), batch_size):
-        for item, vector in zip(group, _forward_group(model, group, device=device, use_camids=use_camids)):
+        vectors_of_group = _forward_group(model, group, device=device, use_camids=use_camids, precision=precision)
+        for item, vector in zip(group, vectors_of_group):
             vectors[item.tracklet_id] = vector
     kept = [t for t in tracklets if t.tracklet_id in vectors]
     return Extraction(embeddings=_embeddings(kept, vectors, model), failures=tuple(failures))
@@ -275,11 +291,13 @@ def build_memory(
     fingerprint: str,
     workers: int = 2,
     batch_size: int = 32,
+    precision: Precision = "fp16",
 ) -> ClipMemory:
     """The CLIP-Memory: per identity, the mean over its tracklets of the mean over all dense clips of the projected
     CLS averaged over T, from ``model`` as given (the pretrained encoder, before training), without SIE.
 
     Features are keyed by tracklet id, never by batch position (REFERENCE.md §4.4, the X-TFCLIP cache trap).
+    ``precision`` defaults to the reference's fp16 autocast (processor L83).
     Reference: processor_clipreid_stage2.py L70-100; model/make_model_clipreid.py L201-216.
 
     Raises:
@@ -293,7 +311,7 @@ def build_memory(
     loader = build_loader(dataset, workers=workers, device=device)
     for group in _packed(_readable(loader, by_id, failures, total=len(tracklets)), batch_size):
         clips = torch.cat([item.clips for item in group]).to(device, non_blocking=True)
-        with autocast(device):
+        with autocast(device, precision):
             features = model.memory_features(clips).float()  # [sum C, D]
         for item, part in zip(group, features.split([len(item.clips) for item in group])):
             per_tracklet[item.tracklet_id] = part.mean(dim=0).cpu()
@@ -430,11 +448,13 @@ def extract_to_file(
     workers: int = 4,
     skip_bad: bool = False,
     force: bool = False,
+    precision: Precision = "fp32",
 ) -> Extraction:
     """``tfclip extract``: embed a manifest's splits (or videos / frame folders) and write an embeddings table.
 
     Under torchrun each rank embeds a shard and rank 0 writes the merged table. The table's metadata holds the
-    checkpoint path and sha256, the sampling, the embedding type and the manifest's gallery rule.
+    checkpoint path and sha256, the sampling, the precision it ran at, the embedding type and the manifest's gallery
+    rule.
 
     Raises:
         UserError: ``out`` exists without ``force``; DataError: unreadable tracklets without ``skip_bad`` (nothing
@@ -450,12 +470,13 @@ def extract_to_file(
         shard = extract_embeddings(
             model, inputs.tracklets[context.rank :: context.world_size], sampling=sampling,
             transform=transform_for(state), device=context.device, batch_size=batch_size, workers=workers,
-            use_camids=manifest is not None or camid is not None,
+            use_camids=manifest is not None or camid is not None, precision=precision,
         )
         extraction = _gathered(shard, inputs.tracklets, context)
         failures = tuple(inputs.failures) + extraction.failures
         _check_failures(failures, len(extraction.embeddings.rows), out=out, skip_bad=skip_bad)
-        info = {**inputs.info, **_provenance(Path(checkpoint), model, sampling)}
+        ran = precision if resolve_precision(precision, context.device) is not None else "fp32"
+        info = {**inputs.info, **_provenance(Path(checkpoint), model, sampling), "precision": ran}
         embeddings = dataclasses.replace(extraction.embeddings, info=info)
         if context.is_main:
             write_embeddings(embeddings, out, force=force)

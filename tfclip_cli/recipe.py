@@ -24,6 +24,7 @@ from tfclip_cli.errors import RecipeError, UserError
 from tfclip_cli.tables import read_manifest
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Protocol = Literal["none", "mars", "lsvid", "ilidsvid", "prid2011"]
 PRETRAINED_KEYWORDS = ("openai", "none")
 PATH_KEYS = ("data.manifest", "model.pretrained", "run.output_dir")
 
@@ -50,8 +51,11 @@ class DataSection:
     workers: int = 4  # DataLoader worker processes decoding frames (0 = decode in the training process)
     normalization: Literal["imagenet", "clip"] = "imagenet"  # mean/std; the reference uses ImageNet's (§4.9)
     flip_p: float = 0.5  # probability of flipping a whole training clip horizontally
-    erase_p: float = 0.5  # probability of random erasing, per training frame (§4.9)
+    erase_p: float = 0.5  # probability of random erasing (of each frame with erase: frame, of each clip with clip)
+    erase: Literal["frame", "clip"] = "frame"  # frame: the reference's per-frame boxes at its paste position (§4.9);
+    #                                            clip: tfclip's one box and colour on every frame of a clip
     train_sampling: Literal["rrs_train", "evenly"] = "rrs_train"  # frames of a training clip (§4.10)
+    protocol: Protocol = "none"  # official protocol the manifest must be prepared for (train checks it); none: any
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,8 @@ class SolverSection:
     gamma: float = 0.1  # lr decay factor at each milestone (yml L63)
     epochs: int = 80  # training epochs (yml L56)
     grad_accumulation: int = 1  # batches whose gradients add up before one optimiser step
-    precision: Precision = "auto"  # auto: bf16 on CUDA when supported, else fp16 + grad scaler; fp32 on CPU
+    precision: Precision = "fp16"  # training and CLIP-Memory: fp16 autocast + grad scaler as the reference (fp32
+    #                                without CUDA), bf16, fp32, or auto (bf16 on CUDA when supported, else fp16)
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ class EvalSection:
     sampling: Literal["rrs_test", "dense"] = "rrs_test"  # test clips: one rrs clip, or all clips averaged (§4.10)
     gallery_rule: Literal["manifest", "includes_query", "gallery_only"] = "manifest"  # what queries rank against
     batch_size: int = 30  # tracklets per forward pass (rrs) (reference: make_dataloader_clipreid.py L170-184)
+    precision: Precision = "fp32"  # the reference evaluates in fp32 (processor L209-222); fp16, bf16 or auto are faster
 
 
 @dataclass(frozen=True)

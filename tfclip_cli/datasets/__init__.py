@@ -42,13 +42,14 @@ KINDS: dict[str, DatasetKind] = {
     for kind in (
         DatasetKind("mars", mars.parse, "includes_query"),
         DatasetKind("lsvid", lsvid.parse, "includes_query", frozenset({"train_chunk"})),
-        DatasetKind("ilidsvid", ilidsvid.parse, "gallery_only", frozenset({"split_id"})),
+        DatasetKind("ilidsvid", ilidsvid.parse, "includes_query", frozenset({"split_id", "window", "window_stride"})),
         DatasetKind("prid2011", prid2011.parse, "gallery_only", frozenset({"split_id"})),
         DatasetKind("folder", folder.parse, "gallery_only"),
         DatasetKind("synthetic", parse_synthetic, "gallery_only", frozenset({"synthetic"})),
     )
 }
-OPTION_FLAGS = {"split_id": "--split-id", "train_chunk": "--train-chunk", "synthetic": "the synthetic options"}
+OPTION_FLAGS = {"split_id": "--split-id", "train_chunk": "--train-chunk", "window": "--window",
+                "window_stride": "--window-stride", "synthetic": "the synthetic options"}
 OPTION_VERBS = {"synthetic": "do"}  # grammatical number of the flag's name; "does" otherwise
 
 
@@ -72,6 +73,8 @@ def prepare(
     *,
     split_id: int | None = None,
     train_chunk: int | None = None,
+    window: int | None = None,
+    window_stride: int | None = None,
     synthetic: SyntheticOptions | None = None,
     strict: bool = False,
 ) -> Manifest:
@@ -81,7 +84,10 @@ def prepare(
         kind: a key of :data:`KINDS`.
         root: the dataset folder (for ``synthetic``, where to draw it).
         split_id: ilidsvid and prid2011 only: which of the 10 splits (default 0).
-        train_chunk: lsvid only: cut training tracklets into chunks of this many frames (the reference uses 48).
+        train_chunk: lsvid only: frames per training chunk, shorter tracklets left out (default 48, as the
+            reference; 0 keeps whole tracklets).
+        window, window_stride: ilidsvid only: cut every sequence into windows (default 8 and 4, as the reference;
+            window 0 keeps whole sequences).
         synthetic: synthetic only: what to draw (default :class:`SyntheticOptions`).
         strict: an unusable file is an error instead of being reported and skipped.
     Raises:
@@ -89,7 +95,8 @@ def prepare(
         DataError: a missing file or wrong layout (naming the path), no tracklets, or (strict) an unusable file.
     """
     spec = _kind(kind)
-    options = {"split_id": split_id, "train_chunk": train_chunk, "synthetic": synthetic}
+    options = {"split_id": split_id, "train_chunk": train_chunk, "window": window, "window_stride": window_stride,
+               "synthetic": synthetic}
     given = {name: value for name, value in options.items() if value is not None}
     _check_options(spec, given)
     root = Path(root).expanduser().resolve()
@@ -99,7 +106,8 @@ def prepare(
     if not parsed.tracklets:
         raise DataError(f"{root}: no usable tracklets found for layout {kind}")
     extra = {**parsed.extra, "strict": strict, "skipped_files": len(problems)}
-    info = ManifestInfo(dataset=spec.name, gallery_rule=spec.gallery_rule, root=str(root), extra=extra)
+    rule = parsed.gallery_rule or spec.gallery_rule
+    info = ManifestInfo(dataset=spec.name, gallery_rule=rule, root=str(root), extra=extra)
     return manifest_from_tracklets(parsed.tracklets, info)
 
 

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Sequence, TypeVar
 
 from tfclip_cli import display
 from tfclip_cli.errors import DataError
-from tfclip_cli.tables import Tracklet
+from tfclip_cli.tables import GalleryRule, Tracklet
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ class Parsed:
 
     tracklets: list[Tracklet]
     extra: dict = field(default_factory=dict)
+    gallery_rule: GalleryRule | None = None  # the evaluation rule these tracklets need, when not the kind's own
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,18 @@ Protocol: split ``split_id`` (0..9) is row ``ls_set[split_id]``; its first half 
 cameras) and its second half the test persons, whose cam1 tracklet is the query (camid 0) and cam2 tracklet the
 gallery (camid 1). The halves follow the official TF-CLIP code (``datasets/set/ilidsvidsequence.py``, end of
 ``imgextract``; REFERENCE.md §4.11); torchreid takes the opposite halves. Both are random halves of the same 300
-persons, so either gives the usual 10-trial protocol. TF-CLIP also cuts every sequence into windows and scores each
-window as its own query or gallery item; tfclip keeps one tracklet per person and camera, as torchreid does.
+persons, so either gives the usual 10-trial protocol.
+
+Windows (the official protocol, on by default): every sequence of every split is cut into windows of ``window``
+frames (8, the recipe's seq_len) starting every ``window_stride`` frames (4), with starts ``0, 4, ...`` below
+``n - window`` (so a 20-frame sequence gives frames 0-7, 4-11 and 8-15, and its last 4 frames are in no window), and
+a sequence of at most ``window`` frames is one window (reference: ``datasequence.py`` L6-20 for training and
+``ilidsvidsequence.py`` ``_pluckseq_cam`` for query and gallery). Each window is a row of its own: a training item,
+a CLIP-Memory item, and a query or gallery item. The reference ranks every query window against the query and
+gallery windows together (``utils/metrics.py``, ``gf = feats[0:]``), so the gallery rule is ``includes_query``.
+``window=0`` keeps one tracklet per person and camera, ranked against the gallery split alone (torchreid).
 Pids are the person numbers (``person001`` is 1); frames are sorted by name
-(torchreid's glob does not sort) and checked for presence by listing, not decoded. Gallery rule: ``gallery_only``.
+(torchreid's glob does not sort) and checked for presence by listing, not decoded.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ LAYOUT = Layout(
     hint="point ROOT at the folder holding i-LIDS-VID/ and 'train-test people splits/'",
 )
 SPLITS_FILE = "train-test people splits/train_test_splits_ilidsvid.mat"
+WINDOW, WINDOW_STRIDE = 8, 4  # the reference's SEQ_LEN and SEQ_SRD (configs/vit_clipreid.yml)
 CAMERAS = ("cam1", "cam2")  # camid 0, 1
 
 
@@ -82,7 +91,15 @@ def _split(path: Path, split_id: int, persons: list[str]) -> tuple[list[str], li
     return sorted(persons[i] for i in positions[:half]), sorted(persons[i] for i in positions[half:])
 
 
-def _build(root: Path, item: tuple[str, int, Split], *, listing: Listing, problems: Problems) -> list[Tracklet]:
+def window_bounds(num_frames: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """[start, end) of the windows of a sequence: starts every ``stride`` frames below ``num_frames - window``, or the
+    whole sequence when that leaves none (20 frames, 8, 4: (0, 8), (4, 12), (8, 16)); reference: datasequence.py
+    L6-20."""
+    return [(start, start + window) for start in range(0, num_frames - window, stride)] or [(0, num_frames)]
+
+
+def _build(root: Path, item: tuple[str, int, Split], *, listing: Listing, problems: Problems,
+           window: int, stride: int) -> list[Tracklet]:
     person, camid, split = item
     folder = root / "i-LIDS-VID" / "sequences" / CAMERAS[camid] / person
     frames = listing.images(folder)
@@ -90,20 +107,33 @@ def _build(root: Path, item: tuple[str, int, Split], *, listing: Listing, proble
         problems.add(folder, "no frame images in this tracklet folder")
         return []
     pid = int(person.removeprefix("person"))
-    return [Tracklet(f"{CAMERAS[camid]}/{person}", pid, camid, split, len(frames), frames=tuple(frames))]
+    name = f"{CAMERAS[camid]}/{person}"
+    if window == 0:
+        return [Tracklet(name, pid, camid, split, len(frames), frames=tuple(frames))]
+    return [
+        Tracklet(f"{name}:w{k}", pid, camid, split, end - start, frames=tuple(frames[start:end]))
+        for k, (start, end) in enumerate(window_bounds(len(frames), window, stride))
+    ]
 
 
-def parse(root: Path, *, problems: Problems, split_id: int = 0) -> Parsed:
-    """Parse iLIDS-VID with split ``split_id`` into train, query and gallery tracklets (see the module docstring).
+def parse(root: Path, *, problems: Problems, split_id: int = 0, window: int = WINDOW,
+          window_stride: int = WINDOW_STRIDE) -> Parsed:
+    """Parse iLIDS-VID with split ``split_id`` into train, query and gallery windows (see the module docstring).
 
+    Args:
+        window: frames per window (the reference's 8); 0 keeps whole sequences.
+        window_stride: frames between window starts (the reference's 4).
     Raises:
-        DataError: a required file is missing, the split file is malformed, or ``split_id`` is out of range.
+        DataError: a required file is missing, the split file is malformed, or an option is out of range.
     """
+    if window < 0 or window_stride < 1:
+        raise DataError(f"--window {window} --window-stride {window_stride}: expected a window >= 0 (0 = whole "
+                        "sequences) and a stride >= 1; the reference uses 8 and 4")
     require(root, ("i-LIDS-VID/sequences/cam1", "i-LIDS-VID/sequences/cam2", SPLITS_FILE), LAYOUT)
     train, test = _split(root / SPLITS_FILE, split_id, _persons(root))
     items = [(person, camid, "train") for person in train for camid in (0, 1)]
     items += [(person, 0, "query") for person in test] + [(person, 1, "gallery") for person in test]
-    listing = Listing()
-    build = functools.partial(_build, root, listing=listing, problems=problems)
+    build = functools.partial(_build, root, listing=Listing(), problems=problems, window=window, stride=window_stride)
     tracklets = build_all(items, build, description="iLIDS-VID tracklets")
-    return Parsed(tracklets=tracklets, extra={"split_id": split_id})
+    extra = {"split_id": split_id, "window": window, "window_stride": window_stride if window else 0}
+    return Parsed(tracklets=tracklets, extra=extra, gallery_rule="includes_query" if window else "gallery_only")

@@ -19,15 +19,19 @@ first frame's name (1..15, made 0-based). TF-CLIP's evaluator ranks each query a
 (``utils/metrics.py``, ``gf = feats[0:]``), and the other public parsers note that the gallery must contain the
 queries for every query to have a match, hence the gallery rule ``includes_query``.
 
-With ``train_chunk=N`` (the reference trains with N=48) each training tracklet of at least N frames is cut into
-``len // N`` chunks of N frames, the last chunk keeping the remainder. The reference drops tracklets shorter than N
-from training altogether; tfclip keeps them whole, so no identity silently loses its short tracklets. Frames are
-checked for presence by listing their folders, not decoded.
+Training chunks (TF-CLIP ``datasets/set/lsvid.py`` L140-148, ``sampling_step=48``; REFERENCE.md §4.11): by default
+each training tracklet is cut into ``len // 48`` chunks of 48 frames, the last chunk keeping the remainder (100
+frames give 0-47 and 48-99), and a training tracklet shorter than 48 frames yields no chunk, so it is left out of
+training (and out of the CLIP-Memory) as in the reference; an identity left without chunks has no classifier row
+(the reference counts classes before chunking, so it keeps a row no sample uses). ``train_chunk=0`` keeps whole
+training tracklets instead. Query and gallery tracklets are never cut. Frames are checked for presence by listing their folders, not
+decoded.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +42,8 @@ from tfclip_cli.datasets.common import Layout, Listing, Parsed, Problems, build_
 from tfclip_cli.errors import DataError
 from tfclip_cli.tables import Split, Tracklet
 
+logger = logging.getLogger(__name__)
+
 LAYOUT = Layout(
     description="the LS-VID layout read by TF-CLIP (info/list_sequence/list_seq_{train,test}.txt, "
     "info/data/info_test.mat, tracklet_train/, tracklet_test/)",
@@ -47,6 +53,7 @@ LAYOUT = Layout(
 INDEX_DIRS = (("info/list_sequence", "info/data"), ("list_sequence", "test/data"))
 JUNK_PID = -1
 NUM_CAMERAS = 15
+TRAIN_CHUNK = 48  # the reference's sampling_step
 
 
 @dataclass(frozen=True)
@@ -104,14 +111,12 @@ def _camera(frame: str) -> int:
 
 def chunk_bounds(num_frames: int, chunk: int) -> list[tuple[int, int]]:
     """[start, end) of the training chunks of a tracklet: ``num_frames // chunk`` chunks, the last one keeping the
-    remainder; a tracklet shorter than ``chunk`` stays whole (the reference drops it; lsvid.py L140-148)."""
+    remainder; none for a tracklet shorter than ``chunk`` (reference: lsvid.py L140-148)."""
     count = num_frames // chunk
-    if count == 0:
-        return [(0, num_frames)]
     return [(k * chunk, num_frames if k == count - 1 else (k + 1) * chunk) for k in range(count)]
 
 
-def _build(root: Path, line: _Line, *, listing: Listing, problems: Problems, train_chunk: int | None) -> list[Tracklet]:
+def _build(root: Path, line: _Line, *, listing: Listing, problems: Problems, train_chunk: int) -> list[Tracklet]:
     """The tracklet(s) of one list line: none for junk or a line without frames, chunks for training."""
     if line.pid == JUNK_PID:
         return []
@@ -121,7 +126,7 @@ def _build(root: Path, line: _Line, *, listing: Listing, problems: Problems, tra
         problems.add(str(prefix) + "*", "no frame images start with this path")
         return []
     camid = _camera(frames[0]) - 1
-    if train_chunk is None or line.split != "train":
+    if train_chunk == 0 or line.split != "train":
         return [Tracklet(line.path, line.pid, camid, line.split, len(frames), frames=tuple(frames))]
     return [
         Tracklet(f"{line.path}:c{k}", line.pid, camid, "train", end - start, frames=tuple(frames[start:end]))
@@ -129,14 +134,16 @@ def _build(root: Path, line: _Line, *, listing: Listing, problems: Problems, tra
     ]
 
 
-def parse(root: Path, *, problems: Problems, train_chunk: int | None = None) -> Parsed:
-    """Parse LS-VID into train, query and gallery tracklets (see the module docstring).
+def parse(root: Path, *, problems: Problems, train_chunk: int = TRAIN_CHUNK) -> Parsed:
+    """Parse LS-VID into train (chunks), query and gallery tracklets (see the module docstring).
 
+    Args:
+        train_chunk: frames per training chunk (the reference's 48); 0 keeps whole training tracklets.
     Raises:
         DataError: a required file is missing or malformed, or a frame name carries no camera.
     """
-    if train_chunk is not None and train_chunk < 1:
-        raise DataError(f"--train-chunk {train_chunk}: expected a positive number of frames, e.g. 48")
+    if train_chunk < 0:
+        raise DataError(f"--train-chunk {train_chunk}: expected a number of frames (48 as the reference) or 0")
     train_path, test_path, query_path = _index_paths(root)
     train = _read_list(train_path, "train")
     test = _read_list(test_path, "gallery")
@@ -146,4 +153,19 @@ def parse(root: Path, *, problems: Problems, train_chunk: int | None = None) -> 
     lines += [line for i, line in enumerate(test) if i not in queries]
     build = functools.partial(_build, root, listing=Listing(), problems=problems, train_chunk=train_chunk)
     tracklets = build_all(lines, build, description="LS-VID tracklets")
-    return Parsed(tracklets=tracklets, extra={"train_chunk": train_chunk})
+    extra = {"train_chunk": train_chunk}
+    if train_chunk:
+        unusable = {path for path, _ in problems.items}
+        kept = [line for line in train if f"{root / line.path}*" not in unusable]
+        extra["short_train_tracklets_dropped"] = _count_dropped(kept, tracklets)
+    return Parsed(tracklets=tracklets, extra=extra)
+
+
+def _count_dropped(train: list[_Line], tracklets: list[Tracklet]) -> int:
+    """Training lines with frames (junk aside) that gave no chunk: shorter than the chunk, as in the reference."""
+    chunked = {t.tracklet_id.rpartition(":c")[0] for t in tracklets if t.split == "train"}
+    listed = {line.path for line in train if line.pid != JUNK_PID}
+    dropped = len(listed - chunked)
+    if dropped:
+        logger.info("%d training tracklet(s) shorter than the training chunk left out, as the reference does", dropped)
+    return dropped

@@ -3,7 +3,8 @@
 The only package that reads a whole :class:`~tfclip_cli.recipe.Recipe`; it turns the sections into explicit
 arguments for the layers below. Modules: ``engine`` (set-up and the epoch loop: :func:`train`), ``state`` (meters,
 metrics.csv, the resumable sampler, checkpoints), ``memory`` (the initial model and ``memory.pt``), ``solver``
-(parameter groups, warm-up multi-step schedule, precision) and ``launch`` (torchrun relaunch, barriers).
+(parameter groups, warm-up multi-step schedule), ``protocol`` (the recipe/manifest protocol check and the summary
+logged at the start) and ``launch`` (torchrun relaunch, barriers).
 
 A run directory holds ``recipe.yaml`` (the effective recipe), ``memory.pt`` (the CLIP-Memory), ``last.ckpt``
 (written after every epoch and on Ctrl-C), ``best.ckpt`` (best mAP + rank-1 so far) and ``metrics.csv``.
@@ -15,7 +16,8 @@ uninterrupted run on CPU.
 from tfclip_cli.train.engine import EpochSummary, TrainResult, train
 from tfclip_cli.train.launch import relaunch_distributed, torchrun_command
 from tfclip_cli.train.memory import MemoryResult, build_memory_file, initial_model, model_config
-from tfclip_cli.train.solver import lr_factor, param_groups, resolve_precision
+from tfclip_cli.inference import resolve_precision
+from tfclip_cli.train.solver import lr_factor, param_groups
 from tfclip_cli.train.state import METRICS_FIELDS
 
 __all__ = [

@@ -23,13 +23,14 @@ from tfclip_cli import display
 from tfclip_cli.clips import ClipDataset, ClipTransform, IdentitySampler, build_loader
 from tfclip_cli.errors import UserError
 from tfclip_cli.evaluate import EvalResult, evaluate
-from tfclip_cli.inference import DistContext, extract_embeddings, start_distributed
+from tfclip_cli.inference import DistContext, extract_embeddings, resolve_precision, start_distributed
 from tfclip_cli.losses import compute_losses
 from tfclip_cli.recipe import Recipe, write_recipe
 from tfclip_cli.tables import Tracklet, atomic_output, read_manifest
 from tfclip_cli.train.launch import barrier
 from tfclip_cli.train.memory import ensure_memory, initial_model, model_config, eval_transform
-from tfclip_cli.train.solver import build_optimizer, resolve_precision
+from tfclip_cli.train.protocol import check_protocol, log_protocol
+from tfclip_cli.train.solver import build_optimizer
 from tfclip_cli.train.state import EVAL_FIELDS, LOSS_PARTS, Meters, MetricsLog, ResumableSampler, RunState, restore, save
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def _train_data(recipe: Recipe, train: Sequence[Tracklet], pid_to_label: dict[in
     """Training clips (rrs_train, augmented) in P×K batches, this rank's share, decoded in workers."""
     data = recipe.data
     transform = ClipTransform(data.image_size, normalization=data.normalization, is_train=True,
-                              flip_p=data.flip_p, erase_p=data.erase_p)
+                              flip_p=data.flip_p, erase_p=data.erase_p, erase=data.erase)
     dataset = ClipDataset(train, seq_len=data.seq_len, sampling=data.train_sampling, transform=transform,
                           label_of=pid_to_label, seed=recipe.run.seed)
     sampler = ResumableSampler(IdentitySampler(
@@ -105,10 +106,13 @@ def _share_cpu_cores(workers: int, device: torch.device) -> None:
 
 def _setup(recipe: Recipe, context: DistContext, *, resume: bool) -> RunState:
     """Build the model, memory, optimiser and data of a run, restored from last.ckpt when resuming."""
+    manifest = read_manifest(recipe.data.manifest)
+    check_protocol(recipe, manifest)
+    if context.is_main:
+        log_protocol(recipe, manifest, context.device)
     _prepare_run_dir(recipe, resume=resume, context=context)
     _share_cpu_cores(recipe.data.workers, context.device)
     autocast_dtype = resolve_precision(recipe.solver.precision, context.device)
-    manifest = read_manifest(recipe.data.manifest)
     train = manifest.tracklets("train")
     model = initial_model(recipe, model_config(recipe, manifest), context.device)
     memory = ensure_memory(recipe, model, train, context=context)
@@ -282,7 +286,7 @@ def _evaluate(run: RunState) -> EvalResult | None:
     extraction = extract_embeddings(
         run.model, tracklets, sampling="rrs" if recipe.eval.sampling == "rrs_test" else "dense",
         transform=eval_transform(recipe), device=run.context.device, batch_size=recipe.eval.batch_size,
-        workers=recipe.data.workers,
+        workers=recipe.data.workers, precision=recipe.eval.precision,
     )
     rule = manifest.info.gallery_rule if recipe.eval.gallery_rule == "manifest" else recipe.eval.gallery_rule
     return evaluate(extraction.embeddings, gallery_rule=rule)

@@ -28,6 +28,7 @@ from tfclip_cli.model import TFCLIP, ClipMemory, ModelConfig, build_model
 from tfclip_cli.recipe import Recipe
 from tfclip_cli.tables import Manifest, Tracklet, read_manifest
 from tfclip_cli.train.launch import barrier
+from tfclip_cli.train.protocol import check_protocol
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def ensure_memory(recipe: Recipe, model: TFCLIP, train: Sequence[Tracklet], *, c
         logger.info("building the CLIP-Memory from %d train tracklets", len(train))
         memory = build_memory(
             model, train, transform=eval_transform(recipe), device=context.device, fingerprint=fingerprint,
-            workers=recipe.data.workers,
+            workers=recipe.data.workers, precision=recipe.solver.precision,
         )
         save_memory(memory, path)
     barrier(context)
@@ -130,6 +131,7 @@ def build_memory_file(recipe: Recipe, *, force: bool = False) -> MemoryResult:
         raise UserError(f"{path} already exists", hint="pass --force to rebuild it")
     context = DistContext(rank=0, world_size=1, device=process_device())
     manifest = read_manifest(recipe.data.manifest)
+    check_protocol(recipe, manifest)
     train = manifest.tracklets("train")
     model = initial_model(recipe, model_config(recipe, manifest), context.device)
     path.unlink(missing_ok=True)

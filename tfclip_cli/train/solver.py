@@ -1,4 +1,4 @@
-"""The optimiser side of training: parameter groups, the per-epoch warm-up multi-step schedule, precision.
+"""The optimiser side of training: parameter groups and the per-epoch warm-up multi-step schedule.
 
 Reference: solver/make_optimizer_prompt.py make_optimizer_2stage, solver/lr_scheduler.py WarmupMultiStepLR;
 REFERENCE.md §4.2.
@@ -13,7 +13,6 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from tfclip_cli.errors import RecipeError
 from tfclip_cli.recipe import SolverSection
 
 OPTIMIZERS = {"adam": torch.optim.Adam}  # solver.optimizer → class (the reference trains with Adam, yml L47)
@@ -62,18 +61,3 @@ def build_optimizer(solver: SolverSection, model: nn.Module) -> tuple[torch.opti
     factor = functools.partial(lr_factor, warmup_epochs=solver.warmup_epochs, warmup_factor=solver.warmup_factor,
                                milestones=solver.milestones, gamma=solver.gamma)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = fp32): ``auto`` is bf16 on CUDA when supported, else fp16; fp32 on CPU.
-
-    Raises:
-        RecipeError: fp16 without CUDA.
-    """
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "fp16" and device.type != "cuda":
-        raise RecipeError("solver.precision: fp16 needs a CUDA device; allowed on CPU: auto, fp32, bf16")
-    return torch.bfloat16 if precision == "bf16" else torch.float16
