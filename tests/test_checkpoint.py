@@ -146,6 +146,68 @@ def test_openai_jit_archive_loads_as_float32(tmp_path: Path) -> None:
     assert vit.proj.dtype == torch.float32
     assert torch.equal(vit.proj, clip.visual.proj.half().float())
     assert vit.positional_embedding.shape == (9, 128)
+    weights = {key: value.float() for key, value in _jit_load(path).state_dict().items() if key.startswith("visual.")}
+    model_weights = {f"visual.{k}": v for k, v in vit.state_dict().items() if k != "positional_embedding"}
+    assert all(torch.equal(weights[key], value) for key, value in model_weights.items())
+
+
+def _jit_load(path: Path) -> torch.jit.ScriptModule:
+    """What tfclip used to do with a TorchScript archive: load it, running whatever code it holds."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.load(path, map_location="cpu")
+
+
+class _FileWritingModule(torch.nn.Module):
+    """A module whose TorchScript ``__setstate__`` creates a file when the archive is loaded."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(2))
+        self.marker = marker
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[torch.Tensor, str, bool]:
+        return self.weight, self.marker, self.training
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, str, bool]) -> None:
+        self.weight = state[0] + torch.from_file(state[1], shared=True, size=2)  # shared=True creates the file
+        self.marker = state[1]
+        self.training = state[2]
+
+
+def test_a_torchscript_archive_that_writes_a_file_is_read_without_running(tmp_path: Path) -> None:
+    marker = tmp_path / "written-by-the-archive"
+    path = tmp_path / "evil.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(_FileWritingModule(str(marker))), path)
+    with pytest.raises(CheckpointError, match="no visual.. keys"):
+        load_clip_weights(build_model(TINY), str(path))
+    assert not marker.exists()
+    _jit_load(path)  # the archive really is hostile: torch.jit.load runs its code
+    assert marker.exists()
+
+
+def test_a_torchscript_pickle_naming_other_globals_is_refused(tmp_path: Path) -> None:
+    import pickle
+    import zipfile
+
+    class RunsCommand:
+        def __reduce__(self):
+            return (exec, ("open(%r, 'w').close()" % str(tmp_path / "marker"),))
+
+    path = tmp_path / "evil.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("evil/data.pkl", pickle.dumps(RunsCommand(), protocol=2))
+        archive.writestr("evil/constants.pkl", pickle.dumps((), protocol=2))
+    with pytest.raises(CheckpointError, match="names (__builtin__|builtins).exec, which a weights-only reader does not run"):
+        load_clip_weights(build_model(TINY), str(path))
+    assert not (tmp_path / "marker").exists()
 
 
 def test_openai_downloads_through_open_clip_and_reads_safetensors(tmp_path: Path, monkeypatch) -> None:

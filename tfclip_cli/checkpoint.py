@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import pickle
 import re
-import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,6 +182,98 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
 
 
+# The only globals a TorchScript archive's data.pkl may name besides its own ``__torch__.*`` module classes.
+TORCHSCRIPT_GLOBALS = {
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("collections", "OrderedDict"),
+    *(("torch.jit._pickle", name) for name in ("build_intlist", "build_floatlist", "build_boollist",
+                                               "build_tensorlist", "build_doublelist", "restore_type_tag")),
+}
+
+
+STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}
+
+
+class _ScriptObject:
+    """Stands in for a TorchScript class while unpickling: records its attributes, runs none of its code."""
+
+    def __setstate__(self, state: object) -> None:
+        self.attributes = state if isinstance(state, dict) else {}
+
+
+class _TorchScriptUnpickler(pickle.Unpickler):
+    """Reads a TorchScript archive's ``data.pkl`` like a weights-only loader: tensors come from the archive's data
+    records, module classes become :class:`_ScriptObject`, and any other global is refused, so nothing in the file
+    runs (``torch.jit.load`` would execute the archive's code, e.g. a ``__setstate__`` that writes files)."""
+
+    def __init__(self, archive: zipfile.ZipFile, prefix: str, path: Path) -> None:
+        super().__init__(archive.open(f"{prefix}data.pkl"))
+        self.archive, self.prefix, self.path = archive, prefix, path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "__torch__" or module.startswith("__torch__."):
+            return _ScriptObject
+        if module == "torch" and name in STORAGE_DTYPES:
+            return STORAGE_DTYPES[name]
+        if (module, name) not in TORCHSCRIPT_GLOBALS:
+            raise CheckpointError(
+                f"CLIP weights {self.path}: the TorchScript archive names {module}.{name}, which a weights-only "
+                "reader does not run", hint="export the weights as a state dict (.pt of tensors or .safetensors)")
+        if module == "torch._utils":
+            return _rebuild_tensor
+        if module == "collections":
+            return dict
+        return lambda value, *_: value  # torch.jit._pickle helpers only restore list types
+
+    def persistent_load(self, record: tuple) -> torch.Tensor:
+        """('storage', dtype (from a storage class name), key, location, numel) -> a flat tensor from ``data/<key>``."""
+        _, dtype, key, _, numel = record
+        if not isinstance(dtype, torch.dtype):
+            raise pickle.UnpicklingError(f"storage record {record!r} names no tensor type")
+        raw = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
+        flat = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+        return flat[:numel]
+
+
+def _rebuild_tensor(flat: torch.Tensor, offset: int, size: tuple, stride: tuple, *_: object) -> torch.Tensor:
+    return torch.as_strided(flat, size, stride, offset).clone()
+
+
+def _script_tensors(node: _ScriptObject, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The tensors of a module tree, keyed like ``state_dict()`` (``visual.conv1.weight``)."""
+    found = {}
+    for name, value in getattr(node, "attributes", {}).items():
+        if isinstance(value, torch.Tensor):
+            found[prefix + name] = value
+        elif isinstance(value, _ScriptObject):
+            found.update(_script_tensors(value, f"{prefix}{name}."))
+    return found
+
+
+def _read_torchscript_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The weights of a TorchScript archive (OpenAI's ``ViT-B-16.pt``) without executing any of its code."""
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        pickles = [name for name in names if name.endswith("data.pkl") and name.count("/") == 1]
+        if not pickles:
+            raise CheckpointError(f"CLIP weights {path}: a TorchScript archive without data.pkl")
+        prefix = pickles[0].removesuffix("data.pkl")
+        if f"{prefix}byteorder" in names and archive.read(f"{prefix}byteorder").strip() != b"little":
+            raise CheckpointError(f"CLIP weights {path}: big-endian TorchScript archives are not supported")
+        try:
+            root = _TorchScriptUnpickler(archive, prefix, path).load()
+        except (pickle.UnpicklingError, AttributeError, EOFError, LookupError, RuntimeError, TypeError,
+                ValueError) as error:  # a damaged or hostile pickle fails in any of these ways
+            raise CheckpointError(f"CLIP weights {path}: unreadable TorchScript archive ({error})") from error
+    if not isinstance(root, _ScriptObject):
+        raise CheckpointError(f"CLIP weights {path}: the TorchScript archive holds no module")
+    return _script_tensors(root)
+
+
 def _read_clip_file(path: Path) -> dict[str, torch.Tensor]:
     """A CLIP weight file as a flat state dict (``module.`` prefixes and a ``state_dict`` wrapper removed)."""
     if not path.is_file():
@@ -191,9 +283,7 @@ def _read_clip_file(path: Path) -> dict[str, torch.Tensor]:
 
         state = load_file(path, device="cpu")
     elif _is_torchscript(path):
-        with warnings.catch_warnings():  # TorchScript is deprecated, but it is the format OpenAI published
-            warnings.simplefilter("ignore", FutureWarning)
-            state = torch.jit.load(path, map_location="cpu").state_dict()
+        state = _read_torchscript_weights(path)
     else:
         state = _read_torch_file(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
