@@ -61,8 +61,14 @@ def file_sha256(path: Path) -> str:
 def save_checkpoint(checkpoint: Checkpoint, path: Path, *, force: bool = True) -> None:
     """Write ``checkpoint`` atomically (a crash never leaves half a file); overwrites unless ``force`` is false."""
     payload = {"format": FORMAT, "version": FORMAT_VERSION, "tfclip_version": __version__, **vars(checkpoint)}
-    with atomic_output(Path(path), force=force) as temp:
-        torch.save(payload, temp)
+    write_torch_file(payload, path, force=force)
+
+
+def write_torch_file(payload: dict[str, Any], path: Path, *, force: bool) -> None:
+    """``torch.save`` atomically through a Python file object, so a full disk or a read-only folder surfaces as an
+    OSError that ``atomic_output`` names (torch's own writer says only "unexpected pos ... vs ...")."""
+    with atomic_output(Path(path), force=force) as temp, open(temp, "wb") as handle:
+        torch.save(payload, handle)
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 
 from tfclip_cli import __version__, display
-from tfclip_cli.errors import UserError
+from tfclip_cli.errors import Terminated, UserError
 
 if TYPE_CHECKING:
     from tfclip_cli.datasets import SplitSummary
@@ -68,7 +68,7 @@ def _report(error: UserError) -> None:
 
 
 def command(name: str | None = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Register a subcommand whose UserError becomes one red line and exit code 2, and Ctrl-C exit 130."""
+    """Register a subcommand whose UserError becomes one red line and exit code 2, Ctrl-C exit 130, SIGTERM 143."""
 
     def register(func: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(func)
@@ -78,9 +78,10 @@ def command(name: str | None = None) -> Callable[[Callable[..., None]], Callable
             except UserError as error:
                 _report(error)
                 raise typer.Exit(2) from None
-            except KeyboardInterrupt:
-                display.stderr.print("[yellow]interrupted[/]")
-                raise typer.Exit(130) from None
+            except KeyboardInterrupt as interrupt:
+                is_terminated = isinstance(interrupt, Terminated)
+                display.stderr.print("[yellow]terminated[/]" if is_terminated else "[yellow]interrupted[/]")
+                raise typer.Exit(143 if is_terminated else 130) from None
 
         return app.command(name)(run)
 

@@ -31,3 +31,11 @@ class CheckpointError(UserError):
 
 class GalleryError(UserError):
     """An embeddings table, FAISS index or sidecar that is missing, empty or inconsistent."""
+
+
+class OutputError(UserError):
+    """An output that cannot be written: no space left, a read-only file system, a file where a folder should be."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, ``docker stop``) handled like Ctrl-C, resumable checkpoint first; the CLI exits 143."""

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from tfclip_cli import __version__, display
-from tfclip_cli.checkpoint import Checkpoint, file_sha256, load_checkpoint, model_from_checkpoint
+from tfclip_cli.checkpoint import Checkpoint, file_sha256, load_checkpoint, model_from_checkpoint, write_torch_file
 from tfclip_cli.clips import (
     ClipDataset,
     ClipTransform,
@@ -41,7 +41,7 @@ from tfclip_cli.tables import (
     Embeddings,
     Split,
     Tracklet,
-    atomic_output,
+    check_writable,
     read_manifest,
     tracklet_table,
     write_embeddings,
@@ -316,8 +316,7 @@ def save_memory(memory: ClipMemory, path: Path) -> None:
     """Write a CLIP-Memory (features, pid → label, fingerprint) atomically, loadable with ``weights_only=True``."""
     payload = {"features": memory.features.cpu(), "pid_to_label": dict(memory.pid_to_label),
                "fingerprint": memory.fingerprint}
-    with atomic_output(Path(path), force=True) as temp:
-        torch.save(payload, temp)
+    write_torch_file(payload, path, force=True)
 
 
 def load_memory(path: Path) -> ClipMemory:
@@ -437,11 +436,10 @@ def extract_to_file(
     checkpoint path and sha256, the sampling, the embedding type and the manifest's gallery rule.
 
     Raises:
-        UserError: ``out`` exists without ``force``; DataError: unreadable tracklets without ``skip_bad`` (nothing
-        is written), or nothing readable at all.
+        UserError: ``out`` exists without ``force``; OutputError: ``out`` cannot be written (checked first);
+        DataError: unreadable tracklets without ``skip_bad`` (nothing is written), or nothing readable at all.
     """
-    if Path(out).exists() and not force:
-        raise UserError(f"{out} already exists", hint="pass --force to overwrite it, or choose another --out")
+    check_writable(out, force=force)
     inputs = _manifest_inputs(manifest, splits) if manifest is not None else _path_inputs(paths, camid)
     state = load_checkpoint(checkpoint)
     context = start_distributed()

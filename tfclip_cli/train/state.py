@@ -22,7 +22,7 @@ from tfclip_cli.inference import DistContext
 from tfclip_cli.losses import LossWeights
 from tfclip_cli.model import TFCLIP, ClipMemory
 from tfclip_cli.recipe import Recipe, recipe_to_dict
-from tfclip_cli.tables import Manifest
+from tfclip_cli.tables import Manifest, atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +67,9 @@ class MetricsLog:
     """Rows appended to ``metrics.csv`` (and TensorBoard events when ``tensorboard`` is installed); rank 0 only."""
 
     def __init__(self, run_dir: Path) -> None:
-        path = run_dir / "metrics.csv"
-        is_new = not path.exists()
-        self._file = path.open("a", newline="")
-        self._csv = csv.DictWriter(self._file, fieldnames=METRICS_FIELDS)
+        self._path = run_dir / "metrics.csv"
+        is_new = not self._path.exists()
+        self._open()
         if is_new:
             self._csv.writeheader()
         try:
@@ -79,6 +78,22 @@ class MetricsLog:
             self._board = SummaryWriter(str(run_dir / "tensorboard"))
         except ImportError:
             self._board = None
+
+    def _open(self) -> None:
+        self._file = self._path.open("a", newline="")
+        self._csv = csv.DictWriter(self._file, fieldnames=METRICS_FIELDS)
+
+    def cut_back(self, next_epoch: int, next_iteration: int) -> None:
+        """Keep only the rows a run stopped at (``next_epoch``, ``next_iteration``) had written: those of a kill after
+        the checkpoint go, so a resumed log equals an uninterrupted one (a fresh run, (1, 0), keeps none)."""
+        self._file.close()
+        with self._path.open(newline="") as handle:
+            rows = [row for row in csv.DictReader(handle) if _is_before(row, next_epoch, next_iteration)]
+        with atomic_output(self._path, force=True) as temp, temp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=METRICS_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        self._open()
 
     def write(self, row: dict, *, step: int) -> None:
         self._csv.writerow({key: _format(value) for key, value in row.items()})
@@ -92,6 +107,18 @@ class MetricsLog:
         self._file.close()
         if self._board is not None:
             self._board.close()
+
+
+def _is_before(row: dict, next_epoch: int, next_iteration: int) -> bool:
+    """Whether a metrics row was written before the position (``next_epoch``, ``next_iteration``); a row cut short by
+    a kill is not."""
+    try:
+        epoch = int(row["epoch"])
+        if epoch < next_epoch:
+            return True
+        return epoch == next_epoch and row["kind"] == "iteration" and int(row["iteration"]) <= next_iteration
+    except (TypeError, ValueError):
+        return False
 
 
 def _format(value: object) -> object:
@@ -141,6 +168,7 @@ class RunState:
     best_epoch: int | None = None
     best: EvalResult | None = None
     stop_requested: bool = False
+    stop_signal: int = 0  # the signal that asked to stop (SIGINT or SIGTERM); 0 when another rank asked
 
     @property
     def run_dir(self) -> Path:
