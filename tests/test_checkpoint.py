@@ -3,6 +3,7 @@
 import hashlib
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -99,6 +100,47 @@ def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path: Path) -> Non
     with pytest.raises(CheckpointError, match="bare.pth is not a tfclip checkpoint") as raised:
         load_checkpoint(bare)
     assert "import-checkpoint" in raised.value.hint
+
+
+def test_an_empty_checkpoint_gets_a_reason(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty.ckpt is empty \(0 bytes\)"):
+        load_checkpoint(empty)
+
+
+class _NotATensor:
+    """A class a weights-only reader refuses to build."""
+
+
+def test_a_file_of_python_objects_never_suggests_weights_only_false(tmp_path: Path) -> None:
+    path = tmp_path / "objects.ckpt"
+    torch.save({"format": "tfclip-checkpoint", "object": _NotATensor()}, path)
+    with pytest.raises(CheckpointError) as raised:
+        load_checkpoint(path)
+    assert "holds Python objects (test_checkpoint._NotATensor)" in raised.value.message
+    assert "weights_only" not in raised.value.message + str(raised.value.hint)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"version": None}, "has no format version (found None)"),
+        ({"model_state": None}, "field model_state holds nothing; expected dict"),
+        ({"pid_to_label": [1, 2]}, "field pid_to_label holds list; expected dict"),
+        ({"memory": "features"}, "field memory holds str; expected Tensor or NoneType"),
+        ({"model_state": {"weight": "not a tensor"}}, "field model_state holds values that are not tensors"),
+    ],
+)
+def test_a_checkpoint_with_fields_missing_or_odd_is_a_checkpoint_error(tmp_path: Path, change, named) -> None:
+    payload = {"format": "tfclip-checkpoint", "version": 1, "model_config": TINY.to_dict(), "model_state": {},
+               "pid_to_label": {}}
+    payload.update(change)
+    payload = {key: value for key, value in payload.items() if value is not None}
+    path = tmp_path / "odd.ckpt"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=re.escape(named)):
+        load_checkpoint(path)
 
 
 def test_weights_that_do_not_fit_the_config_are_listed() -> None:

@@ -85,22 +85,61 @@ def load_checkpoint(path: Path) -> Checkpoint:
             f"{path} is not a tfclip checkpoint (found {found})",
             hint="a state dict saved by the TF-CLIP reference code converts with `tfclip import-checkpoint`",
         )
-    if payload["version"] > FORMAT_VERSION:
+    version = payload.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path} has no format version (found {version!r}); expected an integer up to "
+                              f"{FORMAT_VERSION}", hint="the file is damaged: use another checkpoint")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} has format version {payload['version']}; this tfclip reads up to {FORMAT_VERSION}",
-            hint="upgrade tfclip",
+            f"{path} has format version {version}; this tfclip reads up to {FORMAT_VERSION}", hint="upgrade tfclip"
         )
+    _check_fields(payload, path)
     fields = Checkpoint.__dataclass_fields__
     return Checkpoint(**{name: payload[name] for name in fields if name in payload})
 
 
+# The types every field of a checkpoint file may have; the first three must be present.
+CHECKPOINT_TYPES = {"model_config": (dict,), "model_state": (dict,), "pid_to_label": (dict,),
+                    "memory": (torch.Tensor, type(None)), "recipe": (dict, type(None)),
+                    "training_state": (dict, type(None)), "provenance": (dict,)}
+REQUIRED_FIELDS = ("model_config", "model_state", "pid_to_label")
+
+
+def _check_fields(payload: dict, path: Path) -> None:
+    """Raise a CheckpointError naming the first field that is missing or of the wrong type."""
+    hint = "the file is damaged or was not written by tfclip: use another checkpoint"
+    for name, types in CHECKPOINT_TYPES.items():
+        if name not in payload and name not in REQUIRED_FIELDS:
+            continue
+        if name not in payload or not isinstance(payload[name], types):
+            found = type(payload[name]).__name__ if name in payload else "nothing"
+            expected = " or ".join(kind.__name__ for kind in types)
+            raise CheckpointError(f"{path}: field {name} holds {found}; expected {expected}", hint=hint)
+    if not all(isinstance(value, torch.Tensor) for value in payload["model_state"].values()):
+        raise CheckpointError(f"{path}: field model_state holds values that are not tensors", hint=hint)
+
+
 def _read_torch_file(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` with every failure a CheckpointError that gives the reason in one line."""
     if not path.is_file():
         raise CheckpointError(f"{path} not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): an interrupted copy or download?")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"{path} is not a readable PyTorch file: {error}".splitlines()[0]) from error
+        raise CheckpointError(f"{path} is not a readable PyTorch file: {_load_failure(error)}") from error
+
+
+def _load_failure(error: Exception) -> str:
+    """torch.load's reason in one line: for a file holding Python objects, the global it names, never torch's
+    advice to load with ``weights_only=False`` (which would run code from the file)."""
+    text = str(error)
+    unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if unsupported:
+        return f"it holds Python objects ({unsupported.group(1)}), not only tensors, and tfclip does not run them"
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return lines[0] if lines else f"{type(error).__name__} (truncated or not a PyTorch file)"
 
 
 def model_from_checkpoint(checkpoint: Checkpoint, device: torch.device | str) -> TFCLIP:

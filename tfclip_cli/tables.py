@@ -166,15 +166,15 @@ WRITE_HINTS = {
     errno.EROFS: "the file system is read-only: choose another destination",
     errno.EACCES: "choose a destination you may write to",
     errno.EPERM: "choose a destination you may write to",
-    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another destination",
-    errno.EEXIST: "a part of the path is a file, not a folder: choose another destination",
+    errno.ENOTDIR: "choose another destination",
+    errno.EEXIST: "choose another destination",
 }
 
 
 def output_error(path: Path, error: OSError) -> OutputError:
     """The one-line error for a failed write of ``path``, naming the cause (no space left, read-only ...)."""
     reason = os.strerror(error.errno).lower() if error.errno else str(error)
-    if error.errno == errno.EEXIST:
+    if error.errno in (errno.EEXIST, errno.ENOTDIR):  # mkdir met a file where the path needs a folder
         reason = "a part of the path is a file, not a folder"
     return OutputError(f"cannot write {path}: {reason}", hint=WRITE_HINTS.get(error.errno))
 
@@ -294,6 +294,15 @@ def _check_columns(table: pa.Table, path: Path, required: Sequence[str], error: 
         raise error(f"{path} lacks the column(s) {', '.join(missing)}; found {', '.join(table.column_names)}")
 
 
+def _check_integer_columns(table: pa.Table, path: Path, names: Sequence[str], error: type[UserError]) -> None:
+    """Columns such as ``pid`` must hold integers (a table with string pids would fail far away)."""
+    for name in names:
+        kind = table.schema.field(name).type
+        if not (pa.types.is_integer(kind) or pa.types.is_null(kind)):
+            raise error(f"{path}: column {name} holds {kind} values; expected integers",
+                        hint="write the table with integer pids and camids, e.g. with `tfclip prepare`")
+
+
 def _stored_info(table: pa.Table) -> dict:
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
     return json.loads(raw) if raw else {}
@@ -307,6 +316,7 @@ def read_manifest(path: Path) -> Manifest:
     """
     table = _read_parquet(path, DataError, "manifest (tfclip prepare ... --out M.parquet)")
     _check_columns(table, path, MANIFEST_COLUMNS, DataError)
+    _check_integer_columns(table, path, ("pid", "camid", "num_frames"), DataError)
     stored = _stored_info(table)
     info = ManifestInfo(
         dataset=stored.get("dataset", "unknown"),
@@ -370,6 +380,7 @@ def read_embeddings(path: Path) -> Embeddings:
     """
     table = _read_parquet(path, GalleryError, "embeddings table (tfclip extract ... --out E.parquet)")
     _check_columns(table, path, ("tracklet_id", "pid", "camid", "embedding"), GalleryError)
+    _check_integer_columns(table, path, ("pid", "camid"), GalleryError)
     info = _stored_info(table)
     column = table.column("embedding").combine_chunks()
     if pa.types.is_fixed_size_list(column.type):

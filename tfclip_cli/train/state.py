@@ -223,18 +223,27 @@ def restore(run: RunState, path: Path) -> None:
         raise CheckpointError(
             f"{path} was trained with model config {checkpoint.model_config}; this recipe gives "
             f"{run.model.config.to_dict()}", hint="resume with the recipe.yaml saved in the run directory")
-    run.model.load_state_dict(checkpoint.model_state)
+    try:
+        _restore_state(run, checkpoint.model_state, state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:  # a damaged or foreign training state
+        raise CheckpointError(f"{path}: the training state is incomplete or does not fit this run "
+                              f"({type(error).__name__}: {error})".splitlines()[0],
+                              hint="start the run again without --resume, or in another run.output_dir") from error
+    logger.info("resumed from %s at epoch %d, iteration %d", path, run.next_epoch, run.next_iteration)
+
+
+def _restore_state(run: RunState, model_state: dict, state: dict) -> None:
+    run.model.load_state_dict(model_state)
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and run.context.device.type == "cuda":
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    run.next_epoch, run.next_iteration = state["next_epoch"], state["next_iteration"]
+    run.next_epoch, run.next_iteration = int(state["next_epoch"]), int(state["next_iteration"])
     run.meters = Meters(state["meters"])
     run.best_epoch = state["best_epoch"]
     run.best = EvalResult(**state["best"]) if state["best"] is not None else None
-    logger.info("resumed from %s at epoch %d, iteration %d", path, run.next_epoch, run.next_iteration)
 
 
 def save(run: RunState, name: str, *, is_resumable: bool) -> Path:
