@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional, Sequence
 
 import typer
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from tfclip_cli import __version__, display
 from tfclip_cli.errors import Terminated, UserError
@@ -20,7 +21,20 @@ if TYPE_CHECKING:
     from tfclip_cli.datasets import SplitSummary
     from tfclip_cli.tables import Manifest
 
+class _OneLineErrors(TyperGroup):
+    """The app's command group: a value Typer refuses (its own path checks: a missing file, a folder for a file) is
+    one red line and exit code 2 like every other error, not a boxed usage message."""
+
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except typer.BadParameter as error:
+            _report(UserError(error.format_message()))
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="tfclip",
     help="Video-based person re-identification with TF-CLIP: prepare data, train, extract, evaluate, index, query.",
     no_args_is_help=True,
@@ -103,7 +117,9 @@ def import_checkpoint(
     from rich.table import Table
 
     from tfclip_cli.checkpoint import import_reference_checkpoint, save_checkpoint
+    from tfclip_cli.tables import check_writable
 
+    check_writable(out, force=force)
     checkpoint = import_reference_checkpoint(source)
     save_checkpoint(checkpoint, out, force=force)
     table = Table("model", "value", title=f"{out}", title_justify="left")
@@ -180,8 +196,7 @@ def prepare(
     from tfclip_cli import datasets, tables
     from tfclip_cli.datasets.synthetic import SyntheticOptions
 
-    if out.exists() and not force:
-        raise UserError(f"{out} already exists", hint="pass --force to overwrite it, or choose another --out")
+    tables.check_writable(out, force=force)
     drawn = {
         "identities": identities,
         "cameras": cameras,
@@ -445,10 +460,10 @@ def query(
 
     from tfclip_cli.index import query as run_query
     from tfclip_cli.inference import process_device
-    from tfclip_cli.tables import atomic_output
+    from tfclip_cli.tables import atomic_output, check_writable
 
-    if html_out is not None and html_out.exists() and not force:
-        raise UserError(f"{html_out} already exists", hint="pass --force to overwrite it, or choose another --html")
+    if html_out is not None:
+        check_writable(html_out, force=force)
     results = run_query(
         gallery, clips, checkpoint=checkpoint, top_k=top_k, device=process_device(),
         with_hit_frames=html_out is not None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterator, Literal, Mapping, NamedTuple, Sequence
@@ -158,18 +159,54 @@ def _read_video_at_padded_width(path: str, frames: list[int], error: Exception) 
     return _resize_uint8(batch, (height, width))
 
 
+MAX_FRAME_PIXELS = 50_000_000
+"""Largest frame image accepted (50 MP, above any camera's 8K frame): a bigger one is refused before decoding."""
+DECODE_SIDE = 1024
+"""Images with a longer side of at least twice this are decoded at an integer fraction of their size (JPEG draft,
+else Pillow's reduce), in uint8: a 10,000-pixel frame would otherwise cost gigabytes as a float tensor."""
+
+
 def _decode_image(path: str) -> torch.Tensor:
-    """One frame image → uint8 [3, H, W] RGB, through Pillow (libjpeg-turbo).
+    """One frame image → uint8 [3, H, W] RGB, through Pillow (libjpeg-turbo); huge images at a reduced size.
 
     Not torchvision.io: its decoders are deprecated since torchvision 0.29 (a warning per call), only ~15 % faster
     on 256×128 JPEGs here, and its bundled libpng rejects some valid PNGs ("bad parameters to zlib").
     """
     try:
-        with Image.open(path) as image:
-            pixels = np.array(image if image.mode == "RGB" else image.convert("RGB"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below says more
+            image = Image.open(path)
+        with image:
+            _check_pixels(image, path)
+            reduced = _reduce(image)
+            pixels = np.array(reduced if reduced.mode == "RGB" else reduced.convert("RGB"))
+    except DataError:
+        raise
     except Exception as exc:
         raise DataError(f"{path}: cannot read the frame image ({exc}); expected a readable JPEG or PNG") from exc
     return torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+def _check_pixels(image: Image.Image, path: str) -> None:
+    width, height = image.size
+    if width * height > MAX_FRAME_PIXELS:
+        raise DataError(
+            f"{path}: a frame of {width}x{height} pixels ({width * height / 1e6:.0f} MP) is above the limit of "
+            f"{MAX_FRAME_PIXELS / 1e6:.0f} MP", hint="crop or shrink the image: a person crop needs a few hundred pixels",
+        )
+
+
+def _reduce(image: Image.Image) -> Image.Image:
+    """``image``, shrunk by an integer factor while its longer side stays at least DECODE_SIDE (same for its frames:
+    a tracklet's frames are then resized to the first one's size)."""
+    factor = max(image.size) // DECODE_SIDE
+    if factor < 2:
+        return image
+    target = (image.size[0] // factor, image.size[1] // factor)
+    if image.format == "JPEG":
+        image.draft("RGB", target)  # libjpeg decodes at 1/2, 1/4 or 1/8 scale directly
+    factor = max(image.size) // DECODE_SIDE
+    return image.reduce(factor) if factor >= 2 else image
 
 
 def _resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -221,9 +221,10 @@ def _umask() -> int:
     return mask
 
 
-def file_mode() -> int:
-    """The permissions a new file gets from ``open()``: 0o666 less the umask (mkstemp alone gives 0o600)."""
-    return 0o666 & ~_umask()
+def umask_mode(requested: int) -> int:
+    """The permissions the umask leaves of ``requested`` (0o666 for a file, 0o777 for a folder), as ``open()`` and
+    ``mkdir`` give them; mkstemp and mkdtemp alone give 0o600 and 0o700."""
+    return requested & ~_umask()
 
 
 @contextlib.contextmanager
@@ -259,7 +260,7 @@ def atomic_output(path: Path, *, force: bool = False) -> Iterator[Path]:
     try:
         with reporting_write_errors(path):
             yield temp
-            os.chmod(temp, file_mode())
+            os.chmod(temp, umask_mode(0o666))
             os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
