@@ -76,9 +76,10 @@ def _root(
 
 
 def _report(error: UserError) -> None:
-    display.stderr.print(f"[bold red]error:[/] {escape(error.message)}", highlight=False, soft_wrap=True)
+    display.stderr.print(f"[bold red]error:[/] {escape(display.plain(error.message))}", highlight=False,
+                         soft_wrap=True)
     if error.hint:
-        display.stderr.print(f"[dim]hint:[/] {escape(error.hint)}", highlight=False, soft_wrap=True)
+        display.stderr.print(f"[dim]hint:[/] {escape(display.plain(error.hint))}", highlight=False, soft_wrap=True)
 
 
 def command(name: str | None = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
@@ -122,7 +123,7 @@ def import_checkpoint(
     check_writable(out, force=force)
     checkpoint = import_reference_checkpoint(source)
     save_checkpoint(checkpoint, out, force=force)
-    table = Table("model", "value", title=f"{out}", title_justify="left")
+    table = Table("model", "value", title=display.plain_text(out), title_justify="left")
     for key, value in checkpoint.model_config.items():
         table.add_row(key, str(value))
     table.add_row("ignored (unused by the reference)", ", ".join(checkpoint.provenance["ignored_keys"]) or "-")
@@ -140,7 +141,7 @@ def _print_summary(manifest: Manifest, summary: Sequence[SplitSummary]) -> None:
     """A rich table of per-split counts, titled with the dataset and its gallery rule."""
     from rich.table import Table
 
-    table = Table(title=f"{manifest.info.dataset} ({manifest.info.gallery_rule.replace('_', ' ')})")
+    table = Table(title=display.plain_text(f"{manifest.info.dataset} ({manifest.info.gallery_rule.replace('_', ' ')})"))
     for column in ("split", "ids", "tracklets", "frames", "cameras"):
         table.add_column(column, justify="left" if column == "split" else "right")
     for row in summary:
@@ -216,21 +217,21 @@ def prepare(
     )
     tables.write_manifest(manifest, out, force=force)
     _print_summary(manifest, datasets.summarize(manifest))
-    display.stderr.print(f"wrote {out}", highlight=False)
+    display.stderr.print(display.plain_text(f"wrote {out}"))
 
 
 def _print_train_result(result) -> None:
     """The run's outcome: epochs, best evaluation and checkpoint paths."""
     from rich.table import Table
 
-    table = Table("", "value", title=f"{result.run_dir}", title_justify="left")
+    table = Table("", "value", title=display.plain_text(result.run_dir), title_justify="left")
     table.add_row("epochs done", str(result.epochs_done))
     if result.best is not None:
         table.add_row(f"best (epoch {result.best_epoch})", f"mAP {100 * result.best.mAP:.1f}%  "
                       f"rank-1 {100 * result.best.rank1:.1f}%  rank-5 {100 * result.best.rank5:.1f}%  "
                       f"({result.best.gallery_rule.replace('_', ' ')})")
-    table.add_row("last checkpoint", str(result.last_checkpoint))
-    table.add_row("best checkpoint", str(result.best_checkpoint or "-"))
+    table.add_row("last checkpoint", display.plain_text(result.last_checkpoint))
+    table.add_row("best checkpoint", display.plain_text(result.best_checkpoint or "-"))
     display.stdout.print(table)
 
 
@@ -244,10 +245,9 @@ def build_memory(recipe: RecipeArg, overrides: SetOpt = None, force: ForceOpt = 
     from tfclip_cli.train import build_memory_file
 
     result = build_memory_file(load_recipe(recipe, overrides or []), force=force)
-    display.stdout.print(
-        f"wrote {result.path}: {result.num_identities} identities x {result.dim} (fingerprint {result.fingerprint[:16]})",
-        highlight=False,
-    )
+    display.stdout.print(display.plain_text(
+        f"wrote {result.path}: {result.num_identities} identities x {result.dim} (fingerprint {result.fingerprint[:16]})"
+    ))
 
 
 @command("train")
@@ -324,10 +324,10 @@ def extract(
     if not display.is_main_process():
         return
     for failure in result.failures:
-        display.stderr.print(f"[yellow]skipped:[/] {failure}", highlight=False)
+        display.stderr.print(f"[yellow]skipped:[/] {escape(display.plain(failure))}", highlight=False)
     embeddings = result.embeddings
-    display.stderr.print(f"wrote {out}: {len(embeddings.rows)} tracklets x {embeddings.dim} ({sampling.value})",
-                         highlight=False)
+    display.stderr.print(display.plain_text(
+        f"wrote {out}: {len(embeddings.rows)} tracklets x {embeddings.dim} ({sampling.value})"))
 
 
 GALLERY_RULE_NAMES = {"includes_query": "every test tracklet, queries included", "gallery_only": "gallery split only"}
@@ -337,7 +337,7 @@ def _print_eval_result(path: Path, result, *, reranked: bool) -> None:
     """The metrics as a rich table, then the gallery rule and the query/gallery counts."""
     from rich.table import Table
 
-    title = f"{escape(str(path))}{' (re-ranked)' if reranked else ''}"
+    title = display.plain_text(f"{path}{' (re-ranked)' if reranked else ''}")
     table = Table("metric", "value", title=title, title_justify="left")
     for name in ("mAP", "rank1", "rank5", "rank10", "rank20", "mINP"):
         table.add_row(name.replace("rank", "rank-"), f"{100 * getattr(result, name):.2f}%")
@@ -425,11 +425,10 @@ def index(
         kind = (index_type or IndexKind.flat).value
         info = build_index(table, out, index_type=kind, use_gpu=gpu, force=force)
     params = ", ".join(f"{key}={value}" for key, value in info.params.items())
-    display.stdout.print(
+    display.stdout.print(display.plain_text(
         f"{'appended to' if append else 'wrote'} {out}: {info.type} index of {info.count:,} tracklets x {info.dim}-d"
-        + (f" ({params})" if params else ""),
-        highlight=False,
-    )
+        + (f" ({params})" if params else "")
+    ))
 
 
 @command("query")
@@ -471,7 +470,7 @@ def query(
     if html_out is not None:
         with atomic_output(html_out, force=force) as temp:
             temp.write_text(display.render_query_report(results, gallery=str(gallery)), encoding="utf-8")
-        display.stderr.print(f"wrote {html_out}", highlight=False)
+        display.stderr.print(display.plain_text(f"wrote {html_out}"))
     if json_output:
         typer.echo(json.dumps([result.to_dict() for result in results]))
         return

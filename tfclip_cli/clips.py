@@ -192,7 +192,8 @@ def _check_pixels(image: Image.Image, path: str) -> None:
     if width * height > MAX_FRAME_PIXELS:
         raise DataError(
             f"{path}: a frame of {width}x{height} pixels ({width * height / 1e6:.0f} MP) is above the limit of "
-            f"{MAX_FRAME_PIXELS / 1e6:.0f} MP", hint="crop or shrink the image: a person crop needs a few hundred pixels",
+            f"{MAX_FRAME_PIXELS / 1e6:.0f} MP",
+            hint="crop or shrink the image: a person crop needs a few hundred pixels",
         )
 
 

@@ -16,7 +16,7 @@ from tfclip_cli.datasets import folder, ilidsvid, lsvid, mars, prid2011
 from tfclip_cli.datasets.common import Parsed, Problems
 from tfclip_cli.datasets.synthetic import SyntheticOptions, generate_synthetic
 from tfclip_cli.errors import DataError, UserError
-from tfclip_cli.tables import SPLITS, GalleryRule, Manifest, ManifestInfo, manifest_from_tracklets
+from tfclip_cli.tables import SPLITS, GalleryRule, Manifest, ManifestInfo, Tracklet, manifest_from_tracklets
 
 
 def parse_synthetic(root: Path, *, problems: Problems, synthetic: SyntheticOptions | None = None) -> Parsed:
@@ -95,12 +95,25 @@ def prepare(
     root = Path(root).expanduser().resolve()
     problems = Problems(strict=strict)
     parsed = spec.parse(root, problems=problems, **given)
+    tracklets = [tracklet for tracklet in parsed.tracklets if _has_utf8_names(tracklet, problems)]
     problems.log()
-    if not parsed.tracklets:
+    if not tracklets:
         raise DataError(f"{root}: no usable tracklets found for layout {kind}")
     extra = {**parsed.extra, "strict": strict, "skipped_files": len(problems)}
     info = ManifestInfo(dataset=spec.name, gallery_rule=spec.gallery_rule, root=str(root), extra=extra)
-    return manifest_from_tracklets(parsed.tracklets, info)
+    return manifest_from_tracklets(tracklets, info)
+
+
+def _has_utf8_names(tracklet: Tracklet, problems: Problems) -> bool:
+    """Whether every name of a tracklet is UTF-8 text, as a manifest (Parquet strings) stores it; a file or folder
+    named in another encoding (Python holds its bytes as surrogate escapes) is reported and skipped."""
+    for name in (tracklet.tracklet_id, tracklet.video or "", *(tracklet.frames or ())):
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            problems.add(name, "the name is not valid UTF-8, which a manifest cannot store; rename it")
+            return False
+    return True
 
 
 @dataclass(frozen=True)
