@@ -11,8 +11,10 @@ workers or their scheduling, and a run resumed at an epoch boundary sees exactly
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import random
 import warnings
 from collections import defaultdict
@@ -104,21 +106,36 @@ def sample_evenly(num_frames: int, seq_len: int) -> list[int]:
     return [s * num_frames // seq_len for s in range(seq_len)]
 
 
+decord.logging.set_level(decord.logging.QUIET)  # FFmpeg's "moov atom not found" would print before our error line
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send what C code writes to file descriptor 2 during the block to /dev/null: decord logs "ERROR opening ..."
+    there before raising the error that we report as one line."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def count_video_frames(path: str | Path) -> int:
     """The number of frames decord sees in a video file.
 
     Raises:
         DataError: when the file cannot be opened as a video.
     """
-    try:
-        return len(decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1))
-    except Exception as exc:
-        raise DataError(f"{path}: cannot open the video ({exc}); expected a readable video file") from exc
+    return len(_open_video(str(path)))
 
 
 def _open_video(path: str, **size: int) -> decord.VideoReader:
     try:
-        return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, **size)
+        with _native_stderr_silenced():
+            return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, **size)
     except Exception as exc:
         raise DataError(f"{path}: cannot open the video ({exc}); expected a readable video file") from exc
 
