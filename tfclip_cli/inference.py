@@ -41,7 +41,10 @@ from tfclip_cli.tables import (
     Embeddings,
     Split,
     Tracklet,
+    NON_UTF8_REASON,
     check_writable,
+    is_utf8,
+    non_utf8_name,
     read_manifest,
     tracklet_table,
     write_embeddings,
@@ -233,6 +236,8 @@ def tracklet_from_path(path: Path, *, camid: int = -1, split: Split = "query") -
         DataError: when the path is missing, is a folder without images, or a video that cannot be opened.
     """
     path = Path(path).resolve()
+    if not is_utf8(str(path)):  # decord opens only UTF-8 names
+        raise DataError(f"{path}: {NON_UTF8_REASON}")
     if path.is_dir():
         frames = tuple(str(p) for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES)
         if not frames:
@@ -410,7 +415,10 @@ def _path_inputs(paths: Sequence[Path], camid: int | None) -> _Inputs:
     tracklets, failures = [], []
     for path in paths:
         try:
-            tracklets.append(tracklet_from_path(path, camid=-1 if camid is None else camid, split="gallery"))
+            tracklet = tracklet_from_path(path, camid=-1 if camid is None else camid, split="gallery")
+            if non_utf8_name(tracklet) is not None:
+                raise DataError(NON_UTF8_REASON)
+            tracklets.append(tracklet)
         except DataError as exc:
             failures.append(f"{path}: {exc.message}")
     return _Inputs(tracklets, failures, {"sources": [str(Path(p).resolve()) for p in paths]})

@@ -126,6 +126,28 @@ def row_to_tracklet(row: object) -> Tracklet | None:
     )
 
 
+NON_UTF8_REASON = "the name is not valid UTF-8, which a manifest or embeddings table cannot store; rename it"
+
+
+def non_utf8_name(tracklet: Tracklet) -> str | None:
+    """The first name of a tracklet (id, video, frames) that is not UTF-8 text, as Parquet strings must be, or None.
+
+    A file or folder named in another encoding reaches Python as surrogate escapes (``os.fsdecode``); such a
+    tracklet is reported and skipped rather than stored under a name that would not open the file again.
+    """
+    names = (tracklet.tracklet_id, tracklet.video or "", *(tracklet.frames or ()))
+    return next((name for name in names if not is_utf8(name)), None)
+
+
+def is_utf8(name: str) -> bool:
+    """Whether ``name`` is UTF-8 text (a file name in another encoding holds surrogate escapes)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def tracklet_table(tracklets: Sequence[Tracklet]) -> pd.DataFrame:
     """The manifest columns of ``tracklets``, one row each, in order."""
     return pd.DataFrame(

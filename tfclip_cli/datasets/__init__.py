@@ -16,7 +16,16 @@ from tfclip_cli.datasets import folder, ilidsvid, lsvid, mars, prid2011
 from tfclip_cli.datasets.common import Parsed, Problems
 from tfclip_cli.datasets.synthetic import SyntheticOptions, generate_synthetic
 from tfclip_cli.errors import DataError, UserError
-from tfclip_cli.tables import SPLITS, GalleryRule, Manifest, ManifestInfo, Tracklet, manifest_from_tracklets
+from tfclip_cli.tables import (
+    NON_UTF8_REASON,
+    SPLITS,
+    GalleryRule,
+    Manifest,
+    ManifestInfo,
+    Tracklet,
+    manifest_from_tracklets,
+    non_utf8_name,
+)
 
 
 def parse_synthetic(root: Path, *, problems: Problems, synthetic: SyntheticOptions | None = None) -> Parsed:
@@ -95,7 +104,7 @@ def prepare(
     root = Path(root).expanduser().resolve()
     problems = Problems(strict=strict)
     parsed = spec.parse(root, problems=problems, **given)
-    tracklets = [tracklet for tracklet in parsed.tracklets if _has_utf8_names(tracklet, problems)]
+    tracklets = [tracklet for tracklet in parsed.tracklets if _is_storable(tracklet, problems)]
     problems.log()
     if not tracklets:
         raise DataError(f"{root}: no usable tracklets found for layout {kind}")
@@ -104,16 +113,12 @@ def prepare(
     return manifest_from_tracklets(tracklets, info)
 
 
-def _has_utf8_names(tracklet: Tracklet, problems: Problems) -> bool:
-    """Whether every name of a tracklet is UTF-8 text, as a manifest (Parquet strings) stores it; a file or folder
-    named in another encoding (Python holds its bytes as surrogate escapes) is reported and skipped."""
-    for name in (tracklet.tracklet_id, tracklet.video or "", *(tracklet.frames or ())):
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:
-            problems.add(name, "the name is not valid UTF-8, which a manifest cannot store; rename it")
-            return False
-    return True
+def _is_storable(tracklet: Tracklet, problems: Problems) -> bool:
+    """Whether a manifest can store the tracklet's names; a non-UTF-8 one is reported (or, strict, an error)."""
+    name = non_utf8_name(tracklet)
+    if name is not None:
+        problems.add(name, NON_UTF8_REASON)
+    return name is None
 
 
 @dataclass(frozen=True)
