@@ -279,7 +279,8 @@ def test_a_refused_resume_keeps_the_runs_recipe_yaml(full_run, manifest, tmp_pat
 
 def test_a_nan_loss_stops_training_naming_the_part_and_step_and_keeps_the_last_good_checkpoint(manifest, tmp_path,
                                                                                                  monkeypatch):
-    path = tiny_recipe(tmp_path / "r.yaml", manifest=manifest, output_dir=tmp_path / "run", solver={"epochs": 2})
+    path = tiny_recipe(tmp_path / "r.yaml", manifest=manifest, output_dir=tmp_path / "run", solver={"epochs": 2},
+                       eval={"every": 0})
     real_losses, real_finish, finished = engine.compute_losses, engine._finish_epoch, []
 
     def nan_triplet_in_epoch_2(*args, **kwargs):
