@@ -3,6 +3,7 @@
 import hashlib
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -101,6 +102,47 @@ def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path: Path) -> Non
     assert "import-checkpoint" in raised.value.hint
 
 
+def test_an_empty_checkpoint_gets_a_reason(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty.ckpt is empty \(0 bytes\)"):
+        load_checkpoint(empty)
+
+
+class _NotATensor:
+    """A class a weights-only reader refuses to build."""
+
+
+def test_a_file_of_python_objects_never_suggests_weights_only_false(tmp_path: Path) -> None:
+    path = tmp_path / "objects.ckpt"
+    torch.save({"format": "tfclip-checkpoint", "object": _NotATensor()}, path)
+    with pytest.raises(CheckpointError) as raised:
+        load_checkpoint(path)
+    assert "holds Python objects (test_checkpoint._NotATensor)" in raised.value.message
+    assert "weights_only" not in raised.value.message + str(raised.value.hint)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"version": None}, "has no format version (found None)"),
+        ({"model_state": None}, "field model_state holds nothing; expected dict"),
+        ({"pid_to_label": [1, 2]}, "field pid_to_label holds list; expected dict"),
+        ({"memory": "features"}, "field memory holds str; expected Tensor or NoneType"),
+        ({"model_state": {"weight": "not a tensor"}}, "field model_state holds values that are not tensors"),
+    ],
+)
+def test_a_checkpoint_with_fields_missing_or_odd_is_a_checkpoint_error(tmp_path: Path, change, named) -> None:
+    payload = {"format": "tfclip-checkpoint", "version": 1, "model_config": TINY.to_dict(), "model_state": {},
+               "pid_to_label": {}}
+    payload.update(change)
+    payload = {key: value for key, value in payload.items() if value is not None}
+    path = tmp_path / "odd.ckpt"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=re.escape(named)):
+        load_checkpoint(path)
+
+
 def test_weights_that_do_not_fit_the_config_are_listed() -> None:
     state = build_model(TINY).state_dict()
     state.pop("camera_embedding")
@@ -146,6 +188,68 @@ def test_openai_jit_archive_loads_as_float32(tmp_path: Path) -> None:
     assert vit.proj.dtype == torch.float32
     assert torch.equal(vit.proj, clip.visual.proj.half().float())
     assert vit.positional_embedding.shape == (9, 128)
+    weights = {key: value.float() for key, value in _jit_load(path).state_dict().items() if key.startswith("visual.")}
+    model_weights = {f"visual.{k}": v for k, v in vit.state_dict().items() if k != "positional_embedding"}
+    assert all(torch.equal(weights[key], value) for key, value in model_weights.items())
+
+
+def _jit_load(path: Path) -> torch.jit.ScriptModule:
+    """What tfclip used to do with a TorchScript archive: load it, running whatever code it holds."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.load(path, map_location="cpu")
+
+
+class _FileWritingModule(torch.nn.Module):
+    """A module whose TorchScript ``__setstate__`` creates a file when the archive is loaded."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(2))
+        self.marker = marker
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[torch.Tensor, str, bool]:
+        return self.weight, self.marker, self.training
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, str, bool]) -> None:
+        self.weight = state[0] + torch.from_file(state[1], shared=True, size=2)  # shared=True creates the file
+        self.marker = state[1]
+        self.training = state[2]
+
+
+def test_a_torchscript_archive_that_writes_a_file_is_read_without_running(tmp_path: Path) -> None:
+    marker = tmp_path / "written-by-the-archive"
+    path = tmp_path / "evil.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(_FileWritingModule(str(marker))), path)
+    with pytest.raises(CheckpointError, match="no visual.. keys"):
+        load_clip_weights(build_model(TINY), str(path))
+    assert not marker.exists()
+    _jit_load(path)  # the archive really is hostile: torch.jit.load runs its code
+    assert marker.exists()
+
+
+def test_a_torchscript_pickle_naming_other_globals_is_refused(tmp_path: Path) -> None:
+    import pickle
+    import zipfile
+
+    class RunsCommand:
+        def __reduce__(self):
+            return (exec, ("open(%r, 'w').close()" % str(tmp_path / "marker"),))
+
+    path = tmp_path / "evil.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("evil/data.pkl", pickle.dumps(RunsCommand(), protocol=2))
+        archive.writestr("evil/constants.pkl", pickle.dumps((), protocol=2))
+    with pytest.raises(CheckpointError, match="names (__builtin__|builtins).exec, which a weights-only reader does not run"):
+        load_clip_weights(build_model(TINY), str(path))
+    assert not (tmp_path / "marker").exists()
 
 
 def test_openai_downloads_through_open_clip_and_reads_safetensors(tmp_path: Path, monkeypatch) -> None:

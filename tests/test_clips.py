@@ -517,3 +517,52 @@ def test_loader_yields_dense_items_one_by_one(video_20: Path) -> None:
     dataset = DenseClipDataset([video_tracklet(video_20, 20)], seq_len=8, transform=ClipTransform((HEIGHT, WIDTH)))
     items = list(build_loader(dataset, workers=0, device="cpu"))
     assert len(items) == 1 and items[0].clips.shape == (3, 8, 3, HEIGHT, WIDTH) and items[0].pid == 1
+
+
+# What users' files can do (issue 13) ------------------------------------------------------------------------------
+
+
+def test_a_data_error_in_a_dataloader_worker_is_the_one_line_naming_the_file(tmp_path: Path) -> None:
+    paths = write_frames(tmp_path / "track", 4)
+    Path(paths[2]).write_bytes(b"not a png")
+    dataset = ClipDataset([frames_tracklet(paths)], seq_len=4, sampling="rrs_test", transform=ClipTransform((64, 32)))
+    loader = build_loader(dataset, batch_size=1, workers=1, device="cpu")
+    with pytest.raises(DataError) as raised:
+        next(iter(loader))
+    message = raised.value.message
+    assert message.startswith(f"{paths[2]}: cannot read the frame image")
+    assert "\n" not in message and "Traceback" not in message and "worker" not in message
+
+
+def _png_claiming_size(path: Path, width: int, height: int) -> Path:
+    """A tiny PNG whose header says ``width`` x ``height`` (as a 315 KB PNG of 10,000 x 10,000 pixels would)."""
+    import struct
+    import zlib
+
+    Image.new("RGB", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    header = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[12:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(header))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_frame_above_the_pixel_limit_is_refused_before_decoding(tmp_path: Path) -> None:
+    path = _png_claiming_size(tmp_path / "huge.png", 10_000, 10_000)
+    with pytest.raises(DataError, match=r"huge.png: a frame of 10000x10000 pixels \(100 MP\) is above the limit"):
+        read_frames(frames_tracklet((str(path),)), [0])
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_a_large_frame_is_decoded_at_a_reduced_size_with_the_same_content(tmp_path: Path, suffix: str) -> None:
+    image = np.zeros((3000, 4500, 3), np.uint8)
+    image[:, :2250] = (200, 40, 40)  # left half red, right half black
+    path = tmp_path / f"large{suffix}"
+    Image.fromarray(image).save(path)
+    frames = read_frames(frames_tracklet((str(path),)), [0])
+    height, width = frames.shape[-2:]
+    assert 1024 <= max(height, width) < 2048 and abs(width / height - 1.5) < 0.01
+    assert frames.dtype == torch.uint8
+    assert abs(int(frames[0, 0, height // 2, width // 4]) - 200) <= 3
+    assert int(frames[0, 0, height // 2, 3 * width // 4]) <= 3

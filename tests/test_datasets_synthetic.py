@@ -173,3 +173,17 @@ def test_identities_share_colours_but_never_all_their_cues():
         for look in looks
     }
     assert len(cues) == 65
+
+
+def test_the_drawn_tree_follows_the_umask_like_any_new_folder(tmp_path):
+    import os
+    import stat
+
+    options = SyntheticOptions(identities=2, cameras=1, tracklets_per_camera=2, distractors=0, image_size=(32, 16),
+                               min_frames=1, max_frames=2, video_fraction=0.0)
+    previous = os.umask(0o022)
+    try:
+        generate_synthetic(tmp_path / "root", options)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "root").stat().st_mode) == 0o755

@@ -198,6 +198,20 @@ def test_extract_embeds_videos_and_frame_folders_given_as_paths(manifest, checkp
     assert "gallery_rule" not in embeddings.info
 
 
+def test_extract_reports_and_skips_a_video_whose_name_is_not_utf8(manifest, checkpoint, tmp_path):
+    video = next(t.video for t in read_manifest(manifest).tracklets("gallery") if t.video)
+    odd = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.mp4")  # a Latin-1 file name
+    shutil.copy(video, odd)
+    out = tmp_path / "e.parquet"
+    args = ["extract", "-c", str(checkpoint), video, odd, "--out", str(out), "--workers", "0"]
+    result = CliRunner().invoke(app, args, terminal_width=400)
+    assert result.exit_code == 2 and "caf\\xe9.mp4: the name is not valid UTF-8" in result.output
+    assert "Traceback" not in result.output and not out.exists()
+    result = CliRunner().invoke(app, [*args, "--skip-bad"], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    assert "skipped: " in result.output and list(read_embeddings(out).rows["tracklet_id"]) == [video]
+
+
 def test_extract_refuses_an_existing_output_and_ambiguous_inputs(manifest, checkpoint, tmp_path):
     out = tmp_path / "e.parquet"
     out.write_text("keep me")

@@ -83,6 +83,10 @@ def test_recipe_to_dict_round_trips_through_yaml(tmp_path, manifest):
         ("data.num_ids=4", "data.num_ids: found 4, but the train split", "allowed: 1..3"),
         ("model.pretrained=missing.pt", "model.pretrained", "openai, none, or a weight file"),
         ("solver", "--set 'solver'", "section.key=value"),
+        ("solver.base_lr=.inf", "solver.base_lr: found inf", "expected a finite number"),
+        ("loss.triplet=.nan", "loss.triplet: found nan", "expected a finite number"),
+        ("solver.gamma=-.inf", "solver.gamma: found -inf", "expected a finite number"),
+        ("data.flip_p=nan", "data.flip_p: found 'nan'", "expected a finite number"),
     ],
 )
 def test_impossible_recipes_name_the_key_and_what_is_allowed(tmp_path, manifest, override, named, allowed):
@@ -149,3 +153,11 @@ def test_every_recipe_key_is_read_by_the_training_engine():
     for section, section_type in typing.get_type_hints(Recipe).items():
         for key in dataclasses.fields(section_type):
             assert key.name in read, f"recipe key {section}.{key.name} is never read by the train package"
+
+
+def test_a_recipe_that_is_not_utf8_is_a_recipe_error(tmp_path, manifest):
+    path = tiny_recipe(tmp_path / "r.yaml", manifest=manifest, output_dir=tmp_path / "run")
+    path.write_bytes(path.read_bytes() + b"# caf\xe9 in Latin-1\n")
+    result = CliRunner().invoke(app, ["train", str(path)], terminal_width=300)
+    assert result.exit_code == 2, result.output
+    assert "is not UTF-8 text" in result.output and "Traceback" not in result.output

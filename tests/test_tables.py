@@ -1,5 +1,8 @@
 """Manifest and embeddings tables: round trips, metadata, foreign tables, atomic writes."""
 
+import errno
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -8,12 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tfclip_cli.errors import DataError, GalleryError, UserError
+from tfclip_cli.errors import DataError, GalleryError, OutputError, UserError
 from tfclip_cli.tables import (
     Embeddings,
     ManifestInfo,
     Tracklet,
     atomic_output,
+    check_writable,
     manifest_from_tracklets,
     read_embeddings,
     read_manifest,
@@ -105,3 +109,78 @@ def test_embeddings_without_required_column_are_refused(tmp_path: Path) -> None:
     pd.DataFrame({"tracklet_id": ["x"], "pid": [1]}).to_parquet(path)
     with pytest.raises(GalleryError, match="lacks the column"):
         read_embeddings(path)
+
+
+# --- destinations that cannot be written (issue 13) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [(errno.ENOSPC, "no space left on device"), (errno.EROFS, "read-only file system"),
+     (errno.EDQUOT, "disk quota exceeded")],
+)
+def test_a_failed_rename_or_write_is_one_output_error_naming_path_and_cause(tmp_path, monkeypatch, code, reason):
+    path = tmp_path / "m.parquet"
+    manifest = manifest_from_tracklets(TRACKLETS, INFO)
+
+    def refuse(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(OutputError, match=f"cannot write {path}: {reason}"):
+        write_manifest(manifest, path)
+    monkeypatch.undo()
+    monkeypatch.setattr(pq, "write_table", refuse)
+    with pytest.raises(OutputError, match=f"cannot write {path}: {reason}"):
+        write_manifest(manifest, path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_out_path_under_a_regular_file_is_an_output_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    path = tmp_path / "file" / "sub" / "m.parquet"
+    with pytest.raises(OutputError, match="a part of the path is a file, not a folder"):
+        check_writable(path)
+    with pytest.raises(OutputError, match=f"cannot write {path}"):
+        write_manifest(manifest_from_tracklets(TRACKLETS, INFO), path)
+
+
+def test_check_writable_refuses_a_full_or_read_only_folder_before_any_work(tmp_path, monkeypatch) -> None:
+    import tempfile
+
+    check_writable(tmp_path / "new" / "m.parquet")
+    assert not (tmp_path / "new").exists() and list(tmp_path.iterdir()) == []
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(OutputError, match="read-only file system"):
+        check_writable(tmp_path / "m.parquet")
+    (tmp_path / "m.parquet").write_text("x")
+    with pytest.raises(UserError, match="already exists"):
+        check_writable(tmp_path / "m.parquet")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_atomic_output_follows_the_umask(tmp_path: Path, umask: int) -> None:
+    previous = os.umask(umask)
+    try:
+        with atomic_output(tmp_path / "out.txt") as temp:
+            temp.write_text("shared")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_manifest_with_string_pids_is_a_data_error(tmp_path: Path) -> None:
+    table = manifest_from_tracklets(TRACKLETS, INFO).table.astype({"pid": str})
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), path)
+    with pytest.raises(DataError, match="column pid holds (large_)?string values; expected integers"):
+        read_manifest(path)
+    rows = table.assign(embedding=[[0.0, 1.0]] * len(table))
+    pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), tmp_path / "e.parquet")
+    with pytest.raises(GalleryError, match="column pid holds (large_)?string values; expected integers"):
+        read_embeddings(tmp_path / "e.parquet")
+

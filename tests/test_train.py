@@ -2,6 +2,7 @@
 checkpoints and a 2-process gloo DDP run."""
 
 import csv
+import errno
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from tfclip_cli import train as training
 from tfclip_cli.train import engine
 from tfclip_cli.checkpoint import load_checkpoint, save_checkpoint
 from tfclip_cli.cli import app
-from tfclip_cli.errors import CheckpointError
+from tfclip_cli.errors import CheckpointError, OutputError, RecipeError
 from tfclip_cli.inference import load_memory
 from tfclip_cli.model import ModelConfig, build_model
 from tfclip_cli.recipe import load_recipe
@@ -116,12 +117,12 @@ def test_a_crash_while_writing_a_checkpoint_leaves_the_last_good_one(full_run, m
     path = full_run.last_checkpoint
     before = load_checkpoint(path)
 
-    def crash(payload, target):
-        Path(target).write_bytes(b"half a checkpoint")
-        raise OSError("disk full")
+    def crash(payload, handle):
+        handle.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match=f"cannot write {path}: no space left on device"):
         save_checkpoint(before, path)
     after = load_checkpoint(path)
     assert after.training_state["next_epoch"] == before.training_state["next_epoch"]
@@ -206,3 +207,98 @@ def test_two_process_gloo_ddp_trains_one_epoch(manifest, tmp_path):
     with (tmp_path / "run" / "metrics.csv").open() as handle:
         kinds = [row["kind"] for row in csv.DictReader(handle)]
     assert kinds.count("epoch") == 1 and kinds.count("eval") == 1  # rank 0 alone writes
+
+
+# --- what a user or a scheduler can do to a run (issue 13) ----------------------------------------------------------
+
+
+def test_sigterm_writes_a_resumable_checkpoint_says_so_and_exits_143(full_run, manifest, tmp_path, monkeypatch):
+    path = tiny_recipe(tmp_path / "r.yaml", manifest=manifest, output_dir=tmp_path / "run", solver={"epochs": 2})
+    real_step, calls = engine._step, []
+
+    def step_then_sigterm(*args, **kwargs):
+        calls.append(1)
+        parts = real_step(*args, **kwargs)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return parts
+
+    monkeypatch.setattr(engine, "_step", step_then_sigterm)
+    result = CliRunner().invoke(app, ["train", str(path)])
+    assert result.exit_code == 143, result.output
+    assert "terminated" in result.output
+    state = load_checkpoint(tmp_path / "run" / "last.ckpt").training_state
+    assert (state["next_epoch"], state["next_iteration"]) == (1, 2)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_the_stop_handler_does_nothing_in_forked_dataloader_workers():
+    run = engine.RunState.__new__(engine.RunState)
+    run.stop_requested, run.stop_signal = False, 0
+    with engine._stop_on_signals(run):
+        child = os.fork()
+        if child == 0:  # a DataLoader worker inherits the handler; a scheduler signals every process
+            os.kill(os.getpid(), signal.SIGTERM)
+            os._exit(1 if run.stop_requested else 0)
+        _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert not run.stop_requested
+
+
+def _metrics_rows(run_dir: Path) -> list[tuple]:
+    with (run_dir / "metrics.csv").open() as handle:
+        return [(row["kind"], row["epoch"], row["iteration"], row["total"], row["mAP"])
+                for row in csv.DictReader(handle)]
+
+
+def test_resume_cuts_metrics_csv_back_to_the_checkpoint_so_it_equals_an_uninterrupted_run(full_run, manifest,
+                                                                                            tmp_path):
+    path = tiny_recipe(tmp_path / "r.yaml", manifest=manifest, output_dir=tmp_path / "run", solver={"epochs": 1})
+    training.train(load_recipe(path))
+    with (full_run.run_dir / "metrics.csv").open() as handle:
+        lines = handle.read().splitlines(keepends=True)
+    epoch_2 = [line for line in lines if line.startswith("iteration,2,")]
+    with (tmp_path / "run" / "metrics.csv").open("a") as handle:  # rows a kill -9 after them leaves behind
+        handle.writelines(epoch_2[:2])
+    training.train(load_recipe(path, ["solver.epochs=2"]), resume=True)
+    expected = [row for row in _metrics_rows(full_run.run_dir) if int(row[1]) <= 2]
+    assert _metrics_rows(tmp_path / "run") == expected
+
+
+def test_a_refused_resume_keeps_the_runs_recipe_yaml(full_run, manifest, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("last.ckpt", "recipe.yaml"):
+        (run_dir / name).write_bytes((full_run.run_dir / name).read_bytes())
+    before = (run_dir / "recipe.yaml").read_text()
+    path = tiny_recipe(tmp_path / "r.yaml", manifest=manifest, output_dir=run_dir, model={"embedding": "after_bn"})
+    result = CliRunner().invoke(app, ["train", str(path), "--resume"], terminal_width=200)
+    assert result.exit_code == 2 and "resume with the recipe.yaml saved in the run directory" in result.output
+    assert (run_dir / "recipe.yaml").read_text() == before
+
+
+def test_a_nan_loss_stops_training_naming_the_part_and_step_and_keeps_the_last_good_checkpoint(manifest, tmp_path,
+                                                                                                 monkeypatch):
+    path = tiny_recipe(tmp_path / "r.yaml", manifest=manifest, output_dir=tmp_path / "run", solver={"epochs": 2},
+                       eval={"every": 0})
+    real_losses, real_finish, finished = engine.compute_losses, engine._finish_epoch, []
+
+    def nan_triplet_in_epoch_2(*args, **kwargs):
+        parts = real_losses(*args, **kwargs)
+        if finished:
+            parts["triplet"] = parts["triplet"] * float("nan")
+            parts["total"] = parts["total"] + parts["triplet"]
+        return parts
+
+    def finish(run, epoch):
+        summary = real_finish(run, epoch)
+        finished.append(epoch)
+        return summary
+
+    monkeypatch.setattr(engine, "compute_losses", nan_triplet_in_epoch_2)
+    monkeypatch.setattr(engine, "_finish_epoch", finish)
+    result = CliRunner().invoke(app, ["train", str(path)], terminal_width=300)
+    assert result.exit_code == 2, result.output
+    assert "training stopped at epoch 2, iteration 1: the triplet loss is nan" in result.output
+    assert "Traceback" not in result.output
+    assert load_checkpoint(tmp_path / "run" / "last.ckpt").training_state["next_epoch"] == 2

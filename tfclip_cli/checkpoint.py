@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import pickle
 import re
-import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,8 +61,14 @@ def file_sha256(path: Path) -> str:
 def save_checkpoint(checkpoint: Checkpoint, path: Path, *, force: bool = True) -> None:
     """Write ``checkpoint`` atomically (a crash never leaves half a file); overwrites unless ``force`` is false."""
     payload = {"format": FORMAT, "version": FORMAT_VERSION, "tfclip_version": __version__, **vars(checkpoint)}
-    with atomic_output(Path(path), force=force) as temp:
-        torch.save(payload, temp)
+    write_torch_file(payload, path, force=force)
+
+
+def write_torch_file(payload: dict[str, Any], path: Path, *, force: bool) -> None:
+    """``torch.save`` atomically through a Python file object, so a full disk or a read-only folder surfaces as an
+    OSError that ``atomic_output`` names (torch's own writer says only "unexpected pos ... vs ...")."""
+    with atomic_output(Path(path), force=force) as temp, open(temp, "wb") as handle:
+        torch.save(payload, handle)
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
@@ -79,22 +85,61 @@ def load_checkpoint(path: Path) -> Checkpoint:
             f"{path} is not a tfclip checkpoint (found {found})",
             hint="a state dict saved by the TF-CLIP reference code converts with `tfclip import-checkpoint`",
         )
-    if payload["version"] > FORMAT_VERSION:
+    version = payload.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path} has no format version (found {version!r}); expected an integer up to "
+                              f"{FORMAT_VERSION}", hint="the file is damaged: use another checkpoint")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} has format version {payload['version']}; this tfclip reads up to {FORMAT_VERSION}",
-            hint="upgrade tfclip",
+            f"{path} has format version {version}; this tfclip reads up to {FORMAT_VERSION}", hint="upgrade tfclip"
         )
+    _check_fields(payload, path)
     fields = Checkpoint.__dataclass_fields__
     return Checkpoint(**{name: payload[name] for name in fields if name in payload})
 
 
+# The types every field of a checkpoint file may have; the first three must be present.
+CHECKPOINT_TYPES = {"model_config": (dict,), "model_state": (dict,), "pid_to_label": (dict,),
+                    "memory": (torch.Tensor, type(None)), "recipe": (dict, type(None)),
+                    "training_state": (dict, type(None)), "provenance": (dict,)}
+REQUIRED_FIELDS = ("model_config", "model_state", "pid_to_label")
+
+
+def _check_fields(payload: dict, path: Path) -> None:
+    """Raise a CheckpointError naming the first field that is missing or of the wrong type."""
+    hint = "the file is damaged or was not written by tfclip: use another checkpoint"
+    for name, types in CHECKPOINT_TYPES.items():
+        if name not in payload and name not in REQUIRED_FIELDS:
+            continue
+        if name not in payload or not isinstance(payload[name], types):
+            found = type(payload[name]).__name__ if name in payload else "nothing"
+            expected = " or ".join(kind.__name__ for kind in types)
+            raise CheckpointError(f"{path}: field {name} holds {found}; expected {expected}", hint=hint)
+    if not all(isinstance(value, torch.Tensor) for value in payload["model_state"].values()):
+        raise CheckpointError(f"{path}: field model_state holds values that are not tensors", hint=hint)
+
+
 def _read_torch_file(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` with every failure a CheckpointError that gives the reason in one line."""
     if not path.is_file():
         raise CheckpointError(f"{path} not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): an interrupted copy or download?")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"{path} is not a readable PyTorch file: {error}".splitlines()[0]) from error
+        raise CheckpointError(f"{path} is not a readable PyTorch file: {_load_failure(error)}") from error
+
+
+def _load_failure(error: Exception) -> str:
+    """torch.load's reason in one line: for a file holding Python objects, the global it names, never torch's
+    advice to load with ``weights_only=False`` (which would run code from the file)."""
+    text = str(error)
+    unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if unsupported:
+        return f"it holds Python objects ({unsupported.group(1)}), not only tensors, and tfclip does not run them"
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return lines[0] if lines else f"{type(error).__name__} (truncated or not a PyTorch file)"
 
 
 def model_from_checkpoint(checkpoint: Checkpoint, device: torch.device | str) -> TFCLIP:
@@ -182,6 +227,98 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
 
 
+# The only globals a TorchScript archive's data.pkl may name besides its own ``__torch__.*`` module classes.
+TORCHSCRIPT_GLOBALS = {
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("collections", "OrderedDict"),
+    *(("torch.jit._pickle", name) for name in ("build_intlist", "build_floatlist", "build_boollist",
+                                               "build_tensorlist", "build_doublelist", "restore_type_tag")),
+}
+
+
+STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}
+
+
+class _ScriptObject:
+    """Stands in for a TorchScript class while unpickling: records its attributes, runs none of its code."""
+
+    def __setstate__(self, state: object) -> None:
+        self.attributes = state if isinstance(state, dict) else {}
+
+
+class _TorchScriptUnpickler(pickle.Unpickler):
+    """Reads a TorchScript archive's ``data.pkl`` like a weights-only loader: tensors come from the archive's data
+    records, module classes become :class:`_ScriptObject`, and any other global is refused, so nothing in the file
+    runs (``torch.jit.load`` would execute the archive's code, e.g. a ``__setstate__`` that writes files)."""
+
+    def __init__(self, archive: zipfile.ZipFile, prefix: str, path: Path) -> None:
+        super().__init__(archive.open(f"{prefix}data.pkl"))
+        self.archive, self.prefix, self.path = archive, prefix, path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "__torch__" or module.startswith("__torch__."):
+            return _ScriptObject
+        if module == "torch" and name in STORAGE_DTYPES:
+            return STORAGE_DTYPES[name]
+        if (module, name) not in TORCHSCRIPT_GLOBALS:
+            raise CheckpointError(
+                f"CLIP weights {self.path}: the TorchScript archive names {module}.{name}, which a weights-only "
+                "reader does not run", hint="export the weights as a state dict (.pt of tensors or .safetensors)")
+        if module == "torch._utils":
+            return _rebuild_tensor
+        if module == "collections":
+            return dict
+        return lambda value, *_: value  # torch.jit._pickle helpers only restore list types
+
+    def persistent_load(self, record: tuple) -> torch.Tensor:
+        """('storage', dtype (from a storage class name), key, location, numel) -> a flat tensor from ``data/<key>``."""
+        _, dtype, key, _, numel = record
+        if not isinstance(dtype, torch.dtype):
+            raise pickle.UnpicklingError(f"storage record {record!r} names no tensor type")
+        raw = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
+        flat = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+        return flat[:numel]
+
+
+def _rebuild_tensor(flat: torch.Tensor, offset: int, size: tuple, stride: tuple, *_: object) -> torch.Tensor:
+    return torch.as_strided(flat, size, stride, offset).clone()
+
+
+def _script_tensors(node: _ScriptObject, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The tensors of a module tree, keyed like ``state_dict()`` (``visual.conv1.weight``)."""
+    found = {}
+    for name, value in getattr(node, "attributes", {}).items():
+        if isinstance(value, torch.Tensor):
+            found[prefix + name] = value
+        elif isinstance(value, _ScriptObject):
+            found.update(_script_tensors(value, f"{prefix}{name}."))
+    return found
+
+
+def _read_torchscript_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The weights of a TorchScript archive (OpenAI's ``ViT-B-16.pt``) without executing any of its code."""
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        pickles = [name for name in names if name.endswith("data.pkl") and name.count("/") == 1]
+        if not pickles:
+            raise CheckpointError(f"CLIP weights {path}: a TorchScript archive without data.pkl")
+        prefix = pickles[0].removesuffix("data.pkl")
+        if f"{prefix}byteorder" in names and archive.read(f"{prefix}byteorder").strip() != b"little":
+            raise CheckpointError(f"CLIP weights {path}: big-endian TorchScript archives are not supported")
+        try:
+            root = _TorchScriptUnpickler(archive, prefix, path).load()
+        except (pickle.UnpicklingError, AttributeError, EOFError, LookupError, RuntimeError, TypeError,
+                ValueError) as error:  # a damaged or hostile pickle fails in any of these ways
+            raise CheckpointError(f"CLIP weights {path}: unreadable TorchScript archive ({error})") from error
+    if not isinstance(root, _ScriptObject):
+        raise CheckpointError(f"CLIP weights {path}: the TorchScript archive holds no module")
+    return _script_tensors(root)
+
+
 def _read_clip_file(path: Path) -> dict[str, torch.Tensor]:
     """A CLIP weight file as a flat state dict (``module.`` prefixes and a ``state_dict`` wrapper removed)."""
     if not path.is_file():
@@ -191,9 +328,7 @@ def _read_clip_file(path: Path) -> dict[str, torch.Tensor]:
 
         state = load_file(path, device="cpu")
     elif _is_torchscript(path):
-        with warnings.catch_warnings():  # TorchScript is deprecated, but it is the format OpenAI published
-            warnings.simplefilter("ignore", FutureWarning)
-            state = torch.jit.load(path, map_location="cpu").state_dict()
+        state = _read_torchscript_weights(path)
     else:
         state = _read_torch_file(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

@@ -12,15 +12,29 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional, Sequence
 
 import typer
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from tfclip_cli import __version__, display
-from tfclip_cli.errors import UserError
+from tfclip_cli.errors import Terminated, UserError
 
 if TYPE_CHECKING:
     from tfclip_cli.datasets import SplitSummary
     from tfclip_cli.tables import Manifest
 
+class _OneLineErrors(TyperGroup):
+    """The app's command group: a value Typer refuses (its own path checks: a missing file, a folder for a file) is
+    one red line and exit code 2 like every other error, not a boxed usage message."""
+
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except typer.BadParameter as error:
+            _report(UserError(error.format_message()))
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="tfclip",
     help="Video-based person re-identification with TF-CLIP: prepare data, train, extract, evaluate, index, query.",
     no_args_is_help=True,
@@ -62,13 +76,14 @@ def _root(
 
 
 def _report(error: UserError) -> None:
-    display.stderr.print(f"[bold red]error:[/] {escape(error.message)}", highlight=False, soft_wrap=True)
+    display.stderr.print(f"[bold red]error:[/] {escape(display.plain(error.message))}", highlight=False,
+                         soft_wrap=True)
     if error.hint:
-        display.stderr.print(f"[dim]hint:[/] {escape(error.hint)}", highlight=False, soft_wrap=True)
+        display.stderr.print(f"[dim]hint:[/] {escape(display.plain(error.hint))}", highlight=False, soft_wrap=True)
 
 
 def command(name: str | None = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Register a subcommand whose UserError becomes one red line and exit code 2, and Ctrl-C exit 130."""
+    """Register a subcommand whose UserError becomes one red line and exit code 2, Ctrl-C exit 130, SIGTERM 143."""
 
     def register(func: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(func)
@@ -78,9 +93,10 @@ def command(name: str | None = None) -> Callable[[Callable[..., None]], Callable
             except UserError as error:
                 _report(error)
                 raise typer.Exit(2) from None
-            except KeyboardInterrupt:
-                display.stderr.print("[yellow]interrupted[/]")
-                raise typer.Exit(130) from None
+            except KeyboardInterrupt as interrupt:
+                is_terminated = isinstance(interrupt, Terminated)
+                display.stderr.print("[yellow]terminated[/]" if is_terminated else "[yellow]interrupted[/]")
+                raise typer.Exit(143 if is_terminated else 130) from None
 
         return app.command(name)(run)
 
@@ -102,10 +118,12 @@ def import_checkpoint(
     from rich.table import Table
 
     from tfclip_cli.checkpoint import import_reference_checkpoint, save_checkpoint
+    from tfclip_cli.tables import check_writable
 
+    check_writable(out, force=force)
     checkpoint = import_reference_checkpoint(source)
     save_checkpoint(checkpoint, out, force=force)
-    table = Table("model", "value", title=f"{out}", title_justify="left")
+    table = Table("model", "value", title=display.plain_text(out), title_justify="left")
     for key, value in checkpoint.model_config.items():
         table.add_row(key, str(value))
     table.add_row("ignored (unused by the reference)", ", ".join(checkpoint.provenance["ignored_keys"]) or "-")
@@ -123,7 +141,7 @@ def _print_summary(manifest: Manifest, summary: Sequence[SplitSummary]) -> None:
     """A rich table of per-split counts, titled with the dataset and its gallery rule."""
     from rich.table import Table
 
-    table = Table(title=f"{manifest.info.dataset} ({manifest.info.gallery_rule.replace('_', ' ')})")
+    table = Table(title=display.plain_text(f"{manifest.info.dataset} ({manifest.info.gallery_rule.replace('_', ' ')})"))
     for column in ("split", "ids", "tracklets", "frames", "cameras"):
         table.add_column(column, justify="left" if column == "split" else "right")
     for row in summary:
@@ -190,8 +208,7 @@ def prepare(
     from tfclip_cli import datasets, tables
     from tfclip_cli.datasets.synthetic import SyntheticOptions
 
-    if out.exists() and not force:
-        raise UserError(f"{out} already exists", hint="pass --force to overwrite it, or choose another --out")
+    tables.check_writable(out, force=force)
     drawn = {
         "identities": identities,
         "cameras": cameras,
@@ -212,21 +229,21 @@ def prepare(
     )
     tables.write_manifest(manifest, out, force=force)
     _print_summary(manifest, datasets.summarize(manifest))
-    display.stderr.print(f"wrote {out}", highlight=False)
+    display.stderr.print(display.plain_text(f"wrote {out}"))
 
 
 def _print_train_result(result) -> None:
     """The run's outcome: epochs, best evaluation and checkpoint paths."""
     from rich.table import Table
 
-    table = Table("", "value", title=f"{result.run_dir}", title_justify="left")
+    table = Table("", "value", title=display.plain_text(result.run_dir), title_justify="left")
     table.add_row("epochs done", str(result.epochs_done))
     if result.best is not None:
         table.add_row(f"best (epoch {result.best_epoch})", f"mAP {100 * result.best.mAP:.1f}%  "
                       f"rank-1 {100 * result.best.rank1:.1f}%  rank-5 {100 * result.best.rank5:.1f}%  "
                       f"({result.best.gallery_rule.replace('_', ' ')})")
-    table.add_row("last checkpoint", str(result.last_checkpoint))
-    table.add_row("best checkpoint", str(result.best_checkpoint or "-"))
+    table.add_row("last checkpoint", display.plain_text(result.last_checkpoint))
+    table.add_row("best checkpoint", display.plain_text(result.best_checkpoint or "-"))
     display.stdout.print(table)
 
 
@@ -240,10 +257,9 @@ def build_memory(recipe: RecipeArg, overrides: SetOpt = None, force: ForceOpt = 
     from tfclip_cli.train import build_memory_file
 
     result = build_memory_file(load_recipe(recipe, overrides or []), force=force)
-    display.stdout.print(
-        f"wrote {result.path}: {result.num_identities} identities x {result.dim} (fingerprint {result.fingerprint[:16]})",
-        highlight=False,
-    )
+    display.stdout.print(display.plain_text(
+        f"wrote {result.path}: {result.num_identities} identities x {result.dim} (fingerprint {result.fingerprint[:16]})"
+    ))
 
 
 @command("train")
@@ -331,10 +347,10 @@ def extract(
     if not display.is_main_process():
         return
     for failure in result.failures:
-        display.stderr.print(f"[yellow]skipped:[/] {failure}", highlight=False)
+        display.stderr.print(f"[yellow]skipped:[/] {escape(display.plain(failure))}", highlight=False)
     embeddings = result.embeddings
-    display.stderr.print(f"wrote {out}: {len(embeddings.rows)} tracklets x {embeddings.dim} ({sampling.value})",
-                         highlight=False)
+    display.stderr.print(display.plain_text(
+        f"wrote {out}: {len(embeddings.rows)} tracklets x {embeddings.dim} ({sampling.value})"))
 
 
 GALLERY_RULE_NAMES = {"includes_query": "every test tracklet, queries included", "gallery_only": "gallery split only"}
@@ -344,7 +360,7 @@ def _print_eval_result(path: Path, result, *, reranked: bool) -> None:
     """The metrics as a rich table, then the gallery rule and the query/gallery counts."""
     from rich.table import Table
 
-    title = f"{escape(str(path))}{' (re-ranked)' if reranked else ''}"
+    title = display.plain_text(f"{path}{' (re-ranked)' if reranked else ''}")
     table = Table("metric", "value", title=title, title_justify="left")
     for name in ("mAP", "rank1", "rank5", "rank10", "rank20", "mINP"):
         table.add_row(name.replace("rank", "rank-"), f"{100 * getattr(result, name):.2f}%")
@@ -434,11 +450,10 @@ def index(
         kind = (index_type or IndexKind.flat).value
         info = build_index(table, out, index_type=kind, use_gpu=gpu, force=force)
     params = ", ".join(f"{key}={value}" for key, value in info.params.items())
-    display.stdout.print(
+    display.stdout.print(display.plain_text(
         f"{'appended to' if append else 'wrote'} {out}: {info.type} index of {info.count:,} tracklets x {info.dim}-d"
-        + (f" ({params})" if params else ""),
-        highlight=False,
-    )
+        + (f" ({params})" if params else "")
+    ))
 
 
 @command("query")
@@ -469,10 +484,10 @@ def query(
 
     from tfclip_cli.index import query as run_query
     from tfclip_cli.inference import process_device
-    from tfclip_cli.tables import atomic_output
+    from tfclip_cli.tables import atomic_output, check_writable
 
-    if html_out is not None and html_out.exists() and not force:
-        raise UserError(f"{html_out} already exists", hint="pass --force to overwrite it, or choose another --html")
+    if html_out is not None:
+        check_writable(html_out, force=force)
     results = run_query(
         gallery, clips, checkpoint=checkpoint, top_k=top_k, device=process_device(),
         with_hit_frames=html_out is not None,
@@ -480,7 +495,7 @@ def query(
     if html_out is not None:
         with atomic_output(html_out, force=force) as temp:
             temp.write_text(display.render_query_report(results, gallery=str(gallery)), encoding="utf-8")
-        display.stderr.print(f"wrote {html_out}", highlight=False)
+        display.stderr.print(display.plain_text(f"wrote {html_out}"))
     if json_output:
         typer.echo(json.dumps([result.to_dict() for result in results]))
         return

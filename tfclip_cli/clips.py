@@ -11,9 +11,12 @@ workers or their scheduling, and a run resumed at an epoch boundary sees exactly
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import random
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterator, Literal, Mapping, NamedTuple, Sequence
@@ -105,21 +108,36 @@ def sample_evenly(num_frames: int, seq_len: int) -> list[int]:
     return [s * num_frames // seq_len for s in range(seq_len)]
 
 
+decord.logging.set_level(decord.logging.QUIET)  # FFmpeg's "moov atom not found" would print before our error line
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Send what C code writes to file descriptor 2 during the block to /dev/null: decord logs "ERROR opening ..."
+    there before raising the error that we report as one line."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def count_video_frames(path: str | Path) -> int:
     """The number of frames decord sees in a video file.
 
     Raises:
         DataError: when the file cannot be opened as a video.
     """
-    try:
-        return len(decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1))
-    except Exception as exc:
-        raise DataError(f"{path}: cannot open the video ({exc}); expected a readable video file") from exc
+    return len(_open_video(str(path)))
 
 
 def _open_video(path: str, **size: int) -> decord.VideoReader:
     try:
-        return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, **size)
+        with _native_stderr_silenced():
+            return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, **size)
     except Exception as exc:
         raise DataError(f"{path}: cannot open the video ({exc}); expected a readable video file") from exc
 
@@ -160,18 +178,55 @@ def _read_video_at_padded_width(path: str, frames: list[int], error: Exception) 
     return _resize_uint8(batch, (height, width))
 
 
+MAX_FRAME_PIXELS = 50_000_000
+"""Largest frame image accepted (50 MP, above any camera's 8K frame): a bigger one is refused before decoding."""
+DECODE_SIDE = 1024
+"""Images with a longer side of at least twice this are decoded at an integer fraction of their size (JPEG draft,
+else Pillow's reduce), in uint8: a 10,000-pixel frame would otherwise cost gigabytes as a float tensor."""
+
+
 def _decode_image(path: str) -> torch.Tensor:
-    """One frame image → uint8 [3, H, W] RGB, through Pillow (libjpeg-turbo).
+    """One frame image → uint8 [3, H, W] RGB, through Pillow (libjpeg-turbo); huge images at a reduced size.
 
     Not torchvision.io: its decoders are deprecated since torchvision 0.29 (a warning per call), only ~15 % faster
     on 256×128 JPEGs here, and its bundled libpng rejects some valid PNGs ("bad parameters to zlib").
     """
     try:
-        with Image.open(path) as image:
-            pixels = np.array(image if image.mode == "RGB" else image.convert("RGB"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below says more
+            image = Image.open(path)
+        with image:
+            _check_pixels(image, path)
+            reduced = _reduce(image)
+            pixels = np.array(reduced if reduced.mode == "RGB" else reduced.convert("RGB"))
+    except DataError:
+        raise
     except Exception as exc:
         raise DataError(f"{path}: cannot read the frame image ({exc}); expected a readable JPEG or PNG") from exc
     return torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+def _check_pixels(image: Image.Image, path: str) -> None:
+    width, height = image.size
+    if width * height > MAX_FRAME_PIXELS:
+        raise DataError(
+            f"{path}: a frame of {width}x{height} pixels ({width * height / 1e6:.0f} MP) is above the limit of "
+            f"{MAX_FRAME_PIXELS / 1e6:.0f} MP",
+            hint="crop or shrink the image: a person crop needs a few hundred pixels",
+        )
+
+
+def _reduce(image: Image.Image) -> Image.Image:
+    """``image``, shrunk by an integer factor while its longer side stays at least DECODE_SIDE (same for its frames:
+    a tracklet's frames are then resized to the first one's size)."""
+    factor = max(image.size) // DECODE_SIDE
+    if factor < 2:
+        return image
+    target = (image.size[0] // factor, image.size[1] // factor)
+    if image.format == "JPEG":
+        image.draft("RGB", target)  # libjpeg decodes at 1/2, 1/4 or 1/8 scale directly
+    factor = max(image.size) // DECODE_SIDE
+    return image.reduce(factor) if factor >= 2 else image
 
 
 def _resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

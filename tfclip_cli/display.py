@@ -11,7 +11,7 @@ from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image
-from rich.console import Console, Group
+from rich.console import Console, ConsoleDimensions, Group
 from rich.logging import RichHandler
 from rich.panel import Panel
 from rich.progress import (
@@ -30,8 +30,37 @@ from rich.text import Text
 
 T = TypeVar("T")
 
-stdout = Console()
-stderr = Console(stderr=True)
+PLAIN_WIDTH = 100_000
+"""Line width off a terminal: a pipe, a log file or a test's capture gets every line whole, whatever COLUMNS says."""
+
+
+class _Console(Console):
+    """A rich console that lays out at the terminal's width, and off a terminal as wide as the lines are."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(PLAIN_WIDTH, size.height)
+
+
+stdout = _Console()
+stderr = _Console(stderr=True)
+
+
+def plain(value: object) -> str:
+    """``value`` as text safe to print: the bytes of a name that is not UTF-8 as ``\\xNN``, and control characters
+    (ESC, newlines) as escapes, so a file name can neither break the output's encoding nor drive the terminal."""
+    text = str(value)
+    try:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that no file name produced
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
+
+
+def plain_text(value: object, style: str = "") -> Text:
+    """:func:`plain` as a rich Text: never read as markup (``[/x]`` in a name stays text) and never wrapped."""
+    return Text(plain(value), style=style, no_wrap=True, overflow="ignore")
 
 
 def is_main_process() -> bool:
@@ -39,12 +68,32 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+class _PlainMessages(logging.Filter):
+    """Log messages through :func:`plain`: paths in them print escaped, never raw bytes or terminal codes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = plain(record.getMessage()), None
+        return True
+
+
+class _LineHandler(logging.Handler):
+    """Off a terminal: one ``LEVEL    message`` line per record (rich's handler pads lines to the width)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stderr.print(Text(f"{record.levelname:<8} {self.format(record)}"), soft_wrap=True, highlight=False)
+
+
 def setup_logging(verbose: bool = False) -> None:
-    """Route library logs to stderr through rich; quiet on non-zero ranks."""
+    """Route library logs to stderr, through rich on a terminal and as plain lines elsewhere; quiet on non-zero
+    ranks."""
     level = logging.DEBUG if verbose else logging.INFO
     if not is_main_process():
         level = logging.WARNING
-    handler = RichHandler(console=stderr, show_path=False, show_time=False, markup=False)
+    if stderr.is_terminal:
+        handler: logging.Handler = RichHandler(console=stderr, show_path=False, show_time=False, markup=False)
+    else:
+        handler = _LineHandler()
+    handler.addFilter(_PlainMessages())
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # "Loading faiss with AVX512 support" on every run
 
@@ -127,11 +176,12 @@ class StatusBar:
 
 def query_table(result: Any) -> Table:
     """A rich table of one ``index.QueryResult``: rank, score, pid, camid, tracklet_id, source."""
-    table = Table(title=f"query {result.source} ({result.num_frames} frames)", title_justify="left")
+    table = Table(title=plain_text(f"query {result.source} ({result.num_frames} frames)"), title_justify="left")
     for name in ("rank", "score", "pid", "camid", "tracklet_id", "source"):
         table.add_column(name, justify="right" if name in ("rank", "score", "pid", "camid") else "left")
     for hit in result.hits:
-        table.add_row(str(hit.rank), f"{hit.score:.4f}", str(hit.pid), str(hit.camid), hit.tracklet_id, hit.source)
+        table.add_row(str(hit.rank), f"{hit.score:.4f}", str(hit.pid), str(hit.camid), plain_text(hit.tracklet_id),
+                      plain_text(hit.source))
     return table
 
 
@@ -159,7 +209,7 @@ def _jpeg_data_uri(frame: np.ndarray) -> str:
 def _frames_html(frames: np.ndarray, label: str) -> str:
     if len(frames) == 0:
         return '<span class="missing">frames unavailable</span>'
-    alt = html.escape(label, quote=True)
+    alt = html.escape(plain(label), quote=True)
     return "".join(f'<img src="{_jpeg_data_uri(frame)}" alt="{alt}">' for frame in frames)
 
 
@@ -168,12 +218,12 @@ def _query_section(number: int, result: Any) -> str:
     hit_frames = result.hit_key_frames or [np.zeros((0, 1, 1, 3), np.uint8)] * len(result.hits)
     rows = "".join(
         f"<tr><td>{hit.rank}</td><td class=\"score\">{hit.score:.4f}</td><td>{hit.pid}</td><td>{hit.camid}</td>"
-        f"<td>{html.escape(hit.tracklet_id)}<div class=\"source\">{html.escape(hit.source)}</div></td>"
+        f"<td>{html.escape(plain(hit.tracklet_id))}<div class=\"source\">{html.escape(plain(hit.source))}</div></td>"
         f"<td>{_frames_html(frames, hit.tracklet_id)}</td></tr>"
         for hit, frames in zip(result.hits, hit_frames)
     )
     return (
-        f"<section><h2>Query {number}: {html.escape(result.source)}</h2>"
+        f"<section><h2>Query {number}: {html.escape(plain(result.source))}</h2>"
         f"<p>{result.num_frames} frames; first, middle and last:</p><p>{_frames_html(result.key_frames, 'query')}</p>"
         "<table><tr><th>rank</th><th>score</th><th>pid</th><th>camid</th><th>tracklet</th><th>key frames</th></tr>"
         f"{rows}</table></section>"
@@ -183,7 +233,7 @@ def _query_section(number: int, result: Any) -> str:
 def render_query_report(results: Sequence[Any], *, gallery: str) -> str:
     """One self-contained HTML page (thumbnails embedded as base64 JPEG, no external resources) for the
     ``index.QueryResult`` values of a ``tfclip query --html`` call against the index ``gallery``."""
-    title = f"tfclip query against {html.escape(gallery)}"
+    title = f"tfclip query against {html.escape(plain(gallery))}"
     sections = "".join(_query_section(number, result) for number, result in enumerate(results, start=1))
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
@@ -242,7 +292,7 @@ def demo_summary(result: Any) -> Group:
         _demo_metrics_table(result),
         Text(f"trained {result.training.epochs_done} epochs on {result.device}; time per step: {steps}", style="dim"),
         query_table(result.query),
-        Text(f"the query is held-out identity {query.pid} ({query.tracklet_id}): {found}"),
-        Text(f"report: {result.paths.report}"),
+        plain_text(f"the query is held-out identity {query.pid} ({query.tracklet_id}): {found}"),
+        plain_text(f"report: {result.paths.report}"),
         Panel(DEMO_NEXT_STEPS, title="what next", title_align="left", expand=False),
     )

@@ -12,9 +12,20 @@ class UserError(Exception):
     """
 
     def __init__(self, message: str, hint: str | None = None) -> None:
+        message = _unwrap_worker_traceback(message, type(self))
         super().__init__(message)
         self.message = message
         self.hint = hint
+
+
+def _unwrap_worker_traceback(message: str, kind: type) -> str:
+    """torch re-raises an error from a DataLoader worker as ``kind(<the worker's whole traceback>)``; keep only the
+    original message, the text after the traceback's last ``module.Class: `` (the hint does not cross processes)."""
+    if not (message.startswith("Caught ") and "DataLoader worker process" in message and "Traceback" in message):
+        return message
+    marker = f"{kind.__module__}.{kind.__qualname__}: "
+    start = message.rfind(marker)
+    return message[start + len(marker):].strip() if start >= 0 else message
 
 
 class DataError(UserError):
@@ -31,3 +42,11 @@ class CheckpointError(UserError):
 
 class GalleryError(UserError):
     """An embeddings table, FAISS index or sidecar that is missing, empty or inconsistent."""
+
+
+class OutputError(UserError):
+    """An output that cannot be written: no space left, a read-only file system, a file where a folder should be."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, ``docker stop``) handled like Ctrl-C, resumable checkpoint first; the CLI exits 143."""

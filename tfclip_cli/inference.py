@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from tfclip_cli import __version__, display
-from tfclip_cli.checkpoint import Checkpoint, file_sha256, load_checkpoint, model_from_checkpoint
+from tfclip_cli.checkpoint import Checkpoint, file_sha256, load_checkpoint, model_from_checkpoint, write_torch_file
 from tfclip_cli.clips import (
     ClipDataset,
     ClipTransform,
@@ -42,7 +42,10 @@ from tfclip_cli.tables import (
     Embeddings,
     Split,
     Tracklet,
-    atomic_output,
+    NON_UTF8_REASON,
+    check_writable,
+    is_utf8,
+    non_utf8_name,
     read_manifest,
     tracklet_table,
     write_embeddings,
@@ -249,6 +252,8 @@ def tracklet_from_path(path: Path, *, camid: int = -1, split: Split = "query") -
         DataError: when the path is missing, is a folder without images, or a video that cannot be opened.
     """
     path = Path(path).resolve()
+    if not is_utf8(str(path)):  # decord opens only UTF-8 names
+        raise DataError(f"{path}: {NON_UTF8_REASON}")
     if path.is_dir():
         frames = tuple(str(p) for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES)
         if not frames:
@@ -334,8 +339,7 @@ def save_memory(memory: ClipMemory, path: Path) -> None:
     """Write a CLIP-Memory (features, pid → label, fingerprint) atomically, loadable with ``weights_only=True``."""
     payload = {"features": memory.features.cpu(), "pid_to_label": dict(memory.pid_to_label),
                "fingerprint": memory.fingerprint}
-    with atomic_output(Path(path), force=True) as temp:
-        torch.save(payload, temp)
+    write_torch_file(payload, path, force=True)
 
 
 def load_memory(path: Path) -> ClipMemory:
@@ -429,7 +433,10 @@ def _path_inputs(paths: Sequence[Path], camid: int | None) -> _Inputs:
     tracklets, failures = [], []
     for path in paths:
         try:
-            tracklets.append(tracklet_from_path(path, camid=-1 if camid is None else camid, split="gallery"))
+            tracklet = tracklet_from_path(path, camid=-1 if camid is None else camid, split="gallery")
+            if non_utf8_name(tracklet) is not None:
+                raise DataError(NON_UTF8_REASON)
+            tracklets.append(tracklet)
         except DataError as exc:
             failures.append(f"{path}: {exc.message}")
     return _Inputs(tracklets, failures, {"sources": [str(Path(p).resolve()) for p in paths]})
@@ -457,11 +464,10 @@ def extract_to_file(
     rule.
 
     Raises:
-        UserError: ``out`` exists without ``force``; DataError: unreadable tracklets without ``skip_bad`` (nothing
-        is written), or nothing readable at all.
+        UserError: ``out`` exists without ``force``; OutputError: ``out`` cannot be written (checked first);
+        DataError: unreadable tracklets without ``skip_bad`` (nothing is written), or nothing readable at all.
     """
-    if Path(out).exists() and not force:
-        raise UserError(f"{out} already exists", hint="pass --force to overwrite it, or choose another --out")
+    check_writable(out, force=force)
     inputs = _manifest_inputs(manifest, splits) if manifest is not None else _path_inputs(paths, camid)
     state = load_checkpoint(checkpoint)
     context = start_distributed()

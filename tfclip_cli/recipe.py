@@ -12,7 +12,9 @@ allowed, before any work starts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,7 +183,10 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise RecipeError(f"recipe {path} not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"recipe {path} is not UTF-8 text (byte {exc.start}: {exc.reason})",
+                          hint="save the recipe as UTF-8") from exc
     except yaml.YAMLError as exc:
         raise RecipeError(f"recipe {path} is not valid YAML: {exc}") from exc
     if raw is None:
@@ -262,19 +267,27 @@ def _convert(value: Any, hint: Any, key: str, *, base: Path) -> Any:
 
 
 def _convert_scalar(value: Any, hint: type, key: str) -> Any:
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        # YAML 1.1 (PyYAML) reads ``5e-6`` (no dot) as a string; accept what Python reads as a number.
-        try:
-            return float(value)
-        except ValueError:
-            pass
+    if hint is float:
+        return _convert_float(value, key)
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if hint in (bool, str) and isinstance(value, hint):
         return value
     raise RecipeError(f"{key}: found {_describe(value)}; expected {hint.__name__}")
+
+
+def _convert_float(value: Any, key: str) -> float:
+    """A finite number (YAML's ``.inf`` and ``.nan`` are refused: no setting of a recipe means them)."""
+    number = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        # YAML 1.1 (PyYAML) reads ``5e-6`` (no dot) as a string; accept what Python reads as a number.
+        with contextlib.suppress(ValueError):
+            number = float(value)
+    if number is None or not math.isfinite(number):
+        raise RecipeError(f"{key}: found {_describe(value)}; expected a finite number")
+    return number
 
 
 def _convert_tuple(value: Any, hint: Any, key: str) -> tuple:

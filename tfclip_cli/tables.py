@@ -7,6 +7,7 @@ Every write goes through :func:`atomic_output`, so an interrupted run never leav
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -20,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tfclip_cli import __version__
-from tfclip_cli.errors import DataError, GalleryError, UserError
+from tfclip_cli.errors import DataError, GalleryError, OutputError, UserError
 
 Split = Literal["train", "query", "gallery"]
 SPLITS: tuple[Split, ...] = ("train", "query", "gallery")
@@ -125,6 +126,28 @@ def row_to_tracklet(row: object) -> Tracklet | None:
     )
 
 
+NON_UTF8_REASON = "the name is not valid UTF-8, which a manifest or embeddings table cannot store; rename it"
+
+
+def non_utf8_name(tracklet: Tracklet) -> str | None:
+    """The first name of a tracklet (id, video, frames) that is not UTF-8 text, as Parquet strings must be, or None.
+
+    A file or folder named in another encoding reaches Python as surrogate escapes (``os.fsdecode``); such a
+    tracklet is reported and skipped rather than stored under a name that would not open the file again.
+    """
+    names = (tracklet.tracklet_id, tracklet.video or "", *(tracklet.frames or ()))
+    return next((name for name in names if not is_utf8(name)), None)
+
+
+def is_utf8(name: str) -> bool:
+    """Whether ``name`` is UTF-8 text (a file name in another encoding holds surrogate escapes)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def tracklet_table(tracklets: Sequence[Tracklet]) -> pd.DataFrame:
     """The manifest columns of ``tracklets``, one row each, in order."""
     return pd.DataFrame(
@@ -156,23 +179,111 @@ def manifest_from_tracklets(tracklets: Sequence[Tracklet], info: ManifestInfo) -
     return Manifest(table=table, info=info)
 
 
+# errno values that mean "this destination cannot take the file" rather than a bug.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR,
+                errno.EEXIST, errno.EFBIG, errno.ENAMETOOLONG}
+WRITE_HINTS = {
+    errno.ENOSPC: "free some space or choose another destination",
+    errno.EDQUOT: "free some space or choose another destination",
+    errno.EROFS: "the file system is read-only: choose another destination",
+    errno.EACCES: "choose a destination you may write to",
+    errno.EPERM: "choose a destination you may write to",
+    errno.ENOTDIR: "choose another destination",
+    errno.EEXIST: "choose another destination",
+}
+
+
+def output_error(path: Path, error: OSError) -> OutputError:
+    """The one-line error for a failed write of ``path``, naming the cause (no space left, read-only ...)."""
+    reason = os.strerror(error.errno).lower() if error.errno else str(error)
+    if error.errno in (errno.EEXIST, errno.ENOTDIR):  # mkdir met a file where the path needs a folder
+        reason = "a part of the path is a file, not a folder"
+    return OutputError(f"cannot write {path}: {reason}", hint=WRITE_HINTS.get(error.errno))
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(path: Path, *, force: bool = False) -> None:
+    """Fail before any work when ``path`` could not be written: it exists (without ``force``) or is a folder, a
+    part of its parent is a file, or its nearest existing folder refuses a new file (read-only, full, no access).
+
+    Raises:
+        UserError: the file exists and ``force`` is false.
+        OutputError: the destination cannot be written, naming the cause.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder", hint="give a file path")
+    if path.exists() and not force:
+        raise UserError(f"{path} already exists", hint="pass --force to overwrite it, or choose another --out")
+    folder = _nearest_existing(path.parent)
+    if not folder.is_dir():
+        raise output_error(path, OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)))
+    try:  # os.access says nothing of a full disk or a read-only mount for root: try a real file
+        handle, probe = tempfile.mkstemp(prefix=".tfclip-probe.", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise output_error(path, error) from error
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux tells it (``os.umask`` sets it while reading)."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def umask_mode(requested: int) -> int:
+    """The permissions the umask leaves of ``requested`` (0o666 for a file, 0o777 for a folder), as ``open()`` and
+    ``mkdir`` give them; mkstemp and mkdtemp alone give 0o600 and 0o700."""
+    return requested & ~_umask()
+
+
+@contextlib.contextmanager
+def reporting_write_errors(path: Path) -> Iterator[None]:
+    """Turn an OSError that means "cannot write here" (no space, read-only, a file as a folder) raised in the block
+    into an :class:`OutputError` naming ``path``; other errors pass unchanged."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in WRITE_ERRNOS:
+            raise
+        raise output_error(path, error) from error
+
+
 @contextlib.contextmanager
 def atomic_output(path: Path, *, force: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
+    The file gets the permissions the umask gives any new file. Nothing is left behind when the block fails.
+
     Raises:
         UserError: when ``path`` exists and ``force`` is false.
+        OutputError: when the destination cannot be written (no space, read-only, a file as a folder), naming it.
     """
     path = Path(path)
     if path.exists() and not force:
         raise UserError(f"{path} already exists", hint="pass --force to overwrite it, or choose another --out")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    with reporting_write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(handle)
     temp = Path(temp_name)
     try:
-        yield temp
-        os.replace(temp, path)
+        with reporting_write_errors(path):
+            yield temp
+            os.chmod(temp, umask_mode(0o666))
+            os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
 
@@ -206,6 +317,15 @@ def _check_columns(table: pa.Table, path: Path, required: Sequence[str], error: 
         raise error(f"{path} lacks the column(s) {', '.join(missing)}; found {', '.join(table.column_names)}")
 
 
+def _check_integer_columns(table: pa.Table, path: Path, names: Sequence[str], error: type[UserError]) -> None:
+    """Columns such as ``pid`` must hold integers (a table with string pids would fail far away)."""
+    for name in names:
+        kind = table.schema.field(name).type
+        if not (pa.types.is_integer(kind) or pa.types.is_null(kind)):
+            raise error(f"{path}: column {name} holds {kind} values; expected integers",
+                        hint="write the table with integer pids and camids, e.g. with `tfclip prepare`")
+
+
 def _stored_info(table: pa.Table) -> dict:
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
     return json.loads(raw) if raw else {}
@@ -219,6 +339,7 @@ def read_manifest(path: Path) -> Manifest:
     """
     table = _read_parquet(path, DataError, "manifest (tfclip prepare ... --out M.parquet)")
     _check_columns(table, path, MANIFEST_COLUMNS, DataError)
+    _check_integer_columns(table, path, ("pid", "camid", "num_frames"), DataError)
     stored = _stored_info(table)
     info = ManifestInfo(
         dataset=stored.get("dataset", "unknown"),
@@ -282,6 +403,7 @@ def read_embeddings(path: Path) -> Embeddings:
     """
     table = _read_parquet(path, GalleryError, "embeddings table (tfclip extract ... --out E.parquet)")
     _check_columns(table, path, ("tracklet_id", "pid", "camid", "embedding"), GalleryError)
+    _check_integer_columns(table, path, ("pid", "camid"), GalleryError)
     info = _stored_info(table)
     column = table.column("embedding").combine_chunks()
     if pa.types.is_fixed_size_list(column.type):

@@ -16,7 +16,16 @@ from tfclip_cli.datasets import folder, ilidsvid, lsvid, mars, prid2011
 from tfclip_cli.datasets.common import Parsed, Problems
 from tfclip_cli.datasets.synthetic import SyntheticOptions, generate_synthetic
 from tfclip_cli.errors import DataError, UserError
-from tfclip_cli.tables import SPLITS, GalleryRule, Manifest, ManifestInfo, manifest_from_tracklets
+from tfclip_cli.tables import (
+    NON_UTF8_REASON,
+    SPLITS,
+    GalleryRule,
+    Manifest,
+    ManifestInfo,
+    Tracklet,
+    manifest_from_tracklets,
+    non_utf8_name,
+)
 
 
 def parse_synthetic(root: Path, *, problems: Problems, synthetic: SyntheticOptions | None = None) -> Parsed:
@@ -102,13 +111,22 @@ def prepare(
     root = Path(root).expanduser().resolve()
     problems = Problems(strict=strict)
     parsed = spec.parse(root, problems=problems, **given)
+    tracklets = [tracklet for tracklet in parsed.tracklets if _is_storable(tracklet, problems)]
     problems.log()
-    if not parsed.tracklets:
+    if not tracklets:
         raise DataError(f"{root}: no usable tracklets found for layout {kind}")
     extra = {**parsed.extra, "strict": strict, "skipped_files": len(problems)}
     rule = parsed.gallery_rule or spec.gallery_rule
     info = ManifestInfo(dataset=spec.name, gallery_rule=rule, root=str(root), extra=extra)
-    return manifest_from_tracklets(parsed.tracklets, info)
+    return manifest_from_tracklets(tracklets, info)
+
+
+def _is_storable(tracklet: Tracklet, problems: Problems) -> bool:
+    """Whether a manifest can store the tracklet's names; a non-UTF-8 one is reported (or, strict, an error)."""
+    name = non_utf8_name(tracklet)
+    if name is not None:
+        problems.add(name, NON_UTF8_REASON)
+    return name is None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from tfclip_cli import display
 from tfclip_cli.errors import DataError
+from tfclip_cli.tables import reporting_write_errors, umask_mode
 
 logger = logging.getLogger(__name__)
 
@@ -633,6 +635,7 @@ def generate_synthetic(root: Path, options: SyntheticOptions = SyntheticOptions(
 
     Raises:
         DataError: when ``root`` exists and is not an empty folder, or an option is impossible.
+        OutputError: when the tree cannot be written (no space, read-only), naming ``root``.
     """
     root = Path(root)
     _check_options(options)
@@ -641,20 +644,22 @@ def generate_synthetic(root: Path, options: SyntheticOptions = SyntheticOptions(
     looks = sample_appearances(options.identities + options.distractors, options.seed)
     cameras = [sample_camera(camid, options, supersample=supersample) for camid in range(options.cameras)]
     plans = plan_tracklets(options)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
-    try:
-        for plan in display.progress(plans, "Drawing synthetic tracklets", unit="tracklets"):
-            frames = render_tracklet(plan, looks[plan.pid], cameras[plan.camid], options=options,
-                                     supersample=supersample)
-            target = temp / plan.relative_path()
-            if plan.is_video:
-                _write_video(frames, target)
-            else:
-                _write_frames(frames, target)
-        if root.exists():
-            root.rmdir()
-        temp.rename(root)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
+    with reporting_write_errors(root):  # a full disk or read-only folder is one OutputError naming ROOT
+        root.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+        try:
+            os.chmod(temp, umask_mode(0o777))
+            for plan in display.progress(plans, "Drawing synthetic tracklets", unit="tracklets"):
+                frames = render_tracklet(plan, looks[plan.pid], cameras[plan.camid], options=options,
+                                         supersample=supersample)
+                target = temp / plan.relative_path()
+                if plan.is_video:
+                    _write_video(frames, target)
+                else:
+                    _write_frames(frames, target)
+            if root.exists():
+                root.rmdir()
+            temp.rename(root)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
     logger.info("wrote %d synthetic tracklets into %s", len(plans), root)

@@ -21,12 +21,12 @@ from torch import nn
 
 from tfclip_cli import display
 from tfclip_cli.clips import ClipDataset, ClipTransform, IdentitySampler, build_loader
-from tfclip_cli.errors import UserError
+from tfclip_cli.errors import Terminated, UserError
 from tfclip_cli.evaluate import EvalResult, evaluate
 from tfclip_cli.inference import DistContext, extract_embeddings, resolve_precision, start_distributed
 from tfclip_cli.losses import compute_losses
 from tfclip_cli.recipe import Recipe, write_recipe
-from tfclip_cli.tables import Tracklet, atomic_output, read_manifest
+from tfclip_cli.tables import Tracklet, atomic_output, check_writable, read_manifest, reporting_write_errors
 from tfclip_cli.train.launch import barrier
 from tfclip_cli.train.memory import ensure_memory, initial_model, model_config, eval_transform
 from tfclip_cli.train.protocol import check_protocol, log_protocol
@@ -62,7 +62,7 @@ class TrainResult:
 
 
 def _prepare_run_dir(recipe: Recipe, *, resume: bool, context: DistContext) -> None:
-    """Refuse to overwrite a run (or to resume nothing), then save the effective recipe (rank 0)."""
+    """Refuse to overwrite a run, to resume nothing, or to start where nothing can be written; make the folder."""
     run_dir = recipe.run.output_dir
     last = run_dir / "last.ckpt"
     if resume and not last.is_file():
@@ -70,11 +70,18 @@ def _prepare_run_dir(recipe: Recipe, *, resume: bool, context: DistContext) -> N
     if not resume and last.exists():
         raise UserError(f"{run_dir} already holds a run ({last.name})",
                         hint="pass --resume to continue it, or set another run.output_dir")
+    check_writable(run_dir / "recipe.yaml", force=True)
     if context.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_output(run_dir / "recipe.yaml", force=True) as temp:
-            write_recipe(recipe, temp)
+        with reporting_write_errors(run_dir):
+            run_dir.mkdir(parents=True, exist_ok=True)
     barrier(context)
+
+
+def _save_recipe(recipe: Recipe, context: DistContext) -> None:
+    """Save the effective recipe (rank 0) once the run accepted it: a refused --resume keeps the run's recipe.yaml."""
+    if context.is_main:
+        with atomic_output(recipe.run.output_dir / "recipe.yaml", force=True) as temp:
+            write_recipe(recipe, temp)
 
 
 def _train_data(recipe: Recipe, train: Sequence[Tracklet], pid_to_label: dict[int, int], *,
@@ -132,6 +139,9 @@ def _setup(recipe: Recipe, context: DistContext, *, resume: bool) -> RunState:
     )
     if resume:
         restore(run, recipe.run.output_dir / "last.ckpt")
+    if run.metrics is not None:
+        run.metrics.cut_back(run.next_epoch, run.next_iteration)
+    _save_recipe(recipe, context)
     return run
 
 
@@ -195,6 +205,7 @@ def _train_epoch(run: RunState, epoch: int) -> None:
             iteration = run.next_iteration + 1
             is_update = iteration % accumulation == 0 or iteration == total
             parts = _step(run, batch, is_update=is_update)
+            _check_finite(parts, epoch=epoch, iteration=iteration, run_dir=run.run_dir)
             now = time.perf_counter()
             run.meters.add(parts, clips=len(batch.label) * run.context.world_size, step_s=now - started,
                            data_s=waited)
@@ -207,6 +218,23 @@ def _train_epoch(run: RunState, epoch: int) -> None:
             bar.advance(len(batch.label) * run.context.world_size, status=status)
             if is_update and _should_stop(run):
                 return
+
+
+def _check_finite(parts: dict[str, torch.Tensor], *, epoch: int, iteration: int, run_dir: Path) -> None:
+    """Stop at the first non-finite loss, naming the part and the step; nothing is saved, so last.ckpt stays the
+    last good state (one host sync per step, cheap beside a training step).
+
+    Raises:
+        UserError: a loss part is NaN or infinite.
+    """
+    if bool(torch.isfinite(torch.stack(list(parts.values()))).all()):
+        return
+    name = next(name for name in (*LOSS_PARTS[1:], *parts) if name in parts and not torch.isfinite(parts[name]))
+    raise UserError(
+        f"training stopped at epoch {epoch}, iteration {iteration}: the {name} loss is {float(parts[name])}; "
+        f"{run_dir / 'last.ckpt'} (if any) keeps the last good state",
+        hint="lower solver.base_lr or set solver.precision=fp32, then run again (or --resume from last.ckpt)",
+    )
 
 
 def _lr(run: RunState) -> float:
@@ -239,23 +267,34 @@ def _should_stop(run: RunState) -> bool:
     return run.stop_requested
 
 
+STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+
 @contextlib.contextmanager
-def _stop_on_ctrl_c(run: RunState) -> Iterator[None]:
-    """The first Ctrl-C asks the loop to stop after the current optimiser step; a second one interrupts at once."""
+def _stop_on_signals(run: RunState) -> Iterator[None]:
+    """The first Ctrl-C or SIGTERM asks the loop to stop after the current optimiser step; a second one acts at once.
+
+    Only this process reacts: DataLoader workers are forked with the handler and leave stopping to it.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    owner = os.getpid()
 
     def request(signum: int, frame: object) -> None:
-        run.stop_requested = True
-        signal.signal(signal.SIGINT, previous)
-        logger.warning("Ctrl-C: writing a resumable checkpoint after this step (press again to abort at once)")
+        if os.getpid() != owner:
+            return
+        run.stop_requested, run.stop_signal = True, signum
+        signal.signal(signum, previous[signum])
+        logger.warning("%s: writing a resumable checkpoint after this step (send it again to stop at once)",
+                       STOP_SIGNALS[signum])
 
-    previous = signal.signal(signal.SIGINT, request)
+    previous = {signum: signal.signal(signum, request) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _epoch_losses(run: RunState) -> dict[str, float]:
@@ -314,11 +353,11 @@ def _finish_epoch(run: RunState, epoch: int) -> EpochSummary:
     evaluation = _evaluate(run) if run.context.is_main and _is_eval_epoch(run.recipe, epoch) else None
     if evaluation is not None:
         _record_evaluation(run, epoch, evaluation)
-    save(run, "last.ckpt", is_resumable=True)
-    barrier(run.context)
-    if run.metrics is not None:
+    if run.metrics is not None:  # before last.ckpt, which then covers every row of the epoch (see cut_back)
         run.metrics.write({"kind": "epoch", "epoch": epoch, "lr": lr, **losses, "clips_per_s": clips_per_s,
                            "data_share": data_share}, step=epoch)
+    save(run, "last.ckpt", is_resumable=True)
+    barrier(run.context)
     logger.info("epoch %d/%d: %s, lr %.2e, %.1f clips/s, %.0f%% waiting for data", epoch, run.recipe.solver.epochs,
                 _loss_text(losses), lr, clips_per_s, 100 * data_share)
     return EpochSummary(epoch=epoch, losses=losses, lr=lr, clips_per_s=clips_per_s, data_share=data_share,
@@ -326,11 +365,12 @@ def _finish_epoch(run: RunState, epoch: int) -> EpochSummary:
 
 
 def _interrupt(run: RunState) -> None:
-    """Write a resumable last.ckpt at the current position, then stop with KeyboardInterrupt (CLI exit 130)."""
+    """Write a resumable last.ckpt at the current position, then stop with KeyboardInterrupt (CLI exit 130), or
+    Terminated after SIGTERM (exit 143)."""
     path = save(run, "last.ckpt", is_resumable=True)
     barrier(run.context)
     logger.warning("interrupted: %s can be resumed with `tfclip train RECIPE --resume`", path)
-    raise KeyboardInterrupt
+    raise Terminated if run.stop_signal == signal.SIGTERM else KeyboardInterrupt
 
 
 def train(recipe: Recipe, *, resume: bool = False) -> TrainResult:
@@ -338,14 +378,14 @@ def train(recipe: Recipe, *, resume: bool = False) -> TrainResult:
 
     Raises:
         UserError: bad data, checkpoint or run directory (nothing is trained).
-        KeyboardInterrupt: after Ctrl-C, once a resumable last.ckpt is written.
+        KeyboardInterrupt: after Ctrl-C (Terminated after SIGTERM), once a resumable last.ckpt is written.
     """
     context = start_distributed()
     run = None
     try:
         run = _setup(recipe, context, resume=resume)
         history = []
-        with _stop_on_ctrl_c(run):
+        with _stop_on_signals(run):
             for epoch in range(run.next_epoch, recipe.solver.epochs + 1):
                 _train_epoch(run, epoch)
                 if run.stop_requested:

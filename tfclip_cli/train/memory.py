@@ -26,7 +26,7 @@ from tfclip_cli.inference import (
 )
 from tfclip_cli.model import TFCLIP, ClipMemory, ModelConfig, build_model
 from tfclip_cli.recipe import Recipe
-from tfclip_cli.tables import Manifest, Tracklet, read_manifest
+from tfclip_cli.tables import Manifest, Tracklet, check_writable, read_manifest
 from tfclip_cli.train.launch import barrier
 from tfclip_cli.train.protocol import check_protocol
 
@@ -124,11 +124,12 @@ def build_memory_file(recipe: Recipe, *, force: bool = False) -> MemoryResult:
     """``tfclip build-memory``: compute the CLIP-Memory of a recipe into ``run.output_dir/memory.pt``.
 
     Raises:
-        UserError: when memory.pt exists and ``force`` is false.
+        UserError: when memory.pt exists and ``force`` is false; OutputError: when it cannot be written.
     """
     path = recipe.run.output_dir / "memory.pt"
     if path.exists() and not force:
         raise UserError(f"{path} already exists", hint="pass --force to rebuild it")
+    check_writable(path, force=True)
     context = DistContext(rank=0, world_size=1, device=process_device())
     manifest = read_manifest(recipe.data.manifest)
     check_protocol(recipe, manifest)

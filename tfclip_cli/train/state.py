@@ -22,7 +22,7 @@ from tfclip_cli.inference import DistContext
 from tfclip_cli.losses import LossWeights
 from tfclip_cli.model import TFCLIP, ClipMemory
 from tfclip_cli.recipe import Recipe, recipe_to_dict
-from tfclip_cli.tables import Manifest
+from tfclip_cli.tables import Manifest, atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +67,9 @@ class MetricsLog:
     """Rows appended to ``metrics.csv`` (and TensorBoard events when ``tensorboard`` is installed); rank 0 only."""
 
     def __init__(self, run_dir: Path) -> None:
-        path = run_dir / "metrics.csv"
-        is_new = not path.exists()
-        self._file = path.open("a", newline="")
-        self._csv = csv.DictWriter(self._file, fieldnames=METRICS_FIELDS)
+        self._path = run_dir / "metrics.csv"
+        is_new = not self._path.exists()
+        self._open()
         if is_new:
             self._csv.writeheader()
         try:
@@ -79,6 +78,22 @@ class MetricsLog:
             self._board = SummaryWriter(str(run_dir / "tensorboard"))
         except ImportError:
             self._board = None
+
+    def _open(self) -> None:
+        self._file = self._path.open("a", newline="")
+        self._csv = csv.DictWriter(self._file, fieldnames=METRICS_FIELDS)
+
+    def cut_back(self, next_epoch: int, next_iteration: int) -> None:
+        """Keep only the rows a run stopped at (``next_epoch``, ``next_iteration``) had written: those of a kill after
+        the checkpoint go, so a resumed log equals an uninterrupted one (a fresh run, (1, 0), keeps none)."""
+        self._file.close()
+        with self._path.open(newline="") as handle:
+            rows = [row for row in csv.DictReader(handle) if _is_before(row, next_epoch, next_iteration)]
+        with atomic_output(self._path, force=True) as temp, temp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=METRICS_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        self._open()
 
     def write(self, row: dict, *, step: int) -> None:
         self._csv.writerow({key: _format(value) for key, value in row.items()})
@@ -92,6 +107,18 @@ class MetricsLog:
         self._file.close()
         if self._board is not None:
             self._board.close()
+
+
+def _is_before(row: dict, next_epoch: int, next_iteration: int) -> bool:
+    """Whether a metrics row was written before the position (``next_epoch``, ``next_iteration``); a row cut short by
+    a kill is not."""
+    try:
+        epoch = int(row["epoch"])
+        if epoch < next_epoch:
+            return True
+        return epoch == next_epoch and row["kind"] == "iteration" and int(row["iteration"]) <= next_iteration
+    except (TypeError, ValueError):
+        return False
 
 
 def _format(value: object) -> object:
@@ -141,6 +168,7 @@ class RunState:
     best_epoch: int | None = None
     best: EvalResult | None = None
     stop_requested: bool = False
+    stop_signal: int = 0  # the signal that asked to stop (SIGINT or SIGTERM); 0 when another rank asked
 
     @property
     def run_dir(self) -> Path:
@@ -195,18 +223,27 @@ def restore(run: RunState, path: Path) -> None:
         raise CheckpointError(
             f"{path} was trained with model config {checkpoint.model_config}; this recipe gives "
             f"{run.model.config.to_dict()}", hint="resume with the recipe.yaml saved in the run directory")
-    run.model.load_state_dict(checkpoint.model_state)
+    try:
+        _restore_state(run, checkpoint.model_state, state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:  # a damaged or foreign training state
+        raise CheckpointError(f"{path}: the training state is incomplete or does not fit this run "
+                              f"({type(error).__name__}: {error})".splitlines()[0],
+                              hint="start the run again without --resume, or in another run.output_dir") from error
+    logger.info("resumed from %s at epoch %d, iteration %d", path, run.next_epoch, run.next_iteration)
+
+
+def _restore_state(run: RunState, model_state: dict, state: dict) -> None:
+    run.model.load_state_dict(model_state)
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and run.context.device.type == "cuda":
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    run.next_epoch, run.next_iteration = state["next_epoch"], state["next_iteration"]
+    run.next_epoch, run.next_iteration = int(state["next_epoch"]), int(state["next_iteration"])
     run.meters = Meters(state["meters"])
     run.best_epoch = state["best_epoch"]
     run.best = EvalResult(**state["best"]) if state["best"] is not None else None
-    logger.info("resumed from %s at epoch %d, iteration %d", path, run.next_epoch, run.next_iteration)
 
 
 def save(run: RunState, name: str, *, is_resumable: bool) -> Path:
