@@ -21,11 +21,6 @@ def _invoke(*args: str):
     return CliRunner().invoke(app, ["prepare", *map(str, args)], terminal_width=400)
 
 
-def _flat(output: str) -> str:
-    """The output with the stderr console's line wrapping undone (it wraps at 80 columns off a terminal)."""
-    return output.replace("\n", "")
-
-
 @pytest.fixture
 def mars_root(tmp_path: Path) -> Path:
     return make_mars(tmp_path / "MARS", train=TRAIN, test=TEST, query_rows=[3])
@@ -52,7 +47,7 @@ def test_missing_file_exits_2_naming_the_path_and_writes_nothing(mars_root: Path
     out = tmp_path / "mars.parquet"
     result = _invoke("mars", mars_root, "--out", out)
     assert result.exit_code == 2
-    assert f"{mars_root}/info/query_IDX.mat not found: expected the official MARS layout" in _flat(result.output)
+    assert f"{mars_root}/info/query_IDX.mat not found: expected the official MARS layout" in result.output
     assert "Traceback" not in result.output
     assert not out.exists() and list(tmp_path.glob("*.tmp")) == [] and list(tmp_path.glob(".*")) == []
 
@@ -61,7 +56,7 @@ def test_existing_output_is_kept_without_force_and_replaced_with_it(mars_root: P
     out = tmp_path / "mars.parquet"
     out.write_text("precious")
     refused = _invoke("mars", mars_root, "--out", out)
-    assert refused.exit_code == 2 and f"{out} already exists" in _flat(refused.output) and "--force" in refused.output
+    assert refused.exit_code == 2 and f"{out} already exists" in refused.output and "--force" in refused.output
     assert out.read_text() == "precious"
     forced = _invoke("mars", mars_root, "--out", out, "--force")
     assert forced.exit_code == 0, forced.output
@@ -71,16 +66,16 @@ def test_existing_output_is_kept_without_force_and_replaced_with_it(mars_root: P
 def test_option_of_another_kind_is_refused(mars_root: Path, tmp_path: Path) -> None:
     result = _invoke("mars", mars_root, "--out", tmp_path / "m.parquet", "--split-id", "3")
     assert result.exit_code == 2
-    assert "--split-id does not apply to mars: only to ilidsvid, prid2011" in _flat(result.output)
+    assert "--split-id does not apply to mars: only to ilidsvid, prid2011" in result.output
     result = _invoke("mars", mars_root, "--out", tmp_path / "m.parquet", "--seed", "3")
-    assert result.exit_code == 2 and "the synthetic options do not apply to mars" in _flat(result.output)
+    assert result.exit_code == 2 and "the synthetic options do not apply to mars" in result.output
 
 
 def test_unknown_kind_lists_the_kinds(tmp_path: Path) -> None:
     result = _invoke("market", tmp_path, "--out", tmp_path / "m.parquet")
     assert result.exit_code == 2
     expected = "unknown dataset kind 'market': expected one of mars, lsvid, ilidsvid, prid2011, folder, synthetic"
-    assert expected in _flat(result.output)
+    assert expected in result.output
 
 
 def test_strict_corrupt_video_exits_2_and_writes_nothing(tmp_path: Path) -> None:
@@ -92,7 +87,7 @@ def test_strict_corrupt_video_exits_2_and_writes_nothing(tmp_path: Path) -> None
     assert _invoke("folder", root, "--out", out).exit_code == 0
     out.unlink()
     result = _invoke("folder", root, "--out", out, "--strict")
-    assert result.exit_code == 2 and f"{root}/query/1/1/v.mp4: the video does not decode" in _flat(result.output)
+    assert result.exit_code == 2 and f"{root}/query/1/1/v.mp4: the video does not decode" in result.output
     assert not out.exists()
 
 
