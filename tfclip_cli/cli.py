@@ -410,9 +410,54 @@ def index(
         info = build_index(table, out, index_type=kind, use_gpu=gpu, force=force)
     params = ", ".join(f"{key}={value}" for key, value in info.params.items())
     display.stdout.print(
-        f"{'appended to' if append else 'wrote'} {out}: {info.type} index of {info.count:,} tracklets x {info.dim}-d"
+        f"{'appended to' if append else 'wrote'} {out}: {info.type} index of {info.live_count:,} tracklets x {info.dim}-d"
         + (f" ({params})" if params else ""),
         highlight=False,
+    )
+
+
+def _min_score(text: str) -> float | str | None:
+    """--min-score as the API takes it: a float, "auto", or None for "off"."""
+    if text in ("auto", "off"):
+        return None if text == "off" else "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: expected a number, 'auto' or 'off'", param_hint="--min-score") from None
+
+
+@command("calibrate")
+def calibrate(
+    embeddings: Annotated[
+        Path,
+        typer.Argument(help="Labelled embeddings (tfclip extract) of the gallery's checkpoint.", exists=True,
+                       dir_okay=False),
+    ],
+    gallery: Annotated[
+        Path, typer.Option("--gallery", "-g", help="The gallery (tfclip index) to store the threshold in.",
+                           exists=True, dir_okay=False)
+    ],
+    fmr: Annotated[float, typer.Option("--fmr", help="False-match rate the threshold allows.")] = 0.01,
+    json_output: JsonOpt = False,
+) -> None:
+    """Compute the "no match" score threshold at a false-match rate from labelled embeddings; store it in the gallery.
+
+    Example: tfclip calibrate runs/mars/val-emb.parquet --gallery runs/mars/gallery.faiss --fmr 0.01
+    """
+    import dataclasses
+    import json
+
+    from tfclip_cli.index import calibrate_gallery
+
+    result = calibrate_gallery(gallery, embeddings, fmr=fmr)
+    if json_output:
+        typer.echo(json.dumps(dataclasses.asdict(result)))
+        return
+    display.stdout.print(
+        f"{gallery}: threshold {result.threshold:.4f} at false-match rate {result.fmr:g} "
+        f"(measured {result.false_match_rate:.4f}); genuine-accept rate {100 * result.genuine_accept_rate:.1f}% "
+        f"({result.genuine_pairs:,} genuine, {result.impostor_pairs:,} impostor pairs)",
+        highlight=False, soft_wrap=True,
     )
 
 
@@ -430,6 +475,13 @@ def query(
         ),
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Gallery tracklets to return per clip.")] = 10,
+    min_score: Annotated[
+        str,
+        typer.Option(
+            "--min-score",
+            help="Drop hits scoring below this: a number, 'auto' (the threshold of tfclip calibrate) or 'off'.",
+        ),
+    ] = "off",
     json_output: JsonOpt = False,
     html_out: Annotated[
         Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report here.", dir_okay=False)
@@ -449,7 +501,7 @@ def query(
     if html_out is not None and html_out.exists() and not force:
         raise UserError(f"{html_out} already exists", hint="pass --force to overwrite it, or choose another --html")
     results = run_query(
-        gallery, clips, checkpoint=checkpoint, top_k=top_k, device=process_device(),
+        gallery, clips, checkpoint=checkpoint, top_k=top_k, min_score=_min_score(min_score), device=process_device(),
         with_hit_frames=html_out is not None,
     )
     if html_out is not None:

@@ -132,6 +132,12 @@ def query_table(result: Any) -> Table:
         table.add_column(name, justify="right" if name in ("rank", "score", "pid", "camid") else "left")
     for hit in result.hits:
         table.add_row(str(hit.rank), f"{hit.score:.4f}", str(hit.pid), str(hit.camid), hit.tracklet_id, hit.source)
+    if result.threshold is not None:
+        matches = sum(bool(hit.match) for hit in result.hits)
+        table.caption = (
+            f"{matches} match(es) scoring >= {result.threshold:.4f}" if matches
+            else f"no match: no hit scores >= {result.threshold:.4f}"
+        )
     return table
 
 
