@@ -416,16 +416,6 @@ def index(
     )
 
 
-def _min_score(text: str) -> float | str | None:
-    """--min-score as the API takes it: a float, "auto", or None for "off"."""
-    if text in ("auto", "off"):
-        return None if text == "off" else "auto"
-    try:
-        return float(text)
-    except ValueError:
-        raise typer.BadParameter(f"{text!r}: expected a number, 'auto' or 'off'", param_hint="--min-score") from None
-
-
 @command("calibrate")
 def calibrate(
     embeddings: Annotated[
@@ -494,6 +484,7 @@ def query(
     """
     import json
 
+    from tfclip_cli.index import parse_min_score
     from tfclip_cli.index import query as run_query
     from tfclip_cli.inference import process_device
     from tfclip_cli.tables import atomic_output
@@ -501,7 +492,8 @@ def query(
     if html_out is not None and html_out.exists() and not force:
         raise UserError(f"{html_out} already exists", hint="pass --force to overwrite it, or choose another --html")
     results = run_query(
-        gallery, clips, checkpoint=checkpoint, top_k=top_k, min_score=_min_score(min_score), device=process_device(),
+        gallery, clips, checkpoint=checkpoint, top_k=top_k, min_score=parse_min_score(min_score),
+        device=process_device(),
         with_hit_frames=html_out is not None,
     )
     if html_out is not None:
@@ -513,6 +505,58 @@ def query(
         return
     for result in results:
         display.stdout.print(display.query_table(result))
+
+
+@command("serve")
+def serve(
+    gallery: Annotated[
+        Path, typer.Option("--gallery", "-g", help="The gallery (tfclip index) to search and extend.",
+                           exists=True, dir_okay=False)
+    ],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; beyond loopback a --token is needed.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8000,
+    checkpoint: Annotated[
+        Optional[Path],
+        typer.Option("--checkpoint", "-c", help="Checkpoint to embed with; default: the one recorded in the gallery.",
+                     exists=True, dir_okay=False),
+    ] = None,
+    token: Annotated[
+        Optional[str],
+        typer.Option("--token", envvar="TFCLIP_SERVE_TOKEN", help="Bearer token the write endpoints require.",
+                     show_default=False),
+    ] = None,
+    allow_dirs: Annotated[
+        Optional[list[Path]],
+        typer.Option("--allow-dir", help="A server folder whose clips POST /gallery may name by path (repeatable).",
+                     exists=True, file_okay=False),
+    ] = None,
+    store: Annotated[
+        Optional[Path],
+        typer.Option("--store", help="Folder keeping clips uploaded to the gallery; default: GALLERY.clips beside it.",
+                     file_okay=False),
+    ] = None,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest upload (413 above).")]
+    = 200.0,
+    max_frames: Annotated[int, typer.Option("--max-frames", min=1, help="Most frames in one clip (413 above).")]
+    = 5000,
+) -> None:
+    """Serve a gallery over HTTP: a search API, live additions and removals, and a web page at /.
+
+    Example: tfclip serve --gallery runs/mars/gallery.faiss --host 127.0.0.1 --port 8000
+    """
+    from tfclip_cli.inference import process_device
+    from tfclip_cli.serve.app import serve as run_service
+    from tfclip_cli.serve.service import ServeConfig
+    from tfclip_cli.serve.uploads import UploadLimits
+
+    config = ServeConfig(
+        gallery=gallery, checkpoint=checkpoint, device=process_device(),
+        limits=UploadLimits(max_bytes=int(max_upload_mb * 2**20), max_frames=max_frames),
+        allow_dirs=tuple(allow_dirs or ()), store=store or gallery.with_name(gallery.name + ".clips"),
+    )
+    display.stderr.print(f"loading {gallery}; the page will be at http://{host}:{port}/", highlight=False)
+    run_service(config, host=host, port=port, token=token)
 
 
 @command("demo")

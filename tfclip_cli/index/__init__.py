@@ -10,8 +10,10 @@ from tfclip_cli.index.search import (
     NO_FRAMES,
     Embedder,
     Hit,
+    MinScore,
     QueryResult,
     load_embedder,
+    parse_min_score,
     query,
     read_key_frames,
     resolve_min_score,
@@ -34,8 +36,8 @@ from tfclip_cli.index.store import (
 )
 
 __all__ = [
-    "IVFPQ_MIN_ROWS", "NO_FRAMES", "Calibration", "Embedder", "Gallery", "Hit", "IndexInfo", "IndexType",
+    "IVFPQ_MIN_ROWS", "NO_FRAMES", "Calibration", "Embedder", "Gallery", "Hit", "IndexInfo", "MinScore", "IndexType",
     "QueryResult", "append_to_index", "build_index", "calibrate_gallery", "calibrate_threshold", "ivfpq_params",
-    "load_embedder", "load_index", "normalized", "query", "read_key_frames", "remove_from_index", "writer_lock",
+    "load_embedder", "load_index", "normalized", "parse_min_score", "query", "read_key_frames", "remove_from_index", "writer_lock",
     "resolve_min_score", "search", "threshold_in_force", "tracklet_key_frames",
 ]

@@ -20,7 +20,7 @@ import torch
 
 from tfclip_cli.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
 from tfclip_cli.clips import ClipTransform, read_frames
-from tfclip_cli.errors import DataError, GalleryError
+from tfclip_cli.errors import DataError, GalleryError, UserError
 from tfclip_cli.index.store import Gallery, load_index, normalized
 from tfclip_cli.inference import embed_tracklets, tracklet_from_path, transform_for
 from tfclip_cli.model import TFCLIP
@@ -78,6 +78,20 @@ class QueryResult:
             "query": self.source, "num_frames": self.num_frames, "threshold": self.threshold,
             "match": self.is_match, "hits": [asdict(hit) for hit in self.hits],
         }
+
+
+def parse_min_score(text: str) -> MinScore:
+    """A score floor as users type it: a number, ``auto`` or ``off``.
+
+    Raises:
+        UserError: for anything else.
+    """
+    if text in ("auto", "off"):
+        return None if text == "off" else "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"min score {text!r}: expected a number, 'auto' or 'off'") from None
 
 
 def resolve_min_score(gallery: Gallery, min_score: MinScore) -> float | None:
