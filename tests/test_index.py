@@ -412,7 +412,8 @@ def test_query_min_score_drops_hits_below_it_and_auto_needs_a_calibration(tiny_g
     assert answer["hits"] == [] and answer["match"] is False and answer["threshold"] == 1.5
     result = runner.invoke(app, ["query", sources[1], "--gallery", str(path), "--min-score", "1.5"], terminal_width=400)
     assert "no match: no hit scores >= 1.5000" in result.output
-    result = runner.invoke(app, ["query", sources[1], "--gallery", str(path), "--min-score", "auto"], terminal_width=400)
+    result = runner.invoke(app, ["query", sources[1], "--gallery", str(path), "--min-score", "auto"],
+                           terminal_width=400)
     assert result.exit_code == 2 and "no calibrated threshold" in result.output and "tfclip calibrate" in result.output
     result = runner.invoke(app, ["query", sources[1], "--gallery", str(path), "--min-score", "high"])
     assert result.exit_code == 2 and "expected a number, 'auto' or 'off'" in result.output

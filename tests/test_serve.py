@@ -164,6 +164,7 @@ def test_add_then_find_then_delete_a_tracklet_and_its_thumbnails(gallery_copy, t
     assert client.get("/tracklets/cam9/new/frames/3").status_code == 404
     again = client.post("/gallery", files={"file": ("new.zip", _zip_of(folder))}, data={"tracklet_id": "cam9/new"})
     assert again.status_code == 400 and "already indexed" in again.json()["error"]
+    assert len(list((tmp_path / "store").iterdir())) == 1  # the refused clip was not kept
     assert client.delete("/gallery/cam9/new").json() == {"removed": "cam9/new", "rows": rows}
     answer = client.post("/query", files={"file": ("q.zip", _zip_of(folder))}, params={"top_k": 50}).json()
     assert "cam9/new" not in {h["tracklet_id"] for h in answer["hits"]}
@@ -336,7 +337,9 @@ def _wait_for(devtools: _DevTools, session: str, expression: str, timeout: float
     return value
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="Debian's chromium is not installed (apt-get install chromium)"
+)
 def test_the_page_shows_the_query_frames_ranked_hits_with_thumbnails_and_a_plain_no_match(gallery_copy, tmp_path):
     path, sources = gallery_copy
     video = _video(sources)

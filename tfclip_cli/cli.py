@@ -393,7 +393,7 @@ def index(
     ] = False,
     force: ForceOpt = False,
 ) -> None:
-    """Build a FAISS index (plus sidecar) over an embeddings table, or --append new tracklets to one.
+    """Build a FAISS gallery (index, rows and header in one file) from an embeddings table, or --append to one.
 
     Example: tfclip index runs/mars/emb.parquet --out runs/mars/gallery.faiss --type hnsw
     """
@@ -410,7 +410,8 @@ def index(
         info = build_index(table, out, index_type=kind, use_gpu=gpu, force=force)
     params = ", ".join(f"{key}={value}" for key, value in info.params.items())
     display.stdout.print(
-        f"{'appended to' if append else 'wrote'} {out}: {info.type} index of {info.live_count:,} tracklets x {info.dim}-d"
+        f"{'appended to' if append else 'wrote'} {out}: {info.type} index of {info.live_count:,} tracklets "
+        f"x {info.dim}-d"
         + (f" ({params})" if params else ""),
         highlight=False,
     )

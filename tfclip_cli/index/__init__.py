@@ -30,14 +30,16 @@ from tfclip_cli.index.store import (
     build_index,
     ivfpq_params,
     load_index,
+    lock_path,
     normalized,
     remove_from_index,
     writer_lock,
 )
 
 __all__ = [
-    "IVFPQ_MIN_ROWS", "NO_FRAMES", "Calibration", "Embedder", "Gallery", "Hit", "IndexInfo", "MinScore", "IndexType",
-    "QueryResult", "append_to_index", "build_index", "calibrate_gallery", "calibrate_threshold", "ivfpq_params",
-    "load_embedder", "load_index", "normalized", "parse_min_score", "query", "read_key_frames", "remove_from_index", "writer_lock",
-    "resolve_min_score", "search", "threshold_in_force", "tracklet_key_frames",
+    "Calibration", "Embedder", "Gallery", "Hit", "IVFPQ_MIN_ROWS", "IndexInfo", "IndexType", "MinScore",
+    "NO_FRAMES", "QueryResult", "append_to_index", "build_index", "calibrate_gallery", "calibrate_threshold",
+    "ivfpq_params", "load_embedder", "load_index", "lock_path", "normalized", "parse_min_score", "query",
+    "read_key_frames", "remove_from_index", "resolve_min_score", "search", "threshold_in_force",
+    "tracklet_key_frames", "writer_lock",
 ]

@@ -221,7 +221,8 @@ def _refined(base: Any, vectors: np.ndarray, k_factor: float) -> Any:
     return index
 
 
-def _lock_path(path: Path) -> Path:
+def lock_path(path: Path) -> Path:
+    """The lock file beside the gallery at ``path``, held by its writers."""
     return path.with_name(path.name + ".lock")
 
 
@@ -237,7 +238,7 @@ def writer_lock(path: Path) -> Iterator[None]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(_lock_path(path), "a") as handle:
+    with open(lock_path(path), "a") as handle:
         deadline = time.monotonic() + LOCK_WAIT_S
         while True:
             try:
@@ -247,7 +248,7 @@ def writer_lock(path: Path) -> Iterator[None]:
                 if time.monotonic() > deadline:
                     raise GalleryError(
                         f"{path}: another tfclip process has been writing this gallery for {LOCK_WAIT_S:.0f} s "
-                        f"(it holds {_lock_path(path)})",
+                        f"(it holds {lock_path(path)})",
                         hint="wait for it to finish, or stop it; the gallery is left as it was",
                     ) from None
                 time.sleep(0.05)

@@ -172,7 +172,12 @@ class Service:
         row = Tracklet(tracklet_id, metadata.pid, metadata.camid, "gallery", clip.num_frames, clip.frames, clip.video)
         rows = tracklet_table([row]).assign(start_s=[metadata.start_s], end_s=[metadata.end_s])
         info = {"checkpoint": gallery.info.checkpoint, "checkpoint_sha256": gallery.info.checkpoint_sha256}
-        append_to_index(Embeddings(rows=rows, vectors=self._embed(clip), info=info), self.config.gallery)
+        try:
+            append_to_index(Embeddings(rows=rows, vectors=self._embed(clip), info=info), self.config.gallery)
+        except BaseException:
+            if upload is not None:  # a refused addition keeps no copy of its clip
+                shutil.rmtree(Path(clip.source).parent, ignore_errors=True)
+            raise
         return {"added": tracklet_id, "source": clip.source, "rows": self.gallery().info.live_count}
 
     def remove(self, tracklet_id: str) -> dict:
