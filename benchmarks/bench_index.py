@@ -7,7 +7,7 @@ low-dimensional subspace; ``--latent-dim 0`` draws everything isotropically in `
 worst case for every approximate index. The default dimension is 256 rather than TF-CLIP's width so that 1M
 float32 rows (1 GiB per copy) and the exact baseline fit in memory and time on a 2-core machine.
 
-Indexes are built with ``tfclip_cli.index.build_index`` (all cores, sidecar written as in real use) and
+Indexes are built with ``tfclip_cli.index.build_index`` (all cores, the gallery file written as in real use) and
 searched through the loaded FAISS index on ONE thread with a batch of queries, so the per-query latencies of
 flat, ivfpq and hnsw are comparable. Recall@10 = overlap of the top-10 ids with exact flat search.
 

@@ -2,10 +2,17 @@
 error path, `tfclip index` / `tfclip query` (tiny random-init model), and the HTML report (also in Chromium)."""
 
 import base64
+import dataclasses
 import json
+import os
+import signal
+import struct
 import re
 import shutil
 import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
@@ -112,32 +119,82 @@ def test_ivfpq_refuses_a_gallery_too_small_to_train_and_points_to_flat(tmp_path)
     assert not list(tmp_path.iterdir())
 
 
-def test_sidecar_and_header_record_rows_and_provenance(tmp_path):
+def test_one_gallery_file_records_rows_and_provenance(tmp_path):
     path = tmp_path / "g.faiss"
     info = index.build_index(_embeddings(np.eye(6)), path, index_type="hnsw")
-    meta, header = index.sidecar_paths(path)
-    assert meta.name == "g.faiss.meta.parquet" and header.name == "g.faiss.json"
-    stored = json.loads(header.read_text())
-    assert stored["type"] == "hnsw" and stored["dim"] == 6 and stored["count"] == 6
-    assert stored["params"] == {"M": 32, "efConstruction": 40, "efSearch": 64}
-    assert stored["checkpoint"] == "/runs/a.ckpt" and stored["checkpoint_sha256"] == "a" * 64
-    assert stored["embeddings_info"] == {"sampling": "dense"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.faiss", "g.faiss.lock"]
+    assert path.read_bytes().startswith(b"TFCLIP-GALLERY-1")
     gallery = index.load_index(path)
     assert gallery.info == info
+    assert (info.type, info.dim, info.count, info.removed, info.calibration) == ("hnsw", 6, 6, (), None)
+    assert info.params == {"M": 32, "efConstruction": 40, "efSearch": 64}
+    assert info.checkpoint == "/runs/a.ckpt" and info.checkpoint_sha256 == "a" * 64
+    assert info.embeddings_info == {"sampling": "dense"}
     assert list(gallery.rows["tracklet_id"]) == [f"t{i}" for i in range(6)]
     assert list(gallery.rows["video"]) == [f"/videos/t{i}.mp4" for i in range(6)]
 
 
-def test_build_refuses_existing_outputs_and_repeated_ids(tmp_path):
+FOOTAGE_COLUMNS = {
+    "source_video": ["/cams/c1.mp4", "/cams/c2.mp4"],
+    "first_frame": [10, 200],
+    "last_frame": [40, 260],
+    "start_s": [0.4, 8.0],
+    "end_s": [1.6, 10.4],
+    "boxes": [[[1.0, 2.0, 30.0, 60.0]], [[5.0, 6.0, 35.0, 70.0]]],
+}
+
+
+def _plain(value):
+    """A value read back from Parquet as plain Python (nested lists come back as arrays of arrays)."""
+    if isinstance(value, np.ndarray):
+        return [_plain(item) for item in value]
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def test_the_gallery_keeps_every_column_of_the_indexed_rows_and_reports_time_ranges(tmp_path):
     path = tmp_path / "g.faiss"
-    index.sidecar_paths(path)[0].write_text("stale")
-    with pytest.raises(UserError, match="g.faiss.meta.parquet already exists"):
+    table = _embeddings(np.eye(4)[:2])
+    for name, values in FOOTAGE_COLUMNS.items():
+        table.rows[name] = values
+    index.build_index(table, path)
+    later = _embeddings(np.eye(4)[2:], prefix="n")  # appended rows without the footage columns
+    index.append_to_index(later, path)
+    rows = index.load_index(path).rows
+    assert list(rows.columns[:7]) == ["tracklet_id", "pid", "camid", "split", "num_frames", "frames", "video"]
+    for name, values in FOOTAGE_COLUMNS.items():
+        stored = [_plain(v) for v in rows[name][:2]]
+        assert stored == values, name
+    assert rows["start_s"][2:].isna().all()
+    hits = index.search(index.load_index(path), np.eye(4)[[1, 3]], 1)
+    assert (hits[0][0].start_s, hits[0][0].end_s) == (8.0, 10.4) and hits[1][0].start_s is None
+
+
+def test_build_refuses_an_existing_output_and_repeated_ids(tmp_path):
+    path = tmp_path / "g.faiss"
+    path.write_text("stale")
+    with pytest.raises(UserError, match="g.faiss already exists"):
         index.build_index(_embeddings(np.eye(3)), path)
-    assert not path.exists()
+    assert path.read_text() == "stale"
     index.build_index(_embeddings(np.eye(3)), path, force=True)
     repeated = Embeddings(rows=_rows(["a", "b", "a"]), vectors=np.eye(3, dtype=np.float32), info={})
     with pytest.raises(GalleryError, match="repeats tracklet ids a"):
         index.build_index(repeated, tmp_path / "h.faiss")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_index_refuses_non_finite_embeddings_with_one_red_line(tmp_path, bad):
+    vectors = np.eye(4, dtype=np.float32)
+    vectors[2, 1] = bad
+    with pytest.raises(GalleryError, match=r"1 tracklet\(s\) hold NaN or inf \(t2\)"):
+        index.build_index(_embeddings(vectors), tmp_path / "g.faiss")
+    table = tmp_path / "e.parquet"
+    write_embeddings(_embeddings(vectors), table)
+    result = CliRunner().invoke(app, ["index", str(table), "--out", str(tmp_path / "g.faiss")])
+    assert result.exit_code == 2 and "NaN or inf" in result.output and "Traceback" not in result.output
+    index.build_index(_embeddings(np.eye(4)), tmp_path / "g.faiss")
+    with pytest.raises(GalleryError, match="NaN or inf"):
+        index.append_to_index(_embeddings(vectors, prefix="n"), tmp_path / "g.faiss")
+    assert index.load_index(tmp_path / "g.faiss").info.count == 4
 
 
 @pytest.mark.parametrize("index_type", ["flat", "ivfpq", "hnsw"])
@@ -170,46 +227,39 @@ def test_append_refuses_other_dimension_other_checkpoint_and_known_ids(tmp_path)
 
 
 def _broken(tmp_path: Path, how: str) -> tuple[Path, str]:
-    """An index damaged in one way, and the file the error must name."""
+    """A gallery damaged in one way, and what the error must say."""
     path = tmp_path / "g.faiss"
     index.build_index(_embeddings(np.eye(4)), path)
-    meta, header = index.sidecar_paths(path)
-    if how == "missing sidecar":
-        meta.unlink()
-        return path, str(meta)
-    if how == "missing header":
-        header.unlink()
-        return path, str(header)
-    if how == "corrupt index":
-        path.write_bytes(b"not a faiss index")
-        return path, str(path)
-    if how == "count mismatch":
-        index.build_index(_embeddings(np.eye(3)), tmp_path / "other.faiss")
-        shutil.copy(index.sidecar_paths(tmp_path / "other.faiss")[0], meta)
-        return path, str(meta)
-    faiss.write_index(faiss.IndexFlatIP(4), str(path))
-    header.write_text(json.dumps({**json.loads(header.read_text()), "count": 0}))
-    pd.DataFrame(columns=_rows([]).columns).to_parquet(meta)
-    return path, f"{path} is an empty index"
+    data = bytearray(path.read_bytes())
+    if how == "missing":
+        path.unlink()
+        return path, f"{path} not found"
+    if how == "older format":  # a bare FAISS file, as tfclip wrote before the one-file format
+        faiss.write_index(faiss.IndexFlatIP(4), str(path))
+        return path, f"{path} is not a tfclip gallery"
+    if how == "truncated":
+        path.write_bytes(data[:-10])
+        return path, f"{path} is damaged"
+    if how == "huge section":  # the section lengths claim a terabyte
+        data[16:24] = struct.pack("<Q", 1 << 40)
+        path.write_bytes(bytes(data))
+        return path, f"{path} is damaged"
+    if how == "huge vector":  # the FAISS header claims a vector of 2^36 floats: refused before any allocation
+        at = data.index(b"IxFI") + 37  # fourcc, d, ntotal, 2 dummies, is_trained, metric, then the codes size
+        assert data[at:at + 8] == struct.pack("<Q", 16)
+        data[at:at + 8] = struct.pack("<Q", 1 << 36)
+        path.write_bytes(bytes(data))
+        return path, "the FAISS section (109 bytes) is not a readable index"
+    gallery = index.load_index(path)  # count mismatch: a header that claims 5 rows
+    info = index.IndexInfo(**{**dataclasses.asdict(gallery.info), "count": 5})
+    header = json.dumps(dataclasses.asdict(info), indent=2, sort_keys=True).encode()
+    old_length = struct.unpack("<Q", data[16:24])[0]
+    data[16:24] = struct.pack("<Q", len(header))
+    path.write_bytes(bytes(data[:40] + header + data[40 + old_length:]))
+    return path, "its header says 5 4-d"
 
 
-BROKEN = ["missing sidecar", "missing header", "corrupt index", "count mismatch", "empty index"]
-
-
-@pytest.mark.parametrize("how", BROKEN)
-def test_load_names_the_file_of_a_broken_gallery(tmp_path, how):
-    path, named = _broken(tmp_path, how)
-    with pytest.raises(GalleryError) as error:
-        index.load_index(path)
-    assert named in error.value.message
-
-
-@pytest.mark.parametrize("how", BROKEN)
-def test_query_cli_exits_2_naming_the_file_of_a_broken_gallery(tmp_path, how):
-    path, named = _broken(tmp_path, how)
-    result = CliRunner().invoke(app, ["query", "clip.mp4", "--gallery", str(path)], terminal_width=1000)
-    assert result.exit_code == 2
-    assert named in result.output.replace("\n", "")
+BROKEN = ["missing", "older format", "truncated", "huge section", "huge vector", "count mismatch"]
 
 
 def test_search_refuses_queries_of_another_dimension(tmp_path):
@@ -351,3 +401,178 @@ def test_query_cli_prints_table_json_and_html_and_names_bad_clips(tiny_gallery, 
     for clip in (tmp_path / "missing.mp4", bad):
         result = runner.invoke(app, ["query", str(clip), "--gallery", str(path)], terminal_width=1000)
         assert result.exit_code == 2 and clip.name in result.output
+
+
+def test_query_min_score_drops_hits_below_it_and_auto_needs_a_calibration(tiny_gallery, tmp_path):
+    path, _, sources = tiny_gallery
+    runner = CliRunner()
+    result = runner.invoke(app, ["query", sources[1], "--gallery", str(path), "--min-score", "1.5", "--json"])
+    assert result.exit_code == 0, result.output
+    (answer,) = json.loads(result.stdout)
+    assert answer["hits"] == [] and answer["match"] is False and answer["threshold"] == 1.5
+    result = runner.invoke(app, ["query", sources[1], "--gallery", str(path), "--min-score", "1.5"], terminal_width=400)
+    assert "no match: no hit scores >= 1.5000" in result.output
+    result = runner.invoke(app, ["query", sources[1], "--gallery", str(path), "--min-score", "auto"],
+                           terminal_width=400)
+    assert result.exit_code == 2 and "no calibrated threshold" in result.output and "tfclip calibrate" in result.output
+    result = runner.invoke(app, ["query", sources[1], "--gallery", str(path), "--min-score", "high"])
+    assert result.exit_code == 2 and "expected a number, 'auto' or 'off'" in result.output
+    calibrated = tmp_path / "c.faiss"
+    shutil.copy(path, calibrated)
+    index.store.update_header(calibrated, calibration={"threshold": 0.999, "fmr": 0.01})
+    (found,) = index.query(calibrated, [Path(sources[1])], top_k=3, min_score="auto")
+    assert found.threshold == 0.999 and [hit.match for hit in found.hits] == [True]
+
+
+# ------------------------------------------------------------------ writers: lock, atomic update, removal
+
+
+def test_concurrent_appends_wait_for_each_other_and_keep_both_batches(tmp_path, monkeypatch):
+    path = tmp_path / "g.faiss"
+    index.build_index(_embeddings(np.eye(8)[:2]), path)
+    write = index.store._write_gallery
+
+    def slow_write(*args, **kwargs):  # widen the read-modify-write window so that unlocked appends would collide
+        time.sleep(0.3)
+        write(*args, **kwargs)
+
+    monkeypatch.setattr(index.store, "_write_gallery", slow_write)
+    batches = [_embeddings(np.eye(8)[2:5], prefix="a"), _embeddings(np.eye(8)[5:8], prefix="b")]
+    with ThreadPoolExecutor(2) as pool:  # flock excludes two open files even within one process
+        list(pool.map(lambda batch: index.append_to_index(batch, path), batches))
+    gallery = index.load_index(path)
+    assert sorted(gallery.rows["tracklet_id"]) == ["a0", "a1", "a2", "b0", "b1", "b2", "t0", "t1"]
+    hits = index.search(gallery, np.eye(8), 1)  # every id still sits beside its own vector
+    assert [h[0].tracklet_id for h in hits] == ["t0", "t1", "a0", "a1", "a2", "b0", "b1", "b2"]
+
+
+def test_a_writer_blocked_too_long_is_refused_and_changes_nothing(tmp_path, monkeypatch):
+    path = tmp_path / "g.faiss"
+    index.build_index(_embeddings(np.eye(4)), path)
+    monkeypatch.setattr(index.store, "LOCK_WAIT_S", 0.2)
+    with index.writer_lock(path):
+        with ThreadPoolExecutor(1) as pool:
+            future = pool.submit(index.append_to_index, _embeddings(np.eye(4), prefix="n"), path)
+            with pytest.raises(GalleryError, match="another tfclip process has been writing this gallery"):
+                future.result()
+    assert index.load_index(path).info.count == 4
+
+
+def test_a_failure_between_write_and_rename_leaves_the_old_gallery_and_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "g.faiss"
+    index.build_index(_embeddings(np.eye(4)), path)
+    before = path.read_bytes()
+
+    def no_space(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", no_space)
+    with pytest.raises(OSError):
+        index.append_to_index(_embeddings(np.eye(4), prefix="n"), path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.faiss", "g.faiss.lock"]
+
+
+KILLED_APPEND = """
+import os, signal, sys
+from pathlib import Path
+from tfclip_cli.index import append_to_index
+from tfclip_cli.tables import read_embeddings
+os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)  # die with the new gallery written, not renamed
+append_to_index(read_embeddings(Path(sys.argv[1])), Path(sys.argv[2]))
+"""
+
+
+def test_a_kill_9_during_an_append_leaves_the_old_gallery_and_the_next_writer_cleans_up(tmp_path):
+    path, table = tmp_path / "g.faiss", tmp_path / "new.parquet"
+    index.build_index(_embeddings(np.eye(4)), path)
+    before = path.read_bytes()
+    write_embeddings(_embeddings(np.eye(4), prefix="n"), table)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", KILLED_APPEND, str(table), str(path)], env=env, timeout=120)
+    assert done.returncode == -signal.SIGKILL
+    orphans = list(tmp_path.glob(".g.faiss.*.tmp"))
+    assert len(orphans) == 1 and orphans[0].stat().st_size > len(before)  # the whole new gallery, never renamed
+    assert path.read_bytes() == before and index.load_index(path).info.count == 4
+    index.append_to_index(read_embeddings(table), path)
+    assert index.load_index(path).info.count == 8 and not list(tmp_path.glob(".g.faiss.*.tmp"))
+
+
+@pytest.mark.parametrize("index_type", ["flat", "ivfpq", "hnsw"])
+def test_removed_tracklets_are_never_returned_and_can_be_added_again(tmp_path, index_type):
+    rng = np.random.default_rng(3)
+    path = tmp_path / "g.faiss"
+    vectors = rng.standard_normal((700, 16))
+    index.build_index(_embeddings(vectors), path, index_type=index_type)
+    info = index.remove_from_index(path, ["t3", "t5"])
+    assert info.removed == (3, 5) and info.live_count == 698
+    gallery = index.load_index(path)
+    found = {hit.tracklet_id for hits in index.search(gallery, vectors[[3, 5]], 50) for hit in hits}
+    assert found and not found & {"t3", "t5"}
+    with pytest.raises(GalleryError, match="holds no tracklet t3"):
+        index.remove_from_index(path, ["t3"])
+    readded = Embeddings(rows=_rows(["t3"]), vectors=vectors[[3]].astype(np.float32), info=CHECKPOINT_INFO)
+    index.append_to_index(readded, path)
+    (hit, *_), = index.search(index.load_index(path), vectors[[3]], 3)
+    assert (hit.tracklet_id, hit.row) == ("t3", 700)
+
+
+def test_camera_filter_returns_only_those_cameras(tmp_path):
+    path = tmp_path / "g.faiss"
+    index.build_index(_embeddings(np.eye(9)), path)  # camid = row % 3
+    gallery = index.load_index(path)
+    hits = index.search(gallery, np.eye(9)[:1], 9, camids={1})[0]
+    assert sorted(hit.row for hit in hits) == [1, 4, 7]
+    assert index.search(gallery, np.eye(9)[:1], 9, camids={5}) == [[]]
+
+
+# ------------------------------------------------------------------ calibrated "no match"
+
+
+def test_calibrated_threshold_admits_at_most_fmr_of_impostor_pairs_as_a_sorted_oracle_says():
+    rng = np.random.default_rng(4)
+    pids = np.repeat(np.arange(30), 4)
+    vectors = rng.standard_normal((30, 12))[pids] + 0.8 * rng.standard_normal((120, 12))
+    rows = _rows([f"r{i}" for i in range(120)])
+    rows["pid"] = pids
+    result = index.calibrate_threshold(Embeddings(rows, vectors.astype(np.float32), {}), 0.01)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    genuine, impostor = [], []
+    for i in range(120):  # the oracle: every pair, one by one
+        for j in range(i + 1, 120):
+            (genuine if pids[i] == pids[j] else impostor).append(float(unit[i] @ unit[j]))
+    assert (result.genuine_pairs, result.impostor_pairs) == (len(genuine), len(impostor)) == (180, 6960)
+    ranked = sorted(impostor, reverse=True)
+    assert ranked[69] < result.threshold <= ranked[68] + 1e-6  # floor(0.01 * 6960) = 69 impostors allowed above
+    assert result.false_match_rate == pytest.approx(sum(s >= result.threshold for s in impostor) / 6960)
+    assert result.false_match_rate <= 0.01
+    assert result.genuine_accept_rate == pytest.approx(np.mean([s >= result.threshold for s in genuine]))
+
+
+def test_calibration_needs_genuine_and_impostor_pairs_and_a_rate_in_0_1():
+    with pytest.raises(GalleryError, match="0 genuine and 6 impostor pairs"):
+        index.calibrate_threshold(_embeddings(np.eye(4)), 0.01)  # every pid differs
+    with pytest.raises(UserError, match="strictly between 0 and 1"):
+        index.calibrate_threshold(_embeddings(np.eye(4)), 1.0)
+
+
+def test_calibrate_cli_stores_the_threshold_and_search_judges_matches_by_it(tmp_path):
+    path, table = tmp_path / "g.faiss", tmp_path / "val.parquet"
+    index.build_index(_embeddings(np.eye(6)), path)
+    labelled = _embeddings(np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [1, 1], [0.6, 0.4]]))
+    labelled.rows["pid"] = [0, 0, 1, 1, 2, 3]
+    write_embeddings(Embeddings(labelled.rows, np.pad(labelled.vectors, ((0, 0), (0, 4))), CHECKPOINT_INFO), table)
+    result = CliRunner().invoke(app, ["calibrate", str(table), "--gallery", str(path), "--fmr", "0.1"],
+                                terminal_width=400)
+    assert result.exit_code == 0, result.output
+    assert "genuine-accept rate" in result.output and "13 impostor pairs" in result.output
+    stored = index.load_index(path).info.calibration
+    assert stored["fmr"] == 0.1 and stored["embeddings"] == str(table) and stored["false_match_rate"] <= 0.1
+    gallery = index.load_index(path)
+    query = np.array([[1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]], np.float32)
+    exact, spread = index.search(gallery, query, 2)
+    assert exact[0].match is True and spread[0].match is False and spread[0].score < stored["threshold"]
+    other = tmp_path / "other.parquet"
+    write_embeddings(Embeddings(labelled.rows, labelled.vectors, {"checkpoint_sha256": "b" * 64}), other)
+    result = CliRunner().invoke(app, ["calibrate", str(other), "--gallery", str(path)], terminal_width=400)
+    assert result.exit_code == 2 and "not comparable" in result.output

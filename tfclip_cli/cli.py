@@ -434,7 +434,7 @@ def index(
     ] = False,
     force: ForceOpt = False,
 ) -> None:
-    """Build a FAISS index (plus sidecar) over an embeddings table, or --append new tracklets to one.
+    """Build a FAISS gallery (index, rows and header in one file) from an embeddings table, or --append to one.
 
     Example: tfclip index runs/mars/emb.parquet --out runs/mars/gallery.faiss --type hnsw
     """
@@ -451,8 +451,43 @@ def index(
         info = build_index(table, out, index_type=kind, use_gpu=gpu, force=force)
     params = ", ".join(f"{key}={value}" for key, value in info.params.items())
     display.stdout.print(display.plain_text(
-        f"{'appended to' if append else 'wrote'} {out}: {info.type} index of {info.count:,} tracklets x {info.dim}-d"
+        f"{'appended to' if append else 'wrote'} {out}: {info.type} index of {info.live_count:,} tracklets "
+        f"x {info.dim}-d"
         + (f" ({params})" if params else "")
+    ))
+
+
+@command("calibrate")
+def calibrate(
+    embeddings: Annotated[
+        Path,
+        typer.Argument(help="Labelled embeddings (tfclip extract) of the gallery's checkpoint.", exists=True,
+                       dir_okay=False),
+    ],
+    gallery: Annotated[
+        Path, typer.Option("--gallery", "-g", help="The gallery (tfclip index) to store the threshold in.",
+                           exists=True, dir_okay=False)
+    ],
+    fmr: Annotated[float, typer.Option("--fmr", help="False-match rate the threshold allows.")] = 0.01,
+    json_output: JsonOpt = False,
+) -> None:
+    """Compute the "no match" score threshold at a false-match rate from labelled embeddings; store it in the gallery.
+
+    Example: tfclip calibrate runs/mars/val-emb.parquet --gallery runs/mars/gallery.faiss --fmr 0.01
+    """
+    import dataclasses
+    import json
+
+    from tfclip_cli.index import calibrate_gallery
+
+    result = calibrate_gallery(gallery, embeddings, fmr=fmr)
+    if json_output:
+        typer.echo(json.dumps(dataclasses.asdict(result)))
+        return
+    display.stdout.print(display.plain_text(
+        f"{gallery}: threshold {result.threshold:.4f} at false-match rate {result.fmr:g} "
+        f"(measured {result.false_match_rate:.4f}); genuine-accept rate {100 * result.genuine_accept_rate:.1f}% "
+        f"({result.genuine_pairs:,} genuine, {result.impostor_pairs:,} impostor pairs)"
     ))
 
 
@@ -470,6 +505,13 @@ def query(
         ),
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Gallery tracklets to return per clip.")] = 10,
+    min_score: Annotated[
+        str,
+        typer.Option(
+            "--min-score",
+            help="Drop hits scoring below this: a number, 'auto' (the threshold of tfclip calibrate) or 'off'.",
+        ),
+    ] = "off",
     json_output: JsonOpt = False,
     html_out: Annotated[
         Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report here.", dir_okay=False)
@@ -482,6 +524,7 @@ def query(
     """
     import json
 
+    from tfclip_cli.index import parse_min_score
     from tfclip_cli.index import query as run_query
     from tfclip_cli.inference import process_device
     from tfclip_cli.tables import atomic_output, check_writable
@@ -489,7 +532,8 @@ def query(
     if html_out is not None:
         check_writable(html_out, force=force)
     results = run_query(
-        gallery, clips, checkpoint=checkpoint, top_k=top_k, device=process_device(),
+        gallery, clips, checkpoint=checkpoint, top_k=top_k, min_score=parse_min_score(min_score),
+        device=process_device(),
         with_hit_frames=html_out is not None,
     )
     if html_out is not None:
@@ -501,6 +545,58 @@ def query(
         return
     for result in results:
         display.stdout.print(display.query_table(result))
+
+
+@command("serve")
+def serve(
+    gallery: Annotated[
+        Path, typer.Option("--gallery", "-g", help="The gallery (tfclip index) to search and extend.",
+                           exists=True, dir_okay=False)
+    ],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; beyond loopback a --token is needed.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8000,
+    checkpoint: Annotated[
+        Optional[Path],
+        typer.Option("--checkpoint", "-c", help="Checkpoint to embed with; default: the one recorded in the gallery.",
+                     exists=True, dir_okay=False),
+    ] = None,
+    token: Annotated[
+        Optional[str],
+        typer.Option("--token", envvar="TFCLIP_SERVE_TOKEN", help="Bearer token the write endpoints require.",
+                     show_default=False),
+    ] = None,
+    allow_dirs: Annotated[
+        Optional[list[Path]],
+        typer.Option("--allow-dir", help="A server folder whose clips POST /gallery may name by path (repeatable).",
+                     exists=True, file_okay=False),
+    ] = None,
+    store: Annotated[
+        Optional[Path],
+        typer.Option("--store", help="Folder keeping clips uploaded to the gallery; default: GALLERY.clips beside it.",
+                     file_okay=False),
+    ] = None,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest upload (413 above).")]
+    = 200.0,
+    max_frames: Annotated[int, typer.Option("--max-frames", min=1, help="Most frames in one clip (413 above).")]
+    = 5000,
+) -> None:
+    """Serve a gallery over HTTP: a search API, live additions and removals, and a web page at /.
+
+    Example: tfclip serve --gallery runs/mars/gallery.faiss --host 127.0.0.1 --port 8000
+    """
+    from tfclip_cli.inference import process_device
+    from tfclip_cli.serve.app import serve as run_service
+    from tfclip_cli.serve.service import ServeConfig
+    from tfclip_cli.serve.uploads import UploadLimits
+
+    config = ServeConfig(
+        gallery=gallery, checkpoint=checkpoint, device=process_device(),
+        limits=UploadLimits(max_bytes=int(max_upload_mb * 2**20), max_frames=max_frames),
+        allow_dirs=tuple(allow_dirs or ()), store=store or gallery.with_name(gallery.name + ".clips"),
+    )
+    display.stderr.print(f"loading {gallery}; the page will be at http://{host}:{port}/", highlight=False)
+    run_service(config, host=host, port=port, token=token)
 
 
 @command("demo")

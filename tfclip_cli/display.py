@@ -182,6 +182,12 @@ def query_table(result: Any) -> Table:
     for hit in result.hits:
         table.add_row(str(hit.rank), f"{hit.score:.4f}", str(hit.pid), str(hit.camid), plain_text(hit.tracklet_id),
                       plain_text(hit.source))
+    if result.threshold is not None:
+        matches = sum(bool(hit.match) for hit in result.hits)
+        table.caption = (
+            f"{matches} match(es) scoring >= {result.threshold:.4f}" if matches
+            else f"no match: no hit scores >= {result.threshold:.4f}"
+        )
     return table
 
 

@@ -1,0 +1,45 @@
+"""FAISS gallery: build, append, add and remove under a lock, load, calibrate, search; ``query`` = embed + search.
+
+``store`` owns the one-file gallery format and every write to it, ``calibrate`` the "no match" threshold at a
+false-match rate, ``search`` the search itself and ``query`` (embed clips with the gallery's checkpoint, search,
+read key frames). The names below are the package's API.
+"""
+
+from tfclip_cli.index.calibrate import Calibration, calibrate_gallery, calibrate_threshold
+from tfclip_cli.index.search import (
+    NO_FRAMES,
+    Embedder,
+    Hit,
+    MinScore,
+    QueryResult,
+    load_embedder,
+    parse_min_score,
+    query,
+    read_key_frames,
+    resolve_min_score,
+    search,
+    threshold_in_force,
+    tracklet_key_frames,
+)
+from tfclip_cli.index.store import (
+    IVFPQ_MIN_ROWS,
+    Gallery,
+    IndexInfo,
+    IndexType,
+    append_to_index,
+    build_index,
+    ivfpq_params,
+    load_index,
+    lock_path,
+    normalized,
+    remove_from_index,
+    writer_lock,
+)
+
+__all__ = [
+    "Calibration", "Embedder", "Gallery", "Hit", "IVFPQ_MIN_ROWS", "IndexInfo", "IndexType", "MinScore",
+    "NO_FRAMES", "QueryResult", "append_to_index", "build_index", "calibrate_gallery", "calibrate_threshold",
+    "ivfpq_params", "load_embedder", "load_index", "lock_path", "normalized", "parse_min_score", "query",
+    "read_key_frames", "remove_from_index", "resolve_min_score", "search", "threshold_in_force",
+    "tracklet_key_frames", "writer_lock",
+]

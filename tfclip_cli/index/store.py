@@ -1,0 +1,524 @@
+"""The gallery file: one FAISS index, its rows and its header in ONE file, written atomically under a lock.
+
+Every index holds L2-normalised embeddings and ranks by inner product (= cosine similarity), the score
+used by ``evaluate``. Three types, row ``i`` of the index is row ``i`` of the rows table:
+
+- ``flat``: ``IndexFlatIP``, exact; the right choice below ~100k tracklets.
+- ``ivfpq``: ``IndexIVFPQFastScan`` (4-bit codes scanned with SIMD) wrapped in ``IndexRefineFlat``;
+  :func:`ivfpq_params` maps the gallery size N and dimension D to its parameters: ``nlist = round(sqrt(N))``
+  inverted lists (at most ``N // 39``: faiss wants ≥ 39 training points per centroid); ``m`` = the largest divisor
+  of D that is at most D / 4 (sub-quantizers of ≥ 4 dimensions), ``nbits = 4``; ``nprobe = clamp(nlist // 8, 16,
+  nlist)``; k-means trains on a seeded sample of ``min(N, max(64 · nlist, IVFPQ_MIN_ROWS))`` rows. The PQ scan
+  proposes ``k_factor · k`` candidates (``k_factor = 4``), re-scored exactly against the stored float vectors:
+  recall@10 ≥ 0.95 in ``benchmarks/bench_index.py`` at the cost of keeping the raw vectors (memory as ``flat``,
+  latency far lower). Galleries under ``IVFPQ_MIN_ROWS`` are refused: 2^4 PQ centroids need ≥ 39 points each.
+- ``hnsw``: ``IndexHNSWFlat`` with ``M = 32`` links per node, ``efConstruction = 40`` (faiss's default; higher
+  doubles build time for little recall on clustered data), ``efSearch = 64``.
+
+On disk (format 1): ``MAGIC``, three little-endian uint64 section lengths, then the JSON header
+(:class:`IndexInfo`), the rows table (Parquet: every column of the indexed embeddings rows, footage columns
+included) and the serialised FAISS index. One file renamed into place by ``tables.atomic_output`` is the whole
+update, so a crash or ``kill -9`` at any moment leaves the old gallery or the new one, and a reader that opened
+the old file keeps reading it whole. Writers (build, append, remove, calibrate) hold ``fcntl.flock`` on
+``G.lock`` beside the gallery for their whole read-modify-write, so concurrent appends wait for each other
+instead of losing a batch; holding it, a writer deletes the temporary files a killed writer left.
+Removing a tracklet marks its row in the header (a tombstone); searches exclude tombstoned rows with a FAISS id
+selector, and ``tfclip index`` rebuilds a compact gallery.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import struct
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator, Literal, NamedTuple, Sequence
+
+import faiss
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tfclip_cli import __version__
+from tfclip_cli.errors import GalleryError, UserError
+from tfclip_cli.tables import EMBEDDING_ROW_COLUMNS, MANIFEST_SCHEMA, Embeddings, atomic_output
+
+log = logging.getLogger(__name__)
+
+IndexType = Literal["flat", "ivfpq", "hnsw"]
+
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 40
+HNSW_EF_SEARCH = 64
+PQ_NBITS = 4
+IVFPQ_MIN_ROWS = 39 * 2**PQ_NBITS
+IVFPQ_K_FACTOR = 4.0
+TRAIN_SEED = 1234
+
+MAGIC = b"TFCLIP-GALLERY-1"
+"""The first 16 bytes of a gallery file; the last digit is the format version."""
+SECTION_LENGTHS = struct.Struct("<QQQ")
+LOCK_WAIT_S = 300.0
+"""How long a writer waits for another writer of the same gallery before refusing."""
+REBUILD_HINT = "rebuild it: tfclip index E.parquet --out {path} --force"
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """The JSON header of a gallery: what it holds and where its embeddings came from."""
+
+    type: IndexType
+    dim: int
+    count: int
+    """Rows in the index, tombstoned ones included."""
+    params: dict
+    checkpoint: str | None
+    checkpoint_sha256: str | None
+    embeddings_info: dict = field(default_factory=dict)
+    """Provenance of the embeddings table (sampling, embedding settings, gallery rule)."""
+    removed: tuple[int, ...] = ()
+    """Rows removed from the gallery (tombstones), never returned by a search."""
+    calibration: dict | None = None
+    """The "no match" threshold and the false-match rate it was calibrated for (``calibrate.Calibration``)."""
+    tfclip_version: str = __version__
+
+    @property
+    def live_count(self) -> int:
+        """Tracklets a search can return."""
+        return self.count - len(self.removed)
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """A loaded gallery: the FAISS index, its rows (row ``i`` ↔ index id ``i``) and header."""
+
+    path: Path
+    index: Any
+    rows: pd.DataFrame
+    info: IndexInfo
+
+    @property
+    def live(self) -> np.ndarray:
+        """Boolean ``[count]``: rows not removed."""
+        mask = np.ones(self.info.count, dtype=bool)
+        mask[list(self.info.removed)] = False
+        return mask
+
+    def row_of(self, tracklet_id: str) -> int | None:
+        """The live row holding ``tracklet_id``, or None."""
+        found = np.flatnonzero((self.rows["tracklet_id"].astype(str) == tracklet_id).to_numpy() & self.live)
+        return int(found[-1]) if len(found) else None
+
+
+def ivfpq_params(count: int, dim: int) -> dict:
+    """The documented IVF-PQ rule (module docstring) for ``count`` vectors of ``dim`` dimensions.
+
+    Raises:
+        GalleryError: when ``count`` is below ``IVFPQ_MIN_ROWS``, too few to train the PQ codebooks.
+    """
+    if count < IVFPQ_MIN_ROWS:
+        raise GalleryError(
+            f"ivfpq needs at least {IVFPQ_MIN_ROWS} tracklets to train its codebooks; the gallery has {count}",
+            hint="use --type flat: exact search is fast at this size",
+        )
+    nlist = max(1, min(round(math.sqrt(count)), count // 39))
+    m = max(divisor for divisor in range(1, max(1, dim // 4) + 1) if dim % divisor == 0)
+    return {
+        "nlist": nlist,
+        "m": m,
+        "nbits": PQ_NBITS,
+        "nprobe": min(nlist, max(16, nlist // 8)),
+        "k_factor": IVFPQ_K_FACTOR,
+        "train_rows": min(count, max(64 * nlist, IVFPQ_MIN_ROWS)),
+    }
+
+
+def _index_params(index_type: IndexType, count: int, dim: int) -> dict:
+    if index_type == "ivfpq":
+        return ivfpq_params(count, dim)
+    if index_type == "hnsw":
+        return {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH}
+    return {}
+
+
+def _new_index(index_type: IndexType, dim: int, params: dict) -> Any:
+    """An empty CPU index of ``index_type`` for inner product (the IVF-PQ part alone, before refinement)."""
+    if index_type == "flat":
+        return faiss.IndexFlatIP(dim)
+    if index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, params["M"], faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = params["efConstruction"]
+        index.hnsw.efSearch = params["efSearch"]
+        return index
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFPQFastScan(
+        quantizer, dim, params["nlist"], params["m"], params["nbits"], faiss.METRIC_INNER_PRODUCT
+    )
+    index.nprobe = params["nprobe"]
+    index.own_fields = True
+    quantizer.this.disown()
+    return index
+
+
+def normalized(vectors: np.ndarray) -> np.ndarray:
+    """Contiguous float32 copy of ``vectors`` [N, D] with unit L2 rows (zero rows stay zero)."""
+    out = np.array(vectors, dtype=np.float32, order="C", copy=True)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    out /= np.maximum(norms, np.finfo(np.float32).tiny)
+    return out
+
+
+def _require_gpus(index_type: IndexType) -> int:
+    """The number of GPUs faiss sees; raises UserError without faiss-gpu/CUDA or for a type with no GPU step."""
+    count = faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+    if count == 0:
+        raise UserError(
+            "--gpu: faiss-gpu/CUDA is not available (this faiss build has no GPU support or sees no GPU)",
+            hint="install faiss-gpu on a machine with CUDA GPUs, or drop --gpu to build on the CPU",
+        )
+    if index_type != "ivfpq":
+        raise UserError(
+            f"--gpu: a {index_type} index has no GPU build step (only ivfpq's k-means training runs on GPUs)",
+            hint="drop --gpu, or use --type ivfpq",
+        )
+    return count
+
+
+def _gpu_flat(dim: int) -> Any:
+    """An empty inner-product flat index sharded over every visible GPU."""
+    options = faiss.GpuMultipleClonerOptions()
+    options.shard = True
+    return faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(dim), options)
+
+
+def _fill(index: Any, vectors: np.ndarray, *, train_rows: int, use_gpu: bool) -> None:
+    """Train ``index`` when it needs it on a seeded sample of ``train_rows`` rows, then add ``vectors`` [N, D].
+
+    With ``use_gpu`` the coarse k-means (the costly part of training) assigns points with a flat index sharded
+    over every visible GPU; the index itself stays a CPU index, so the saved file loads anywhere.
+    """
+    if not index.is_trained:
+        sample = np.random.default_rng(TRAIN_SEED).choice(len(vectors), size=train_rows, replace=False)
+        ivf = faiss.extract_index_ivf(index)
+        on_gpus = _gpu_flat(index.d) if use_gpu else None
+        ivf.clustering_index = on_gpus  # the local keeps the GPU index alive while faiss holds a raw pointer
+        index.train(vectors[np.sort(sample)])
+        ivf.clustering_index = None
+    index.add(vectors)
+
+
+def _refined(base: Any, vectors: np.ndarray, k_factor: float) -> Any:
+    """Wrap a filled IVF-PQ index so its ``k_factor · k`` candidates are re-scored exactly on ``vectors``."""
+    index = faiss.IndexRefineFlat(base, faiss.swig_ptr(vectors))
+    index.k_factor = k_factor
+    return index
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file beside the gallery at ``path``, held by its writers."""
+    return path.with_name(path.name + ".lock")
+
+
+@contextlib.contextmanager
+def writer_lock(path: Path) -> Iterator[None]:
+    """Hold the exclusive writer lock of the gallery at ``path`` (``fcntl.flock`` on ``path.lock``).
+
+    The kernel drops the lock when its holder dies, so a killed writer never blocks the next one. Holding it,
+    temporary files a killed writer left beside the gallery are deleted.
+
+    Raises:
+        GalleryError: when another writer holds the lock for longer than ``LOCK_WAIT_S``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path(path), "a") as handle:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise GalleryError(
+                        f"{path}: another tfclip process has been writing this gallery for {LOCK_WAIT_S:.0f} s "
+                        f"(it holds {lock_path(path)})",
+                        hint="wait for it to finish, or stop it; the gallery is left as it was",
+                    ) from None
+                time.sleep(0.05)
+        try:
+            _delete_orphans(path)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _delete_orphans(path: Path) -> None:
+    """Delete ``tables.atomic_output`` temporaries of ``path``: under the lock no other writer owns them."""
+    for orphan in path.parent.glob(f".{path.name}.*.tmp"):
+        log.warning("deleting %s, left by a gallery writer that was killed", orphan)
+        orphan.unlink(missing_ok=True)
+
+
+def _check_output(path: Path, *, force: bool) -> None:
+    if path.exists() and not force:
+        raise UserError(f"{path} already exists", hint="pass --force to overwrite it, or --append to extend it")
+
+
+def _checked_rows(embeddings: Embeddings) -> pd.DataFrame:
+    """Every column of the rows to index; raises GalleryError on no rows, a repeated id or non-finite vectors."""
+    if len(embeddings.rows) == 0:
+        raise GalleryError("the embeddings table has no rows: nothing to index")
+    ids = embeddings.rows["tracklet_id"].astype(str)
+    repeated = sorted(set(ids[ids.duplicated()]))
+    if repeated:
+        raise GalleryError(f"the embeddings table repeats tracklet ids {', '.join(repeated[:5])}: ids must be unique")
+    bad = ~np.isfinite(embeddings.vectors).all(axis=1)
+    if bad.any():
+        raise GalleryError(
+            f"the embeddings of {int(bad.sum())} tracklet(s) hold NaN or inf ({', '.join(ids[bad][:5])}): "
+            "expected finite vectors",
+            hint="extract them again (a diverged checkpoint gives NaN); tfclip evaluate refuses them too",
+        )
+    return embeddings.rows.reset_index(drop=True)
+
+
+def _header_from(embeddings: Embeddings, index_type: IndexType, params: dict) -> IndexInfo:
+    provenance = {k: v for k, v in embeddings.info.items() if k not in ("checkpoint", "checkpoint_sha256")}
+    return IndexInfo(
+        type=index_type,
+        dim=embeddings.dim,
+        count=len(embeddings.rows),
+        params=params,
+        checkpoint=embeddings.info.get("checkpoint"),
+        checkpoint_sha256=embeddings.info.get("checkpoint_sha256"),
+        embeddings_info=provenance,
+    )
+
+
+def build_index(
+    embeddings: Embeddings,
+    out: Path,
+    *,
+    index_type: IndexType = "flat",
+    use_gpu: bool = False,
+    force: bool = False,
+) -> IndexInfo:
+    """Index ``embeddings`` (L2-normalised, inner product) into the gallery file ``out``.
+
+    Raises:
+        UserError: when ``out`` exists without ``force``, or ``use_gpu`` without faiss-gpu/CUDA.
+        GalleryError: on an empty table, repeated tracklet ids, non-finite vectors or too few rows for ``ivfpq``.
+    """
+    out = Path(out)
+    _check_output(out, force=force)
+    if use_gpu:
+        log.info("building on %d GPU(s)", _require_gpus(index_type))
+    rows = _checked_rows(embeddings)
+    params = _index_params(index_type, len(rows), embeddings.dim)
+    vectors = normalized(embeddings.vectors)
+    index = _new_index(index_type, embeddings.dim, params)
+    _fill(index, vectors, train_rows=params.get("train_rows", 0), use_gpu=use_gpu)
+    if index_type == "ivfpq":
+        index = _refined(index, vectors, params["k_factor"])
+    info = _header_from(embeddings, index_type, params)
+    with writer_lock(out):
+        _check_output(out, force=force)  # another writer may have created it while this one built
+        _write_gallery(Gallery(out, index, rows, info), force=force)
+    return info
+
+
+def _check_appendable(gallery: Gallery, embeddings: Embeddings) -> None:
+    """Same dimension, same checkpoint, no live tracklet id twice; raises GalleryError naming the gallery."""
+    if embeddings.dim != gallery.info.dim:
+        raise GalleryError(
+            f"{gallery.path} holds {gallery.info.dim}-d embeddings; the new table has {embeddings.dim}-d"
+        )
+    theirs, ours = embeddings.info.get("checkpoint_sha256"), gallery.info.checkpoint_sha256
+    if theirs != ours:
+        raise GalleryError(
+            f"{gallery.path} holds embeddings of checkpoint sha256 {ours}; the new table's came from {theirs}",
+            hint=f"extract the new tracklets with {gallery.info.checkpoint}, or build a new index",
+        )
+    new_ids = embeddings.rows["tracklet_id"].astype(str)
+    known = set(gallery.rows["tracklet_id"].astype(str)[gallery.live])
+    repeated = sorted(set(new_ids[new_ids.duplicated()]) | (set(new_ids) & known))
+    if repeated:
+        raise GalleryError(f"{gallery.path}: tracklet ids already indexed or repeated: {', '.join(repeated[:5])}")
+
+
+def append_to_index(embeddings: Embeddings, path: Path) -> IndexInfo:
+    """Add new tracklets to the gallery at ``path``: one locked, atomic read-modify-write.
+
+    Raises:
+        GalleryError: on a missing/corrupt gallery, another dimension or checkpoint, a known tracklet id,
+            non-finite vectors, or another writer holding the lock too long.
+    """
+    rows = _checked_rows(embeddings)
+    with writer_lock(path):
+        gallery = load_index(path)
+        _check_appendable(gallery, embeddings)
+        gallery.index.add(normalized(embeddings.vectors))
+        all_rows = pd.concat([gallery.rows, rows], ignore_index=True)
+        info = replace(gallery.info, count=len(all_rows), tfclip_version=__version__)
+        _write_gallery(Gallery(gallery.path, gallery.index, all_rows, info), force=True)
+    return info
+
+
+def remove_from_index(path: Path, tracklet_ids: Sequence[str]) -> IndexInfo:
+    """Remove tracklets from the gallery at ``path`` (tombstones in its header), locked and atomic.
+
+    Raises:
+        GalleryError: naming the ids the gallery does not hold (nothing is removed then).
+    """
+    with writer_lock(path):
+        gallery = load_index(path)
+        rows = {tracklet_id: gallery.row_of(tracklet_id) for tracklet_id in tracklet_ids}
+        unknown = [tracklet_id for tracklet_id, row in rows.items() if row is None]
+        if unknown:
+            raise GalleryError(f"{gallery.path} holds no tracklet {', '.join(unknown[:5])}")
+        removed = tuple(sorted({*gallery.info.removed, *rows.values()}))
+        info = replace(gallery.info, removed=removed, tfclip_version=__version__)
+        _write_gallery(replace(gallery, info=info), force=True)
+    return info
+
+
+def update_header(path: Path, **changes: Any) -> IndexInfo:
+    """Rewrite the gallery at ``path`` with header fields ``changes`` (e.g. its calibration), locked and atomic."""
+    with writer_lock(path):
+        gallery = load_index(path)
+        info = replace(gallery.info, **changes, tfclip_version=__version__)
+        _write_gallery(replace(gallery, info=info), force=True)
+    return info
+
+
+def _rows_bytes(rows: pd.DataFrame, path: Path) -> bytes:
+    """The rows as Parquet bytes: manifest columns with their schema types, any other column as pandas has it."""
+    try:
+        table = pa.Table.from_pandas(rows, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise GalleryError(f"{path}: the rows cannot be stored together ({exc}); a column changed its type") from exc
+    for name in EMBEDDING_ROW_COLUMNS:
+        position = table.schema.get_field_index(name)
+        table = table.set_column(position, name, table.column(name).cast(MANIFEST_SCHEMA.field(name).type))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _write_gallery(gallery: Gallery, *, force: bool) -> None:
+    """Write header, rows and index into one temporary file, renamed onto ``gallery.path`` in one step."""
+    info, rows = gallery.info, gallery.rows
+    assert gallery.index.ntotal == len(rows) == info.count, (gallery.index.ntotal, len(rows), info.count)
+    header = json.dumps(asdict(info), indent=2, sort_keys=True).encode()
+    table = _rows_bytes(rows, gallery.path)
+    blob = faiss.serialize_index(gallery.index)
+    with atomic_output(gallery.path, force=force) as temp, open(temp, "wb") as handle:
+        handle.write(MAGIC + SECTION_LENGTHS.pack(len(header), len(table), blob.nbytes))
+        for section in (header, table, blob.data):
+            handle.write(section)
+
+
+class _Sections(NamedTuple):
+    header: bytes
+    rows: bytes
+    index: bytes
+
+
+def _read_sections(path: Path) -> _Sections:
+    """The three sections of a gallery file, their lengths checked against the file's size before reading."""
+    prefix = len(MAGIC) + SECTION_LENGTHS.size
+    with open(path, "rb") as handle:
+        head = handle.read(prefix)
+        if not head.startswith(MAGIC) or len(head) < prefix:
+            raise GalleryError(
+                f"{path} is not a tfclip gallery (format 1): an index written by an older tfclip (with "
+                ".meta.parquet/.json files beside it), another tool, or a damaged file",
+                hint=REBUILD_HINT.format(path=path),
+            )
+        lengths = SECTION_LENGTHS.unpack(head[len(MAGIC):])
+        size = path.stat().st_size
+        if prefix + sum(lengths) != size:
+            raise GalleryError(
+                f"{path} is damaged: its sections claim {prefix + sum(lengths):,} bytes, the file holds {size:,}",
+                hint=REBUILD_HINT.format(path=path),
+            )
+        return _Sections(*(handle.read(length) for length in lengths))
+
+
+def _read_header(data: bytes, path: Path) -> IndexInfo:
+    try:
+        fields = json.loads(data)
+        return IndexInfo(**{**fields, "removed": tuple(fields.get("removed", ()))})
+    except (ValueError, TypeError) as exc:
+        raise GalleryError(f"{path}: the header is not a tfclip gallery header ({exc})") from exc
+
+
+def _read_rows(data: bytes, path: Path) -> pd.DataFrame:
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise GalleryError(f"{path}: the rows table is not readable Parquet ({exc})") from exc
+    missing = [c for c in EMBEDDING_ROW_COLUMNS if c not in table.column_names]
+    if missing:
+        raise GalleryError(f"{path}: the rows table lacks the column(s) {', '.join(missing)}")
+    return table.to_pandas()
+
+
+_FAISS_LIMIT_LOCK = threading.Lock()
+
+
+def _read_faiss(data: bytes, path: Path) -> Any:
+    """Deserialise the index; a vector claiming more bytes than the section holds is a GalleryError.
+
+    faiss allocates a vector at the size its file claims before reading it (a damaged or crafted header asked
+    for terabytes: MemoryError); capping faiss's per-vector limit at the section's length refuses it unallocated.
+    """
+    with _FAISS_LIMIT_LOCK:  # the limit is a faiss global: restore it for other readers
+        previous = faiss.get_deserialization_vector_byte_limit()
+        faiss.set_deserialization_vector_byte_limit(max(len(data), 1))
+        try:
+            return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        except (RuntimeError, MemoryError) as exc:
+            reason = str(exc).splitlines()[0].split("Error: ")[-1] if str(exc) else type(exc).__name__
+            raise GalleryError(
+                f"{path}: the FAISS section ({len(data):,} bytes) is not a readable index ({reason})",
+                hint=REBUILD_HINT.format(path=path),
+            ) from exc
+        finally:
+            faiss.set_deserialization_vector_byte_limit(previous)
+
+
+def load_index(path: Path) -> Gallery:
+    """Load the gallery file at ``path``, its index, rows and header checked against each other.
+
+    Raises:
+        GalleryError: naming the file, when it is missing, of another format, damaged, empty, or its counts,
+            dimensions or tombstones disagree.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GalleryError(
+            f"{path} not found: expected a gallery written by tfclip index",
+            hint=f"build it with: tfclip index E.parquet --out {path}",
+        )
+    sections = _read_sections(path)
+    info, rows = _read_header(sections.header, path), _read_rows(sections.rows, path)
+    index = _read_faiss(sections.index, path)
+    if index.ntotal == 0:
+        raise GalleryError(f"{path} is an empty index: nothing to search", hint="index some embeddings first")
+    if not (index.ntotal == len(rows) == info.count) or index.d != info.dim:
+        raise GalleryError(
+            f"{path} holds {index.ntotal} {index.d}-d vectors and {len(rows)} rows; its header says "
+            f"{info.count} {info.dim}-d: expected one count and dimension",
+            hint=REBUILD_HINT.format(path=path),
+        )
+    if any(not 0 <= row < info.count for row in info.removed):
+        raise GalleryError(f"{path}: the header removes rows outside 0..{info.count - 1}")
+    return Gallery(path=path, index=index, rows=rows, info=info)

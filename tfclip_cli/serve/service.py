@@ -1,0 +1,224 @@
+"""The service's state: the model and the gallery loaded once, statistics, and one method per endpoint.
+
+Searches read an immutable snapshot of the gallery; writes go through ``index``'s locked, atomic functions and
+then swap the snapshot, so a search never sees a half-written gallery. The snapshot is also reloaded when the
+file changes on disk (``tfclip index --append`` while serving).
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import io
+import logging
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO, Collection
+
+import numpy as np
+import torch
+from PIL import Image
+
+from tfclip_cli.errors import GalleryError, UserError
+from tfclip_cli.index import (
+    Embedder,
+    Gallery,
+    MinScore,
+    append_to_index,
+    load_embedder,
+    load_index,
+    read_key_frames,
+    remove_from_index,
+    resolve_min_score,
+    search,
+    threshold_in_force,
+    tracklet_key_frames,
+)
+from tfclip_cli.inference import tracklet_from_path
+from tfclip_cli.serve.uploads import UploadLimits, allowed_path, clip_from_upload, save_upload
+from tfclip_cli.tables import Embeddings, Tracklet, tracklet_table
+
+log = logging.getLogger(__name__)
+
+LATENCY_WINDOW = 1000
+"""Recent queries the latency percentiles are computed over."""
+THUMBNAIL_HEIGHT = 128
+
+
+class NotFound(UserError):
+    """A tracklet or key frame the gallery does not hold (HTTP 404)."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``tfclip serve`` was started with."""
+
+    gallery: Path
+    checkpoint: Path | None
+    device: torch.device
+    limits: UploadLimits
+    allow_dirs: tuple[Path, ...]
+    store: Path
+    """Where clips uploaded to the gallery are kept (their rows point there)."""
+
+
+@dataclass(frozen=True)
+class NewTracklet:
+    """Metadata of a tracklet added through the API."""
+
+    tracklet_id: str | None = None
+    pid: int = -1
+    camid: int = -1
+    start_s: float | None = None
+    end_s: float | None = None
+
+
+def jpeg(frame: np.ndarray) -> bytes:
+    """A uint8 ``[H, W, 3]`` frame as a JPEG thumbnail ``THUMBNAIL_HEIGHT`` pixels high."""
+    image = Image.fromarray(frame)
+    image.thumbnail((4 * THUMBNAIL_HEIGHT, THUMBNAIL_HEIGHT))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def _file_identity(path: Path) -> tuple[int, int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+class Service:
+    """The loaded model and gallery, and what the endpoints do with them."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self._swap = threading.Lock()
+        self._model = threading.Lock()  # one forward pass at a time: predictable memory on a shared machine
+        self._gallery, self._identity = load_index(config.gallery), _file_identity(config.gallery)
+        self.embedder: Embedder = load_embedder(self._gallery, config.checkpoint, config.device)
+        self._latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
+        self.queries_served = 0
+
+    def gallery(self) -> Gallery:
+        """The current gallery, reloaded first if its file was replaced since it was read."""
+        with self._swap:
+            identity = _file_identity(self.config.gallery)
+            if identity != self._identity:
+                self._gallery, self._identity = load_index(self.config.gallery), identity
+                log.info("reloaded %s: %d tracklets", self.config.gallery, self._gallery.info.live_count)
+            return self._gallery
+
+    def _embed(self, tracklet: Tracklet) -> np.ndarray:
+        with self._model:
+            return self.embedder.embed([tracklet])
+
+    def query(
+        self, upload: BinaryIO, *, top_k: int, min_score: MinScore, camids: Collection[int] | None
+    ) -> dict:
+        """Embed an uploaded clip and search the gallery: the JSON answer of ``POST /query``.
+
+        Raises:
+            TooLarge, DataError: as ``uploads.clip_from_upload``; GalleryError for ``auto`` when uncalibrated.
+        """
+        started = time.perf_counter()
+        gallery = self.gallery()
+        floor = resolve_min_score(gallery, min_score)
+        with tempfile.TemporaryDirectory(prefix="tfclip-query-") as folder:
+            tracklet = clip_from_upload(save_upload(upload, Path(folder) / "upload", self.config.limits),
+                                        Path(folder), self.config.limits)
+            vectors = self._embed(tracklet)
+            frames = read_key_frames(tracklet)
+        (hits,) = search(gallery, vectors, top_k, min_score=floor, camids=camids)
+        threshold = threshold_in_force(gallery, floor)
+        with self._swap:
+            self._latencies.append(time.perf_counter() - started)
+            self.queries_served += 1
+        return {
+            "num_frames": tracklet.num_frames,
+            "key_frames": ["data:image/jpeg;base64," + base64.b64encode(jpeg(frame)).decode() for frame in frames],
+            "threshold": threshold,
+            "match": None if threshold is None else any(hit.match for hit in hits),
+            "hits": [asdict(hit) for hit in hits],
+        }
+
+    def _kept_clip(self, upload: BinaryIO) -> Tracklet:
+        """Save an upload into the store for good (the gallery row points at it) and read it as a tracklet."""
+        folder = self.config.store / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        try:
+            return clip_from_upload(save_upload(upload, folder / "clip", self.config.limits), folder,
+                                    self.config.limits)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def add(self, metadata: NewTracklet, *, upload: BinaryIO | None, path: str | None) -> dict:
+        """Embed a clip (an upload, or a server-side path under ``--allow-dir``) and append it to the gallery.
+
+        Raises:
+            UserError: as the upload, path or append checks (a known tracklet id, ...).
+        """
+        if (upload is None) == (path is None):
+            raise UserError("give either an uploaded file or a server-side path, not both or neither")
+        clip = self._kept_clip(upload) if upload is not None else tracklet_from_path(
+            allowed_path(path, self.config.allow_dirs))
+        gallery = self.gallery()
+        tracklet_id = metadata.tracklet_id or uuid.uuid4().hex[:12]
+        row = Tracklet(tracklet_id, metadata.pid, metadata.camid, "gallery", clip.num_frames, clip.frames, clip.video)
+        rows = tracklet_table([row]).assign(start_s=[metadata.start_s], end_s=[metadata.end_s])
+        info = {"checkpoint": gallery.info.checkpoint, "checkpoint_sha256": gallery.info.checkpoint_sha256}
+        try:
+            append_to_index(Embeddings(rows=rows, vectors=self._embed(clip), info=info), self.config.gallery)
+        except BaseException:
+            if upload is not None:  # a refused addition keeps no copy of its clip
+                shutil.rmtree(Path(clip.source).parent, ignore_errors=True)
+            raise
+        return {"added": tracklet_id, "source": clip.source, "rows": self.gallery().info.live_count}
+
+    def remove(self, tracklet_id: str) -> dict:
+        """Remove a tracklet from the gallery (a tombstone, persisted atomically).
+
+        Raises:
+            NotFound: when the gallery holds no such tracklet.
+        """
+        if self.gallery().row_of(tracklet_id) is None:
+            raise NotFound(f"{self.config.gallery} holds no tracklet {tracklet_id}")
+        try:
+            info = remove_from_index(self.config.gallery, [tracklet_id])
+        except GalleryError as exc:  # removed by another writer since the check above
+            raise NotFound(exc.message) from exc
+        return {"removed": tracklet_id, "rows": info.live_count}
+
+    def key_frame(self, tracklet_id: str, number: int) -> bytes:
+        """Key frame ``number`` (0: first, 1: middle, 2: last) of a gallery tracklet as a JPEG thumbnail.
+
+        Raises:
+            NotFound: for an unknown tracklet, a frame past its key frames, or an unreadable source.
+        """
+        try:
+            frames = tracklet_key_frames(self.gallery(), tracklet_id)
+        except GalleryError as exc:
+            raise NotFound(exc.message) from exc
+        if not 0 <= number < len(frames):
+            raise NotFound(f"tracklet {tracklet_id} has {len(frames)} key frame(s); asked for frame {number}")
+        return jpeg(frames[number])
+
+    def stats(self) -> dict:
+        """Rows, dimension, checkpoint, threshold, queries served and latency percentiles (milliseconds)."""
+        info = self.gallery().info
+        with self._swap:
+            latencies = np.array(self._latencies) * 1000
+        percentiles = {f"p{p}": float(np.percentile(latencies, p)) if len(latencies) else None for p in (50, 95, 99)}
+        return {
+            "gallery": str(self.config.gallery), "rows": info.live_count, "dim": info.dim, "type": info.type,
+            "checkpoint": str(self.embedder.checkpoint), "calibration": info.calibration,
+            "threshold": threshold_in_force(self.gallery(), None), "queries_served": self.queries_served,
+            "latency_ms": percentiles,
+        }
+
+
