@@ -27,7 +27,7 @@ from tiny_training import tiny_manifest
 from tfclip_cli import display, index
 from tfclip_cli.checkpoint import Checkpoint, save_checkpoint
 from tfclip_cli.cli import app
-from tfclip_cli.errors import GalleryError, UserError
+from tfclip_cli.errors import GalleryError, OutputError, UserError
 from tfclip_cli.inference import extract_to_file
 from tfclip_cli.model import ModelConfig, build_model
 from tfclip_cli.tables import Embeddings, read_embeddings, read_manifest, write_embeddings
@@ -467,7 +467,7 @@ def test_a_failure_between_write_and_rename_leaves_the_old_gallery_and_no_temp(t
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", no_space)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="cannot write .*g.faiss: no space left on device"):
         index.append_to_index(_embeddings(np.eye(4), prefix="n"), path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.faiss", "g.faiss.lock"]
