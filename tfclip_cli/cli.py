@@ -266,9 +266,25 @@ class ExtractSampling(str, Enum):
     rrs = "rrs"
 
 
+class Backend(str, Enum):
+    torch = "torch"
+    onnx = "onnx"
+
+
+BackendOpt = Annotated[
+    Backend,
+    typer.Option("--backend", help="torch: PyTorch; onnx: onnxruntime, on a file from tfclip export (a checkpoint "
+                 "is exported first, each run)."),
+]
+
+
 @command("extract")
 def extract(
-    checkpoint: CheckpointOpt,
+    checkpoint: Annotated[
+        Path,
+        typer.Option("--checkpoint", "-c", help="A tfclip checkpoint (.ckpt), or with --backend onnx an exported "
+                     ".onnx file.", exists=True, dir_okay=False),
+    ],
     out: OutOpt,
     inputs: Annotated[
         Optional[list[Path]], typer.Argument(help="Videos or frame folders to embed, instead of --manifest.")
@@ -288,6 +304,7 @@ def extract(
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="Write the readable tracklets even if some cannot be read.")
     ] = False,
+    backend: BackendOpt = Backend.torch,
     force: ForceOpt = False,
 ) -> None:
     """Embed a manifest's tracklets (or video files / frame folders) with a checkpoint into an embeddings table.
@@ -303,7 +320,7 @@ def extract(
     result = extract_to_file(
         checkpoint, out, manifest=manifest, splits=tuple(s.strip() for s in split.split(",") if s.strip()),
         paths=tuple(inputs or ()), camid=camid, sampling=sampling.value, batch_size=batch_size, workers=workers,
-        skip_bad=skip_bad, force=force,
+        skip_bad=skip_bad, force=force, backend=backend.value,
     )
     if not display.is_main_process():
         return
@@ -425,7 +442,8 @@ def query(
     checkpoint: Annotated[
         Optional[Path],
         typer.Option(
-            "--checkpoint", "-c", help="Checkpoint to embed with; default: the one recorded in the index.",
+            "--checkpoint", "-c", help="Checkpoint (or with --backend onnx its exported .onnx file) to embed with; "
+            "default: the checkpoint recorded in the index.",
             exists=True, dir_okay=False,
         ),
     ] = None,
@@ -434,6 +452,7 @@ def query(
     html_out: Annotated[
         Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report here.", dir_okay=False)
     ] = None,
+    backend: BackendOpt = Backend.torch,
     force: ForceOpt = False,
 ) -> None:
     """Find the gallery tracklets most similar to one or more query clips, as a table, JSON or an HTML report.
@@ -450,7 +469,7 @@ def query(
         raise UserError(f"{html_out} already exists", hint="pass --force to overwrite it, or choose another --html")
     results = run_query(
         gallery, clips, checkpoint=checkpoint, top_k=top_k, device=process_device(),
-        with_hit_frames=html_out is not None,
+        with_hit_frames=html_out is not None, backend=backend.value,
     )
     if html_out is not None:
         with atomic_output(html_out, force=force) as temp:
@@ -461,6 +480,43 @@ def query(
         return
     for result in results:
         display.stdout.print(display.query_table(result))
+
+
+@command("export")
+def export(
+    checkpoint: CheckpointOpt,
+    out: OutOpt,
+    fp16: Annotated[
+        bool, typer.Option("--fp16", help="fp16 weights for GPU runtimes (verified to a looser tolerance).")
+    ] = False,
+    verify: Annotated[
+        bool,
+        typer.Option("--verify/--no-verify", help="Compare with PyTorch on random clips; keep the file only if equal."),
+    ] = True,
+    force: ForceOpt = False,
+) -> None:
+    """Export a checkpoint's test-time embedding to one ONNX file that carries its metadata, checked against PyTorch.
+
+    Example: tfclip export --checkpoint runs/mars-tfclip/best.ckpt --out runs/mars-tfclip/model.onnx
+    """
+    from rich.table import Table
+
+    from tfclip_cli.export import VerificationError, describe, export_checkpoint
+
+    try:
+        result = export_checkpoint(checkpoint, out, precision="fp16" if fp16 else "fp32", verify=verify, force=force)
+    except VerificationError as error:
+        display.stderr.print(f"[bold red]verification failed:[/] {escape(str(error))}; {out} not written",
+                             highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    table = Table("metadata", "value", title=str(out), title_justify="left")
+    for key, value in describe(result.metadata).items():
+        table.add_row(key, value)
+    check = result.verification
+    table.add_row("verified", "skipped (--no-verify)" if check is None else (
+        f"{check.num_clips} random clips: max abs diff {check.max_abs_diff:.2g} (<= {check.tolerance.max_abs_diff:g}),"
+        f" min cosine {check.min_cosine:.6f} (>= {check.tolerance.min_cosine:g})"))
+    display.stdout.print(table)
 
 
 @command("demo")

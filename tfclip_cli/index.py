@@ -37,11 +37,9 @@ import pyarrow.parquet as pq
 import torch
 
 from tfclip_cli import __version__
-from tfclip_cli.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
-from tfclip_cli.clips import ClipTransform, read_frames
+from tfclip_cli.clips import read_frames
 from tfclip_cli.errors import DataError, GalleryError, UserError
-from tfclip_cli.inference import embed_tracklets, tracklet_from_path, transform_for
-from tfclip_cli.model import TFCLIP
+from tfclip_cli.inference import Backend, LoadedModel, embed_tracklets, load_model, tracklet_from_path
 from tfclip_cli.tables import (
     EMBEDDING_ROW_COLUMNS,
     MANIFEST_SCHEMA,
@@ -458,9 +456,10 @@ def _hit_key_frames(gallery: Gallery, hit: Hit) -> np.ndarray:
 
 
 def _query_model(
-    gallery: Gallery, checkpoint: Path | None, device: torch.device
-) -> tuple[TFCLIP, ClipTransform]:
-    """The model (and its test transform) that made the gallery's embeddings: ``checkpoint`` or the recorded one.
+    gallery: Gallery, checkpoint: Path | None, *, device: torch.device, backend: Backend
+) -> LoadedModel:
+    """The model (and its test transform) that made the gallery's embeddings: ``checkpoint`` (a checkpoint, or an
+    ``.onnx`` file exported from it with the onnx backend) or the recorded one.
 
     Raises:
         GalleryError: when no checkpoint is given or recorded, or its sha256 or embedding dimension differs.
@@ -470,19 +469,19 @@ def _query_model(
         raise GalleryError(f"{gallery.path} records no checkpoint", hint="pass the one that made it: --checkpoint C")
     path = Path(checkpoint if checkpoint is not None else recorded)
     expected = gallery.info.checkpoint_sha256
-    if expected is not None and path.is_file() and file_sha256(path) != expected:
+    loaded = load_model(path, backend, device)
+    if expected is not None and loaded.checkpoint_sha256 != expected:
         raise GalleryError(
             f"{path} is not the checkpoint {gallery.path} was built from (sha256 {expected[:12]}…, "
             f"recorded path {recorded})",
             hint="query with the checkpoint that extracted the gallery, or re-extract and re-index",
         )
-    state = load_checkpoint(path)
-    model = model_from_checkpoint(state, device)
-    if model.embedding_dim != gallery.info.dim:
+    if loaded.model.embedding_dim != gallery.info.dim:
         raise GalleryError(
-            f"{path} embeds in {model.embedding_dim} dimensions; {gallery.path} holds {gallery.info.dim}-d embeddings"
+            f"{path} embeds in {loaded.model.embedding_dim} dimensions; {gallery.path} holds "
+            f"{gallery.info.dim}-d embeddings"
         )
-    return model, transform_for(state)
+    return loaded
 
 
 def query(
@@ -493,6 +492,7 @@ def query(
     top_k: int = 10,
     device: torch.device | str = "cpu",
     with_hit_frames: bool = False,
+    backend: Backend = "torch",
 ) -> list[QueryResult]:
     """Embed each clip (video file or frame folder) in one batch and find its ``top_k`` gallery tracklets.
 
@@ -509,9 +509,9 @@ def query(
     gallery = load_index(gallery_path)
     tracklets = [tracklet_from_path(Path(clip)) for clip in clips]
     device = torch.device(device)
-    model, transform = _query_model(gallery, checkpoint, device)
+    loaded = _query_model(gallery, checkpoint, device=device, backend=backend)
     sampling = gallery.info.embeddings_info.get("sampling", "dense")
-    vectors = embed_tracklets(model, tracklets, sampling=sampling, transform=transform, device=device)
+    vectors = embed_tracklets(loaded.model, tracklets, sampling=sampling, transform=loaded.transform, device=device)
     results = []
     for tracklet, hits in zip(tracklets, search(gallery, vectors, top_k)):
         frames = tuple(_hit_key_frames(gallery, hit) for hit in hits) if with_hit_frames else ()
