@@ -499,7 +499,7 @@ def export(
 
     Example: tfclip export --checkpoint runs/mars-tfclip/best.ckpt --out runs/mars-tfclip/model.onnx
     """
-    from rich.table import Table
+    from rich.table import Column, Table
 
     from tfclip_cli.export import VerificationError, describe, export_checkpoint
 
@@ -509,7 +509,7 @@ def export(
         display.stderr.print(f"[bold red]verification failed:[/] {escape(str(error))}; {out} not written",
                              highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    table = Table("metadata", "value", title=str(out), title_justify="left")
+    table = Table("metadata", Column("value", overflow="fold"), title=str(out), title_justify="left")
     for key, value in describe(result.metadata).items():
         table.add_row(key, value)
     check = result.verification

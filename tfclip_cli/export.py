@@ -239,6 +239,8 @@ def _write_onnx(model: TFCLIP, path: Path, *, metadata: OnnxMetadata) -> None:
     graph = _EmbeddingGraph(copy.deepcopy(model).to(dtype), dtype).eval()
     inputs = _example_inputs(model, 2, torch.Generator().manual_seed(VERIFY_SEED))
     batch = torch.export.Dim("batch", min=1)
+    for name in ("onnxscript", "onnx_ir"):  # their graph optimiser logs every pass at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter warns about its own axis renaming
         program = torch.onnx.export(
