@@ -41,6 +41,7 @@ Precision = Literal["fp32", "fp16"]
 OPSET = 18  # the dynamo exporter's default in torch 2.14; onnxruntime >= 1.14 runs it
 UNKNOWN_CAMERA = -1  # a ``camids`` entry meaning "no SIE": embeds exactly like ``camids=None`` in PyTorch
 VERIFY_SEED = 0
+VERIFY_BATCHES = ((3, True), (2, False))  # (clips, camera known?): two batch sizes exercise the dynamic axis
 FORMAT = "tfclip-embedding"
 
 
@@ -252,9 +253,11 @@ def _write_onnx(model: TFCLIP, path: Path, *, metadata: OnnxMetadata) -> None:
     program.save(path)
 
 
-def _session_for(path: Path, precision: Precision, *, use_gpu: bool) -> onnxruntime.InferenceSession:
+def _session_for(
+    path: Path, precision: Precision, *, use_gpu: bool, threads: int = 0
+) -> onnxruntime.InferenceSession:
     """A session for an exported embedding; fp16 graphs skip the layout passes (see :func:`onnx_session`)."""
-    return onnx_session(path, providers=available_providers(use_gpu=use_gpu),
+    return onnx_session(path, providers=available_providers(use_gpu=use_gpu), threads=threads,
                         optimization="extended" if precision == "fp16" else "all")
 
 
@@ -268,17 +271,17 @@ def _worst_rows(expected: np.ndarray, found: np.ndarray) -> tuple[float, float]:
 
 @torch.inference_mode()
 def verify_onnx(model: TFCLIP, path: Path, *, precision: Precision = "fp32") -> Verification:
-    """Run ``path`` with onnxruntime on random clips and compare with ``model.embed`` in PyTorch (float32, CPU).
+    """Run ``path`` with onnxruntime on random clips and compare with ``model.embed`` in PyTorch (CPU, float32).
 
     Two batches of different sizes (the batch axis is dynamic): 3 clips with known cameras, then 2 with camera
-    unknown, against ``embed(clips, None)``. fp16 files run on CUDA when onnxruntime has it (they are meant for
+    unknown (-1), against ``embed(clips, None)``. fp16 files run on CUDA when onnxruntime has it (they are meant for
     GPU runtimes), else on the CPU.
     """
     session = _session_for(path, precision, use_gpu=precision == "fp16")
     generator = torch.Generator().manual_seed(VERIFY_SEED)
-    model = model.to("cpu").eval()
+    model = model.eval()
     expected, found = [], []
-    for batch, camera_known in ((3, True), (2, False)):
+    for batch, camera_known in VERIFY_BATCHES:
         clips, camids = _example_inputs(model, batch, generator)
         if not camera_known:
             camids = torch.full((batch,), UNKNOWN_CAMERA)
@@ -286,7 +289,8 @@ def verify_onnx(model: TFCLIP, path: Path, *, precision: Precision = "fp32") -> 
         expected.append(model.embed(clips, known).numpy())
         found.append(session.run(None, {"clips": clips.numpy(), "camids": camids.numpy()})[0])
     worst_diff, worst_cosine = _worst_rows(np.concatenate(expected), np.concatenate(found))
-    return Verification(worst_diff, worst_cosine, num_clips=5, tolerance=TOLERANCES[precision])
+    num_clips = sum(batch for batch, _ in VERIFY_BATCHES)
+    return Verification(worst_diff, worst_cosine, num_clips=num_clips, tolerance=TOLERANCES[precision])
 
 
 def export_checkpoint(
@@ -346,16 +350,17 @@ class OnnxEmbedder:
     Args:
         path: a file written by :func:`export_checkpoint`.
         use_gpu: run on onnxruntime's CUDA provider when it has one.
+        threads: onnxruntime intra-op threads; 0 lets it choose.
 
     Raises:
         UserError: no tfclip metadata, or a graph input that does not match the metadata's input size.
     """
 
-    def __init__(self, path: Path, *, use_gpu: bool = False) -> None:
+    def __init__(self, path: Path, *, use_gpu: bool = False, threads: int = 0) -> None:
         self.path = Path(path)
         self.metadata = read_metadata(self.path)
         self.config = ModelConfig.from_dict(self.metadata.model_config)
-        self.session = _session_for(self.path, self.metadata.precision, use_gpu=use_gpu)
+        self.session = _session_for(self.path, self.metadata.precision, use_gpu=use_gpu, threads=threads)
         self._check_inputs()
 
     @property
