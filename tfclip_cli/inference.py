@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 Sampling = Literal["dense", "rrs"]
 Backend = Literal["torch", "onnx"]
+Embedder = TFCLIP | OnnxEmbedder  # anything with config, embedding_dim, eval() and embed(clips, camids)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -136,7 +137,7 @@ def _forward_group(
 
 @torch.inference_mode()
 def extract_embeddings(
-    model: TFCLIP,
+    model: Embedder,
     tracklets: Sequence[Tracklet],
     *,
     sampling: Sampling,
@@ -204,7 +205,7 @@ def _embeddings(tracklets: Sequence[Tracklet], vectors: dict[str, torch.Tensor],
 
 
 def embed_tracklets(
-    model: TFCLIP,
+    model: Embedder,
     tracklets: Sequence[Tracklet],
     *,
     sampling: Sampling,
@@ -250,7 +251,7 @@ class LoadedModel:
     """A model ready to embed clips (PyTorch, or an exported file run by onnxruntime), the test transform it
     expects, and the sha256 of the checkpoint its weights come from (what embeddings tables and indexes record)."""
 
-    model: TFCLIP | OnnxEmbedder
+    model: Embedder
     transform: ClipTransform
     checkpoint_sha256: str
 
