@@ -361,6 +361,8 @@ class OnnxEmbedder:
         self.metadata = read_metadata(self.path)
         self.config = ModelConfig.from_dict(self.metadata.model_config)
         self.session = _session_for(self.path, self.metadata.precision, use_gpu=use_gpu, threads=threads)
+        if use_gpu and "CUDAExecutionProvider" not in self.session.get_providers():
+            logger.warning("onnxruntime has no CUDA provider here (install the gpu extra): %s runs on the CPU", path)
         self._check_inputs()
 
     @property
