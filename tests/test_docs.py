@@ -36,3 +36,18 @@ def test_every_command_has_help_with_an_example(name: str) -> None:
 @pytest.mark.parametrize("name", COMMANDS)
 def test_every_command_is_in_the_readme(name: str) -> None:
     assert f"tfclip {name}" in README
+
+
+def test_cpu_and_gpu_extras_replace_each_other_and_the_setup_installs_one() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = " ".join(project["dependencies"])
+    assert "faiss" not in base and "onnxruntime" not in base  # an extra can add a package, never remove one
+    extras = project["optional-dependencies"]
+    assert (sorted(extras["cpu"]), sorted(extras["gpu"])) == (
+        ["faiss-cpu", "onnxruntime"], ["faiss-gpu", "onnxruntime-gpu"]
+    )
+    setup = README.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    for command in re.findall(r"```bash\n(.*?)\n```", setup, flags=re.S):
+        assert re.search(r"pip install -e '\.\[cpu[],]", command), command

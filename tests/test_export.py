@@ -1,14 +1,28 @@
-"""ONNX models open through one function that names the file when it cannot."""
+"""ONNX: sessions that name the file, `tfclip export` (one file, metadata, verification, exit codes), and the
+onnx backend of `extract` and `query` checked against the torch backend on the tiny synthetic dataset."""
 
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper
+from typer.testing import CliRunner
 
+from tiny_training import tiny_manifest
+from tfclip_cli import __version__, export
+from tfclip_cli.checkpoint import Checkpoint, file_sha256, save_checkpoint
+from tfclip_cli.cli import app
+from tfclip_cli.clips import CLIP_MEAN, CLIP_STD
 from tfclip_cli.errors import UserError
-from tfclip_cli.export import available_providers, onnx_session
+from tfclip_cli.evaluate import evaluate_file
+from tfclip_cli.export import OnnxEmbedder, available_providers, onnx_session, read_metadata
+from tfclip_cli.index import build_index, query
+from tfclip_cli.model import ModelConfig, build_model
+from tfclip_cli.tables import read_embeddings, read_manifest
 
 
 def _doubling_model(path: Path) -> None:
@@ -42,3 +56,177 @@ def test_onnx_session_names_a_file_that_is_not_onnx(tmp_path: Path) -> None:
 def test_cpu_provider_is_always_last() -> None:
     assert available_providers(use_gpu=True)[-1] == "CPUExecutionProvider"
     assert available_providers(use_gpu=False) == ["CPUExecutionProvider"]
+
+
+# ------------------------------------------------------------------------------------- tfclip export and backends
+
+CONFIG = ModelConfig(backbone="tfclip-tiny", image_size=(64, 32), seq_len=4, num_classes=4, num_cameras=2)
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    return tiny_manifest(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(CONFIG).eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(model, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
+    save_checkpoint(Checkpoint(model_config=CONFIG.to_dict(), model_state=model.state_dict(), pid_to_label={},
+                               recipe={"data": {"normalization": "clip"}}), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, tmp_path_factory, one_torch_thread):
+    """`tfclip export` of the tiny checkpoint: (the .onnx path, the command's output)."""
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    result = CliRunner().invoke(app, ["export", "-c", str(checkpoint), "--out", str(out)], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_export_writes_one_file_whose_metadata_describes_the_checkpoint(exported, checkpoint):
+    path, output = exported
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx"]  # no .data, no temporary folder
+    props = {prop.key: prop.value for prop in onnx.load(str(path)).metadata_props}
+    assert (props["image_size"], props["seq_len"], props["embedding_dim"]) == ("[64, 32]", "4", "320")
+    assert (props["embedding"], props["num_cameras"], props["precision"]) == ('"before_bn"', "2", '"fp32"')
+    metadata = read_metadata(path)
+    assert (metadata.mean, metadata.std) == (CLIP_MEAN, CLIP_STD)
+    assert metadata.checkpoint_sha256 == file_sha256(checkpoint)
+    assert metadata.tfclip_version == __version__ and ModelConfig.from_dict(metadata.model_config) == CONFIG
+    printed = re.sub(r"[\s│]", "", output)  # the table folds long values across lines
+    assert file_sha256(checkpoint) in printed and "5randomclips" in printed and "mincosine" in printed
+
+
+@torch.inference_mode()
+def test_onnx_embedder_matches_torch_for_any_batch_size_and_unknown_cameras(exported, model):
+    embedder = OnnxEmbedder(exported[0])
+    generator = torch.Generator().manual_seed(1)
+    for batch, camids in ((1, torch.tensor([1])), (5, torch.tensor([0, 1, 1, 0, 1])), (3, None)):
+        clips = torch.randn(batch, 4, 3, 64, 32, generator=generator)
+        expected, found = model.embed(clips, camids).numpy(), embedder.embed(clips, camids).numpy()
+        assert found.shape == (batch, 320)
+        assert np.abs(found - expected).max() < 1e-4 and _cosines(found, expected).min() > 0.9999
+    with pytest.raises(ValueError, match="outside 0..1"):
+        embedder.embed(clips, torch.tensor([0, 2, 1]))
+
+
+def test_unknown_camera_rows_embed_exactly_like_no_camera(model):
+    clips = torch.randn(2, 4, 3, 64, 32)
+    with torch.inference_mode():
+        unknown = model.embed_with_camera(clips, model.camera_rows(torch.tensor([-1, -1])))
+        assert torch.equal(unknown, model.embed(clips, None))
+        known = model.embed_with_camera(clips, model.camera_rows(torch.tensor([1, -1])))
+        assert torch.equal(known[0], model.embed(clips[:1], torch.tensor([1]))[0])
+
+
+def test_export_then_onnx_extract_gives_the_embeddings_and_map_of_torch(exported, checkpoint, manifest, tmp_path):
+    runner = CliRunner()
+    tables = {}
+    for backend, weights in (("torch", checkpoint), ("onnx", exported[0])):
+        tables[backend] = tmp_path / f"{backend}.parquet"
+        args = ["extract", "-c", str(weights), "-m", str(manifest), "--out", str(tables[backend]),
+                "--workers", "0", "--backend", backend]
+        result = runner.invoke(app, args, terminal_width=400)
+        assert result.exit_code == 0, result.output
+    torch_table, onnx_table = read_embeddings(tables["torch"]), read_embeddings(tables["onnx"])
+    assert list(onnx_table.rows["tracklet_id"]) == list(torch_table.rows["tracklet_id"])
+    assert np.abs(onnx_table.vectors - torch_table.vectors).max() < 1e-4
+    assert _cosines(onnx_table.vectors, torch_table.vectors).min() > 0.9999
+    assert onnx_table.info["checkpoint_sha256"] == torch_table.info["checkpoint_sha256"] == file_sha256(checkpoint)
+    assert (onnx_table.info["backend"], torch_table.info["backend"]) == ("onnx", "torch")
+    on_torch, on_onnx = evaluate_file(tables["torch"]), evaluate_file(tables["onnx"])
+    assert on_onnx.mAP == pytest.approx(on_torch.mAP, abs=1e-6) and on_onnx.num_query == on_torch.num_query
+    assert (on_onnx.rank1, on_onnx.rank5, on_onnx.mINP) == pytest.approx((on_torch.rank1, on_torch.rank5,
+                                                                          on_torch.mINP), abs=1e-6)
+
+
+def test_query_onnx_backend_finds_the_hits_of_torch_and_exports_a_recorded_checkpoint(
+    exported, checkpoint, manifest, tmp_path
+):
+    table = tmp_path / "gallery.parquet"
+    extract = ["extract", "-c", str(checkpoint), "-m", str(manifest), "--out", str(table), "--workers", "0"]
+    assert CliRunner().invoke(app, extract).exit_code == 0
+    build_index(read_embeddings(table), tmp_path / "g.faiss")
+    clip = [next(Path(t.source) for t in read_manifest(manifest).tracklets("query") if t.frames)]
+
+    def hits(**options) -> list[tuple[str, float]]:
+        (result,) = query(tmp_path / "g.faiss", clip, top_k=5, **options)
+        return [(hit.tracklet_id, hit.score) for hit in result.hits]
+
+    expected = hits()
+    for found in (hits(checkpoint=exported[0], backend="onnx"), hits(backend="onnx")):
+        assert [tracklet for tracklet, _ in found] == [tracklet for tracklet, _ in expected]
+        assert np.allclose([score for _, score in found], [score for _, score in expected], atol=1e-5)
+
+
+def test_failed_verification_exits_1_and_keeps_no_file_unless_not_verifying(
+    exported, checkpoint, tmp_path, monkeypatch
+):
+    # A tolerance nothing meets stands in for a broken export; copying the tested file skips a second export.
+    monkeypatch.setattr(export, "_write_onnx", lambda model, path, metadata: shutil.copy(exported[0], path))
+    monkeypatch.setitem(export.TOLERANCES, "fp32", export.Tolerance(max_abs_diff=1e-4, min_cosine=1.5))
+    out = tmp_path / "model.onnx"
+    result = CliRunner().invoke(app, ["export", "-c", str(checkpoint), "--out", str(out)], terminal_width=400)
+    assert result.exit_code == 1 and "verification failed" in result.output and "min cosine" in result.output
+    assert list(tmp_path.iterdir()) == []
+    result = CliRunner().invoke(app, ["export", "-c", str(checkpoint), "--out", str(out), "--no-verify"],
+                                terminal_width=400)
+    assert result.exit_code == 0 and "skipped (--no-verify)" in result.output and out.is_file()
+
+
+def test_fp16_export_is_verified_to_its_stated_tolerance(checkpoint, model, tmp_path, one_torch_thread):
+    out = tmp_path / "half.onnx"
+    result = CliRunner().invoke(app, ["export", "-c", str(checkpoint), "--out", str(out), "--fp16"],
+                                terminal_width=400)
+    assert result.exit_code == 0, result.output
+    tolerance = export.TOLERANCES["fp16"]
+    assert f"(>= {tolerance.min_cosine:g})" in re.sub(r"\s*│\s*", " ", result.output)
+    assert read_metadata(out).precision == "fp16"
+    clips = torch.randn(2, 4, 3, 64, 32)
+    found = OnnxEmbedder(out).embed(clips).numpy()
+    with torch.inference_mode():
+        expected = model.embed(clips).numpy()
+    assert 0 < np.abs(found - expected).max() <= tolerance.max_abs_diff  # fp16 weights really are in the file
+    assert _cosines(found, expected).min() >= tolerance.min_cosine
+
+
+def _with_metadata(source: Path, target: Path, **changes: str) -> Path:
+    proto = onnx.load(str(source))
+    for prop in proto.metadata_props:
+        prop.value = changes.get(prop.key, prop.value)
+    onnx.save(proto, str(target))
+    return target
+
+
+def test_bad_inputs_are_one_line_errors_with_exit_2(exported, checkpoint, manifest, tmp_path):
+    runner = CliRunner()
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    _doubling_model(tmp_path / "plain.onnx")
+    resized = _with_metadata(exported[0], tmp_path / "resized.onnx", image_size="[128, 64]")
+    cases = [
+        (["export", "-c", str(tmp_path / "foreign.pt"), "--out", str(tmp_path / "a.onnx")], "not a tfclip checkpoint"),
+        (["export", "-c", str(checkpoint), "--out", str(exported[0])], "already exists"),
+        (["extract", "-c", str(tmp_path / "plain.onnx"), "-m", str(manifest), "--out", str(tmp_path / "e.parquet"),
+          "--backend", "onnx"], "has no tfclip metadata"),
+        (["extract", "-c", str(resized), "-m", str(manifest), "--out", str(tmp_path / "e.parquet"),
+          "--backend", "onnx"], "input size does not match"),
+        (["extract", "-c", str(exported[0]), "-m", str(manifest), "--out", str(tmp_path / "e.parquet")],
+         "is an ONNX model"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args, terminal_width=400)
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "e.parquet").exists()

@@ -48,6 +48,12 @@ class Checkpoint:
     training_state: dict[str, Any] | None = None  # optimizer, scheduler, scaler, RNG, epoch, best metric
     provenance: dict[str, Any] = field(default_factory=dict)  # e.g. the reference file it was imported from
 
+    @property
+    def normalization(self) -> str:
+        """The frame normalisation the model was trained with: its recipe's, else ImageNet's (the reference's),
+        e.g. for an imported reference checkpoint, which carries no recipe."""
+        return (self.recipe or {}).get("data", {}).get("normalization", "imagenet")
+
 
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file, read in 1 MiB blocks."""

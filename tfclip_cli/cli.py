@@ -301,9 +301,25 @@ class ExtractPrecision(str, Enum):
     auto = "auto"
 
 
+class Backend(str, Enum):
+    torch = "torch"
+    onnx = "onnx"
+
+
+BackendOpt = Annotated[
+    Backend,
+    typer.Option("--backend", help="torch: PyTorch; onnx: onnxruntime, on a file from tfclip export (a checkpoint "
+                 "is exported first, each run)."),
+]
+
+
 @command("extract")
 def extract(
-    checkpoint: CheckpointOpt,
+    checkpoint: Annotated[
+        Path,
+        typer.Option("--checkpoint", "-c", help="A tfclip checkpoint (.ckpt), or with --backend onnx an exported "
+                     ".onnx file.", exists=True, dir_okay=False),
+    ],
     out: OutOpt,
     inputs: Annotated[
         Optional[list[Path]], typer.Argument(help="Videos or frame folders to embed, instead of --manifest.")
@@ -323,6 +339,7 @@ def extract(
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="Write the readable tracklets even if some cannot be read.")
     ] = False,
+    backend: BackendOpt = Backend.torch,
     force: ForceOpt = False,
     precision: Annotated[
         ExtractPrecision,
@@ -342,7 +359,7 @@ def extract(
     result = extract_to_file(
         checkpoint, out, manifest=manifest, splits=tuple(s.strip() for s in split.split(",") if s.strip()),
         paths=tuple(inputs or ()), camid=camid, sampling=sampling.value, batch_size=batch_size, workers=workers,
-        skip_bad=skip_bad, force=force, precision=precision.value,
+        skip_bad=skip_bad, force=force, precision=precision.value, backend=backend.value,
     )
     if not display.is_main_process():
         return
@@ -500,7 +517,8 @@ def query(
     checkpoint: Annotated[
         Optional[Path],
         typer.Option(
-            "--checkpoint", "-c", help="Checkpoint to embed with; default: the one recorded in the index.",
+            "--checkpoint", "-c", help="Checkpoint (or with --backend onnx its exported .onnx file) to embed with; "
+            "default: the checkpoint recorded in the index.",
             exists=True, dir_okay=False,
         ),
     ] = None,
@@ -516,6 +534,7 @@ def query(
     html_out: Annotated[
         Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report here.", dir_okay=False)
     ] = None,
+    backend: BackendOpt = Backend.torch,
     force: ForceOpt = False,
 ) -> None:
     """Find the gallery tracklets most similar to one or more query clips, as a table, JSON or an HTML report.
@@ -534,7 +553,7 @@ def query(
     results = run_query(
         gallery, clips, checkpoint=checkpoint, top_k=top_k, min_score=parse_min_score(min_score),
         device=process_device(),
-        with_hit_frames=html_out is not None,
+        with_hit_frames=html_out is not None, backend=backend.value,
     )
     if html_out is not None:
         with atomic_output(html_out, force=force) as temp:
@@ -597,6 +616,43 @@ def serve(
     )
     display.stderr.print(f"loading {gallery}; the page will be at http://{host}:{port}/", highlight=False)
     run_service(config, host=host, port=port, token=token)
+
+
+@command("export")
+def export(
+    checkpoint: CheckpointOpt,
+    out: OutOpt,
+    fp16: Annotated[
+        bool, typer.Option("--fp16", help="fp16 weights for GPU runtimes (verified to a looser tolerance).")
+    ] = False,
+    verify: Annotated[
+        bool,
+        typer.Option("--verify/--no-verify", help="Compare with PyTorch on random clips; keep the file only if equal."),
+    ] = True,
+    force: ForceOpt = False,
+) -> None:
+    """Export a checkpoint's test-time embedding to one ONNX file that carries its metadata, checked against PyTorch.
+
+    Example: tfclip export --checkpoint runs/mars-tfclip/best.ckpt --out runs/mars-tfclip/model.onnx
+    """
+    from rich.table import Column, Table
+
+    from tfclip_cli.export import VerificationError, describe, export_checkpoint
+
+    try:
+        result = export_checkpoint(checkpoint, out, precision="fp16" if fp16 else "fp32", verify=verify, force=force)
+    except VerificationError as error:
+        display.stderr.print(f"[bold red]verification failed:[/] {escape(str(error))}; {out} not written",
+                             highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    table = Table("metadata", Column("value", overflow="fold"), title=str(out), title_justify="left")
+    for key, value in describe(result.metadata).items():
+        table.add_row(key, value)
+    check = result.verification
+    table.add_row("verified", "skipped (--no-verify)" if check is None else (
+        f"{check.num_clips} random clips: max abs diff {check.max_abs_diff:.2g} (<= {check.tolerance.max_abs_diff:g}),"
+        f" min cosine {check.min_cosine:.6f} (>= {check.tolerance.min_cosine:g})"))
+    display.stdout.print(table)
 
 
 @command("demo")

@@ -1,16 +1,154 @@
 """ONNX: the one module that imports onnx and onnxruntime.
 
+``tfclip export`` writes the test-time embedding of a checkpoint (:meth:`TFCLIP.embed`, the function ``extract``
+runs) as one self-contained ``.onnx`` file: inputs ``clips`` float32 ``[B, T, 3, H, W]`` (normalised frames) and
+``camids`` int64 ``[B]`` (-1 = camera unknown), output ``embedding`` float32 ``[B, D]``, batch size dynamic. The
+file's ``metadata_props`` carry what a consumer needs to feed it (input size, frames per clip, mean/std, embedding
+kind and width, cameras) and where it came from (checkpoint sha256, tfclip version). Every export is checked against
+PyTorch with onnxruntime before the file is kept. :class:`OnnxEmbedder` runs such a file behind the same ``embed``
+interface as the model, for ``extract`` / ``query --backend onnx``.
+
 Other modules that run an ONNX model (a user's YOLO detector, an exported TF-CLIP embedder) open it here.
 """
 
 from __future__ import annotations
 
+import copy
+import json
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Literal, Sequence
 
+import numpy as np
+import onnx
 import onnxruntime
+import torch
+from torch import nn
 
+from tfclip_cli import __version__
+from tfclip_cli.checkpoint import Checkpoint, file_sha256, load_checkpoint, model_from_checkpoint
+from tfclip_cli.clips import NORMALIZATIONS, ClipTransform
 from tfclip_cli.errors import UserError
+from tfclip_cli.model import TFCLIP, ModelConfig
+
+logger = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "fp16"]
+OPSET = 18  # the dynamo exporter's default in torch 2.14; onnxruntime >= 1.14 runs it
+UNKNOWN_CAMERA = -1  # a ``camids`` entry meaning "no SIE": embeds exactly like ``camids=None`` in PyTorch
+VERIFY_SEED = 0
+VERIFY_BATCHES = ((3, True), (2, False))  # (clips, camera known?): two batch sizes exercise the dynamic axis
+FORMAT = "tfclip-embedding"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far an ONNX embedding may be from PyTorch's: largest absolute difference, smallest cosine per row."""
+
+    max_abs_diff: float
+    min_cosine: float
+
+
+TOLERANCES: dict[Precision, Tolerance] = {
+    "fp32": Tolerance(max_abs_diff=1e-4, min_cosine=0.9999),
+    # fp16 keeps about 3 significant digits through 12+ blocks: the cosine is what retrieval sees.
+    "fp16": Tolerance(max_abs_diff=5e-2, min_cosine=0.999),
+}
+
+
+@dataclass(frozen=True)
+class OnnxMetadata:
+    """What an exported file says about itself (its ``metadata_props``, values JSON-encoded)."""
+
+    image_size: tuple[int, int]  # (height, width) of every frame
+    seq_len: int  # T, frames per clip
+    normalization: str  # name in clips.NORMALIZATIONS
+    mean: tuple[float, ...]  # per RGB channel, applied to pixels / 255
+    std: tuple[float, ...]
+    embedding: str  # before_bn or after_bn
+    embedding_dim: int
+    num_cameras: int  # camids 0..num_cameras-1 use SIE; -1 = unknown camera
+    precision: Precision  # of the weights inside; inputs and output are float32 either way
+    checkpoint_sha256: str
+    tfclip_version: str
+    model_config: dict[str, Any]  # ModelConfig.to_dict() of the checkpoint
+
+    def to_props(self) -> dict[str, str]:
+        """``metadata_props`` entries; ``format`` marks the file as a tfclip embedding."""
+        values = {name: json.dumps(value) for name, value in vars(self).items()}
+        return {"format": FORMAT, **values}
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], path: Path) -> OnnxMetadata:
+        """Inverse of :meth:`to_props`.
+
+        Raises:
+            UserError: the file has no tfclip metadata (not written by ``tfclip export``).
+        """
+        missing = [name for name in cls.__dataclass_fields__ if name not in props]
+        if props.get("format") != FORMAT or missing:
+            raise UserError(
+                f"{path} has no tfclip metadata (missing {', '.join(missing) or 'format'}): expected a model "
+                "written by `tfclip export`",
+                hint=f"export one: tfclip export -c CHECKPOINT --out {path.name}",
+            )
+        values = {name: json.loads(props[name]) for name in cls.__dataclass_fields__}
+        values["image_size"] = tuple(values["image_size"])
+        values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
+        return cls(**values)
+
+
+def describe(metadata: OnnxMetadata) -> dict[str, str]:
+    """The metadata as short display strings, in the order ``tfclip export`` prints them."""
+    height, width = metadata.image_size
+    return {
+        "input": f"clips float32 [B, {metadata.seq_len}, 3, {height}, {width}] + camids int64 [B] (-1 = unknown)",
+        "normalization": f"{metadata.normalization}: mean {list(metadata.mean)}, std {list(metadata.std)}",
+        "embedding": f"{metadata.embedding}, {metadata.embedding_dim} dimensions, float32",
+        "cameras": str(metadata.num_cameras),
+        "weights": metadata.precision,
+        "checkpoint sha256": metadata.checkpoint_sha256,
+        "tfclip version": metadata.tfclip_version,
+    }
+
+
+@dataclass(frozen=True)
+class Verification:
+    """ONNX vs PyTorch on random clips: the worst absolute difference and cosine over every embedding row."""
+
+    max_abs_diff: float
+    min_cosine: float
+    num_clips: int
+    tolerance: Tolerance
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= self.tolerance.max_abs_diff and self.min_cosine >= self.tolerance.min_cosine
+
+
+class VerificationError(Exception):
+    """The exported model does not match PyTorch (a bug, not a user error: the CLI exits 1, no file kept)."""
+
+    def __init__(self, verification: Verification) -> None:
+        tolerance = verification.tolerance
+        super().__init__(
+            f"ONNX differs from PyTorch: max abs diff {verification.max_abs_diff:.3g} (allowed "
+            f"{tolerance.max_abs_diff:g}), min cosine {verification.min_cosine:.6f} (allowed {tolerance.min_cosine})"
+        )
+        self.verification = verification
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What ``tfclip export`` wrote; ``verification`` is None under ``--no-verify``."""
+
+    path: Path
+    metadata: OnnxMetadata
+    verification: Verification | None
 
 
 def available_providers(*, use_gpu: bool) -> list[str]:
@@ -21,7 +159,11 @@ def available_providers(*, use_gpu: bool) -> list[str]:
 
 
 def onnx_session(
-    path: Path, *, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int = 0
+    path: Path,
+    *,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    threads: int = 0,
+    optimization: Literal["all", "extended"] = "all",
 ) -> onnxruntime.InferenceSession:
     """Open an ONNX model for inference.
 
@@ -29,6 +171,8 @@ def onnx_session(
         path: the ``.onnx`` file.
         providers: onnxruntime execution providers, in order of preference.
         threads: intra-op threads; 0 lets onnxruntime choose.
+        optimization: onnxruntime's graph optimisation level; "extended" leaves out the layout passes (which crash
+            onnxruntime 1.32's CPU provider on fp16 transformer graphs).
 
     Raises:
         UserError: when the file is missing or is not a loadable ONNX model.
@@ -39,7 +183,238 @@ def onnx_session(
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    if optimization == "extended":
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     try:
         return onnxruntime.InferenceSession(str(path), sess_options=options, providers=list(providers))
     except Exception as error:  # onnxruntime raises its own untyped errors: re-raise with the file named
         raise UserError(f"{path} is not a loadable ONNX model: {str(error).splitlines()[0]}") from error
+
+
+# ------------------------------------------------------------------------------------------------------ export
+
+
+class _EmbeddingGraph(nn.Module):
+    """What is exported: :meth:`TFCLIP.embed_with_camera` with float32 in and out whatever the weights' precision.
+
+    The camera-id range check of :meth:`TFCLIP.embed` depends on the data, so it stays out of the graph; the
+    runtime (:class:`OnnxEmbedder`) makes it before feeding ``camids``.
+    """
+
+    def __init__(self, model: TFCLIP, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+
+    def forward(self, clips: torch.Tensor, camids: torch.Tensor) -> torch.Tensor:
+        rows = self.model.camera_rows(camids)
+        return self.model.embed_with_camera(clips.to(self.dtype), rows).float()
+
+
+def _metadata(checkpoint: Checkpoint, model: TFCLIP, *, sha256: str, precision: Precision) -> OnnxMetadata:
+    config = model.config
+    mean, std = NORMALIZATIONS[checkpoint.normalization]
+    return OnnxMetadata(
+        image_size=tuple(config.image_size), seq_len=config.seq_len, normalization=checkpoint.normalization,
+        mean=tuple(mean), std=tuple(std), embedding=config.embedding, embedding_dim=model.embedding_dim,
+        num_cameras=config.num_cameras, precision=precision, checkpoint_sha256=sha256, tfclip_version=__version__,
+        model_config=config.to_dict(),
+    )
+
+
+def _example_inputs(model: TFCLIP, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random normalised clips [B, T, 3, H, W] and camera ids [B] (known ones when the model has SIE, else -1)."""
+    config = model.config
+    clips = torch.randn(batch, config.seq_len, 3, *config.image_size, generator=generator)
+    if config.num_cameras == 0:
+        return clips, torch.full((batch,), UNKNOWN_CAMERA)
+    return clips, torch.arange(batch) % config.num_cameras
+
+
+def _write_onnx(model: TFCLIP, path: Path, *, metadata: OnnxMetadata) -> None:
+    """Export ``model``'s embedding to ``path`` with the dynamo exporter, batch size dynamic.
+
+    One self-contained file unless the weights pass protobuf's 2 GB limit (then ``path.data`` beside it).
+    """
+    dtype = torch.float16 if metadata.precision == "fp16" else torch.float32
+    graph = _EmbeddingGraph(copy.deepcopy(model).to(dtype), dtype).eval()
+    inputs = _example_inputs(model, 2, torch.Generator().manual_seed(VERIFY_SEED))
+    batch = torch.export.Dim("batch", min=1)
+    for name in ("onnxscript", "onnx_ir"):  # their graph optimiser logs every pass at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter warns about its own axis renaming
+        program = torch.onnx.export(
+            graph, inputs, dynamo=True, opset_version=OPSET, input_names=["clips", "camids"],
+            output_names=["embedding"], dynamic_shapes={"clips": {0: batch}, "camids": {0: batch}}, verbose=False,
+        )
+    program.model.metadata_props.update(metadata.to_props())
+    program.model.doc_string = "TF-CLIP video re-identification embedding exported by tfclip " + __version__
+    program.save(path)
+
+
+def _session_for(
+    path: Path, precision: Precision, *, use_gpu: bool, threads: int = 0
+) -> onnxruntime.InferenceSession:
+    """A session for an exported embedding; fp16 graphs skip the layout passes (see :func:`onnx_session`)."""
+    return onnx_session(path, providers=available_providers(use_gpu=use_gpu), threads=threads,
+                        optimization="extended" if precision == "fp16" else "all")
+
+
+def _worst_rows(expected: np.ndarray, found: np.ndarray) -> tuple[float, float]:
+    """(max abs difference, min cosine over rows) of two embedding matrices [N, D]."""
+    cosine = (expected * found).sum(axis=1) / (
+        np.linalg.norm(expected, axis=1) * np.linalg.norm(found, axis=1) + 1e-12
+    )
+    return float(np.abs(expected - found).max()), float(cosine.min())
+
+
+@torch.inference_mode()
+def verify_onnx(model: TFCLIP, path: Path, *, precision: Precision = "fp32") -> Verification:
+    """Run ``path`` with onnxruntime on random clips and compare with ``model.embed`` in PyTorch (CPU, float32).
+
+    Two batches of different sizes (the batch axis is dynamic): 3 clips with known cameras, then 2 with camera
+    unknown (-1), against ``embed(clips, None)``. fp16 files run on CUDA when onnxruntime has it (they are meant for
+    GPU runtimes), else on the CPU.
+    """
+    session = _session_for(path, precision, use_gpu=precision == "fp16")
+    generator = torch.Generator().manual_seed(VERIFY_SEED)
+    model = model.eval()
+    expected, found = [], []
+    for batch, camera_known in VERIFY_BATCHES:
+        clips, camids = _example_inputs(model, batch, generator)
+        if not camera_known:
+            camids = torch.full((batch,), UNKNOWN_CAMERA)
+        known = camids if model.config.num_cameras and camera_known else None
+        expected.append(model.embed(clips, known).numpy())
+        found.append(session.run(None, {"clips": clips.numpy(), "camids": camids.numpy()})[0])
+    worst_diff, worst_cosine = _worst_rows(np.concatenate(expected), np.concatenate(found))
+    num_clips = sum(batch for batch, _ in VERIFY_BATCHES)
+    return Verification(worst_diff, worst_cosine, num_clips=num_clips, tolerance=TOLERANCES[precision])
+
+
+def export_checkpoint(
+    checkpoint: Path, out: Path, *, precision: Precision = "fp32", verify: bool = True, force: bool = False
+) -> ExportResult:
+    """``tfclip export``: write a checkpoint's test-time embedding as an ONNX file, checked against PyTorch.
+
+    The file is written in a temporary folder beside ``out`` and moved into place only once verified (a weights
+    file over 2 GB keeps its ``.data`` companion, whose name the model records, hence a folder, not a temp name).
+
+    Raises:
+        UserError: ``out`` exists without ``force``; CheckpointError: ``checkpoint`` is not a tfclip checkpoint.
+        VerificationError: onnxruntime's embeddings differ from PyTorch's beyond the precision's tolerance.
+    """
+    out = Path(out)
+    if out.exists() and not force:
+        raise UserError(f"{out} already exists", hint="pass --force to overwrite it, or choose another --out")
+    state = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(state, "cpu")
+    metadata = _metadata(state, model, sha256=file_sha256(checkpoint), precision=precision)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as folder:
+        staged = Path(folder) / out.name
+        _write_onnx(model, staged, metadata=metadata)
+        verification = verify_onnx(model, staged, precision=precision) if verify else None
+        if verification is not None and not verification.passed:
+            raise VerificationError(verification)
+        for path in Path(folder).iterdir():
+            os.replace(path, out.parent / path.name)
+    logger.info("exported %s to %s", checkpoint, out)
+    return ExportResult(path=out, metadata=metadata, verification=verification)
+
+
+# ----------------------------------------------------------------------------------------------------- runtime
+
+
+def read_metadata(path: Path) -> OnnxMetadata:
+    """The tfclip metadata of an exported file, read without building a session (weights left on disk).
+
+    Raises:
+        UserError: the file is missing, not ONNX, or has no tfclip metadata.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found: expected an ONNX model written by `tfclip export`")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError and onnx's own: re-raise with the file named
+        raise UserError(f"{path} is not a loadable ONNX model: {str(error).splitlines()[0]}") from error
+    return OnnxMetadata.from_props({prop.key: prop.value for prop in model.metadata_props}, path)
+
+
+class OnnxEmbedder:
+    """An exported embedding run by onnxruntime behind the model's interface (``config``, ``embedding_dim``,
+    ``eval``, ``embed``), so the passes of ``inference`` run it unchanged.
+
+    Args:
+        path: a file written by :func:`export_checkpoint`.
+        use_gpu: run on onnxruntime's CUDA provider when it has one.
+        threads: onnxruntime intra-op threads; 0 lets it choose.
+
+    Raises:
+        UserError: no tfclip metadata, or a graph input that does not match the metadata's input size.
+    """
+
+    def __init__(self, path: Path, *, use_gpu: bool = False, threads: int = 0) -> None:
+        self.path = Path(path)
+        self.metadata = read_metadata(self.path)
+        self.config = ModelConfig.from_dict(self.metadata.model_config)
+        self.session = _session_for(self.path, self.metadata.precision, use_gpu=use_gpu, threads=threads)
+        if use_gpu and "CUDAExecutionProvider" not in self.session.get_providers():
+            logger.warning("onnxruntime has no CUDA provider here (install the gpu extra): %s runs on the CPU", path)
+        self._check_inputs()
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.metadata.embedding_dim
+
+    @property
+    def transform(self) -> ClipTransform:
+        """The test transform the file expects: its input size and normalisation."""
+        return ClipTransform(self.metadata.image_size, normalization=self.metadata.normalization, is_train=False)
+
+    def eval(self) -> OnnxEmbedder:
+        """Nothing to switch (an exported graph is always in eval mode); here for the model's interface."""
+        return self
+
+    def _check_inputs(self) -> None:
+        inputs = {node.name: node.shape for node in self.session.get_inputs()}
+        expected = [self.metadata.seq_len, 3, *self.metadata.image_size]
+        found = list(inputs.get("clips", [None])[1:])
+        if set(inputs) != {"clips", "camids"} or found != expected:
+            raise UserError(
+                f"{self.path}: its graph takes {inputs}, but its tfclip metadata says clips "
+                f"[B, {', '.join(map(str, expected))}] and camids [B]: the input size does not match",
+                hint="re-export the checkpoint with `tfclip export`",
+            )
+
+    def embed(self, clips: torch.Tensor, camids: torch.Tensor | None = None) -> torch.Tensor:
+        """As :meth:`TFCLIP.embed`: clips [B, T, 3, H, W] -> [B, embedding_dim] float32 on the clips' device."""
+        if tuple(clips.shape[1:]) != (self.config.seq_len, 3, *self.config.image_size):
+            raise ValueError(f"clips are {tuple(clips.shape)}, {self.path} takes [B, {self.config.seq_len}, 3, "
+                             f"{self.config.image_size[0]}, {self.config.image_size[1]}]")
+        if camids is None or self.config.num_cameras == 0:
+            camids = torch.full((clips.shape[0],), UNKNOWN_CAMERA)
+        elif camids.min() < 0 or camids.max() >= self.config.num_cameras:
+            raise ValueError(f"camera ids {camids.tolist()} outside 0..{self.config.num_cameras - 1}: pass None "
+                             "for a camera the model was not trained on")
+        feeds = {"clips": clips.detach().float().cpu().numpy(), "camids": camids.cpu().numpy().astype(np.int64)}
+        return torch.from_numpy(self.session.run(None, feeds)[0]).to(clips.device)
+
+
+def load_embedder(path: Path, *, use_gpu: bool = False) -> OnnxEmbedder:
+    """The onnxruntime embedder of an exported ``.onnx`` file, or of a checkpoint exported now to a temporary
+    file (verified as ``tfclip export`` does; export it once with ``tfclip export`` to skip this step).
+
+    Raises:
+        UserError: an ONNX file without tfclip metadata or of another input size; CheckpointError: a file that
+        is neither. VerificationError: the on-the-fly export does not match PyTorch.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        return OnnxEmbedder(path, use_gpu=use_gpu)
+    logger.info("exporting %s to ONNX for this run (`tfclip export` does it once)", path)
+    with tempfile.TemporaryDirectory(prefix="tfclip-export-") as folder:
+        exported = export_checkpoint(path, Path(folder) / "model.onnx")
+        return OnnxEmbedder(exported.path, use_gpu=use_gpu)  # the session holds the graph: the file can go

@@ -35,6 +35,7 @@ from tfclip_cli.clips import (
     count_video_frames,
 )
 from tfclip_cli.errors import CheckpointError, DataError, UserError
+from tfclip_cli.export import OnnxEmbedder, load_embedder
 from tfclip_cli.model import TFCLIP, ClipMemory
 from tfclip_cli.recipe import Precision
 from tfclip_cli.tables import (
@@ -54,6 +55,8 @@ from tfclip_cli.tables import (
 logger = logging.getLogger(__name__)
 
 Sampling = Literal["dense", "rrs"]
+Backend = Literal["torch", "onnx"]
+Embedder = TFCLIP | OnnxEmbedder  # anything with config, embedding_dim, eval() and embed(clips, camids)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -150,7 +153,7 @@ def _forward_group(
 
 @torch.inference_mode()
 def extract_embeddings(
-    model: TFCLIP,
+    model: Embedder,
     tracklets: Sequence[Tracklet],
     *,
     sampling: Sampling,
@@ -221,7 +224,7 @@ def _embeddings(tracklets: Sequence[Tracklet], vectors: dict[str, torch.Tensor],
 
 
 def embed_tracklets(
-    model: TFCLIP,
+    model: Embedder,
     tracklets: Sequence[Tracklet],
     *,
     sampling: Sampling,
@@ -264,13 +267,37 @@ def tracklet_from_path(path: Path, *, camid: int = -1, split: Split = "query") -
     return Tracklet(str(path), pid=-1, camid=camid, split=split, num_frames=count_video_frames(path), video=str(path))
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to embed clips (PyTorch, or an exported file run by onnxruntime), the test transform it
+    expects, and the sha256 of the checkpoint its weights come from (what embeddings tables and indexes record)."""
+
+    model: Embedder
+    transform: ClipTransform
+    checkpoint_sha256: str
+
+
+def load_model(checkpoint: Path, backend: Backend, device: torch.device) -> LoadedModel:
+    """The model of a checkpoint or exported ``.onnx`` file for ``backend`` (onnx: a checkpoint is exported first).
+
+    Raises:
+        UserError: an ``.onnx`` file with the torch backend; CheckpointError / UserError from the loaders.
+    """
+    checkpoint = Path(checkpoint)
+    if backend == "onnx":
+        embedder = load_embedder(checkpoint, use_gpu=device.type == "cuda")
+        return LoadedModel(embedder, embedder.transform, embedder.metadata.checkpoint_sha256)
+    if checkpoint.suffix.lower() == ".onnx":
+        raise UserError(f"{checkpoint} is an ONNX model: the torch backend needs a tfclip checkpoint (.ckpt)",
+                        hint="run it with onnxruntime: --backend onnx")
+    state = load_checkpoint(checkpoint)
+    return LoadedModel(model_from_checkpoint(state, device), transform_for(state), file_sha256(checkpoint))
+
+
 def transform_for(checkpoint: Checkpoint) -> ClipTransform:
-    """The test transform a checkpoint was trained with (size from its model config, normalisation from its recipe;
-    ImageNet statistics, the reference's, when it carries no recipe, e.g. an imported reference checkpoint)."""
-    recipe = checkpoint.recipe or {}
-    normalization = recipe.get("data", {}).get("normalization", "imagenet")
+    """The test transform a checkpoint was trained with (size from its model config, its normalisation)."""
     height, width = checkpoint.model_config["image_size"]
-    return ClipTransform(image_size=(height, width), normalization=normalization, is_train=False)
+    return ClipTransform(image_size=(height, width), normalization=checkpoint.normalization, is_train=False)
 
 
 def label_map(tracklets: Iterable[Tracklet]) -> dict[int, int]:
@@ -456,12 +483,14 @@ def extract_to_file(
     skip_bad: bool = False,
     force: bool = False,
     precision: Precision = "fp32",
+    backend: Backend = "torch",
 ) -> Extraction:
     """``tfclip extract``: embed a manifest's splits (or videos / frame folders) and write an embeddings table.
 
     Under torchrun each rank embeds a shard and rank 0 writes the merged table. The table's metadata holds the
-    checkpoint path and sha256, the sampling, the precision it ran at, the embedding type and the manifest's gallery
-    rule.
+    checkpoint path and sha256, the sampling, the precision it ran at, the embedding type, the backend and the
+    manifest's gallery rule; ``checkpoint`` may be an exported ``.onnx`` file with the onnx backend (its sha256 is
+    then the checkpoint's it was exported from, so the table stays comparable with torch-backend tables).
 
     Raises:
         UserError: ``out`` exists without ``force``; OutputError: ``out`` cannot be written (checked first);
@@ -469,20 +498,19 @@ def extract_to_file(
     """
     check_writable(out, force=force)
     inputs = _manifest_inputs(manifest, splits) if manifest is not None else _path_inputs(paths, camid)
-    state = load_checkpoint(checkpoint)
     context = start_distributed()
     try:
-        model = model_from_checkpoint(state, context.device)
+        loaded = load_model(checkpoint, backend, context.device)
         shard = extract_embeddings(
-            model, inputs.tracklets[context.rank :: context.world_size], sampling=sampling,
-            transform=transform_for(state), device=context.device, batch_size=batch_size, workers=workers,
+            loaded.model, inputs.tracklets[context.rank :: context.world_size], sampling=sampling,
+            transform=loaded.transform, device=context.device, batch_size=batch_size, workers=workers,
             use_camids=manifest is not None or camid is not None, precision=precision,
         )
         extraction = _gathered(shard, inputs.tracklets, context)
         failures = tuple(inputs.failures) + extraction.failures
         _check_failures(failures, len(extraction.embeddings.rows), out=out, skip_bad=skip_bad)
         ran = precision if resolve_precision(precision, context.device) is not None else "fp32"
-        info = {**inputs.info, **_provenance(Path(checkpoint), model, sampling), "precision": ran}
+        info = {**inputs.info, **_provenance(Path(checkpoint), loaded, sampling), "precision": ran}
         embeddings = dataclasses.replace(extraction.embeddings, info=info)
         if context.is_main:
             write_embeddings(embeddings, out, force=force)
@@ -492,11 +520,12 @@ def extract_to_file(
             dist.destroy_process_group()
 
 
-def _provenance(checkpoint: Path, model: TFCLIP, sampling: Sampling) -> dict:
+def _provenance(checkpoint: Path, loaded: LoadedModel, sampling: Sampling) -> dict:
     """What an embeddings table records about how it was made."""
-    return {"checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": file_sha256(checkpoint),
-            "sampling": sampling, "embedding": model.config.embedding, "seq_len": model.config.seq_len,
-            "tfclip_version": __version__}
+    config = loaded.model.config
+    return {"checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": loaded.checkpoint_sha256,
+            "sampling": sampling, "embedding": config.embedding, "seq_len": config.seq_len,
+            "backend": "onnx" if isinstance(loaded.model, OnnxEmbedder) else "torch", "tfclip_version": __version__}
 
 
 def _check_failures(failures: Sequence[str], num_embedded: int, *, out: Path, skip_bad: bool) -> None:

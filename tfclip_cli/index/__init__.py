@@ -8,11 +8,11 @@ read key frames). The names below are the package's API.
 from tfclip_cli.index.calibrate import Calibration, calibrate_gallery, calibrate_threshold
 from tfclip_cli.index.search import (
     NO_FRAMES,
-    Embedder,
+    QueryEmbedder,
     Hit,
     MinScore,
     QueryResult,
-    load_embedder,
+    load_query_embedder,
     parse_min_score,
     query,
     read_key_frames,
@@ -37,9 +37,9 @@ from tfclip_cli.index.store import (
 )
 
 __all__ = [
-    "Calibration", "Embedder", "Gallery", "Hit", "IVFPQ_MIN_ROWS", "IndexInfo", "IndexType", "MinScore",
+    "Calibration", "QueryEmbedder", "Gallery", "Hit", "IVFPQ_MIN_ROWS", "IndexInfo", "IndexType", "MinScore",
     "NO_FRAMES", "QueryResult", "append_to_index", "build_index", "calibrate_gallery", "calibrate_threshold",
-    "ivfpq_params", "load_embedder", "load_index", "lock_path", "normalized", "parse_min_score", "query",
+    "ivfpq_params", "load_query_embedder", "load_index", "lock_path", "normalized", "parse_min_score", "query",
     "read_key_frames", "remove_from_index", "resolve_min_score", "search", "threshold_in_force",
     "tracklet_key_frames", "writer_lock",
 ]

@@ -18,12 +18,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tfclip_cli.checkpoint import file_sha256, load_checkpoint, model_from_checkpoint
 from tfclip_cli.clips import ClipTransform, read_frames
 from tfclip_cli.errors import DataError, GalleryError, UserError
 from tfclip_cli.index.store import Gallery, load_index, normalized
-from tfclip_cli.inference import embed_tracklets, tracklet_from_path, transform_for
-from tfclip_cli.model import TFCLIP
+from tfclip_cli.inference import Backend, Embedder, embed_tracklets, load_model, tracklet_from_path
 from tfclip_cli.tables import Tracklet, row_to_tracklet
 
 log = logging.getLogger(__name__)
@@ -249,10 +247,10 @@ def tracklet_key_frames(gallery: Gallery, tracklet_id: str) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Embedder:
+class QueryEmbedder:
     """The model that made a gallery's embeddings, ready to embed query clips the same way."""
 
-    model: TFCLIP
+    model: Embedder
     transform: ClipTransform
     sampling: str
     device: torch.device
@@ -269,8 +267,11 @@ class Embedder:
         )
 
 
-def load_embedder(gallery: Gallery, checkpoint: Path | None, device: torch.device) -> Embedder:
-    """The model (and its test transform) that made the gallery's embeddings: ``checkpoint`` or the recorded one.
+def load_query_embedder(
+    gallery: Gallery, checkpoint: Path | None, device: torch.device, *, backend: Backend = "torch"
+) -> QueryEmbedder:
+    """The model (and its test transform) that made the gallery's embeddings: ``checkpoint`` (a checkpoint, or an
+    ``.onnx`` file exported from it with the onnx backend) or the recorded one.
 
     Raises:
         GalleryError: when no checkpoint is given or recorded, or its sha256 or embedding dimension differs.
@@ -279,21 +280,22 @@ def load_embedder(gallery: Gallery, checkpoint: Path | None, device: torch.devic
     if checkpoint is None and recorded is None:
         raise GalleryError(f"{gallery.path} records no checkpoint", hint="pass the one that made it: --checkpoint C")
     path = Path(checkpoint if checkpoint is not None else recorded)
+    loaded = load_model(path, backend, device)
     expected = gallery.info.checkpoint_sha256
-    if expected is not None and path.is_file() and file_sha256(path) != expected:
+    if expected is not None and loaded.checkpoint_sha256 != expected:
         raise GalleryError(
             f"{path} is not the checkpoint {gallery.path} was built from (sha256 {expected[:12]}…, "
             f"recorded path {recorded})",
             hint="query with the checkpoint that extracted the gallery, or re-extract and re-index",
         )
-    state = load_checkpoint(path)
-    model = model_from_checkpoint(state, device)
-    if model.embedding_dim != gallery.info.dim:
+    if loaded.model.embedding_dim != gallery.info.dim:
         raise GalleryError(
-            f"{path} embeds in {model.embedding_dim} dimensions; {gallery.path} holds {gallery.info.dim}-d embeddings"
+            f"{path} embeds in {loaded.model.embedding_dim} dimensions; {gallery.path} holds "
+            f"{gallery.info.dim}-d embeddings"
         )
     sampling = gallery.info.embeddings_info.get("sampling", "dense")
-    return Embedder(model=model, transform=transform_for(state), sampling=sampling, device=device, checkpoint=path)
+    return QueryEmbedder(model=loaded.model, transform=loaded.transform, sampling=sampling, device=device,
+                         checkpoint=path)
 
 
 def query(
@@ -305,6 +307,7 @@ def query(
     min_score: MinScore = None,
     device: torch.device | str = "cpu",
     with_hit_frames: bool = False,
+    backend: Backend = "torch",
 ) -> list[QueryResult]:
     """Embed each clip (video file or frame folder) in one batch and find its ``top_k`` gallery tracklets.
 
@@ -323,7 +326,7 @@ def query(
     gallery = load_index(gallery_path)
     floor = resolve_min_score(gallery, min_score)
     tracklets = [tracklet_from_path(Path(clip)) for clip in clips]
-    embedder = load_embedder(gallery, checkpoint, torch.device(device))
+    embedder = load_query_embedder(gallery, checkpoint, torch.device(device), backend=backend)
     vectors = embedder.embed(tracklets)
     results = []
     for tracklet, hits in zip(tracklets, search(gallery, vectors, top_k, min_score=floor)):

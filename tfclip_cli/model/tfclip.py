@@ -92,23 +92,35 @@ class TFCLIP(nn.Module):
         width, proj_dim = backbone_dims(self.config.backbone)
         return 2 * width + proj_dim if self.config.embedding == "before_bn" else width + proj_dim
 
-    def _camera_embedding(self, camids: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
-        """``sie_coe`` x the camera's vector, one row per frame [B*T, width]; None without SIE or camera ids."""
+    def check_camids(self, camids: torch.Tensor | None) -> None:
+        """Raise ValueError unless every camera id has an SIE row (data-dependent, so kept out of exported graphs)."""
         if self.camera_embedding is None or camids is None:
-            return None
+            return
         if camids.min() < 0 or camids.max() >= self.camera_embedding.shape[0]:
             raise ValueError(
                 f"camera ids {camids.tolist()} outside 0..{self.camera_embedding.shape[0] - 1}: pass None "
                 "for a camera the model was not trained on"
             )
-        return (self.config.sie_coe * self.camera_embedding[camids]).repeat_interleave(seq_len, dim=0)
 
-    def _encode(self, clips: torch.Tensor, camids: torch.Tensor | None) -> FrameTokens:
-        """Clips [B, T, 3, H, W] -> the backbone tokens of all B*T frames (frames of a clip adjacent)."""
-        batch, seq_len = clips.shape[:2]
+    def camera_rows(self, camids: torch.Tensor | None) -> torch.Tensor | None:
+        """``sie_coe`` x each clip's camera vector [B, width]; a negative id (camera unknown) gets a zero row.
+
+        No range check, so it exports to ONNX; callers check ids with :meth:`check_camids`. Adding a zero row is
+        exactly adding nothing, so -1 embeds like ``camids=None``. None without SIE or camera ids.
+        """
+        if self.camera_embedding is None or camids is None:
+            return None
+        known = (camids >= 0).unsqueeze(1).to(self.camera_embedding.dtype)  # [B, 1]
+        return self.config.sie_coe * self.camera_embedding[camids.clamp(min=0)] * known
+
+    def _encode(self, clips: torch.Tensor, camera_rows: torch.Tensor | None) -> FrameTokens:
+        """Clips [B, T, 3, H, W] and camera rows [B, width] -> the backbone tokens of all B*T frames (frames of a
+        clip adjacent)."""
+        seq_len = clips.shape[1]
         if seq_len != self.config.seq_len:
             raise ValueError(f"clips have {seq_len} frames, the model was built for seq_len={self.config.seq_len}")
-        return self.backbone(clips.flatten(0, 1), self._camera_embedding(camids, seq_len))
+        per_frame = None if camera_rows is None else camera_rows.repeat_interleave(seq_len, dim=0)  # [B*T, width]
+        return self.backbone(clips.flatten(0, 1), per_frame)
 
     def _temporal(self, tokens: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """TMD on detached tokens (reference L266) -> (frame features [B*T, width], temporal features [B, width])."""
@@ -126,7 +138,8 @@ class TFCLIP(nn.Module):
             camids: [B] 0-based train cameras for SIE; None leaves the camera embedding out.
         """
         batch, seq_len = clips.shape[:2]
-        frames = self._encode(clips, camids)
+        self.check_camids(camids)
+        frames = self._encode(clips, self.camera_rows(camids))
         length = frames.tokens.shape[1]
         cls_features = frames.tokens[:, 0].view(batch, seq_len, -1).mean(dim=1)
         proj_features = frames.projected[:, 0].view(batch, seq_len, -1).mean(dim=1)
@@ -151,8 +164,14 @@ class TFCLIP(nn.Module):
         CLS)), as the reference's ``TEST.NECK_FEAT`` (model L298-302; REFERENCE.md §4.7). SSP, classifiers and the
         memory are not computed. ``camids`` None leaves the camera embedding out (a camera unknown to the model).
         """
+        self.check_camids(camids)
+        return self.embed_with_camera(clips, self.camera_rows(camids))
+
+    def embed_with_camera(self, clips: torch.Tensor, camera_rows: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`embed` given the camera rows [B, width] of :meth:`camera_rows`; no data-dependent checks, so
+        ``export`` traces it to ONNX."""
         batch, seq_len = clips.shape[:2]
-        frames = self._encode(clips, camids)
+        frames = self._encode(clips, camera_rows)
         cls_features = frames.tokens[:, 0].view(batch, seq_len, -1).mean(dim=1)
         proj_features = frames.projected[:, 0].view(batch, seq_len, -1).mean(dim=1)
         if self.config.embedding == "after_bn":

@@ -26,11 +26,11 @@ from PIL import Image
 
 from tfclip_cli.errors import GalleryError, UserError
 from tfclip_cli.index import (
-    Embedder,
+    QueryEmbedder,
     Gallery,
     MinScore,
     append_to_index,
-    load_embedder,
+    load_query_embedder,
     load_index,
     read_key_frames,
     remove_from_index,
@@ -100,7 +100,7 @@ class Service:
         self._swap = threading.Lock()
         self._model = threading.Lock()  # one forward pass at a time: predictable memory on a shared machine
         self._gallery, self._identity = load_index(config.gallery), _file_identity(config.gallery)
-        self.embedder: Embedder = load_embedder(self._gallery, config.checkpoint, config.device)
+        self.embedder: QueryEmbedder = load_query_embedder(self._gallery, config.checkpoint, config.device)
         self._latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.queries_served = 0
 
