@@ -114,3 +114,16 @@ def test_native_decoder_logs_never_print_before_the_red_line(tmp_path: Path) -> 
     assert done.returncode == 2
     assert done.stderr.startswith(f"error: {video}: the video does not decode"), done.stderr
     assert len(done.stderr.splitlines()) == 2  # the error and its hint
+
+
+def test_an_install_without_the_cpu_or_gpu_extra_names_the_extra_to_install(tmp_path: Path) -> None:
+    embeddings = tmp_path / "e.parquet"
+    embeddings.write_bytes(b"")
+    blocked = "import sys; sys.modules['faiss'] = None; from tfclip_cli.cli import main; sys.argv[0] = 'tfclip'; main()"
+    result = subprocess.run(
+        [sys.executable, "-c", blocked, "index", str(embeddings), "--out", str(tmp_path / "g.faiss")],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "faiss is not installed" in result.stderr and "tfclip[cpu]" in result.stderr
+    assert "Traceback" not in result.stderr

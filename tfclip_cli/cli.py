@@ -82,6 +82,10 @@ def _report(error: UserError) -> None:
         display.stderr.print(f"[dim]hint:[/] {escape(display.plain(error.hint))}", highlight=False, soft_wrap=True)
 
 
+# What the `cpu` / `gpu` extras install (one of them, never both: the two variants write the same package).
+EXTRA_PACKAGES = ("faiss", "onnxruntime")
+
+
 def command(name: str | None = None) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Register a subcommand whose UserError becomes one red line and exit code 2, Ctrl-C exit 130, SIGTERM 143."""
 
@@ -92,6 +96,14 @@ def command(name: str | None = None) -> Callable[[Callable[..., None]], Callable
                 func(*args, **kwargs)
             except UserError as error:
                 _report(error)
+                raise typer.Exit(2) from None
+            except ModuleNotFoundError as error:
+                if error.name not in EXTRA_PACKAGES:
+                    raise
+                _report(UserError(
+                    f"{error.name} is not installed: tfclip needs one of its extras for it",
+                    hint="pip install 'tfclip[cpu]' (or 'tfclip[gpu]' on a CUDA machine; from a clone: pip install -e '.[cpu]')",
+                ))
                 raise typer.Exit(2) from None
             except KeyboardInterrupt as interrupt:
                 is_terminated = isinstance(interrupt, Terminated)
