@@ -1,6 +1,6 @@
 """From a layout on disk to a Manifest: the KINDS registry, :func:`prepare` and :func:`summarize`.
 
-One parser per layout (``mars``, ``lsvid``, ``ilidsvid``, ``prid2011``, ``folder``); ``synthetic`` draws the embedded
+One parser per layout (``mars``, ``lsvid``, ``ilidsvid``, ``prid2011``, ``folder``, ``footage``); ``synthetic`` draws the embedded
 dataset in the ``folder`` layout and parses it. Each kind records its evaluation protocol (the gallery rule) in the
 manifest, so evaluation follows the benchmark's own.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tfclip_cli.datasets import folder, ilidsvid, lsvid, mars, prid2011
+from tfclip_cli.datasets import folder, footage, ilidsvid, lsvid, mars, prid2011
 from tfclip_cli.datasets.common import Parsed, Problems
 from tfclip_cli.datasets.synthetic import SyntheticOptions, generate_synthetic
 from tfclip_cli.errors import DataError, UserError
@@ -46,6 +46,7 @@ KINDS: dict[str, DatasetKind] = {
         DatasetKind("prid2011", prid2011.parse, "gallery_only", frozenset({"split_id"})),
         DatasetKind("folder", folder.parse, "gallery_only"),
         DatasetKind("synthetic", parse_synthetic, "gallery_only", frozenset({"synthetic"})),
+        DatasetKind("footage", footage.parse, "gallery_only"),
     )
 }
 OPTION_FLAGS = {"split_id": "--split-id", "train_chunk": "--train-chunk", "synthetic": "the synthetic options"}
