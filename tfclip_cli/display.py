@@ -164,6 +164,22 @@ img { height: 128px; margin-right: 4px; border-radius: 3px; vertical-align: midd
 """
 
 
+def tracking_table(summary: Any) -> Table:
+    """One row per video of ``tfclip track``'s :class:`~tfclip_cli.footage.tracklets.TrackingSummary`."""
+    how = "motion + appearance" if summary.relinked else "motion only"
+    table = Table(
+        "video", "camid", "frames", "tracks", "tracklets", "frames/s",
+        title=f"{summary.tracklets} tracklets under {summary.out} (detector {summary.detector}, {how})",
+        title_justify="left",
+    )
+    for video in summary.videos:
+        table.add_row(
+            video.video, str(video.camid), f"{video.frames:,}", str(video.tracks), str(video.tracklets),
+            f"{video.speed:.1f}",
+        )
+    return table
+
+
 def _jpeg_data_uri(frame: np.ndarray) -> str:
     """A uint8 ``[H, W, 3]`` frame as a ``data:`` URI holding a JPEG thumbnail."""
     image = Image.fromarray(frame).convert("RGB")
