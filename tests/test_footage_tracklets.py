@@ -5,12 +5,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from fake_footage import write_video, yolo_model
 from PIL import Image
 
+from tfclip_cli.checkpoint import Checkpoint, save_checkpoint
 from tfclip_cli.datasets import prepare
 from tfclip_cli.errors import UserError
 from tfclip_cli.footage.tracklets import TrackOptions, camid_from_name, track_videos
+from tfclip_cli.model import ModelConfig, build_model
 
 # one person standing still: (cx, cy, w, h, person score) in the 64×64 model input; a 160×120 frame is letterboxed
 # at ratio 0.4 with 8 px on top, so the box (24, 12, 40, 52) in the input is (60, 10, 100, 110) in the frame
@@ -83,3 +86,18 @@ def test_worker_processes_track_one_video_each(tmp_path: Path, detector: str) ->
     summary = track_videos(videos, tmp_path / "out", options=TrackOptions(detector=detector), workers=2)
     assert [(v.camid, v.tracklets) for v in summary.videos] == [(0, 1), (1, 1)]
     assert len(prepare("footage", tmp_path / "out").tracklets()) == 2
+
+
+def test_a_checkpoint_relinks_the_tracks_by_model_embeddings(tmp_path: Path, detector: str) -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(backbone="tfclip-tiny", image_size=(64, 32), seq_len=4, num_classes=4, num_cameras=2)
+    checkpoint = tmp_path / "tiny.ckpt"
+    save_checkpoint(Checkpoint(model_config=config.to_dict(), model_state=build_model(config).state_dict(),
+                               pid_to_label={}, recipe={"data": {"normalization": "imagenet"}}), checkpoint)
+    video = tmp_path / "cam0.avi"
+    write_video(video, 16)
+    options = TrackOptions(detector=detector, checkpoint=checkpoint)
+    summary = track_videos([video], tmp_path / "out", options=options)
+    assert summary.relinked and summary.videos[0].tracklets == 1
+    (tracklet,) = prepare("footage", tmp_path / "out").tracklets()
+    assert tracklet.origin.first_frame == 0 and tracklet.origin.last_frame == 15  # one person, never cut

@@ -478,8 +478,11 @@ def track(
         typer.Option("--camid", min=0, help="Camera of every video; default: from names like cam2_x.mp4 or cam2/x.mp4."),
     ] = None,
     detector: Annotated[
-        str, typer.Option("--detector", help="ssdlite, hog, or a YOLO v5/v8/11 .onnx model file.")
-    ] = "ssdlite",
+        str,
+        typer.Option(
+            "--detector", help="auto (ssdlite if installed, else hog), ssdlite, hog, or a YOLO v5/v8/11 .onnx file."
+        ),
+    ] = "auto",
     checkpoint: Annotated[
         Optional[Path],
         typer.Option(

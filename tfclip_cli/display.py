@@ -174,7 +174,7 @@ def tracking_table(summary: Any) -> Table:
     )
     for video in summary.videos:
         table.add_row(
-            video.video, str(video.camid), f"{video.frames:,}", str(video.tracks), str(video.tracklets),
+            os.path.basename(video.video), str(video.camid), f"{video.frames:,}", str(video.tracks), str(video.tracklets),
             f"{video.speed:.1f}",
         )
     return table
