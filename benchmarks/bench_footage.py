@@ -90,7 +90,7 @@ def time_decoding(clip: Path) -> float:
     return count / (time.process_time() - started)
 
 
-def time_tracking(clip: Path, spec: str, every: int, frames: int) -> str:
+def time_tracking(clip: Path, spec: str, *, every: int, frames: int) -> str:
     options = {"threads": 1} if spec.endswith(".onnx") else {}
     detector = Counting(build_detector(spec, **options))
     detector.detect(np.zeros((576, 768, 3), np.uint8), frame_index=0)  # load and warm up outside the timing
@@ -139,7 +139,7 @@ def main() -> None:
         print(f"{video} (first {args.frames} frames), one core; decoding alone: {time_decoding(clip):.0f} frames/s")
         for spec in args.detectors:
             for every in args.every:
-                print(time_tracking(clip, spec, every, args.frames))
+                print(time_tracking(clip, spec, every=every, frames=args.frames))
         if args.mosaic:
             save_mosaic(video, args.mosaic, Path(folder))
 

@@ -25,7 +25,8 @@ def footage_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
         write_video(video, 10)
     root, manifest = tmp_path / "footage", tmp_path / "footage.parquet"
     runner = CliRunner()
-    tracked = runner.invoke(app, ["track", *map(str, videos), "--out", str(root), "--detector", str(detector), "--json"])
+    arguments = ["track", *map(str, videos), "--out", str(root), "--detector", str(detector), "--json"]
+    tracked = runner.invoke(app, arguments)
     assert tracked.exit_code == 0, tracked.output
     summary = json.loads(tracked.stdout)
     assert [(v["camid"], v["tracklets"]) for v in summary["videos"]] == [(0, 1), (1, 1)]
@@ -52,7 +53,8 @@ def test_track_refuses_to_overwrite_without_force(footage_manifest: Path) -> Non
 
 def test_track_with_an_unknown_detector_is_one_clear_line(tmp_path: Path) -> None:
     write_video(tmp_path / "cam0.avi", 3)
-    result = CliRunner().invoke(app, ["track", str(tmp_path / "cam0.avi"), "--out", str(tmp_path / "o"), "--detector", "rcnn"])
+    arguments = ["track", str(tmp_path / "cam0.avi"), "--out", str(tmp_path / "o"), "--detector", "rcnn"]
+    result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 2 and "unknown detector 'rcnn'" in result.output and "Traceback" not in result.output
 
 
@@ -69,3 +71,10 @@ def test_evaluating_unknown_identities_is_refused(footage_manifest: Path, tmp_pa
     write_embeddings(Embeddings(rows=rows, vectors=np.eye(2, 8, dtype=np.float32), info={}), table)
     result = CliRunner().invoke(app, ["evaluate", str(table)])
     assert result.exit_code == 2 and "2 tracklet(s) of unknown identity" in result.output
+
+
+def test_prepare_footage_counts_no_identities(footage_manifest: Path) -> None:
+    from tfclip_cli.datasets import summarize
+
+    gallery = next(row for row in summarize(read_manifest(footage_manifest)) if row.split == "gallery")
+    assert (gallery.ids, gallery.tracklets, gallery.frames, gallery.cameras) == (0, 2, 20, 2)

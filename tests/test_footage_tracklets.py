@@ -37,7 +37,8 @@ def test_tracklets_are_written_and_prepare_footage_reads_them(tmp_path: Path, de
     assert Image.open(folder / "000005.jpg").size == (40, 100)
     assert json.loads((folder / "track.json").read_text())["boxes"][0] == BOX
     (tracklet,) = prepare("footage", tmp_path / "out").tracklets()
-    assert (tracklet.tracklet_id, tracklet.pid, tracklet.camid, tracklet.split) == ("2/cam2_lobby/0001", -1, 2, "gallery")
+    assert (tracklet.tracklet_id, tracklet.pid, tracklet.camid) == ("2/cam2_lobby/0001", -1, 2)
+    assert tracklet.split == "gallery"
     origin = tracklet.origin
     assert (origin.source_video, origin.first_frame, origin.last_frame) == (str(video.resolve()), 0, 11)
     assert (origin.start_s, origin.end_s) == (0.0, pytest.approx(1.1))

@@ -133,7 +133,9 @@ def _print_summary(manifest: Manifest, summary: Sequence[SplitSummary]) -> None:
 
 @command("prepare")
 def prepare(
-    kind: Annotated[str, typer.Argument(help="Layout of ROOT: mars, lsvid, ilidsvid, prid2011, folder, synthetic or footage.")],
+    kind: Annotated[
+        str, typer.Argument(help="Layout of ROOT: mars, lsvid, ilidsvid, prid2011, folder, synthetic or footage.")
+    ],
     root: Annotated[Path, typer.Argument(help="The dataset folder (for synthetic: a new folder to draw it into).")],
     out: OutOpt,
     force: ForceOpt = False,
@@ -467,15 +469,20 @@ def query(
 def track(
     videos: Annotated[list[Path], typer.Argument(help="Camera videos to cut into person tracklets.")],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Root of the tracklet folders (read by prepare footage).", file_okay=False)
+        Path,
+        typer.Option("--out", "-o", help="Root of the tracklet folders (read by prepare footage).", file_okay=False),
     ],
-    every: Annotated[int, typer.Option("--every", min=1, help="Detect on every K-th frame; predict boxes between.")] = 1,
+    every: Annotated[
+        int, typer.Option("--every", min=1, help="Detect on every K-th frame; predict boxes between.")
+    ] = 1,
     min_frames: Annotated[
         int, typer.Option("--min-frames", min=1, help="Write only tracklets of at least this many frames.")
     ] = 8,
     camid: Annotated[
         Optional[int],
-        typer.Option("--camid", min=0, help="Camera of every video; default: from names like cam2_x.mp4 or cam2/x.mp4."),
+        typer.Option(
+            "--camid", min=0, help="Camera of every video; default: from names like cam2_x.mp4 or cam2/x.mp4."
+        ),
     ] = None,
     detector: Annotated[
         str,
@@ -486,17 +493,19 @@ def track(
     checkpoint: Annotated[
         Optional[Path],
         typer.Option(
-            "--checkpoint", "-c", help="Cut and re-link tracks by appearance with this checkpoint; default: motion only.",
-            exists=True, dir_okay=False,
+            "--checkpoint", "-c", exists=True, dir_okay=False,
+            help="Cut and re-link tracks by appearance with this checkpoint; default: motion only.",
         ),
     ] = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Videos processed at once, one process each.")] = 1,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Videos processed at once, one process each.")
+    ] = 1,
     json_output: JsonOpt = False,
     force: ForceOpt = False,
 ) -> None:
     """Detect and track the people in camera videos and write each track as a tracklet of cropped frames.
 
-    Example: tfclip track cam1_lobby.mp4 cam2_street.mp4 --out footage/ && tfclip prepare footage footage/ --out footage.parquet
+    Example: tfclip track cam1_lobby.mp4 cam2_street.mp4 --out footage/
     """
     import dataclasses
     import json

@@ -91,7 +91,9 @@ def progress(
 
 
 @contextlib.contextmanager
-def progress_board(descriptions: Sequence[str], totals: Sequence[int | None], *, unit: str) -> Iterator[Callable[[int, int], None]]:
+def progress_board(
+    descriptions: Sequence[str], totals: Sequence[int | None], *, unit: str
+) -> Iterator[Callable[[int, int], None]]:
     """One progress bar per job running at once (e.g. a video per worker process); yields ``advance(job, steps)``.
     Silent off a terminal or off rank 0."""
     if not (stderr.is_terminal and is_main_process()):
@@ -174,8 +176,8 @@ def tracking_table(summary: Any) -> Table:
     )
     for video in summary.videos:
         table.add_row(
-            os.path.basename(video.video), str(video.camid), f"{video.frames:,}", str(video.tracks), str(video.tracklets),
-            f"{video.speed:.1f}",
+            os.path.basename(video.video), str(video.camid), f"{video.frames:,}", str(video.tracks),
+            str(video.tracklets), f"{video.speed:.1f}",
         )
     return table
 

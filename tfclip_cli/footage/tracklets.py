@@ -154,7 +154,7 @@ def _crop_paths(folder: Path) -> Callable[[Track, Window], list[str]]:
     return paths
 
 
-def _write_tracklet(link: Linked, crops: Path, target: Path, record: dict) -> None:
+def _write_tracklet(link: Linked, crops: Path, target: Path, *, record: dict) -> None:
     """Move a tracklet's crops from the motion tracks' folders into ``target`` and write its ``track.json``."""
     target.mkdir(parents=True)
     track, offset = link.track, 0
@@ -183,7 +183,9 @@ def _linked(tracks: list[Track], crops: Path, options: TrackOptions) -> list[Lin
 FrameProgress = Callable[[Iterable[np.ndarray]], Iterable[np.ndarray]]
 
 
-def track_one_video(video: Path, folder: Path, *, camid: int, options: TrackOptions, progress: FrameProgress) -> VideoTracklets:
+def track_one_video(
+    video: Path, folder: Path, *, camid: int, options: TrackOptions, progress: FrameProgress | None
+) -> VideoTracklets:
     """Track one video and write its tracklets into ``folder`` (built hidden beside it, renamed when complete).
 
     Raises:
@@ -201,7 +203,7 @@ def track_one_video(video: Path, folder: Path, *, camid: int, options: TrackOpti
         record = {"source_video": str(Path(video).resolve()), "fps": info.fps}
         building.mkdir()
         for number, link in enumerate(kept, start=1):
-            _write_tracklet(link, crops, building / f"{number:04d}", record)
+            _write_tracklet(link, crops, building / f"{number:04d}", record=record)
         if folder.exists():  # --force was checked by plan_outputs
             shutil.rmtree(folder)
         os.replace(building, folder)
@@ -238,8 +240,10 @@ def _start_worker(reports: queue.Queue) -> None:
     torch.set_num_threads(1)
 
 
-def _worker(job: int, video: Path, folder: Path, camid: int, options: TrackOptions) -> VideoTracklets:
+def _worker(job: int, spec: tuple[Path, Path, int], options: TrackOptions) -> VideoTracklets:
+    """Video number ``job`` = (video, output folder, camid), in a worker process."""
     assert _reports is not None
+    video, folder, camid = spec
     return track_one_video(video, folder, camid=camid, options=options, progress=_queue_progress(_reports, job))
 
 
@@ -253,7 +257,7 @@ def _run_parallel(jobs: list[tuple[Path, Path, int]], options: TrackOptions, wor
     with display.progress_board(names, totals, unit="frames") as advance, concurrent.futures.ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_start_worker, initargs=(reports,)
     ) as pool:
-        futures = [pool.submit(_worker, job, *spec, options) for job, spec in enumerate(jobs)]
+        futures = [pool.submit(_worker, job, spec, options) for job, spec in enumerate(jobs)]
         while not all(f.done() for f in futures):
             _drain(reports, advance, timeout=0.2)
         _drain(reports, advance, timeout=0.0)
@@ -323,6 +327,7 @@ def track_videos(
             raise UserError(f"{video} not found: expected a video file")
     folders = plan_outputs(videos, out, camid=camid, force=force)
     jobs = [(video, folder, _camid(video, camid)) for video, folder in zip(videos, folders)]
-    done = _run_sharded(jobs, options, workers) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else _run(jobs, options, workers)
+    is_sharded = int(os.environ.get("WORLD_SIZE", "1")) > 1  # launched by torchrun
+    done = _run_sharded(jobs, options, workers) if is_sharded else _run(jobs, options, workers)
     detector = Path(options.detector).name if isinstance(options.detector, str) else options.detector.name
     return TrackingSummary(str(out), detector, options.checkpoint is not None, tuple(done))
