@@ -15,6 +15,7 @@ from tfclip_cli.footage.detect import (
     is_ssdlite_installed,
     non_max_suppression,
     read_video,
+    resolve_detector,
     ssd_anchors,
     video_info,
 )
@@ -136,3 +137,10 @@ def test_auto_falls_back_to_hog_without_the_ssdlite_wheel(monkeypatch: pytest.Mo
 @needs_ssdlite
 def test_auto_is_ssdlite_when_its_wheel_is_installed() -> None:
     assert build_detector("auto").name == "ssdlite"
+
+
+def test_auto_is_resolved_to_the_detector_it_stands_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tfclip_cli.footage.detect.is_ssdlite_installed", lambda: True)
+    assert (resolve_detector("auto"), resolve_detector("hog"), resolve_detector("m.onnx")) == ("ssdlite", "hog", "m.onnx")
+    monkeypatch.setattr("tfclip_cli.footage.detect.is_ssdlite_installed", lambda: False)
+    assert resolve_detector("auto") == "hog"

@@ -30,6 +30,7 @@ def test_tracklets_are_written_and_prepare_footage_reads_them(tmp_path: Path, de
     video = tmp_path / "cam2_lobby.avi"
     write_video(video, 12)
     summary = track_videos([video], tmp_path / "out", options=TrackOptions(detector=detector))
+    assert summary.detector == "standing.onnx" and not summary.relinked
     (done,) = summary.videos
     assert (done.camid, done.frames, done.tracks, done.tracklets, done.fps) == (2, 12, 1, 1, 10.0)
     folder = tmp_path / "out" / "2" / "cam2_lobby" / "0001"

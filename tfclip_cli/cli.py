@@ -520,7 +520,8 @@ def track(
         typer.echo(json.dumps(dataclasses.asdict(summary)))
         return
     display.stdout.print(display.tracking_table(summary))
-    display.stderr.print(f"next: tfclip prepare footage {out} --out {out}/footage.parquet", highlight=False)
+    manifest = out.with_name(f"{out.name}.parquet")
+    display.stderr.print(f"next: tfclip prepare footage {out} --out {manifest}", highlight=False)
 
 
 @command("demo")

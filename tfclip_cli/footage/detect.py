@@ -314,6 +314,16 @@ def set_threads(count: int) -> None:
     cv2.setNumThreads(count)
 
 
+def resolve_detector(spec: str) -> str:
+    """``auto`` made concrete (ssdlite when its graph is installed, else hog, with a warning); others as given."""
+    if spec != "auto":
+        return spec
+    if is_ssdlite_installed():
+        return "ssdlite"
+    log.warning("using the hog detector: ssdlite's graph is not installed (`%s` adds it)", SSDLITE_INSTALL)
+    return "hog"
+
+
 def build_detector(spec: str, **options: float) -> Detector:
     """The detector named by ``spec``: ``hog``, ``ssdlite``, ``auto`` or the path of a YOLO ``.onnx`` model.
 
@@ -326,11 +336,7 @@ def build_detector(spec: str, **options: float) -> Detector:
     Raises:
         UserError: an unknown name, or a model file that is missing or not a detector.
     """
-    if spec == "auto":
-        if is_ssdlite_installed():
-            return SsdLiteDetector(**options)
-        log.warning("using the hog detector: ssdlite's graph is not installed (`%s` adds it)", SSDLITE_INSTALL)
-        return HogDetector(**options)
+    spec = resolve_detector(spec)
     if spec == "hog":
         return HogDetector(**options)
     if spec == "ssdlite":

@@ -11,6 +11,7 @@ takes every ``world_size``-th video.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -31,7 +32,15 @@ from PIL import Image
 from tfclip_cli import display
 from tfclip_cli.datasets.footage import TRACK_FILE, crop_name
 from tfclip_cli.errors import UserError
-from tfclip_cli.footage.detect import DEFAULT_DETECTOR, Detector, build_detector, read_video, set_threads, video_info
+from tfclip_cli.footage.detect import (
+    DEFAULT_DETECTOR,
+    Detector,
+    build_detector,
+    read_video,
+    resolve_detector,
+    set_threads,
+    video_info,
+)
 from tfclip_cli.footage.relink import Linked, RelinkConfig, Window, model_window_embedder, relink, unlinked
 from tfclip_cli.footage.track import Track, TrackerConfig, track_video
 
@@ -326,6 +335,8 @@ def track_videos(
         if not video.is_file():
             raise UserError(f"{video} not found: expected a video file")
     folders = plan_outputs(videos, out, camid=camid, force=force)
+    if isinstance(options.detector, str):  # resolve "auto" once, here, so workers and the summary agree
+        options = dataclasses.replace(options, detector=resolve_detector(options.detector))
     jobs = [(video, folder, _camid(video, camid)) for video, folder in zip(videos, folders)]
     is_sharded = int(os.environ.get("WORLD_SIZE", "1")) > 1  # launched by torchrun
     done = _run_sharded(jobs, options, workers) if is_sharded else _run(jobs, options, workers)
