@@ -12,7 +12,7 @@ from PIL import Image
 from tfclip_cli.checkpoint import Checkpoint, save_checkpoint
 from tfclip_cli.datasets import prepare
 from tfclip_cli.errors import UserError
-from tfclip_cli.footage.tracklets import TrackOptions, camid_from_name, track_videos
+from tfclip_cli.footage.tracklets import TrackOptions, camid_from_name, interleave, track_videos
 from tfclip_cli.model import ModelConfig, build_model
 
 # one person standing still: (cx, cy, w, h, person score) in the 64×64 model input; a 160×120 frame is letterboxed
@@ -103,3 +103,9 @@ def test_a_checkpoint_relinks_the_tracks_by_model_embeddings(tmp_path: Path, det
     assert summary.relinked and summary.videos[0].tracklets == 1
     (tracklet,) = prepare("footage", tmp_path / "out").tracklets()
     assert tracklet.origin.first_frame == 0 and tracklet.origin.last_frame == 15  # one person, never cut
+
+
+def test_torchrun_shards_merge_back_in_video_order() -> None:
+    videos = list("abcdefg")
+    for world_size in (1, 2, 3, 7, 9):
+        assert interleave([videos[rank::world_size] for rank in range(world_size)]) == videos

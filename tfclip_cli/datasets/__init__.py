@@ -1,7 +1,7 @@
 """From a layout on disk to a Manifest: the KINDS registry, :func:`prepare` and :func:`summarize`.
 
-One parser per layout (``mars``, ``lsvid``, ``ilidsvid``, ``prid2011``, ``folder``, ``footage``); ``synthetic`` draws the embedded
-dataset in the ``folder`` layout and parses it. Each kind records its evaluation protocol (the gallery rule) in the
+One parser per layout (``mars``, ``lsvid``, ``ilidsvid``, ``prid2011``, ``folder``, ``footage``); ``synthetic``
+draws the embedded dataset in the ``folder`` layout and parses it. Each kind records its evaluation protocol (the gallery rule) in the
 manifest, so evaluation follows the benchmark's own.
 """
 

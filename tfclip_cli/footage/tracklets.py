@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -46,6 +46,7 @@ from tfclip_cli.footage.track import Track, TrackerConfig, track_video
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 CAMID_RULE = re.compile(r"^(?:camera|cam|c)[_-]?(\d+)(?!\d)", re.IGNORECASE)
 JPEG_QUALITY = 90
 
@@ -303,7 +304,13 @@ def _run_sharded(jobs: list[tuple[Path, Path, int]], options: TrackOptions, work
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    return [shards[i % context.world_size][i // context.world_size] for i in range(len(jobs))]
+    return interleave(shards)
+
+
+def interleave(shards: Sequence[Sequence[T]]) -> list[T]:
+    """The items of rank shards ``shards[r] = items[r::world_size]`` back in their original order."""
+    count, size = sum(len(shard) for shard in shards), len(shards)
+    return [shards[i % size][i // size] for i in range(count)]
 
 
 def track_videos(
