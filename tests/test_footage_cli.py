@@ -5,14 +5,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_footage import write_video, yolo_model
+from fake_footage import STANDING, tiny_checkpoint, write_video, yolo_model
 from tiny_training import tiny_recipe
 from typer.testing import CliRunner
 
 from tfclip_cli.cli import app
-from tfclip_cli.tables import Embeddings, read_manifest, write_embeddings
+from tfclip_cli.index import build_index, load_index
+from tfclip_cli.inference import extract_to_file
+from tfclip_cli.tables import Embeddings, read_embeddings, read_manifest, row_to_tracklet, write_embeddings
 
-STANDING = np.array([[32, 32, 16, 40, 0.9]] + [[0, 0, 1, 1, 0.0]] * 8, dtype=np.float32).T[None]
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +79,13 @@ def test_prepare_footage_counts_no_identities(footage_manifest: Path) -> None:
 
     gallery = next(row for row in summarize(read_manifest(footage_manifest)) if row.split == "gallery")
     assert (gallery.ids, gallery.tracklets, gallery.frames, gallery.cameras) == (0, 2, 20, 2)
+
+
+def test_extract_and_index_keep_the_footage_origin(footage_manifest: Path, tmp_path: Path) -> None:
+    checkpoint = tiny_checkpoint(tmp_path / "tiny.ckpt")
+    extract_to_file(checkpoint, tmp_path / "e.parquet", manifest=footage_manifest, splits=("gallery",), workers=0)
+    build_index(read_embeddings(tmp_path / "e.parquet"), tmp_path / "g.faiss")
+    rows = load_index(tmp_path / "g.faiss").rows
+    indexed = [row_to_tracklet(row) for row in rows.itertuples(index=False)]
+    assert indexed == read_manifest(footage_manifest).tracklets()
+    assert indexed[0].origin.boxes[0] == (60.0, 10.0, 100.0, 110.0)

@@ -1,24 +1,20 @@
 """tfclip track's API: videos → tracklet folders in the footage layout, read back by `prepare footage`."""
 
+import io
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from fake_footage import write_video, yolo_model
+from fake_footage import STANDING, tiny_checkpoint, write_video, yolo_model
 from PIL import Image
+from rich.console import Console
 
-from tfclip_cli.checkpoint import Checkpoint, save_checkpoint
+from tfclip_cli import display
 from tfclip_cli.datasets import prepare
 from tfclip_cli.errors import UserError
 from tfclip_cli.footage.tracklets import TrackOptions, camid_from_name, interleave, track_videos
-from tfclip_cli.model import ModelConfig, build_model
 
-# one person standing still: (cx, cy, w, h, person score) in the 64×64 model input; a 160×120 frame is letterboxed
-# at ratio 0.4 with 8 px on top, so the box (24, 12, 40, 52) in the input is (60, 10, 100, 110) in the frame
-STANDING = np.array([[32, 32, 16, 40, 0.9]] + [[0, 0, 1, 1, 0.0]] * 8, dtype=np.float32).T[None]
-BOX = [60.0, 10.0, 100.0, 110.0]
+BOX = [60.0, 10.0, 100.0, 110.0]  # STANDING's box in a 160×120 frame
 
 
 @pytest.fixture
@@ -91,11 +87,7 @@ def test_worker_processes_track_one_video_each(tmp_path: Path, detector: str) ->
 
 
 def test_a_checkpoint_relinks_the_tracks_by_model_embeddings(tmp_path: Path, detector: str) -> None:
-    torch.manual_seed(0)
-    config = ModelConfig(backbone="tfclip-tiny", image_size=(64, 32), seq_len=4, num_classes=4, num_cameras=2)
-    checkpoint = tmp_path / "tiny.ckpt"
-    save_checkpoint(Checkpoint(model_config=config.to_dict(), model_state=build_model(config).state_dict(),
-                               pid_to_label={}, recipe={"data": {"normalization": "imagenet"}}), checkpoint)
+    checkpoint = tiny_checkpoint(tmp_path / "tiny.ckpt")
     video = tmp_path / "cam0.avi"
     write_video(video, 16)
     options = TrackOptions(detector=detector, checkpoint=checkpoint)
@@ -109,3 +101,13 @@ def test_torchrun_shards_merge_back_in_video_order() -> None:
     videos = list("abcdefg")
     for world_size in (1, 2, 3, 7, 9):
         assert interleave([videos[rank::world_size] for rank in range(world_size)]) == videos
+
+
+def test_progress_board_shows_a_bar_per_video(monkeypatch: pytest.MonkeyPatch) -> None:
+    terminal = Console(file=io.StringIO(), force_terminal=True, width=100)
+    monkeypatch.setattr(display, "stderr", terminal)
+    with display.progress_board(["tracking a.mp4", "tracking b.mp4"], [10, 20], unit="frames") as advance:
+        advance(1, 20)
+        advance(0, 5)
+    shown = terminal.file.getvalue()
+    assert "tracking a.mp4" in shown and "5/10" in shown and "tracking b.mp4" in shown and "20/20" in shown

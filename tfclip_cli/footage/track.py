@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Track:
-    """One person followed through one video: a box per frame index (0-based, increasing, no gaps).
+    """One person followed through one video: a box per frame index (0-based, increasing; without gaps as the
+    tracker makes them, with gaps where :mod:`~tfclip_cli.footage.relink` joined two fragments).
 
     ``scores`` holds the matched detection's score, 0 where the box is predicted (carried between detected frames
     or bridging frames the detector missed).
