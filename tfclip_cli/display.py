@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import logging
 import os
-from typing import Any, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -109,6 +110,18 @@ class _RateColumn(ProgressColumn):
         return f"{task.speed:.1f} {self.unit}/s" if task.speed else f"- {self.unit}/s"
 
 
+def _progress_columns(unit: str) -> list[ProgressColumn]:
+    return [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        _RateColumn(unit),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+
+
 def progress(
     items: Iterable[T], description: str, *, total: int | None = None, unit: str = "it"
 ) -> Iterator[T]:
@@ -118,20 +131,26 @@ def progress(
     if not (stderr.is_terminal and is_main_process()):
         yield from items
         return
-    columns = [
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        _RateColumn(unit),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    ]
+    columns = _progress_columns(unit)
     with Progress(*columns, console=stderr, transient=False) as bar:
         task = bar.add_task(description, total=total)
         for item in items:
             yield item
             bar.advance(task)
+
+
+@contextlib.contextmanager
+def progress_board(
+    descriptions: Sequence[str], totals: Sequence[int | None], *, unit: str
+) -> Iterator[Callable[[int, int], None]]:
+    """One progress bar per job running at once (e.g. a video per worker process); yields ``advance(job, steps)``.
+    Silent off a terminal or off rank 0."""
+    if not (stderr.is_terminal and is_main_process()):
+        yield lambda job, steps: None
+        return
+    with Progress(*_progress_columns(unit), console=stderr, transient=False) as bar:
+        tasks = [bar.add_task(d, total=t) for d, t in zip(descriptions, totals)]
+        yield lambda job, steps: bar.advance(tasks[job], steps)
 
 
 class StatusBar:
@@ -201,6 +220,22 @@ img { height: 128px; margin-right: 4px; border-radius: 3px; vertical-align: midd
 .score { font-variant-numeric: tabular-nums; } .source { color: #666; font-size: 0.85em; word-break: break-all; }
 .missing { color: #999; font-style: italic; }
 """
+
+
+def tracking_table(summary: Any) -> Table:
+    """One row per video of ``tfclip track``'s :class:`~tfclip_cli.footage.tracklets.TrackingSummary`."""
+    how = "motion + appearance" if summary.relinked else "motion only"
+    table = Table(
+        "video", "camid", "frames", "tracks", "tracklets", "frames/s",
+        title=f"{summary.tracklets} tracklets under {summary.out} (detector {summary.detector}, {how})",
+        title_justify="left",
+    )
+    for video in summary.videos:
+        table.add_row(
+            os.path.basename(video.video), str(video.camid), f"{video.frames:,}", str(video.tracks),
+            str(video.tracklets), f"{video.speed:.1f}",
+        )
+    return table
 
 
 def _jpeg_data_uri(frame: np.ndarray) -> str:

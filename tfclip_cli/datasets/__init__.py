@@ -1,7 +1,7 @@
 """From a layout on disk to a Manifest: the KINDS registry, :func:`prepare` and :func:`summarize`.
 
-One parser per layout (``mars``, ``lsvid``, ``ilidsvid``, ``prid2011``, ``folder``); ``synthetic`` draws the embedded
-dataset in the ``folder`` layout and parses it. Each kind records its evaluation protocol (the gallery rule) in the
+One parser per layout (``mars``, ``lsvid``, ``ilidsvid``, ``prid2011``, ``folder``, ``footage``); ``synthetic``
+draws the embedded dataset in the ``folder`` layout and parses it. Each kind records its evaluation protocol (the gallery rule) in the
 manifest, so evaluation follows the benchmark's own.
 """
 
@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tfclip_cli.datasets import folder, ilidsvid, lsvid, mars, prid2011
+from tfclip_cli.datasets import folder, footage, ilidsvid, lsvid, mars, prid2011
 from tfclip_cli.datasets.common import Parsed, Problems
 from tfclip_cli.datasets.synthetic import SyntheticOptions, generate_synthetic
 from tfclip_cli.errors import DataError, UserError
 from tfclip_cli.tables import (
     NON_UTF8_REASON,
     SPLITS,
+    UNKNOWN_PID,
     GalleryRule,
     Manifest,
     ManifestInfo,
@@ -55,6 +56,7 @@ KINDS: dict[str, DatasetKind] = {
         DatasetKind("prid2011", prid2011.parse, "gallery_only", frozenset({"split_id"})),
         DatasetKind("folder", folder.parse, "gallery_only"),
         DatasetKind("synthetic", parse_synthetic, "gallery_only", frozenset({"synthetic"})),
+        DatasetKind("footage", footage.parse, "gallery_only"),
     )
 }
 OPTION_FLAGS = {"split_id": "--split-id", "train_chunk": "--train-chunk", "window": "--window",
@@ -141,13 +143,13 @@ class SplitSummary:
 
 
 def summarize(manifest: Manifest) -> tuple[SplitSummary, ...]:
-    """Per-split counts of identities, tracklets, frames and cameras, then the total."""
+    """Per-split counts of identities (pid -1, unknown, not counted), tracklets, frames and cameras, then the total."""
     table = manifest.table
     parts = [(split, table[table["split"] == split]) for split in SPLITS] + [("total", table)]
     return tuple(
         SplitSummary(
             split=split,
-            ids=int(rows["pid"].nunique()),
+            ids=int(rows.loc[rows["pid"] != UNKNOWN_PID, "pid"].nunique()),  # footage's unknown pid is no identity
             tracklets=len(rows),
             frames=int(rows["num_frames"].sum()),
             cameras=int(rows["camid"].nunique()),
