@@ -18,6 +18,7 @@ from tfclip_cli.errors import UserError
 
 if TYPE_CHECKING:
     from tfclip_cli.datasets import SplitSummary
+    from tfclip_cli.datasets.synthetic_footage import FootageOptions
     from tfclip_cli.tables import Manifest
 
 app = typer.Typer(
@@ -131,6 +132,22 @@ def _print_summary(manifest: Manifest, summary: Sequence[SplitSummary]) -> None:
     display.stdout.print(table)
 
 
+FOOTAGE_FLAGS = {"identities": "walkers", "cameras": "cameras", "image_size": "image_size", "max_frames": "frames",
+                 "seed": "seed"}
+
+
+def _footage_options(given: dict[str, object]) -> FootageOptions:
+    """The synthetic options given with ``--footage`` as FootageOptions; an option footage has no use for is an error."""
+    from tfclip_cli.datasets.synthetic_footage import FootageOptions
+
+    unused = [name for name in given if name not in FOOTAGE_FLAGS]
+    if unused:
+        flags = ", ".join("--" + name.replace("_", "-") for name in unused)
+        raise UserError(f"{flags} do not apply with --footage: only --identities (walkers), --cameras, --image-size, "
+                        "--max-frames (frames per video) and --seed do")
+    return FootageOptions(**{FOOTAGE_FLAGS[name]: value for name, value in given.items()})
+
+
 @command("prepare")
 def prepare(
     kind: Annotated[str, typer.Argument(help="Layout of ROOT: mars, lsvid, ilidsvid, prid2011, folder or synthetic.")],
@@ -171,6 +188,18 @@ def prepare(
         Optional[float], _synthetic_option("Share of tracklets written as .mp4 videos (default 0.33).")
     ] = None,
     seed: Annotated[Optional[int], _synthetic_option("Seed fixing every pixel (default 0).")] = None,
+    footage: Annotated[
+        bool,
+        typer.Option(
+            "--footage",
+            rich_help_panel=SYNTHETIC_PANEL,
+            help="Draw camera footage instead: ROOT/footage/cam<N>/cam<N>.mp4 with a MOTChallenge gt.txt beside "
+            "each, and the ground-truth crops as the manifest's tracklets. Here --identities sets the walkers "
+            "(3-10; 6 unless given), --max-frames the frames per video (120 at 10 frames/s unless given), "
+            "--image-size the video size (288 384 unless given), --cameras the cameras (2 unless given), --seed as "
+            "above; other options do not apply.",
+        ),
+    ] = False,
 ) -> None:
     """Parse a dataset layout into a manifest (one Parquet row per tracklet) and print its splits.
 
@@ -194,9 +223,11 @@ def prepare(
         "seed": seed,
     }
     given = {name: value for name, value in drawn.items() if value is not None}
-    synthetic = SyntheticOptions(**given) if given else None
+    footage_options = _footage_options(given) if footage else None
+    synthetic = SyntheticOptions(**given) if given and not footage else None
     manifest = datasets.prepare(
-        kind, root, split_id=split_id, train_chunk=train_chunk, synthetic=synthetic, strict=strict
+        kind, root, split_id=split_id, train_chunk=train_chunk, synthetic=synthetic, footage=footage_options,
+        strict=strict,
     )
     tables.write_manifest(manifest, out, force=force)
     _print_summary(manifest, datasets.summarize(manifest))

@@ -12,13 +12,14 @@ MPEG-4 ``tNN.mp4`` video or a ``tNN/`` folder of JPEG frames ``000000.jpg ...``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import av
 import numpy as np
@@ -306,7 +307,7 @@ def render_tracklet(plan: TrackletPlan, look: Appearance, camera: CameraStyle, *
     ]
 
 
-def _write_frames(frames: list[np.ndarray], folder: Path) -> None:
+def write_frames(frames: list[np.ndarray], folder: Path) -> None:
     folder.mkdir(parents=True)
     for t, frame in enumerate(frames):
         Image.fromarray(frame).save(folder / f"{t:06d}.jpg", quality=92)
@@ -353,6 +354,23 @@ def _check_options(options: SyntheticOptions) -> None:
             raise DataError(f"synthetic dataset option {message}")
 
 
+@contextlib.contextmanager
+def drawing_into(root: Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder of ``root`` that becomes ``root`` when the block succeeds.
+
+    An interrupted drawing so leaves nothing behind.
+    """
+    root.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    try:
+        yield temp
+        if root.exists():
+            root.rmdir()
+        temp.rename(root)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
 def check_empty(root: Path) -> None:
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise DataError(
@@ -380,9 +398,7 @@ def generate_synthetic(root: Path, options: SyntheticOptions = SyntheticOptions(
         for camid in range(options.cameras)
     ]
     plans = plan_tracklets(options)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
-    try:
+    with drawing_into(root) as temp:
         for plan in display.progress(plans, "Drawing synthetic tracklets", unit="tracklets"):
             frames = render_tracklet(plan, looks[plan.pid], cameras[plan.camid], options=options,
                                      supersample=supersample)
@@ -390,10 +406,5 @@ def generate_synthetic(root: Path, options: SyntheticOptions = SyntheticOptions(
             if plan.is_video:
                 write_video(frames, target)
             else:
-                _write_frames(frames, target)
-        if root.exists():
-            root.rmdir()
-        temp.rename(root)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
+                write_frames(frames, target)
     logger.info("wrote %d synthetic tracklets into %s", len(plans), root)
