@@ -11,6 +11,7 @@ import pytest
 from tfclip_cli.errors import DataError, GalleryError, UserError
 from tfclip_cli.tables import (
     Embeddings,
+    FootageOrigin,
     ManifestInfo,
     Tracklet,
     atomic_output,
@@ -105,3 +106,47 @@ def test_embeddings_without_required_column_are_refused(tmp_path: Path) -> None:
     pd.DataFrame({"tracklet_id": ["x"], "pid": [1]}).to_parquet(path)
     with pytest.raises(GalleryError, match="lacks the column"):
         read_embeddings(path)
+
+
+FOOTAGE = [
+    Tracklet(
+        "cam0/vtest/track0003",
+        -1,
+        0,
+        "gallery",
+        2,
+        frames=("/f/3/000012.jpg", "/f/3/000013.jpg"),
+        origin=FootageOrigin("/videos/vtest.avi", 12, 13, 1.2, 1.3, ((1.5, 2.0, 30.25, 80.0), (2.5, 2.0, 31.25, 81.0))),
+    ),
+    TRACKLETS[2],  # a plain tracklet beside a footage one keeps origin None
+]
+
+
+def test_footage_origin_round_trips_through_the_manifest(tmp_path: Path) -> None:
+    path = tmp_path / "m.parquet"
+    write_manifest(manifest_from_tracklets(FOOTAGE, INFO), path)
+    assert read_manifest(path).tracklets() == FOOTAGE
+    schema = pq.read_schema(path)
+    assert schema.field("first_frame").type == pa.int64()
+    assert schema.field("boxes").type == pa.list_(pa.list_(pa.float64(), 4))
+
+
+def test_manifest_without_footage_has_no_origin_columns(tmp_path: Path) -> None:
+    path = tmp_path / "m.parquet"
+    write_manifest(manifest_from_tracklets(TRACKLETS, INFO), path)
+    assert "source_video" not in pq.read_schema(path).names
+    assert all(t.origin is None for t in read_manifest(path).tracklets())
+
+
+def test_footage_origin_round_trips_through_embeddings_and_index_sidecar(tmp_path: Path) -> None:
+    from tfclip_cli.index import build_index, load_index
+    from tfclip_cli.tables import row_to_tracklet
+
+    rows = manifest_from_tracklets(FOOTAGE, INFO).table
+    path = tmp_path / "e.parquet"
+    write_embeddings(Embeddings(rows=rows, vectors=np.eye(2, 4, dtype=np.float32), info={}), path)
+    loaded = read_embeddings(path)
+    assert [row_to_tracklet(r) for r in loaded.rows.itertuples(index=False)] == FOOTAGE
+    build_index(loaded, tmp_path / "g.faiss")
+    gallery = load_index(tmp_path / "g.faiss")
+    assert [row_to_tracklet(r) for r in gallery.rows.itertuples(index=False)] == FOOTAGE

@@ -44,10 +44,11 @@ from tfclip_cli.inference import embed_tracklets, tracklet_from_path, transform_
 from tfclip_cli.model import TFCLIP
 from tfclip_cli.tables import (
     EMBEDDING_ROW_COLUMNS,
-    MANIFEST_SCHEMA,
     Embeddings,
     Tracklet,
     atomic_output,
+    row_columns,
+    row_schema,
     row_to_tracklet,
 )
 
@@ -247,7 +248,7 @@ def _checked_rows(embeddings: Embeddings) -> pd.DataFrame:
     repeated = sorted(set(ids[ids.duplicated()]))
     if repeated:
         raise GalleryError(f"the embeddings table repeats tracklet ids {', '.join(repeated[:5])}: ids must be unique")
-    return embeddings.rows[list(EMBEDDING_ROW_COLUMNS)].reset_index(drop=True)
+    return embeddings.rows[row_columns(embeddings.rows.columns)].reset_index(drop=True)
 
 
 def _header_from(embeddings: Embeddings, index_type: IndexType, params: dict) -> IndexInfo:
@@ -331,7 +332,8 @@ def _write_gallery(index: Any, rows: pd.DataFrame, info: IndexInfo, path: Path, 
     """Write the index, its rows table and its header; none is renamed into place unless all three are written."""
     assert index.ntotal == len(rows) == info.count, (index.ntotal, len(rows), info.count)
     meta, header = sidecar_paths(path)
-    table = pa.Table.from_pandas(rows, schema=MANIFEST_SCHEMA, preserve_index=False)
+    columns = row_columns(rows.columns)
+    table = pa.Table.from_pandas(rows[columns], schema=row_schema(columns), preserve_index=False)
     with (
         atomic_output(path, force=force) as index_temp,
         atomic_output(meta, force=force) as meta_temp,
@@ -359,7 +361,7 @@ def _read_rows(path: Path) -> pd.DataFrame:
     missing = [c for c in EMBEDDING_ROW_COLUMNS if c not in table.column_names]
     if missing:
         raise GalleryError(f"{path} lacks the column(s) {', '.join(missing)}: expected a tfclip index sidecar")
-    return table.select(list(EMBEDDING_ROW_COLUMNS)).to_pandas()
+    return table.select(row_columns(table.column_names)).to_pandas()
 
 
 def _read_faiss(path: Path) -> Any:

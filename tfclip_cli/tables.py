@@ -12,7 +12,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -45,13 +45,41 @@ MANIFEST_SCHEMA = pa.schema(
     ]
 )
 
+# Optional columns of tracklets cut from raw footage by `tfclip track`: where in which source video each one is.
+ORIGIN_COLUMNS = ("source_video", "first_frame", "last_frame", "start_s", "end_s", "boxes")
+ORIGIN_FIELDS = {
+    "source_video": pa.string(),
+    "first_frame": pa.int64(),
+    "last_frame": pa.int64(),
+    "start_s": pa.float64(),
+    "end_s": pa.float64(),
+    "boxes": pa.list_(pa.list_(pa.float64(), 4)),
+}
+
+
+@dataclass(frozen=True)
+class FootageOrigin:
+    """Where a tracklet cut from raw footage comes from: the moment and the place in its source video.
+
+    ``first_frame``/``last_frame`` are 0-based frame indices of the source video (inclusive); ``boxes`` holds one
+    ``(x1, y1, x2, y2)`` pixel box per frame of the tracklet, in the tracklet's frame order.
+    """
+
+    source_video: str
+    first_frame: int
+    last_frame: int
+    start_s: float
+    end_s: float
+    boxes: tuple[tuple[float, float, float, float], ...]
+
 
 @dataclass(frozen=True)
 class Tracklet:
     """One tracklet of one person seen by one camera: a video file or an ordered list of frame images.
 
     Exactly one of ``frames`` (absolute image paths in temporal order) and ``video`` (absolute path) is set.
-    ``camid`` is 0-based.
+    ``camid`` is 0-based; ``pid`` -1 means the identity is unknown (footage tracklets). ``origin`` is set for
+    tracklets cut from raw footage.
     """
 
     tracklet_id: str
@@ -61,6 +89,7 @@ class Tracklet:
     num_frames: int
     frames: tuple[str, ...] | None = None
     video: str | None = None
+    origin: FootageOrigin | None = None
 
     def __post_init__(self) -> None:
         assert (self.frames is None) != (self.video is None), f"{self.tracklet_id}: frames xor video"
@@ -91,7 +120,7 @@ class ManifestInfo:
 
 @dataclass(frozen=True)
 class Manifest:
-    """One row per tracklet (columns ``MANIFEST_COLUMNS``) plus its :class:`ManifestInfo`."""
+    """One row per tracklet (columns ``MANIFEST_COLUMNS``, plus ``ORIGIN_COLUMNS`` for footage) and its info."""
 
     table: pd.DataFrame
     info: ManifestInfo
@@ -122,12 +151,52 @@ def row_to_tracklet(row: object) -> Tracklet | None:
         num_frames=int(row.num_frames),
         frames=tuple(frames) if frames is not None else None,
         video=video,
+        origin=_row_origin(row),
     )
 
 
+def _row_origin(row: object) -> FootageOrigin | None:
+    """The footage origin of a row, None when the table has no origin columns or this row has none."""
+    source = getattr(row, "source_video", None)
+    if not isinstance(source, str):
+        return None
+    return FootageOrigin(
+        source_video=source,
+        first_frame=int(row.first_frame),
+        last_frame=int(row.last_frame),
+        start_s=float(row.start_s),
+        end_s=float(row.end_s),
+        boxes=tuple(tuple(float(v) for v in box) for box in row.boxes),
+    )
+
+
+def row_columns(names: Iterable[str]) -> list[str]:
+    """The tracklet-row columns to keep of a table with column ``names``: the manifest columns, then any origin
+    columns it has."""
+    present = set(names)
+    return list(MANIFEST_COLUMNS) + [name for name in ORIGIN_COLUMNS if name in present]
+
+
+def row_schema(columns: Sequence[str]) -> pa.Schema:
+    """The Arrow schema of tracklet rows with ``columns`` (from :func:`row_columns`)."""
+    extra = [pa.field(name, ORIGIN_FIELDS[name]) for name in columns if name in ORIGIN_FIELDS]
+    return pa.schema(list(MANIFEST_SCHEMA) + extra)
+
+
+def _origin_table(tracklets: Sequence[Tracklet]) -> dict[str, list]:
+    """The origin columns of ``tracklets`` (None where a tracklet has no origin)."""
+    origins = [t.origin for t in tracklets]
+    columns: dict[str, list] = {
+        name: [getattr(o, name) if o is not None else None for o in origins] for name in ORIGIN_COLUMNS
+    }
+    columns["first_frame"] = pd.array(columns["first_frame"], dtype="Int64")
+    columns["last_frame"] = pd.array(columns["last_frame"], dtype="Int64")
+    return columns
+
+
 def tracklet_table(tracklets: Sequence[Tracklet]) -> pd.DataFrame:
-    """The manifest columns of ``tracklets``, one row each, in order."""
-    return pd.DataFrame(
+    """The manifest columns of ``tracklets``, one row each, in order; the origin columns too when any has one."""
+    table = pd.DataFrame(
         {
             "tracklet_id": [t.tracklet_id for t in tracklets],
             "pid": pd.array([t.pid for t in tracklets], dtype="int64"),
@@ -139,6 +208,10 @@ def tracklet_table(tracklets: Sequence[Tracklet]) -> pd.DataFrame:
         },
         columns=list(MANIFEST_COLUMNS),
     )
+    if any(t.origin is not None for t in tracklets):
+        for name, values in _origin_table(tracklets).items():
+            table[name] = values
+    return table
 
 
 def manifest_from_tracklets(tracklets: Sequence[Tracklet], info: ManifestInfo) -> Manifest:
@@ -184,8 +257,9 @@ def _metadata(info: dict) -> dict[bytes, bytes]:
 def write_manifest(manifest: Manifest, path: Path, *, force: bool = False) -> None:
     """Write the manifest atomically as Parquet, its info in the schema metadata."""
     info = dict(manifest.info.__dict__)
-    schema = MANIFEST_SCHEMA.with_metadata(_metadata(info))
-    table = pa.Table.from_pandas(manifest.table[list(MANIFEST_COLUMNS)], schema=schema, preserve_index=False)
+    columns = row_columns(manifest.table.columns)
+    schema = row_schema(columns).with_metadata(_metadata(info))
+    table = pa.Table.from_pandas(manifest.table[columns], schema=schema, preserve_index=False)
     with atomic_output(path, force=force) as temp:
         pq.write_table(table, temp)
 
@@ -227,7 +301,7 @@ def read_manifest(path: Path) -> Manifest:
         tfclip_version=stored.get("tfclip_version", "unknown"),
         extra=stored.get("extra", {}),
     )
-    frame = table.select(list(MANIFEST_COLUMNS)).to_pandas()
+    frame = table.select(row_columns(table.column_names)).to_pandas()
     return Manifest(table=frame, info=info)
 
 
@@ -264,7 +338,8 @@ def write_embeddings(embeddings: Embeddings, path: Path, *, force: bool = False)
     for name in EMBEDDING_ROW_COLUMNS:
         if name not in rows:
             rows[name] = None
-    base = pa.Table.from_pandas(rows[list(EMBEDDING_ROW_COLUMNS)], schema=MANIFEST_SCHEMA, preserve_index=False)
+    columns = row_columns(rows.columns)
+    base = pa.Table.from_pandas(rows[columns], schema=row_schema(columns), preserve_index=False)
     table = base.append_column("embedding", column)
     table = table.replace_schema_metadata(_metadata(embeddings.info))
     with atomic_output(path, force=force) as temp:
@@ -297,4 +372,4 @@ def read_embeddings(path: Path) -> Embeddings:
             rows[name] = "gallery" if name == "split" else None
     rows["pid"] = rows["pid"].astype("int64")
     rows["camid"] = rows["camid"].astype("int64")
-    return Embeddings(rows=rows[list(EMBEDDING_ROW_COLUMNS)], vectors=vectors.astype(np.float32, copy=False), info=info)
+    return Embeddings(rows=rows[row_columns(rows.columns)], vectors=vectors.astype(np.float32, copy=False), info=info)
