@@ -108,8 +108,14 @@ def test_ground_truth_crops_are_tracklets_split_by_camera(drawn):
     for tracklet in tracklets:
         assert tracklet.split == ("query" if tracklet.pid % 2 == tracklet.camid else "gallery")
         assert all(Path(frame).is_file() for frame in tracklet.frames)
+        origin = tracklet.origin
+        assert origin.source_video == str(root / "footage" / f"cam{tracklet.camid}" / f"cam{tracklet.camid}.mp4")
+        assert len(origin.boxes) == tracklet.num_frames == origin.last_frame - origin.first_frame + 1
+        assert origin.start_s == origin.first_frame / 10
         if tracklet.camid == 1:
-            assert tracklet.num_frames == int((truth.pids == tracklet.pid).sum())
+            rows = truth.pids == tracklet.pid
+            assert tracklet.num_frames == int(rows.sum())
+            np.testing.assert_allclose(origin.boxes, truth.boxes[rows], atol=0.01)
 
 
 def test_gt_file_round_trips_and_reads_mot17_rows(tmp_path):
@@ -146,6 +152,7 @@ def test_prepare_synthetic_footage_lists_the_ground_truth_tracklets(tmp_path):
     assert sorted(table["split"].unique()) == ["gallery", "query"]
     assert len(table) == 8 and set(table["pid"]) == set(range(4))
     assert manifest.info.extra["footage"]["walkers"] == 4
+    assert table["source_video"].str.endswith(".mp4").all() and (table["end_s"] > table["start_s"]).all()
 
 
 def test_cli_prepare_synthetic_footage_maps_the_options_and_refuses_others(tmp_path):

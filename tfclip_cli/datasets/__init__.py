@@ -1,8 +1,8 @@
 """From a layout on disk to a Manifest: the KINDS registry, :func:`prepare` and :func:`summarize`.
 
 One parser per layout (``mars``, ``lsvid``, ``ilidsvid``, ``prid2011``, ``folder``); ``synthetic`` draws the embedded
-dataset in the ``folder`` layout and parses it,
-or (with ``footage``) draws camera footage with MOTChallenge ground truth and lists its ground-truth tracklets. Each kind records its evaluation protocol (the gallery rule) in the
+dataset in the ``folder`` layout and parses it, or (with ``footage``) draws camera footage with MOTChallenge ground
+truth and lists its ground-truth tracklets. Each kind records its evaluation protocol (the gallery rule) in the
 manifest, so evaluation follows the benchmark's own.
 """
 

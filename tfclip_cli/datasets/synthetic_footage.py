@@ -39,7 +39,7 @@ from tfclip_cli.datasets.synthetic import (
     write_video,
 )
 from tfclip_cli.errors import DataError
-from tfclip_cli.tables import Tracklet
+from tfclip_cli.tables import FootageOrigin, Tracklet
 
 logger = logging.getLogger(__name__)
 
@@ -223,8 +223,8 @@ def _crop(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
 
 def _write_tracklets(footage: CameraFootage, camid: int, *, into: Path, root: Path, options: FootageOptions
                      ) -> list[Tracklet]:
-    """Cut each walker's ground-truth crops into ``into/tracklets``, one tracklet per walker, described with the
-    paths they will have under ``root`` (the drawing folder ``into`` becomes ``root`` at the end)."""
+    """Cut each walker's ground-truth crops into ``into/tracklets``, one tracklet per walker with its origin in the
+    video, described with the paths they will have under ``root`` (the drawing folder ``into`` becomes ``root``)."""
     written = []
     for pid in np.unique(footage.truth.pids):
         rows = np.flatnonzero(footage.truth.pids == pid)
@@ -234,7 +234,13 @@ def _write_tracklets(footage: CameraFootage, camid: int, *, into: Path, root: Pa
         write_frames([_crop(footage.frames[i], footage.truth.boxes[r]) for i, r in zip(indices, rows)],
                      into / relative)
         frames = tuple(str(root / relative / f"{t:06d}.jpg") for t in range(len(rows)))
-        written.append(Tracklet(str(relative), int(pid), camid, split, len(rows), frames=frames))
+        origin = FootageOrigin(
+            source_video=str(root / "footage" / f"cam{camid}" / f"cam{camid}.mp4"),
+            first_frame=indices[0], last_frame=indices[-1], start_s=indices[0] / FOOTAGE_FPS,
+            end_s=(indices[-1] + 1) / FOOTAGE_FPS,
+            boxes=tuple(tuple(float(v) for v in footage.truth.boxes[r]) for r in rows),
+        )
+        written.append(Tracklet(str(relative), int(pid), camid, split, len(rows), frames=frames, origin=origin))
     return written
 
 

@@ -93,8 +93,9 @@ class HogDetector:
         return non_max_suppression(boxes, scores, min_score=self.min_score)
 
 
-def build_detector(spec: str, **options: float) -> Detector:
-    """The detector named by ``spec``: ``hog``, ``ssdlite``, or the path of a YOLO ``.onnx`` model.
+def build_detector(spec: str, **options: object) -> Detector:
+    """The detector named by ``spec``: ``hog``, ``ssdlite``, or the path of a YOLO ``.onnx`` model; ``gt:PATH`` or
+    ``gt`` (with ``video=``) replay ground truth (:mod:`tfclip_cli.footage.replay`).
 
     Args:
         spec: the detector's name or model path.
@@ -104,6 +105,10 @@ def build_detector(spec: str, **options: float) -> Detector:
     """
     if spec == "hog":
         return HogDetector(**options)
+    if spec == "gt" or spec.startswith("gt:"):
+        from tfclip_cli.footage.replay import replay_detector  # replay builds on this module: imported late
+
+        return replay_detector(spec, **options)
     raise UserError(
         f"unknown detector {spec!r}: expected one of {', '.join(DETECTOR_NAMES)} or the path of a YOLO .onnx model"
     )
