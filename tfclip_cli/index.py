@@ -45,6 +45,7 @@ from tfclip_cli.model import TFCLIP
 from tfclip_cli.tables import (
     EMBEDDING_ROW_COLUMNS,
     Embeddings,
+    FootageOrigin,
     Tracklet,
     atomic_output,
     row_columns,
@@ -102,6 +103,17 @@ class Hit:
     split: str
     source: str
     row: int
+    origin: FootageOrigin | None = None  # where in which video, for a gallery tracklet cut from footage
+
+    def to_dict(self) -> dict:
+        """JSON-ready; a footage origin as its video, frames, times and key frame with its box (not every box)."""
+        fields = {name: value for name, value in asdict(self).items() if name != "origin"}
+        if self.origin is not None:
+            origin = self.origin
+            fields["origin"] = {"source_video": origin.source_video, "first_frame": origin.first_frame,
+                                "last_frame": origin.last_frame, "start_s": origin.start_s, "end_s": origin.end_s,
+                                "key_frame": origin.key_frame, "key_box": list(origin.key_box)}
+        return fields
 
 
 @dataclass(frozen=True)
@@ -120,7 +132,7 @@ class QueryResult:
 
     def to_dict(self) -> dict:
         """JSON-ready: the query source, its frame count and the hits."""
-        return {"query": self.source, "num_frames": self.num_frames, "hits": [asdict(hit) for hit in self.hits]}
+        return {"query": self.source, "num_frames": self.num_frames, "hits": [hit.to_dict() for hit in self.hits]}
 
 
 def sidecar_paths(path: Path) -> tuple[Path, Path]:
@@ -430,6 +442,7 @@ def _hit(rows: pd.DataFrame, row: int, rank: int, score: float) -> Hit:
         split=str(record["split"]),
         source=tracklet.source if tracklet is not None else "",
         row=row,
+        origin=tracklet.origin if tracklet is not None else None,
     )
 
 
@@ -447,13 +460,24 @@ def read_key_frames(tracklet: Tracklet) -> np.ndarray:
     return frames.permute(0, 2, 3, 1).numpy()
 
 
+def read_source_key_frame(origin: FootageOrigin) -> np.ndarray:
+    """The key frame of a footage tracklet in its source video, uint8 ``[1, H, W, 3]`` (the report draws the box).
+
+    Raises:
+        DataError: naming the video when it cannot be decoded.
+    """
+    video = Tracklet(origin.source_video, -1, -1, "gallery", origin.key_frame + 1, video=origin.source_video)
+    return read_frames(video, [origin.key_frame]).permute(0, 2, 3, 1).numpy()
+
+
 def _hit_key_frames(gallery: Gallery, hit: Hit) -> np.ndarray:
-    """A hit's key frames, or ``NO_FRAMES`` (logged) when its source is unknown or unreadable."""
+    """A hit's key frames (for footage, its key frame in the source video), or ``NO_FRAMES`` (logged) when its
+    source is unknown or unreadable."""
     tracklet = row_to_tracklet(gallery.rows.iloc[hit.row])
     if tracklet is None:
         return NO_FRAMES
     try:
-        return read_key_frames(tracklet)
+        return read_source_key_frame(hit.origin) if hit.origin is not None else read_key_frames(tracklet)
     except DataError as exc:
         log.warning("no key frames for gallery tracklet %s: %s", hit.tracklet_id, exc.message)
         return NO_FRAMES
@@ -510,6 +534,20 @@ def query(
     """
     gallery = load_index(gallery_path)
     tracklets = [tracklet_from_path(Path(clip)) for clip in clips]
+    return query_tracklets(gallery, tracklets, checkpoint=checkpoint, top_k=top_k, device=device,
+                           with_hit_frames=with_hit_frames)
+
+
+def query_tracklets(
+    gallery: Gallery,
+    tracklets: list[Tracklet],
+    *,
+    checkpoint: Path | None = None,
+    top_k: int = 10,
+    device: torch.device | str = "cpu",
+    with_hit_frames: bool = False,
+) -> list[QueryResult]:
+    """:func:`query` for tracklets already described (e.g. people cut out of a query video)."""
     device = torch.device(device)
     model, transform = _query_model(gallery, checkpoint, device)
     sampling = gallery.info.embeddings_info.get("sampling", "dense")

@@ -72,6 +72,16 @@ class FootageOrigin:
     end_s: float
     boxes: tuple[tuple[float, float, float, float], ...]
 
+    @property
+    def key_frame(self) -> int:
+        """The middle frame of the tracklet (an index into the source video): the one reports show."""
+        return self.first_frame + len(self.boxes) // 2
+
+    @property
+    def key_box(self) -> tuple[float, float, float, float]:
+        """The person's box in :attr:`key_frame`."""
+        return self.boxes[len(self.boxes) // 2]
+
 
 @dataclass(frozen=True)
 class Tracklet:
