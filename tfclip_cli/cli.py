@@ -19,6 +19,7 @@ from tfclip_cli.errors import UserError
 if TYPE_CHECKING:
     from tfclip_cli.datasets import SplitSummary
     from tfclip_cli.datasets.synthetic_footage import FootageOptions
+    from tfclip_cli.footage.query import PersonPointer
     from tfclip_cli.tables import Manifest
 
 app = typer.Typer(
@@ -447,6 +448,32 @@ def index(
     )
 
 
+QUERY_DETECTOR = "hog"
+
+
+def _person_pointer(box: str | None, frame: int | None, person: int | None) -> PersonPointer | None:
+    """``--box X,Y,W,H --frame F`` as a footage.query.PersonPointer (None without them).
+
+    Raises:
+        UserError: one of --box and --frame without the other, either with --person, or a malformed box.
+    """
+    from tfclip_cli.footage.query import PersonPointer
+
+    if (box is None) != (frame is None):
+        raise UserError("--box and --frame go together: the box is a person's place in that frame")
+    if box is None:
+        return None
+    if person is not None:
+        raise UserError("--person and --box/--frame both pick a person: pass one of them")
+    try:
+        x, y, w, h = (float(v) for v in box.split(","))
+    except ValueError:
+        raise UserError(f"--box {box}: expected X,Y,W,H pixel numbers, e.g. 120,40,60,150") from None
+    if w <= 0 or h <= 0:
+        raise UserError(f"--box {box}: width and height must be positive")
+    return PersonPointer(frame=frame, box=(x, y, x + w, y + h))
+
+
 @command("query")
 def query(
     clips: Annotated[list[Path], typer.Argument(help="Video files or frame folders of the person to look for.")],
@@ -466,31 +493,52 @@ def query(
         Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report here.", dir_okay=False)
     ] = None,
     force: ForceOpt = False,
+    detector: Annotated[
+        str,
+        typer.Option("--detector", help="Tells person crops from footage and finds the people in footage: hog, "
+                     "ssdlite, a YOLO .onnx file, gt:PATH or gt (replay a MOTChallenge gt.txt, e.g. the one beside "
+                     "the query video)."),
+    ] = QUERY_DETECTOR,
+    person: Annotated[
+        Optional[int], typer.Option("--person", min=1, help="Footage: search for person N only (as numbered in the "
+                                    "report, by first appearance).")
+    ] = None,
+    box: Annotated[
+        Optional[str], typer.Option("--box", metavar="X,Y,W,H", help="Footage: search for the person in this pixel "
+                                    "box at --frame.")
+    ] = None,
+    frame: Annotated[
+        Optional[int], typer.Option("--frame", min=0, help="The 0-based frame index --box points into.")
+    ] = None,
 ) -> None:
-    """Find the gallery tracklets most similar to one or more query clips, as a table, JSON or an HTML report.
+    """Find the gallery tracklets most similar to query clips (person crops, or each person in footage), as a table,
+    JSON or an HTML report.
 
     Example: tfclip query person.mp4 --gallery runs/mars/gallery.faiss --top-k 10 --html report.html
     """
     import json
 
-    from tfclip_cli.index import query as run_query
+    from tfclip_cli.footage.query import SearchOptions, query_clips
     from tfclip_cli.inference import process_device
     from tfclip_cli.tables import atomic_output
 
     if html_out is not None and html_out.exists() and not force:
         raise UserError(f"{html_out} already exists", hint="pass --force to overwrite it, or choose another --html")
-    results = run_query(
-        gallery, clips, checkpoint=checkpoint, top_k=top_k, device=process_device(),
-        with_hit_frames=html_out is not None,
-    )
+    search = SearchOptions(checkpoint=checkpoint, top_k=top_k, device=process_device(),
+                           with_hit_frames=html_out is not None)
+    results = query_clips(gallery, clips, detector=detector, search=search, person=person,
+                          pointer=_person_pointer(box, frame, person))
+    per_query = [r for result in results for r in getattr(result, "results", (result,))]  # a person each
     if html_out is not None:
         with atomic_output(html_out, force=force) as temp:
-            temp.write_text(display.render_query_report(results, gallery=str(gallery)), encoding="utf-8")
+            temp.write_text(display.render_query_report(per_query, gallery=str(gallery)), encoding="utf-8")
         display.stderr.print(f"wrote {html_out}", highlight=False)
     if json_output:
-        typer.echo(json.dumps([result.to_dict() for result in results]))
+        dicts = [result.to_dict() for result in results]
+        is_one_footage = len(results) == 1 and "persons" in dicts[0]
+        typer.echo(json.dumps(dicts[0] if is_one_footage else dicts))
         return
-    for result in results:
+    for result in per_query:
         display.stdout.print(display.query_table(result))
 
 

@@ -86,6 +86,9 @@ class HogDetector:
         gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
         if self.upscale != 1.0:
             gray = cv2.resize(gray, None, fx=self.upscale, fy=self.upscale, interpolation=cv2.INTER_LINEAR)
+        window_width, window_height = self._hog.winSize
+        if gray.shape[0] < window_height or gray.shape[1] < window_width:
+            return []  # no person of the window's size fits (and OpenCV fails on a frame smaller than it)
         # groupThreshold 0: no OpenCV grouping, so every window keeps its own margin for our NMS
         rects, margins = self._hog.detectMultiScale(
             gray, hitThreshold=self._hit_threshold, winStride=(8, 8), padding=(8, 8), scale=1.05, groupThreshold=0
