@@ -4,9 +4,8 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from fake_footage import yolo_model
 
 from tfclip_cli.errors import UserError
 from tfclip_cli.footage.detect import (
@@ -88,25 +87,6 @@ def test_ssdlite_finds_the_walkers_of_the_street_sample() -> None:
 def test_ssdlite_without_its_graph_names_the_install_command(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not found: expected a TensorFlow frozen graph"):
         build_detector("ssdlite", graph=tmp_path / "missing.pb")
-
-
-def yolo_model(path: Path, output: np.ndarray, size: int = 64) -> Path:
-    """A tiny ONNX "detector" whose output is ``output`` whatever the image (plus 0 × the image's sum)."""
-    constant = helper.make_node("Constant", [], ["raw"], value=numpy_helper.from_array(output.astype(np.float32)))
-    total = helper.make_node("ReduceSum", ["images"], ["total"], keepdims=0)
-    zero = helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.array(0.0, np.float32)))
-    nothing = helper.make_node("Mul", ["total", "zero"], ["nothing"])
-    result = helper.make_node("Add", ["raw", "nothing"], ["output0"])
-    graph = helper.make_graph(
-        [constant, total, zero, nothing, result],
-        "tiny_yolo",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(output.shape))],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
 
 
 # (cx, cy, w, h, person, bicycle) in the 64×64 input; a 128×64 frame is letterboxed at ratio 0.5 with 16 px on

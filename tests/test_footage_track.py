@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
+from fake_footage import write_video
 
 from tfclip_cli.footage.detect import Detection
 from tfclip_cli.footage.track import ByteTracker, TrackerConfig, iou_matrix, match_by_iou, track_video
@@ -98,13 +98,6 @@ class ReplayDetector:
         assert frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8
         self.calls.append(frame_index)
         return self.boxes.get(frame_index, [])
-
-
-def write_video(path: Path, num_frames: int, size: tuple[int, int] = (160, 120)) -> None:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, size)
-    for index in range(num_frames):
-        writer.write(np.full((size[1], size[0], 3), index * 10 % 255, dtype=np.uint8))
-    writer.release()
 
 
 def test_track_video_detects_every_kth_frame_and_carries_between(tmp_path: Path) -> None:

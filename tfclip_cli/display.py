@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import logging
 import os
-from typing import Any, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -60,6 +61,18 @@ class _RateColumn(ProgressColumn):
         return f"{task.speed:.1f} {self.unit}/s" if task.speed else f"- {self.unit}/s"
 
 
+def _progress_columns(unit: str) -> list[ProgressColumn]:
+    return [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        _RateColumn(unit),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+
+
 def progress(
     items: Iterable[T], description: str, *, total: int | None = None, unit: str = "it"
 ) -> Iterator[T]:
@@ -69,20 +82,24 @@ def progress(
     if not (stderr.is_terminal and is_main_process()):
         yield from items
         return
-    columns = [
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        _RateColumn(unit),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    ]
+    columns = _progress_columns(unit)
     with Progress(*columns, console=stderr, transient=False) as bar:
         task = bar.add_task(description, total=total)
         for item in items:
             yield item
             bar.advance(task)
+
+
+@contextlib.contextmanager
+def progress_board(descriptions: Sequence[str], totals: Sequence[int | None], *, unit: str) -> Iterator[Callable[[int, int], None]]:
+    """One progress bar per job running at once (e.g. a video per worker process); yields ``advance(job, steps)``.
+    Silent off a terminal or off rank 0."""
+    if not (stderr.is_terminal and is_main_process()):
+        yield lambda job, steps: None
+        return
+    with Progress(*_progress_columns(unit), console=stderr, transient=False) as bar:
+        tasks = [bar.add_task(d, total=t) for d, t in zip(descriptions, totals)]
+        yield lambda job, steps: bar.advance(tasks[job], steps)
 
 
 class StatusBar:

@@ -307,6 +307,11 @@ class YoloOnnxDetector:
         return non_max_suppression(boxes, scores, min_score=self.min_score)
 
 
+def set_threads(count: int) -> None:
+    """Threads OpenCV may use (one per worker process when videos run in parallel)."""
+    cv2.setNumThreads(count)
+
+
 def build_detector(spec: str, **options: object) -> Detector:
     """The detector named by ``spec``: ``hog``, ``ssdlite``, or the path of a YOLO ``.onnx`` model; ``gt:PATH`` or
     ``gt`` (with ``video=``) replay ground truth (:mod:`tfclip_cli.footage.replay`).

@@ -17,9 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from tfclip_cli.checkpoint import load_checkpoint, model_from_checkpoint
 from tfclip_cli.footage.track import Track
-from tfclip_cli.inference import embed_tracklets, process_device, transform_for
 from tfclip_cli.tables import Tracklet
 
 Window = tuple[int, int]  # positions [start, stop) in a track's frames
@@ -158,6 +156,10 @@ def model_window_embedder(
     Raises:
         CheckpointError: when the checkpoint does not load.
     """
+    # the model stack (torch, open_clip: seconds to import) loads only when relinking, not in every worker process
+    from tfclip_cli.checkpoint import load_checkpoint, model_from_checkpoint
+    from tfclip_cli.inference import embed_tracklets, process_device, transform_for
+
     state = load_checkpoint(checkpoint)
     device = process_device()
     model = model_from_checkpoint(state, device)

@@ -12,11 +12,12 @@ the frames it was lost in once it is found again) because tfclip cuts tracklets 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -288,6 +289,7 @@ def track_video(
     camid: int,
     every: int = 1,
     config: TrackerConfig = TrackerConfig(),
+    progress: Callable[[Iterable[np.ndarray]], Iterable[np.ndarray]] | None = None,
 ) -> list[Track]:
     """Detect people in ``video`` and follow them: every track of the video, by id.
 
@@ -297,14 +299,16 @@ def track_video(
         camid: the camera that filmed it.
         every: detect on every ``every``-th frame only; boxes between are Kalman predictions.
         config: the tracker's thresholds.
+        progress: wraps the frame iterator to report progress; default: a progress bar on stderr.
     Raises:
         DataError: when the video does not open.
     """
     assert every >= 1, every
     tracker = ByteTracker(camid=camid, config=config)
-    total = video_info(video).num_frames or None
-    frames = display.progress(read_video(video), f"tracking {Path(video).name}", total=total, unit="frames")
-    for frame_index, frame in enumerate(frames):
+    if progress is None:
+        total = video_info(video).num_frames or None
+        progress = functools.partial(display.progress, description=f"tracking {Path(video).name}", total=total, unit="frames")
+    for frame_index, frame in enumerate(progress(read_video(video))):
         if frame_index % every == 0:
             tracker.update(detector.detect(frame, frame_index=frame_index), frame_index)
         else:

@@ -1,0 +1,328 @@
+"""``tfclip track``: raw camera videos → person tracklets in the ``footage`` layout, ready for ``tfclip prepare``.
+
+For each video: detect and track people (:mod:`~tfclip_cli.footage.track`), crop every tracked box to a JPEG,
+optionally cut and re-link the tracks by appearance (:mod:`~tfclip_cli.footage.relink`), and keep every tracklet of
+at least ``min_frames`` frames as ``ROOT/<camid>/<video stem>/<tracklet>/`` (see :mod:`tfclip_cli.datasets.footage`).
+A video's folder is built under a hidden name and renamed into place when complete, so an interrupted run leaves
+no half-written video. Videos run in parallel worker processes (one video each), and under ``torchrun`` each rank
+takes every ``world_size``-th video.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import multiprocessing
+import os
+import queue
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from tfclip_cli import display
+from tfclip_cli.datasets.footage import TRACK_FILE, crop_name
+from tfclip_cli.errors import UserError
+from tfclip_cli.footage.detect import DEFAULT_DETECTOR, Detector, build_detector, read_video, set_threads, video_info
+from tfclip_cli.footage.relink import Linked, RelinkConfig, Window, model_window_embedder, relink, unlinked
+from tfclip_cli.footage.track import Track, TrackerConfig, track_video
+
+log = logging.getLogger(__name__)
+
+CAMID_RULE = re.compile(r"^(?:camera|cam|c)[_-]?(\d+)(?!\d)", re.IGNORECASE)
+JPEG_QUALITY = 90
+
+
+@dataclass(frozen=True)
+class TrackOptions:
+    """How ``tfclip track`` treats each video (one picklable value, handed to worker processes)."""
+
+    detector: str | Detector = DEFAULT_DETECTOR  # "ssdlite", "hog", a YOLO .onnx path, or a Detector
+    every: int = 1  # detect on every k-th frame, predict boxes between
+    min_frames: int = 8  # shorter tracklets are not written
+    checkpoint: Path | None = None  # a TF-CLIP checkpoint: relink tracks by appearance
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    relink: RelinkConfig = field(default_factory=RelinkConfig)
+
+
+@dataclass(frozen=True)
+class VideoTracklets:
+    """What ``tfclip track`` did with one video."""
+
+    video: str
+    camid: int
+    folder: str  # ROOT/<camid>/<stem>
+    frames: int
+    fps: float
+    tracks: int  # motion tracks found
+    tracklets: int  # written (at least min_frames frames, after relinking)
+    seconds: float
+
+    @property
+    def speed(self) -> float:
+        """Frames processed per second of wall time."""
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class TrackingSummary:
+    """The result of :func:`track_videos`: the output root and one record per video, in input order."""
+
+    out: str
+    detector: str
+    relinked: bool
+    videos: tuple[VideoTracklets, ...]
+
+    @property
+    def tracklets(self) -> int:
+        return sum(v.tracklets for v in self.videos)
+
+
+def camid_from_name(video: Path) -> int | None:
+    """The camera number a file or its folder is named for: ``cam2_lobby.mp4``, ``c2.avi``, ``camera02/0800.mp4``
+    → 2; None when neither name starts with ``cam``/``camera``/``c`` and a number."""
+    for name in (video.stem, video.parent.name):
+        match = CAMID_RULE.match(name)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def _camid(video: Path, camid: int | None) -> int:
+    if camid is not None:
+        return camid
+    found = camid_from_name(video)
+    if found is None:
+        raise UserError(
+            f"{video}: no camera number in its name or folder (expected cam<N>..., camera<N>... or c<N>...)",
+            hint="pass --camid N, or name the file or its folder e.g. cam2_lobby.mp4 or cam2/lobby.mp4",
+        )
+    return found
+
+
+def plan_outputs(videos: Sequence[Path], out: Path, *, camid: int | None, force: bool) -> list[Path]:
+    """The output folder of each video, checked before any work.
+
+    Raises:
+        UserError: a camera number that cannot be found, two videos mapping to one folder, or (without
+        ``force``) a folder that exists.
+    """
+    folders = [Path(out) / str(_camid(Path(v), camid)) / Path(v).stem for v in videos]
+    for folder, video in zip(folders, videos):
+        if folders.count(folder) > 1:
+            raise UserError(f"{video}: another video of the same camera has the same name; both would go to {folder}")
+        if folder.exists() and not force:
+            raise UserError(f"{folder} already exists", hint="pass --force to overwrite it, or choose another --out")
+    return folders
+
+
+def _crop(frame: np.ndarray, box: np.ndarray) -> Image.Image:
+    """The part of ``frame`` inside ``box``, clipped to the frame and at least 2×2 pixels."""
+    height, width = frame.shape[:2]
+    x1, y1 = int(np.clip(np.floor(box[0]), 0, width - 2)), int(np.clip(np.floor(box[1]), 0, height - 2))
+    x2, y2 = int(np.clip(np.ceil(box[2]), x1 + 2, width)), int(np.clip(np.ceil(box[3]), y1 + 2, height))
+    return Image.fromarray(frame[y1:y2, x1:x2])
+
+
+def write_crops(video: Path, tracks: Sequence[Track], folder: Path) -> None:
+    """Decode ``video`` once more and save every tracked box as ``folder/<track_id>/<frame>.jpg``."""
+    wanted: dict[int, list[tuple[int, np.ndarray]]] = {}
+    for track in tracks:
+        (folder / str(track.track_id)).mkdir(parents=True)
+        for index, box in zip(track.frame_indices, track.boxes):
+            wanted.setdefault(index, []).append((track.track_id, box))
+    last = max(wanted, default=-1)
+    for frame_index, frame in enumerate(read_video(video)):
+        for track_id, box in wanted.get(frame_index, []):
+            _crop(frame, box).save(folder / str(track_id) / crop_name(frame_index), quality=JPEG_QUALITY)
+        if frame_index >= last:
+            return
+
+
+def _crop_paths(folder: Path) -> Callable[[Track, Window], list[str]]:
+    def paths(track: Track, window: Window) -> list[str]:
+        return [str(folder / str(track.track_id) / crop_name(i)) for i in track.frame_indices[slice(*window)]]
+
+    return paths
+
+
+def _write_tracklet(link: Linked, crops: Path, target: Path, record: dict) -> None:
+    """Move a tracklet's crops from the motion tracks' folders into ``target`` and write its ``track.json``."""
+    target.mkdir(parents=True)
+    track, offset = link.track, 0
+    for piece in link.pieces:  # the tracklet's frames are its pieces' frames, in order
+        for index in track.frame_indices[offset : offset + piece.stop - piece.start]:
+            os.replace(crops / str(piece.track_id) / crop_name(index), target / crop_name(index))
+        offset += piece.stop - piece.start
+    payload = {
+        **record,
+        "camid": track.camid,
+        "frame_indices": list(track.frame_indices),
+        "boxes": [[round(float(v), 2) for v in box] for box in track.boxes],
+        "scores": [round(float(s), 4) for s in track.scores],
+    }
+    (target / TRACK_FILE).write_text(json.dumps(payload) + "\n")
+
+
+def _linked(tracks: list[Track], crops: Path, options: TrackOptions) -> list[Linked]:
+    """The tracklets: tracks relinked by the checkpoint's embeddings, or the motion tracks as they are."""
+    if options.checkpoint is None:
+        return unlinked(tracks)
+    embed = model_window_embedder(options.checkpoint, _crop_paths(crops))
+    return relink(tracks, embed, options.relink)
+
+
+FrameProgress = Callable[[Iterable[np.ndarray]], Iterable[np.ndarray]]
+
+
+def track_one_video(video: Path, folder: Path, *, camid: int, options: TrackOptions, progress: FrameProgress) -> VideoTracklets:
+    """Track one video and write its tracklets into ``folder`` (built hidden beside it, renamed when complete).
+
+    Raises:
+        DataError: the video does not open. UserError: the detector or checkpoint cannot be loaded.
+    """
+    started = time.perf_counter()
+    info = video_info(video)
+    detector = build_detector(options.detector) if isinstance(options.detector, str) else options.detector
+    tracks = track_video(video, detector, camid=camid, every=options.every, config=options.tracker, progress=progress)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{folder.name}.", dir=folder.parent) as work:
+        crops, building = Path(work) / "crops", Path(work) / "tracklets"
+        write_crops(video, tracks, crops)
+        kept = [link for link in _linked(tracks, crops, options) if link.track.num_frames >= options.min_frames]
+        record = {"source_video": str(Path(video).resolve()), "fps": info.fps}
+        building.mkdir()
+        for number, link in enumerate(kept, start=1):
+            _write_tracklet(link, crops, building / f"{number:04d}", record)
+        if folder.exists():  # --force was checked by plan_outputs
+            shutil.rmtree(folder)
+        os.replace(building, folder)
+    seconds = time.perf_counter() - started
+    frames = info.num_frames or max((t.frame_indices[-1] + 1 for t in tracks), default=0)
+    return VideoTracklets(str(video), camid, str(folder), frames, info.fps, len(tracks), len(kept), seconds)
+
+
+REPORT_EVERY = 10  # frames between two progress messages from a worker process
+
+
+def _queue_progress(reports: "queue.Queue[tuple[int, int]]", job: int) -> FrameProgress:
+    """Progress of a worker's video, sent to the parent's progress board every few frames."""
+
+    def wrap(frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        done = 0
+        for done, frame in enumerate(frames, start=1):
+            yield frame
+            if done % REPORT_EVERY == 0:
+                reports.put((job, REPORT_EVERY))
+        reports.put((job, done % REPORT_EVERY))
+
+    return wrap
+
+
+_reports: queue.Queue | None = None  # a worker process's channel to the parent's progress board
+
+
+def _start_worker(reports: queue.Queue) -> None:
+    """Set up a worker process: one thread, so N workers use N cores, and the progress channel."""
+    global _reports
+    _reports = reports
+    set_threads(1)
+    torch.set_num_threads(1)
+
+
+def _worker(job: int, video: Path, folder: Path, camid: int, options: TrackOptions) -> VideoTracklets:
+    assert _reports is not None
+    return track_one_video(video, folder, camid=camid, options=options, progress=_queue_progress(_reports, job))
+
+
+def _run_parallel(jobs: list[tuple[Path, Path, int]], options: TrackOptions, workers: int) -> list[VideoTracklets]:
+    """Each video in its own process (``spawn``: torch and OpenCV thread pools do not survive ``fork``), with a
+    progress bar per video fed through a queue."""
+    context = multiprocessing.get_context("spawn")
+    totals = [video_info(video).num_frames or None for video, _, _ in jobs]
+    reports = context.Queue()
+    names = [f"tracking {video.name}" for video, _, _ in jobs]
+    with display.progress_board(names, totals, unit="frames") as advance, concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_start_worker, initargs=(reports,)
+    ) as pool:
+        futures = [pool.submit(_worker, job, *spec, options) for job, spec in enumerate(jobs)]
+        while not all(f.done() for f in futures):
+            _drain(reports, advance, timeout=0.2)
+        _drain(reports, advance, timeout=0.0)
+        return [f.result() for f in futures]
+
+
+def _drain(reports: queue.Queue, advance: Callable[[int, int], None], *, timeout: float) -> None:
+    """Apply every progress message waiting (after up to ``timeout`` seconds for the first)."""
+    try:
+        while True:
+            advance(*reports.get(timeout=timeout))
+            timeout = 0.0
+    except queue.Empty:
+        return
+
+
+def _run(jobs: list[tuple[Path, Path, int]], options: TrackOptions, workers: int) -> list[VideoTracklets]:
+    if workers > 1 and len(jobs) > 1:
+        return _run_parallel(jobs, options, min(workers, len(jobs)))
+    return [track_one_video(v, f, camid=c, options=options, progress=None) for v, f, c in jobs]
+
+
+def _run_sharded(jobs: list[tuple[Path, Path, int]], options: TrackOptions, workers: int) -> list[VideoTracklets]:
+    """Under torchrun: this rank runs every ``world_size``-th video, then all ranks share their records."""
+    import torch.distributed as dist
+
+    from tfclip_cli.inference import start_distributed  # the model stack (open_clip) loads only when needed
+
+    context = start_distributed()
+    try:
+        mine = _run(jobs[context.rank :: context.world_size], options, workers)
+        shards: list = [None] * context.world_size
+        dist.all_gather_object(shards, mine)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return [shards[i % context.world_size][i // context.world_size] for i in range(len(jobs))]
+
+
+def track_videos(
+    videos: Sequence[Path],
+    out: Path,
+    *,
+    options: TrackOptions = TrackOptions(),
+    camid: int | None = None,
+    workers: int = 1,
+    force: bool = False,
+) -> TrackingSummary:
+    """``tfclip track``: turn each video into person tracklets under ``out`` (the ``footage`` layout).
+
+    Args:
+        videos: the camera videos.
+        out: the output root, read by ``tfclip prepare footage``.
+        options: detector, frame step, minimum length, relinking checkpoint, thresholds.
+        camid: the camera of every video; default: from each file or folder name (:func:`camid_from_name`).
+        workers: videos processed at once, one process each.
+        force: replace the output folder of a video that was tracked before.
+    Raises:
+        UserError: before any work, for a camera number not found, a clash of outputs or an existing output
+        without ``force``; DataError: a video that does not open.
+    """
+    if options.every < 1 or options.min_frames < 1:
+        raise UserError(f"--every {options.every} and --min-frames {options.min_frames}: both must be at least 1")
+    videos = [Path(v) for v in videos]
+    for video in videos:
+        if not video.is_file():
+            raise UserError(f"{video} not found: expected a video file")
+    folders = plan_outputs(videos, out, camid=camid, force=force)
+    jobs = [(video, folder, _camid(video, camid)) for video, folder in zip(videos, folders)]
+    done = _run_sharded(jobs, options, workers) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else _run(jobs, options, workers)
+    detector = Path(options.detector).name if isinstance(options.detector, str) else options.detector.name
+    return TrackingSummary(str(out), detector, options.checkpoint is not None, tuple(done))
