@@ -138,7 +138,7 @@ FOOTAGE_FLAGS = {"identities": "walkers", "cameras": "cameras", "image_size": "i
 
 
 def _footage_options(given: dict[str, object]) -> FootageOptions:
-    """The synthetic options given with ``--footage`` as FootageOptions; an option footage has no use for is an error."""
+    """The synthetic options given with ``--footage`` as FootageOptions; an option footage cannot use is an error."""
     from tfclip_cli.datasets.synthetic_footage import FootageOptions
 
     unused = [name for name in given if name not in FOOTAGE_FLAGS]
@@ -448,7 +448,7 @@ def index(
     )
 
 
-QUERY_DETECTOR = "hog"
+QUERY_DETECTOR = "ssdlite"  # the default of tfclip track (footage.detect.DEFAULT_DETECTOR)
 
 
 def _person_pointer(box: str | None, frame: int | None, person: int | None) -> PersonPointer | None:
@@ -495,8 +495,8 @@ def query(
     force: ForceOpt = False,
     detector: Annotated[
         str,
-        typer.Option("--detector", help="Tells person crops from footage and finds the people in footage: hog, "
-                     "ssdlite, a YOLO .onnx file, gt:PATH or gt (replay a MOTChallenge gt.txt, e.g. the one beside "
+        typer.Option("--detector", help="Tells person crops from footage and finds the people in footage: "
+                     "ssdlite, hog, a YOLO .onnx file, gt:PATH or gt (replay a MOTChallenge gt.txt, e.g. the one beside "
                      "the query video)."),
     ] = QUERY_DETECTOR,
     person: Annotated[

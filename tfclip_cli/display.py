@@ -263,7 +263,15 @@ tfclip train recipes/mars.yaml --set data.manifest=mine.parquet \\
 tfclip extract -c runs/mine/best.ckpt --manifest mine.parquet \\
     --out mine-emb.parquet
 tfclip index mine-emb.parquet --out mine.faiss
-tfclip query person.mp4 --gallery mine.faiss --html report.html"""
+tfclip query person.mp4 --gallery mine.faiss --html report.html
+
+[bold]# raw camera video: track the people, index them, find each person[/]
+tfclip track cam1_lobby.mp4 cam2_street.mp4 --out footage/
+tfclip prepare footage footage/ --out footage.parquet
+tfclip extract -c runs/mine/best.ckpt --manifest footage.parquet \\
+    --out footage-emb.parquet
+tfclip index footage-emb.parquet --out footage.faiss
+tfclip query street.mp4 --gallery footage.faiss --person 1 --html report.html"""
 """Shown after the demo: the same pipeline on real data (rich markup; every line fits 80 columns)."""
 
 

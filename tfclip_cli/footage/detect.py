@@ -337,6 +337,11 @@ def build_detector(spec: str, **options: object) -> Detector:
     )
 
 
+def detector_for_video(spec: str, video: Path) -> Detector:
+    """``build_detector(spec)`` for tracking ``video``: the spec ``gt`` replays the gt.txt beside that video."""
+    return build_detector(spec, video=video) if spec == "gt" else build_detector(spec)
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What a video file says about itself."""

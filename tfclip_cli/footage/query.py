@@ -23,7 +23,7 @@ import torch
 from tfclip_cli.clips import read_frames
 from tfclip_cli.datasets.footage import crop_name
 from tfclip_cli.errors import UserError
-from tfclip_cli.footage.detect import Detector, build_detector, video_info
+from tfclip_cli.footage.detect import Detector, detector_for_video, video_info
 from tfclip_cli.footage.track import Track, iou_matrix, track_video
 from tfclip_cli.footage.tracklets import write_crops
 from tfclip_cli.index import Gallery, QueryResult, load_index, query_tracklets
@@ -77,11 +77,6 @@ class FootageQuery:
     def to_dict(self) -> dict:
         """JSON-ready: ``{"query": video, "persons": [{"person": N, ..., "hits": [...]}, ...]}``."""
         return {"query": self.source, "persons": [person.to_dict() for person in self.persons]}
-
-
-def detector_for(spec: str, clip: Path) -> Detector:
-    """``build_detector(spec)``; ``gt`` replays the ground truth beside ``clip``."""
-    return build_detector(spec, video=clip) if spec == "gt" else build_detector(spec)
 
 
 def is_person_crop(clip: Path, detector: Detector) -> bool:
@@ -186,7 +181,8 @@ def query_clips(gallery_path: Path, clips: Sequence[Path], *, detector: str, sea
     :func:`tfclip_cli.index.query`), footage a :class:`FootageQuery` with one result per person.
 
     Args:
-        detector: the detector spec (:func:`detector_for`) that tells crops from footage and finds the people.
+        detector: the detector spec (:func:`~tfclip_cli.footage.detect.detector_for_video`) that tells crops from
+            footage and finds the people.
         person, pointer: pick one person of a single query video (which is then footage, whatever it looks like).
     Raises:
         UserError: ``person`` or ``pointer`` with several clips, or as :func:`query_footage`.
@@ -198,7 +194,7 @@ def query_clips(gallery_path: Path, clips: Sequence[Path], *, detector: str, sea
     gallery = load_index(gallery_path)
     found: dict[int, QueryResult | FootageQuery] = {}
     for number, clip in enumerate(clips):
-        detect = detector_for(detector, Path(clip))
+        detect = detector_for_video(detector, Path(clip))
         if is_pointed or not is_person_crop(Path(clip), detect):
             found[number] = query_footage(gallery, Path(clip), detect, search=search, person=person, pointer=pointer)
     crops = [number for number in range(len(clips)) if number not in found]

@@ -31,7 +31,7 @@ from PIL import Image
 from tfclip_cli import display
 from tfclip_cli.datasets.footage import TRACK_FILE, crop_name
 from tfclip_cli.errors import UserError
-from tfclip_cli.footage.detect import DEFAULT_DETECTOR, Detector, build_detector, read_video, set_threads, video_info
+from tfclip_cli.footage.detect import DEFAULT_DETECTOR, Detector, detector_for_video, read_video, set_threads, video_info
 from tfclip_cli.footage.relink import Linked, RelinkConfig, Window, model_window_embedder, relink, unlinked
 from tfclip_cli.footage.track import Track, TrackerConfig, track_video
 
@@ -191,7 +191,7 @@ def track_one_video(video: Path, folder: Path, *, camid: int, options: TrackOpti
     """
     started = time.perf_counter()
     info = video_info(video)
-    detector = build_detector(options.detector) if isinstance(options.detector, str) else options.detector
+    detector = detector_for_video(options.detector, video) if isinstance(options.detector, str) else options.detector
     tracks = track_video(video, detector, camid=camid, every=options.every, config=options.tracker, progress=progress)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{folder.name}.", dir=folder.parent) as work:
