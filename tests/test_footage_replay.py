@@ -89,8 +89,8 @@ def footage(tmp_path_factory) -> Path:
 
 def test_tracking_the_replayed_truth_of_synthetic_footage_finds_the_walkers(footage):
     truth = read_gt(footage.parent / "gt.txt")
-    exact = track_video(footage, build_detector("gt", video=footage), camid=0)
-    noisy = track_video(footage, ReplayDetector(truth, ReplayNoise(miss=0.2, false_positives=0.3)), camid=0)
-    exact_scores, noisy_scores = (score_tracks([TrackedVideo(t, truth)]) for t in (exact, noisy))
-    assert exact_scores.mota > 0.8 and exact_scores.idf1 > 0.7
-    assert noisy_scores.mota < exact_scores.mota
+    default = track_video(footage, build_detector("gt", video=footage), camid=0)  # the default noise
+    noisier = track_video(footage, ReplayDetector(truth, ReplayNoise(miss=0.3, false_positives=0.5)), camid=0)
+    default_scores, noisier_scores = (score_tracks([TrackedVideo(t, truth)]) for t in (default, noisier))
+    assert default_scores.mota > 0.7 and default_scores.idf1 > 0.7
+    assert noisier_scores.mota < default_scores.mota

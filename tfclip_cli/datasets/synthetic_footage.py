@@ -2,8 +2,9 @@
 
 Each camera films a static scene (the camera looks of :mod:`synthetic`) for ``frames`` frames at 10 frames/s. Every
 walker (an identity drawn by :mod:`pedestrian`, the same person in every camera) walks once through every camera's
-view, across it (seen from the side) or towards or away from the camera, at a depth that sets its size; walkers
-nearer the camera are drawn over farther ones, so crossings occlude. The tree::
+view, across it (seen from the side) or towards or away from the camera, at a depth that sets its size, some of
+them stopping for a while on the way; walkers nearer the camera are drawn over farther ones, so crossings
+occlude. The tree::
 
     ROOT/footage/cam<N>/cam<N>.mp4   the video (MPEG-4, byte-identical for a seed, as synthetic.py writes them)
     ROOT/footage/cam<N>/gt.txt       MOTChallenge ground truth: frame,id,x,y,w,h,1,-1,-1,-1 (id = the walker's pid)
@@ -45,7 +46,8 @@ logger = logging.getLogger(__name__)
 
 FOOTAGE_FPS = 10  # a typical surveillance frame rate
 DEPTH_FORESHORTENING = 3.0  # walking towards the camera moves the feet this many times less on screen than across
-MIN_INSIDE = 0.25  # share of a walker's box inside the frame for it to count as in view
+MIN_INSIDE = 0.25
+PAUSE_SHARE = 0.4  # walkers who stop for 0.5-2 s on their way: people do, and constant-velocity tracking misses it  # share of a walker's box inside the frame for it to count as in view
 
 
 @dataclass(frozen=True)
@@ -73,12 +75,22 @@ class Walk:
     facing: int  # +1 walks to the right, -1 to the left (side view)
     phase: float  # walking phase of the first frame, radians
     period: float  # frames per walking cycle
+    pause_at: int = 0  # frames of walking before the walker stands still (and a motion model overshoots)
+    pause: int = 0  # frames standing still
+
+    def steps(self, frame_index: int) -> int | None:
+        """Frames walked (pauses not counted) by ``frame_index``, or None before the walk or after it."""
+        elapsed = frame_index - self.enter
+        if not 0 <= elapsed <= self.duration + self.pause:
+            return None
+        return elapsed - min(max(elapsed - self.pause_at, 0), self.pause)
 
     def feet(self, frame_index: int) -> tuple[float, float] | None:
         """Feet position at ``frame_index``, or None before the walk starts or after it ends."""
-        t = (frame_index - self.enter) / max(1, self.duration)
-        if not 0.0 <= t <= 1.0:
+        steps = self.steps(frame_index)
+        if steps is None:
             return None
+        t = steps / max(1, self.duration)
         return self.start[0] + (self.end[0] - self.start[0]) * t, self.start[1] + (self.end[1] - self.start[1]) * t
 
 
@@ -105,8 +117,10 @@ def _sample_walk(rng: np.random.Generator, pid: int, camid: int, *, enter: int) 
     # A step towards the camera covers less of the picture than one across it: depth counts three times.
     distance = abs(end[0] - start[0]) + DEPTH_FORESHORTENING * abs(end[1] - start[1])
     duration = max(4, round(distance / float(rng.uniform(0.025, 0.045))))
-    return Walk(pid=pid, camid=camid, enter=enter, duration=duration,
-                start=start, end=end, view=view, facing=facing, phase=phase, period=period)
+    pause = int(rng.integers(5, 21)) if rng.random() < PAUSE_SHARE else 0
+    return Walk(pid=pid, camid=camid, enter=enter, duration=duration, start=start, end=end, view=view,
+                facing=facing, phase=phase, period=period, pause_at=int(rng.uniform(0.3, 0.7) * duration),
+                pause=pause)
 
 
 def plan_walks(options: FootageOptions) -> list[Walk]:
@@ -132,7 +146,7 @@ def _draw_walker(canvas: Image.Image, walk: Walk, look: Appearance, *, frame_ind
         return None
     height, width = canvas.height, canvas.width
     unit = height * person_height(feet[1]) * look.height
-    phase = walk.phase + 2 * math.pi * (frame_index - walk.enter) / walk.period
+    phase = walk.phase + 2 * math.pi * walk.steps(frame_index) / walk.period  # legs rest while standing
     size = (max(2, round(0.8 * unit)), max(2, round(1.06 * unit)))
     patch = Image.new("RGBA", size, (0, 0, 0, 0))
     mirror = walk.facing if walk.view == "side" else (1 if walk.view == "front" else -1)
