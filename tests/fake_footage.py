@@ -1,11 +1,20 @@
-"""Fakes for footage tests: small videos and a tiny ONNX "YOLO" whose output is fixed in advance."""
+"""Fakes for footage tests: small videos, a tiny ONNX "YOLO" whose output is fixed in advance, a tiny checkpoint."""
 
 from pathlib import Path
 
 import cv2
 import numpy as np
 import onnx
+import torch
 from onnx import TensorProto, helper, numpy_helper
+
+from tfclip_cli.checkpoint import Checkpoint, save_checkpoint
+from tfclip_cli.model import ModelConfig, build_model
+
+# a "YOLOv8" output holding one person standing still: (cx, cy, w, h, person score) in the 64×64 model input, plus
+# empty rows; a 160×120 frame is letterboxed at ratio 0.4 with 8 px on top, so the box (24, 12, 40, 52) in the input
+# is (60, 10, 100, 110) in the frame
+STANDING = np.array([[32, 32, 16, 40, 0.9]] + [[0, 0, 1, 1, 0.0]] * 8, dtype=np.float32).T[None]
 
 
 def write_video(path: Path, num_frames: int, size: tuple[int, int] = (160, 120)) -> None:
@@ -31,4 +40,14 @@ def yolo_model(path: Path, output: np.ndarray, size: int = 64) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, path)
+    return path
+
+
+def tiny_checkpoint(path: Path) -> Path:
+    """A randomly initialised tiny TF-CLIP checkpoint (64×32 frames), enough to run the embedding path."""
+    torch.manual_seed(0)
+    config = ModelConfig(backbone="tfclip-tiny", image_size=(64, 32), seq_len=4, num_classes=4, num_cameras=2)
+    state = build_model(config).state_dict()
+    recipe = {"data": {"normalization": "imagenet"}}
+    save_checkpoint(Checkpoint(model_config=config.to_dict(), model_state=state, pid_to_label={}, recipe=recipe), path)
     return path

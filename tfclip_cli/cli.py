@@ -151,7 +151,9 @@ def _footage_options(given: dict[str, object]) -> FootageOptions:
 
 @command("prepare")
 def prepare(
-    kind: Annotated[str, typer.Argument(help="Layout of ROOT: mars, lsvid, ilidsvid, prid2011, folder or synthetic.")],
+    kind: Annotated[
+        str, typer.Argument(help="Layout of ROOT: mars, lsvid, ilidsvid, prid2011, folder, synthetic or footage.")
+    ],
     root: Annotated[Path, typer.Argument(help="The dataset folder (for synthetic: a new folder to draw it into).")],
     out: OutOpt,
     force: ForceOpt = False,
@@ -448,7 +450,7 @@ def index(
     )
 
 
-QUERY_DETECTOR = "ssdlite"  # the default of tfclip track (footage.detect.DEFAULT_DETECTOR)
+QUERY_DETECTOR = "auto"  # the default of tfclip track (footage.detect.DEFAULT_DETECTOR)
 
 
 def _person_pointer(box: str | None, frame: int | None, person: int | None) -> PersonPointer | None:
@@ -496,8 +498,8 @@ def query(
     detector: Annotated[
         str,
         typer.Option("--detector", help="Tells person crops from footage and finds the people in footage: "
-                     "ssdlite, hog, a YOLO .onnx file, gt:PATH or gt (replay a MOTChallenge gt.txt, e.g. the one beside "
-                     "the query video)."),
+                     "auto (ssdlite if installed, else hog), ssdlite, hog, a YOLO .onnx file, gt:PATH or gt (replay "
+                     "a MOTChallenge gt.txt, e.g. the one beside the query video)."),
     ] = QUERY_DETECTOR,
     person: Annotated[
         Optional[int], typer.Option("--person", min=1, help="Footage: search for person N only (as numbered in the "
@@ -540,6 +542,66 @@ def query(
         return
     for result in per_query:
         display.stdout.print(display.query_table(result))
+
+
+@command("track")
+def track(
+    videos: Annotated[list[Path], typer.Argument(help="Camera videos to cut into person tracklets.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Root of the tracklet folders (read by prepare footage).", file_okay=False),
+    ],
+    every: Annotated[
+        int, typer.Option("--every", min=1, help="Detect on every K-th frame; predict boxes between.")
+    ] = 1,
+    min_frames: Annotated[
+        int, typer.Option("--min-frames", min=1, help="Write only tracklets of at least this many frames.")
+    ] = 8,
+    camid: Annotated[
+        Optional[int],
+        typer.Option(
+            "--camid", min=0, help="Camera of every video; default: from names like cam2_x.mp4 or cam2/x.mp4."
+        ),
+    ] = None,
+    detector: Annotated[
+        str,
+        typer.Option(
+            "--detector", help="auto (ssdlite if installed, else hog), ssdlite, hog, or a YOLO v5/v8/11 .onnx file; "
+            "gt replays the MOTChallenge gt.txt beside each video with a detector's faults (synthetic footage)."
+        ),
+    ] = "auto",
+    checkpoint: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--checkpoint", "-c", exists=True, dir_okay=False,
+            help="Cut and re-link tracks by appearance with this checkpoint; default: motion only.",
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Videos processed at once, one process each.")
+    ] = 1,
+    json_output: JsonOpt = False,
+    force: ForceOpt = False,
+) -> None:
+    """Detect and track the people in camera videos and write each track as a tracklet of cropped frames.
+
+    Example: tfclip track cam1_lobby.mp4 cam2_street.mp4 --out footage/
+    """
+    import dataclasses
+    import json
+
+    from tfclip_cli.footage.tracklets import TrackOptions, track_videos
+
+    options = TrackOptions(detector=detector, every=every, min_frames=min_frames, checkpoint=checkpoint)
+    summary = track_videos(videos, out, options=options, camid=camid, workers=workers, force=force)
+    if not display.is_main_process():
+        return
+    if json_output:
+        typer.echo(json.dumps(dataclasses.asdict(summary)))
+        return
+    display.stdout.print(display.tracking_table(summary))
+    manifest = out.with_name(f"{out.name}.parquet")
+    display.stderr.print(f"next: tfclip prepare footage {out} --out {manifest}", highlight=False)
 
 
 @command("demo")

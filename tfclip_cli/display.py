@@ -91,7 +91,9 @@ def progress(
 
 
 @contextlib.contextmanager
-def progress_board(descriptions: Sequence[str], totals: Sequence[int | None], *, unit: str) -> Iterator[Callable[[int, int], None]]:
+def progress_board(
+    descriptions: Sequence[str], totals: Sequence[int | None], *, unit: str
+) -> Iterator[Callable[[int, int], None]]:
     """One progress bar per job running at once (e.g. a video per worker process); yields ``advance(job, steps)``.
     Silent off a terminal or off rank 0."""
     if not (stderr.is_terminal and is_main_process()):
@@ -188,6 +190,22 @@ img { height: 128px; margin-right: 4px; border-radius: 3px; vertical-align: midd
 .score { font-variant-numeric: tabular-nums; } .source { color: #666; font-size: 0.85em; word-break: break-all; }
 .missing { color: #999; font-style: italic; }
 """
+
+
+def tracking_table(summary: Any) -> Table:
+    """One row per video of ``tfclip track``'s :class:`~tfclip_cli.footage.tracklets.TrackingSummary`."""
+    how = "motion + appearance" if summary.relinked else "motion only"
+    table = Table(
+        "video", "camid", "frames", "tracks", "tracklets", "frames/s",
+        title=f"{summary.tracklets} tracklets under {summary.out} (detector {summary.detector}, {how})",
+        title_justify="left",
+    )
+    for video in summary.videos:
+        table.add_row(
+            os.path.basename(video.video), str(video.camid), f"{video.frames:,}", str(video.tracks),
+            str(video.tracklets), f"{video.speed:.1f}",
+        )
+    return table
 
 
 def _jpeg_data_uri(frame: np.ndarray) -> str:

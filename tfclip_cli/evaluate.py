@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from tfclip_cli.errors import GalleryError
-from tfclip_cli.tables import GALLERY_RULES, Embeddings, GalleryRule, read_embeddings
+from tfclip_cli.tables import GALLERY_RULES, UNKNOWN_PID, Embeddings, GalleryRule, read_embeddings, require_known_identities
 
 logger = logging.getLogger(__name__)
 
@@ -141,13 +141,16 @@ def evaluate(
         raise GalleryError(f"unknown gallery rule {rule!r}; expected one of {', '.join(GALLERY_RULES)}")
     split = embeddings.rows["split"].to_numpy()
     query, gallery = split == "query", split == "gallery"
+    pids = embeddings.rows["pid"].to_numpy(dtype=np.int64)
+    if (pids == UNKNOWN_PID).all():  # a table cut from footage; otherwise pid -1 gallery rows are MARS's junk
+        require_known_identities(pids, source="the embeddings table", use="evaluation")
+    require_known_identities(pids[query], source="the embeddings table's queries", use="evaluation")
     for name, mask in (("query", query), ("gallery", gallery)):
         if not mask.any():
             raise GalleryError(
                 f"no {name} rows (split == {name!r}) among {len(split)} rows; expected query and gallery rows",
                 hint="extract with --split query,gallery from a manifest that has both",
             )
-    pids = embeddings.rows["pid"].to_numpy(dtype=np.int64)
     camids = embeddings.rows["camid"].to_numpy(dtype=np.int64)
     return compute_metrics(
         embeddings.vectors[query],

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from tfclip_cli.errors import RecipeError, UserError
-from tfclip_cli.tables import read_manifest
+from tfclip_cli.tables import read_manifest, require_known_identities
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 PRETRAINED_KEYWORDS = ("openai", "none")
@@ -335,12 +335,14 @@ def _check_pretrained(pretrained: str) -> None:
 
 
 def _check_manifest(recipe: Recipe) -> None:
-    """The manifest exists, has a train split, and enough train identities for P identities per batch."""
+    """The manifest exists, labels every identity, has a train split, and enough train identities for P
+    identities per batch."""
     path = recipe.data.manifest
     try:
         manifest = read_manifest(path)
     except UserError as exc:
         raise RecipeError(f"data.manifest: {exc.message}", hint="write one with `tfclip prepare`") from exc
+    require_known_identities(manifest.table["pid"], source=f"data.manifest: {path}", use="training")
     train = manifest.table[manifest.table["split"] == "train"]
     if train.empty:
         counts = ", ".join(f"{name} {count}" for name, count in manifest.split_counts().items())

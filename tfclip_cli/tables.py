@@ -25,6 +25,9 @@ from tfclip_cli.errors import DataError, GalleryError, UserError
 Split = Literal["train", "query", "gallery"]
 SPLITS: tuple[Split, ...] = ("train", "query", "gallery")
 
+UNKNOWN_PID = -1
+"""The pid of a tracklet whose identity nobody labelled (cut from footage by `tfclip track`)."""
+
 GalleryRule = Literal["includes_query", "gallery_only"]
 """What a query is ranked against: every test tracklet (official MARS) or the gallery split alone."""
 GALLERY_RULES: tuple[GalleryRule, ...] = ("includes_query", "gallery_only")
@@ -237,6 +240,22 @@ def manifest_from_tracklets(tracklets: Sequence[Tracklet], info: ManifestInfo) -
         raise DataError(f"duplicate tracklet ids in {info.root}: {', '.join(duplicates[:5])}")
     table = tracklet_table(tracklets)
     return Manifest(table=table, info=info)
+
+
+def require_known_identities(pids: Iterable[int], *, source: str, use: str) -> None:
+    """Refuse tracklets of unknown identity (pid -1) where identities are needed.
+
+    Raises:
+        DataError: naming ``source``, how many such tracklets it has, and what they can be used for instead.
+    """
+    unknown = sum(1 for pid in pids if int(pid) == UNKNOWN_PID)
+    if unknown:
+        raise DataError(
+            f"{source}: {unknown} tracklet(s) of unknown identity (pid {UNKNOWN_PID}, e.g. cut from footage by "
+            f"tfclip track) cannot be used for {use}: it needs labelled identities",
+            hint="unlabelled tracklets can be extracted, indexed and queried; to train or evaluate, give each "
+            "person a pid (e.g. the folder layout ROOT/<split>/<pid>/<camid>/...)",
+        )
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from tfclip_cli.datasets.common import Parsed, Problems
 from tfclip_cli.datasets.synthetic import SyntheticOptions, generate_synthetic
 from tfclip_cli.datasets.synthetic_footage import FootageOptions, generate_footage
 from tfclip_cli.errors import DataError, UserError
-from tfclip_cli.tables import SPLITS, GalleryRule, Manifest, ManifestInfo, manifest_from_tracklets
+from tfclip_cli.tables import SPLITS, UNKNOWN_PID, GalleryRule, Manifest, ManifestInfo, manifest_from_tracklets
 
 
 def parse_synthetic(root: Path, *, problems: Problems, synthetic: SyntheticOptions | None = None,
@@ -130,13 +130,13 @@ class SplitSummary:
 
 
 def summarize(manifest: Manifest) -> tuple[SplitSummary, ...]:
-    """Per-split counts of identities, tracklets, frames and cameras, then the total."""
+    """Per-split counts of identities (pid -1, unknown, not counted), tracklets, frames and cameras, then the total."""
     table = manifest.table
     parts = [(split, table[table["split"] == split]) for split in SPLITS] + [("total", table)]
     return tuple(
         SplitSummary(
             split=split,
-            ids=int(rows["pid"].nunique()),
+            ids=int(rows.loc[rows["pid"] != UNKNOWN_PID, "pid"].nunique()),  # footage's unknown pid is no identity
             tracklets=len(rows),
             frames=int(rows["num_frames"].sum()),
             cameras=int(rows["camid"].nunique()),

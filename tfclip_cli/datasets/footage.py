@@ -20,11 +20,10 @@ import json
 from pathlib import Path
 
 from tfclip_cli.datasets.common import Layout, Parsed, Problems
-from tfclip_cli.tables import FootageOrigin, Tracklet
+from tfclip_cli.tables import UNKNOWN_PID, FootageOrigin, Tracklet
 
 TRACK_FILE = "track.json"
 CROP_SUFFIX = ".jpg"
-UNKNOWN_PID = -1
 TRACK_KEYS = ("source_video", "camid", "fps", "frame_indices", "boxes", "scores")
 
 LAYOUT = Layout(

@@ -10,15 +10,22 @@ tested with synthetic embeddings; without a checkpoint tracks pass through uncha
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from tfclip_cli.footage.track import Track
-from tfclip_cli.tables import Tracklet
+from tfclip_cli.tables import UNKNOWN_PID, Tracklet
+
+if TYPE_CHECKING:
+    import torch
+
+    from tfclip_cli.clips import ClipTransform
+    from tfclip_cli.model import TFCLIP
 
 Window = tuple[int, int]  # positions [start, stop) in a track's frames
 WindowEmbedder = Callable[[Track, Sequence[Window]], np.ndarray]  # a track and its windows → [W, D]
@@ -144,6 +151,26 @@ def relink(tracks: Sequence[Track], embed: WindowEmbedder, config: RelinkConfig 
     return [_assemble(group, by_id, number) for number, group in enumerate(groups, start=1)]
 
 
+@dataclass(frozen=True)
+class _LoadedModel:
+    """A checkpoint's model in eval mode, with its test transform and device."""
+
+    model: TFCLIP
+    transform: ClipTransform
+    device: torch.device
+
+
+@functools.lru_cache(maxsize=1)  # one load per process, however many videos it tracks
+def _load_model(checkpoint: Path) -> _LoadedModel:
+    # the model stack (open_clip and the model code: seconds to import) loads only when relinking
+    from tfclip_cli.checkpoint import load_checkpoint, model_from_checkpoint
+    from tfclip_cli.inference import process_device, transform_for
+
+    state = load_checkpoint(checkpoint)
+    device = process_device()
+    return _LoadedModel(model_from_checkpoint(state, device), transform_for(state), device)
+
+
 def model_window_embedder(
     checkpoint: Path, crop_paths: Callable[[Track, Window], list[str]], *, batch: int = 32
 ) -> WindowEmbedder:
@@ -156,24 +183,20 @@ def model_window_embedder(
     Raises:
         CheckpointError: when the checkpoint does not load.
     """
-    # the model stack (torch, open_clip: seconds to import) loads only when relinking, not in every worker process
-    from tfclip_cli.checkpoint import load_checkpoint, model_from_checkpoint
-    from tfclip_cli.inference import embed_tracklets, process_device, transform_for
+    from tfclip_cli.inference import embed_tracklets
 
-    state = load_checkpoint(checkpoint)
-    device = process_device()
-    model = model_from_checkpoint(state, device)
-    transform = transform_for(state)
+    loaded = _load_model(Path(checkpoint).resolve())
 
     def embed(track: Track, windows: Sequence[Window]) -> np.ndarray:
         tracklets = []
         for window in windows:
             frames = tuple(crop_paths(track, window))
             name = f"{track.track_id}:{window[0]}"
-            tracklets.append(Tracklet(name, -1, track.camid, "gallery", len(frames), frames=frames))
+            tracklets.append(Tracklet(name, UNKNOWN_PID, track.camid, "gallery", len(frames), frames=frames))
         chunks = [tracklets[i : i + batch] for i in range(0, len(tracklets), batch)]
-        return np.concatenate(
-            [embed_tracklets(model, c, sampling="dense", transform=transform, device=device) for c in chunks]
-        )
+        return np.concatenate([
+            embed_tracklets(loaded.model, chunk, sampling="dense", transform=loaded.transform, device=loaded.device)
+            for chunk in chunks
+        ])
 
     return embed

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Track:
-    """One person followed through one video: a box per frame index (0-based, increasing, no gaps).
+    """One person followed through one video: a box per frame index (0-based, increasing; without gaps as the
+    tracker makes them, with gaps where :mod:`~tfclip_cli.footage.relink` joined two fragments).
 
     ``scores`` holds the matched detection's score, 0 where the box is predicted (carried between detected frames
     or bridging frames the detector missed).
@@ -216,14 +217,16 @@ class ByteTracker:
         high = [d for d in detections if d.score >= self.config.high_score]
         low = [d for d in detections if self.config.low_score <= d.score < self.config.high_score]
         confirmed = [t for t in self._live if t.state != "tentative"]
-        high_left, unmatched = self._associate(confirmed, high, self.config.first_iou, frame_index)
+        high_left, unmatched = self._associate(confirmed, high, min_iou=self.config.first_iou, frame_index=frame_index)
         still_tracked = [t for t in unmatched if t.state == "tracked"]
-        _, missed = self._associate(still_tracked, low, self.config.second_iou, frame_index)
+        _, missed = self._associate(still_tracked, low, min_iou=self.config.second_iou, frame_index=frame_index)
         for track in missed + [t for t in unmatched if t.state == "lost"]:
             track.state = "lost"
             track.pending.append((frame_index, track.kalman.box))
         tentative = [t for t in self._live if t.state == "tentative"]
-        high_left, unconfirmed = self._associate(tentative, high_left, self.config.tentative_iou, frame_index)
+        high_left, unconfirmed = self._associate(
+            tentative, high_left, min_iou=self.config.tentative_iou, frame_index=frame_index
+        )
         self._live = [t for t in self._live if t not in unconfirmed]
         self._start(high_left, frame_index)
         self._bury(frame_index)
@@ -247,7 +250,7 @@ class ByteTracker:
         return [t for t in self._live if t.state == "tracked"]
 
     def _associate(
-        self, tracks: list[_LiveTrack], detections: list[Detection], min_iou: float, frame_index: int
+        self, tracks: list[_LiveTrack], detections: list[Detection], *, min_iou: float, frame_index: int
     ) -> tuple[list[Detection], list[_LiveTrack]]:
         """Match ``tracks`` to ``detections`` by IoU and update the matched; returns what is left of each."""
         predicted = np.array([t.kalman.box for t in tracks]).reshape(-1, 4)
@@ -307,7 +310,8 @@ def track_video(
     tracker = ByteTracker(camid=camid, config=config)
     if progress is None:
         total = video_info(video).num_frames or None
-        progress = functools.partial(display.progress, description=f"tracking {Path(video).name}", total=total, unit="frames")
+        description = f"tracking {Path(video).name}"
+        progress = functools.partial(display.progress, description=description, total=total, unit="frames")
     for frame_index, frame in enumerate(progress(read_video(video))):
         if frame_index % every == 0:
             tracker.update(detector.detect(frame, frame_index=frame_index), frame_index)

@@ -11,6 +11,7 @@ takes every ``world_size``-th video.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -22,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -31,12 +32,21 @@ from PIL import Image
 from tfclip_cli import display
 from tfclip_cli.datasets.footage import TRACK_FILE, crop_name
 from tfclip_cli.errors import UserError
-from tfclip_cli.footage.detect import DEFAULT_DETECTOR, Detector, detector_for_video, read_video, set_threads, video_info
+from tfclip_cli.footage.detect import (
+    DEFAULT_DETECTOR,
+    Detector,
+    detector_for_video,
+    read_video,
+    resolve_detector,
+    set_threads,
+    video_info,
+)
 from tfclip_cli.footage.relink import Linked, RelinkConfig, Window, model_window_embedder, relink, unlinked
 from tfclip_cli.footage.track import Track, TrackerConfig, track_video
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 CAMID_RULE = re.compile(r"^(?:camera|cam|c)[_-]?(\d+)(?!\d)", re.IGNORECASE)
 JPEG_QUALITY = 90
 
@@ -154,7 +164,7 @@ def _crop_paths(folder: Path) -> Callable[[Track, Window], list[str]]:
     return paths
 
 
-def _write_tracklet(link: Linked, crops: Path, target: Path, record: dict) -> None:
+def _write_tracklet(link: Linked, crops: Path, target: Path, *, record: dict) -> None:
     """Move a tracklet's crops from the motion tracks' folders into ``target`` and write its ``track.json``."""
     target.mkdir(parents=True)
     track, offset = link.track, 0
@@ -183,7 +193,9 @@ def _linked(tracks: list[Track], crops: Path, options: TrackOptions) -> list[Lin
 FrameProgress = Callable[[Iterable[np.ndarray]], Iterable[np.ndarray]]
 
 
-def track_one_video(video: Path, folder: Path, *, camid: int, options: TrackOptions, progress: FrameProgress) -> VideoTracklets:
+def track_one_video(
+    video: Path, folder: Path, *, camid: int, options: TrackOptions, progress: FrameProgress | None
+) -> VideoTracklets:
     """Track one video and write its tracklets into ``folder`` (built hidden beside it, renamed when complete).
 
     Raises:
@@ -201,7 +213,7 @@ def track_one_video(video: Path, folder: Path, *, camid: int, options: TrackOpti
         record = {"source_video": str(Path(video).resolve()), "fps": info.fps}
         building.mkdir()
         for number, link in enumerate(kept, start=1):
-            _write_tracklet(link, crops, building / f"{number:04d}", record)
+            _write_tracklet(link, crops, building / f"{number:04d}", record=record)
         if folder.exists():  # --force was checked by plan_outputs
             shutil.rmtree(folder)
         os.replace(building, folder)
@@ -238,8 +250,10 @@ def _start_worker(reports: queue.Queue) -> None:
     torch.set_num_threads(1)
 
 
-def _worker(job: int, video: Path, folder: Path, camid: int, options: TrackOptions) -> VideoTracklets:
+def _worker(job: int, spec: tuple[Path, Path, int], options: TrackOptions) -> VideoTracklets:
+    """Video number ``job`` = (video, output folder, camid), in a worker process."""
     assert _reports is not None
+    video, folder, camid = spec
     return track_one_video(video, folder, camid=camid, options=options, progress=_queue_progress(_reports, job))
 
 
@@ -253,7 +267,7 @@ def _run_parallel(jobs: list[tuple[Path, Path, int]], options: TrackOptions, wor
     with display.progress_board(names, totals, unit="frames") as advance, concurrent.futures.ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_start_worker, initargs=(reports,)
     ) as pool:
-        futures = [pool.submit(_worker, job, *spec, options) for job, spec in enumerate(jobs)]
+        futures = [pool.submit(_worker, job, spec, options) for job, spec in enumerate(jobs)]
         while not all(f.done() for f in futures):
             _drain(reports, advance, timeout=0.2)
         _drain(reports, advance, timeout=0.0)
@@ -290,7 +304,13 @@ def _run_sharded(jobs: list[tuple[Path, Path, int]], options: TrackOptions, work
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    return [shards[i % context.world_size][i // context.world_size] for i in range(len(jobs))]
+    return interleave(shards)
+
+
+def interleave(shards: Sequence[Sequence[T]]) -> list[T]:
+    """The items of rank shards ``shards[r] = items[r::world_size]`` back in their original order."""
+    count, size = sum(len(shard) for shard in shards), len(shards)
+    return [shards[i % size][i // size] for i in range(count)]
 
 
 def track_videos(
@@ -322,7 +342,10 @@ def track_videos(
         if not video.is_file():
             raise UserError(f"{video} not found: expected a video file")
     folders = plan_outputs(videos, out, camid=camid, force=force)
+    if isinstance(options.detector, str):  # resolve "auto" once, here, so workers and the summary agree
+        options = dataclasses.replace(options, detector=resolve_detector(options.detector))
     jobs = [(video, folder, _camid(video, camid)) for video, folder in zip(videos, folders)]
-    done = _run_sharded(jobs, options, workers) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else _run(jobs, options, workers)
+    is_sharded = int(os.environ.get("WORLD_SIZE", "1")) > 1  # launched by torchrun
+    done = _run_sharded(jobs, options, workers) if is_sharded else _run(jobs, options, workers)
     detector = Path(options.detector).name if isinstance(options.detector, str) else options.detector.name
     return TrackingSummary(str(out), detector, options.checkpoint is not None, tuple(done))
