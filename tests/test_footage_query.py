@@ -25,7 +25,7 @@ from tfclip_cli.footage.track import Track, iou_matrix
 from tfclip_cli.footage.tracklets import TrackOptions, track_videos
 from tfclip_cli.inference import extract_to_file
 from tfclip_cli.recipe import load_recipe
-from tfclip_cli.tables import manifest_from_tracklets, read_embeddings, read_manifest, write_manifest
+from tfclip_cli.tables import FootageOrigin, manifest_from_tracklets, read_embeddings, read_manifest, write_manifest
 from tfclip_cli.train import train
 
 SCENE = FootageOptions(walkers=4, cameras=2, image_size=(144, 192), frames=64, seed=5)
@@ -195,3 +195,29 @@ def test_the_demo_closes_with_the_footage_commands_in_80_columns():
     for command in ("tfclip track", "tfclip prepare footage", "--gallery footage.faiss --person 1"):
         assert command in steps
     assert max(len(line) for line in Text.from_markup(steps).plain.splitlines()) <= 80
+
+
+def _origin(first: int, last: int, count: int) -> FootageOrigin:
+    boxes = tuple((float(i), 0.0, i + 10.0, 20.0) for i in range(count))
+    return FootageOrigin("/videos/cam0.mp4", first, last, first / 10, last / 10, boxes)
+
+
+def test_the_key_frame_is_the_middle_one_unless_frames_are_missing():
+    assert (_origin(10, 14, 5).key_frame, _origin(10, 14, 5).key_box[0]) == (12, 2.0)
+    gapped = _origin(10, 30, 5)  # merged from fragments: which frame each box belongs to is not kept
+    assert (gapped.key_frame, gapped.key_box[0]) == (10, 0.0)
+
+
+def test_a_footage_hit_reports_its_video_times_and_key_box_not_every_box():
+    hit = index.Hit(1, 0.9, "0/cam0/0001", -1, 0, "gallery", "/crops/0001", 0, origin=_origin(10, 14, 5))
+    as_dict = hit.to_dict()
+    assert as_dict["origin"] == {"source_video": "/videos/cam0.mp4", "first_frame": 10, "last_frame": 14,
+                                 "start_s": 1.0, "end_s": 1.4, "key_frame": 12, "key_box": [2.0, 0.0, 12.0, 20.0]}
+    assert display.footage_label(hit.origin) == "cam0.mp4 1.0-1.4s key frame 12 box 2,0,12,20"
+
+
+def test_draw_box_outlines_the_box_and_leaves_the_rest():
+    frame = np.zeros((20, 30, 3), dtype=np.uint8)
+    drawn = display.draw_box(frame, (5, 4, 15, 14))
+    assert (drawn[4, 5:16] == (255, 40, 40)).all() and (drawn[4:15, 15] == (255, 40, 40)).all()
+    assert not drawn[7:12, 8:13].any() and not drawn[:3].any() and not frame.any()

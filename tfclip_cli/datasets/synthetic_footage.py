@@ -46,8 +46,8 @@ logger = logging.getLogger(__name__)
 
 FOOTAGE_FPS = 10  # a typical surveillance frame rate
 DEPTH_FORESHORTENING = 3.0  # walking towards the camera moves the feet this many times less on screen than across
-MIN_INSIDE = 0.25
-PAUSE_SHARE = 0.4  # walkers who stop for 0.5-2 s on their way: people do, and constant-velocity tracking misses it  # share of a walker's box inside the frame for it to count as in view
+MIN_INSIDE = 0.25  # share of a walker's box inside the frame for it to count as in view
+PAUSE_SHARE = 0.4  # walkers who stop for 0.5-2 s on their way: people do, and constant-velocity tracking misses it
 
 
 @dataclass(frozen=True)
