@@ -19,6 +19,8 @@ from tfclip_cli.errors import Terminated, UserError
 
 if TYPE_CHECKING:
     from tfclip_cli.datasets import SplitSummary
+    from tfclip_cli.datasets.synthetic_footage import FootageOptions
+    from tfclip_cli.footage.query import PersonPointer
     from tfclip_cli.tables import Manifest
 
 class _OneLineErrors(TyperGroup):
@@ -161,6 +163,22 @@ def _print_summary(manifest: Manifest, summary: Sequence[SplitSummary]) -> None:
     display.stdout.print(table)
 
 
+FOOTAGE_FLAGS = {"identities": "walkers", "cameras": "cameras", "image_size": "image_size", "max_frames": "frames",
+                 "seed": "seed"}
+
+
+def _footage_options(given: dict[str, object]) -> FootageOptions:
+    """The synthetic options given with ``--footage`` as FootageOptions; an option footage cannot use is an error."""
+    from tfclip_cli.datasets.synthetic_footage import FootageOptions
+
+    unused = [name for name in given if name not in FOOTAGE_FLAGS]
+    if unused:
+        flags = ", ".join("--" + name.replace("_", "-") for name in unused)
+        raise UserError(f"{flags} do not apply with --footage: only --identities (walkers), --cameras, --image-size, "
+                        "--max-frames (frames per video) and --seed do")
+    return FootageOptions(**{FOOTAGE_FLAGS[name]: value for name, value in given.items()})
+
+
 @command("prepare")
 def prepare(
     kind: Annotated[
@@ -214,6 +232,18 @@ def prepare(
         Optional[float], _synthetic_option("Share of tracklets written as .mp4 videos (default 0.33).")
     ] = None,
     seed: Annotated[Optional[int], _synthetic_option("Seed fixing every pixel (default 0).")] = None,
+    footage: Annotated[
+        bool,
+        typer.Option(
+            "--footage",
+            rich_help_panel=SYNTHETIC_PANEL,
+            help="Draw camera footage instead: ROOT/footage/cam<N>/cam<N>.mp4 with a MOTChallenge gt.txt beside "
+            "each, and the ground-truth crops as the manifest's tracklets. Here --identities sets the walkers "
+            "(3-10; 6 unless given), --max-frames the frames per video (120 at 10 frames/s unless given), "
+            "--image-size the video size (288 384 unless given), --cameras the cameras (2 unless given), --seed as "
+            "above; other options do not apply.",
+        ),
+    ] = False,
 ) -> None:
     """Parse a dataset layout into a manifest (one Parquet row per tracklet) and print its splits.
 
@@ -236,10 +266,11 @@ def prepare(
         "seed": seed,
     }
     given = {name: value for name, value in drawn.items() if value is not None}
-    synthetic = SyntheticOptions(**given) if given else None
+    footage_options = _footage_options(given) if footage else None
+    synthetic = SyntheticOptions(**given) if given and not footage else None
     manifest = datasets.prepare(
         kind, root, split_id=split_id, train_chunk=train_chunk, window=window, window_stride=window_stride,
-        synthetic=synthetic, strict=strict,
+        synthetic=synthetic, synthetic_footage=footage_options, strict=strict,
     )
     tables.write_manifest(manifest, out, force=force)
     _print_summary(manifest, datasets.summarize(manifest))
@@ -522,6 +553,32 @@ def calibrate(
     ))
 
 
+QUERY_DETECTOR = "auto"  # the default of tfclip track (footage.detect.DEFAULT_DETECTOR)
+
+
+def _person_pointer(box: str | None, frame: int | None, person: int | None) -> PersonPointer | None:
+    """``--box X,Y,W,H --frame F`` as a footage.query.PersonPointer (None without them).
+
+    Raises:
+        UserError: one of --box and --frame without the other, either with --person, or a malformed box.
+    """
+    from tfclip_cli.footage.query import PersonPointer
+
+    if (box is None) != (frame is None):
+        raise UserError("--box and --frame go together: the box is a person's place in that frame")
+    if box is None:
+        return None
+    if person is not None:
+        raise UserError("--person and --box/--frame both pick a person: pass one of them")
+    try:
+        x, y, w, h = (float(v) for v in box.split(","))
+    except ValueError:
+        raise UserError(f"--box {box}: expected X,Y,W,H pixel numbers, e.g. 120,40,60,150") from None
+    if w <= 0 or h <= 0:
+        raise UserError(f"--box {box}: width and height must be positive")
+    return PersonPointer(frame=frame, box=(x, y, x + w, y + h))
+
+
 @command("query")
 def query(
     clips: Annotated[list[Path], typer.Argument(help="Video files or frame folders of the person to look for.")],
@@ -550,33 +607,54 @@ def query(
     ] = None,
     backend: BackendOpt = Backend.torch,
     force: ForceOpt = False,
+    detector: Annotated[
+        str,
+        typer.Option("--detector", help="Tells person crops from footage and finds the people in footage: "
+                     "auto (ssdlite if installed, else hog), ssdlite, hog, a YOLO .onnx file, gt:PATH or gt (replay "
+                     "a MOTChallenge gt.txt, e.g. the one beside the query video)."),
+    ] = QUERY_DETECTOR,
+    person: Annotated[
+        Optional[int], typer.Option("--person", min=1, help="Footage: search for person N only (as numbered in the "
+                                    "report, by first appearance).")
+    ] = None,
+    box: Annotated[
+        Optional[str], typer.Option("--box", metavar="X,Y,W,H", help="Footage: search for the person in this pixel "
+                                    "box at --frame.")
+    ] = None,
+    frame: Annotated[
+        Optional[int], typer.Option("--frame", min=0, help="The 0-based frame index --box points into.")
+    ] = None,
 ) -> None:
-    """Find the gallery tracklets most similar to one or more query clips, as a table, JSON or an HTML report.
+    """Find the gallery tracklets most similar to query clips (person crops, or each person in footage), as a table,
+    JSON or an HTML report.
 
     Example: tfclip query person.mp4 --gallery runs/mars/gallery.faiss --top-k 10 --html report.html
     """
     import json
 
+    from tfclip_cli.footage.query import SearchOptions, query_clips
     from tfclip_cli.index import parse_min_score
-    from tfclip_cli.index import query as run_query
     from tfclip_cli.inference import process_device
     from tfclip_cli.tables import atomic_output, check_writable
 
     if html_out is not None:
         check_writable(html_out, force=force)
-    results = run_query(
-        gallery, clips, checkpoint=checkpoint, top_k=top_k, min_score=parse_min_score(min_score),
-        device=process_device(),
-        with_hit_frames=html_out is not None, backend=backend.value,
-    )
+    search = SearchOptions(checkpoint=checkpoint, top_k=top_k, device=process_device(),
+                           with_hit_frames=html_out is not None, min_score=parse_min_score(min_score),
+                           backend=backend.value)
+    results = query_clips(gallery, clips, detector=detector, search=search, person=person,
+                          pointer=_person_pointer(box, frame, person))
+    per_query = [r for result in results for r in getattr(result, "results", (result,))]  # a person each
     if html_out is not None:
         with atomic_output(html_out, force=force) as temp:
-            temp.write_text(display.render_query_report(results, gallery=str(gallery)), encoding="utf-8")
+            temp.write_text(display.render_query_report(per_query, gallery=str(gallery)), encoding="utf-8")
         display.stderr.print(display.plain_text(f"wrote {html_out}"))
     if json_output:
-        typer.echo(json.dumps([result.to_dict() for result in results]))
+        dicts = [result.to_dict() for result in results]
+        is_one_footage = len(results) == 1 and "persons" in dicts[0]
+        typer.echo(json.dumps(dicts[0] if is_one_footage else dicts))
         return
-    for result in results:
+    for result in per_query:
         display.stdout.print(display.query_table(result))
 
 
@@ -691,7 +769,8 @@ def track(
     detector: Annotated[
         str,
         typer.Option(
-            "--detector", help="auto (ssdlite if installed, else hog), ssdlite, hog, or a YOLO v5/v8/11 .onnx file."
+            "--detector", help="auto (ssdlite if installed, else hog), ssdlite, hog, or a YOLO v5/v8/11 .onnx file; "
+            "gt replays the MOTChallenge gt.txt beside each video with a detector's faults (synthetic footage)."
         ),
     ] = "auto",
     checkpoint: Annotated[

@@ -194,13 +194,17 @@ class StatusBar:
 
 
 def query_table(result: Any) -> Table:
-    """A rich table of one ``index.QueryResult``: rank, score, pid, camid, tracklet_id, source."""
+    """A rich table of one ``index.QueryResult``: rank, score, pid, camid, tracklet_id, source; for hits cut from
+    footage also the time range and key frame in the source video (the ``footage`` column)."""
     table = Table(title=plain_text(f"query {result.source} ({result.num_frames} frames)"), title_justify="left")
-    for name in ("rank", "score", "pid", "camid", "tracklet_id", "source"):
+    has_footage = any(hit.origin is not None for hit in result.hits)
+    names = ("rank", "score", "pid", "camid", "tracklet_id", "source") + (("footage",) if has_footage else ())
+    for name in names:
         table.add_column(name, justify="right" if name in ("rank", "score", "pid", "camid") else "left")
     for hit in result.hits:
+        footage = (plain_text(footage_label(hit.origin)),) if has_footage else ()
         table.add_row(str(hit.rank), f"{hit.score:.4f}", str(hit.pid), str(hit.camid), plain_text(hit.tracklet_id),
-                      plain_text(hit.source))
+                      plain_text(hit.source), *footage)
     if result.threshold is not None:
         matches = sum(bool(hit.match) for hit in result.hits)
         table.caption = (
@@ -208,6 +212,27 @@ def query_table(result: Any) -> Table:
             else f"no match: no hit scores >= {result.threshold:.4f}"
         )
     return table
+
+
+def footage_label(origin: Any) -> str:
+    """Where a ``tables.FootageOrigin`` is: video name, time range, key frame and its box; "-" for None."""
+    if origin is None:
+        return "-"
+    box = ",".join(f"{v:.0f}" for v in origin.key_box)
+    return (f"{os.path.basename(origin.source_video)} {origin.start_s:.1f}-{origin.end_s:.1f}s "
+            f"key frame {origin.key_frame} box {box}")
+
+
+def draw_box(frame: np.ndarray, box: Sequence[float], *, colour: tuple[int, int, int] = (255, 40, 40)) -> np.ndarray:
+    """A copy of ``frame`` [H, W, 3] with the x1, y1, x2, y2 pixel ``box`` outlined, 2 pixels wide."""
+    out = frame.copy()
+    height, width = out.shape[:2]
+    x1, y1 = (max(0, int(round(v))) for v in box[:2])
+    x2, y2 = min(width - 1, int(round(box[2]))), min(height - 1, int(round(box[3])))
+    for edge in (np.s_[y1:y1 + 2, x1:x2 + 1], np.s_[max(y1, y2 - 1):y2 + 1, x1:x2 + 1],
+                 np.s_[y1:y2 + 1, x1:x1 + 2], np.s_[y1:y2 + 1, max(x1, x2 - 1):x2 + 1]):
+        out[edge] = colour
+    return out
 
 
 THUMBNAIL_SIZE = (128, 128)
@@ -254,13 +279,20 @@ def _frames_html(frames: np.ndarray, label: str) -> str:
     return "".join(f'<img src="{_jpeg_data_uri(frame)}" alt="{alt}">' for frame in frames)
 
 
+def _hit_frames_html(hit: Any, frames: np.ndarray) -> str:
+    """A hit's key frames; for a hit cut from footage, its key frame in the source video with the box drawn."""
+    if hit.origin is not None and len(frames):
+        frames = np.stack([draw_box(frame, hit.origin.key_box) for frame in frames])
+    return _frames_html(frames, hit.tracklet_id)
+
+
 def _query_section(number: int, result: Any) -> str:
     """One query: its key frames, then a table of hits with their key frames and scores."""
     hit_frames = result.hit_key_frames or [np.zeros((0, 1, 1, 3), np.uint8)] * len(result.hits)
     rows = "".join(
         f"<tr><td>{hit.rank}</td><td class=\"score\">{hit.score:.4f}</td><td>{hit.pid}</td><td>{hit.camid}</td>"
-        f"<td>{html.escape(plain(hit.tracklet_id))}<div class=\"source\">{html.escape(plain(hit.source))}</div></td>"
-        f"<td>{_frames_html(frames, hit.tracklet_id)}</td></tr>"
+        f"<td>{html.escape(plain(hit.tracklet_id))}<div class=\"source\">{html.escape(plain(hit.source))}</div>"
+        f"{_footage_html(hit.origin)}</td><td>{_hit_frames_html(hit, frames)}</td></tr>"
         for hit, frames in zip(result.hits, hit_frames)
     )
     return (
@@ -269,6 +301,10 @@ def _query_section(number: int, result: Any) -> str:
         "<table><tr><th>rank</th><th>score</th><th>pid</th><th>camid</th><th>tracklet</th><th>key frames</th></tr>"
         f"{rows}</table></section>"
     )
+
+
+def _footage_html(origin: Any) -> str:
+    return "" if origin is None else f'<div class="source">{html.escape(plain(footage_label(origin)))}</div>'
 
 
 def render_query_report(results: Sequence[Any], *, gallery: str) -> str:
@@ -300,7 +336,15 @@ tfclip train recipes/mars.yaml --set data.manifest=mine.parquet \\
 tfclip extract -c runs/mine/best.ckpt --manifest mine.parquet \\
     --out mine-emb.parquet
 tfclip index mine-emb.parquet --out mine.faiss
-tfclip query person.mp4 --gallery mine.faiss --html report.html"""
+tfclip query person.mp4 --gallery mine.faiss --html report.html
+
+[bold]# raw camera video: track the people, index them, find each person[/]
+tfclip track cam1_lobby.mp4 cam2_street.mp4 --out footage/
+tfclip prepare footage footage/ --out footage.parquet
+tfclip extract -c runs/mine/best.ckpt --manifest footage.parquet \\
+    --out footage-emb.parquet
+tfclip index footage-emb.parquet --out footage.faiss
+tfclip query street.mp4 --gallery footage.faiss --person 1 --html report.html"""
 """Shown after the demo: the same pipeline on real data (rich markup; every line fits 80 columns)."""
 
 

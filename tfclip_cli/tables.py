@@ -76,6 +76,23 @@ class FootageOrigin:
     end_s: float
     boxes: tuple[tuple[float, float, float, float], ...]
 
+    @property
+    def _key(self) -> int:
+        """Position of the key frame among the boxes: the middle one when the frames run without gaps; the first
+        otherwise (a tracklet merged from fragments keeps no frame index per box)."""
+        is_contiguous = len(self.boxes) == self.last_frame - self.first_frame + 1
+        return len(self.boxes) // 2 if is_contiguous else 0
+
+    @property
+    def key_frame(self) -> int:
+        """The frame of the source video that reports show for this tracklet (0-based)."""
+        return self.first_frame + self._key
+
+    @property
+    def key_box(self) -> tuple[float, float, float, float]:
+        """The person's box in :attr:`key_frame`."""
+        return self.boxes[self._key]
+
 
 @dataclass(frozen=True)
 class Tracklet:

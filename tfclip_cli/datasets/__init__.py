@@ -1,8 +1,9 @@
 """From a layout on disk to a Manifest: the KINDS registry, :func:`prepare` and :func:`summarize`.
 
 One parser per layout (``mars``, ``lsvid``, ``ilidsvid``, ``prid2011``, ``folder``, ``footage``); ``synthetic``
-draws the embedded dataset in the ``folder`` layout and parses it. Each kind records its evaluation protocol (the gallery rule) in the
-manifest, so evaluation follows the benchmark's own.
+draws the embedded dataset in the ``folder`` layout and parses it, or (with ``synthetic_footage``) draws camera
+footage with MOTChallenge ground truth and lists its ground-truth tracklets. Each kind records its evaluation
+protocol (the gallery rule) in the manifest, so evaluation follows the benchmark's own.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Callable
 from tfclip_cli.datasets import folder, footage, ilidsvid, lsvid, mars, prid2011
 from tfclip_cli.datasets.common import Parsed, Problems
 from tfclip_cli.datasets.synthetic import SyntheticOptions, generate_synthetic
+from tfclip_cli.datasets.synthetic_footage import FootageOptions, generate_footage
 from tfclip_cli.errors import DataError, UserError
 from tfclip_cli.tables import (
     NON_UTF8_REASON,
@@ -29,8 +31,15 @@ from tfclip_cli.tables import (
 )
 
 
-def parse_synthetic(root: Path, *, problems: Problems, synthetic: SyntheticOptions | None = None) -> Parsed:
-    """Draw the embedded synthetic dataset into ROOT (folder layout), then parse it as ``folder``."""
+def parse_synthetic(root: Path, *, problems: Problems, synthetic: SyntheticOptions | None = None,
+                    synthetic_footage: FootageOptions | None = None) -> Parsed:
+    """Draw the embedded synthetic dataset into ROOT (folder layout), then parse it as ``folder``; with
+    ``synthetic_footage``, draw synthetic camera footage instead and return its ground-truth tracklets."""
+    if synthetic_footage is not None:
+        if synthetic is not None:
+            raise UserError("the synthetic tracklet options do not apply to synthetic footage: pass one or the other")
+        drawn = generate_footage(root, synthetic_footage)
+        return Parsed(tracklets=drawn, extra={"footage": dataclasses.asdict(synthetic_footage)})
     options = synthetic or SyntheticOptions()
     generate_synthetic(root, options)
     parsed = folder.parse(root, problems=problems)
@@ -55,12 +64,13 @@ KINDS: dict[str, DatasetKind] = {
         DatasetKind("ilidsvid", ilidsvid.parse, "includes_query", frozenset({"split_id", "window", "window_stride"})),
         DatasetKind("prid2011", prid2011.parse, "gallery_only", frozenset({"split_id"})),
         DatasetKind("folder", folder.parse, "gallery_only"),
-        DatasetKind("synthetic", parse_synthetic, "gallery_only", frozenset({"synthetic"})),
+        DatasetKind("synthetic", parse_synthetic, "gallery_only", frozenset({"synthetic", "synthetic_footage"})),
         DatasetKind("footage", footage.parse, "gallery_only"),
     )
 }
 OPTION_FLAGS = {"split_id": "--split-id", "train_chunk": "--train-chunk", "window": "--window",
-                "window_stride": "--window-stride", "synthetic": "the synthetic options"}
+                "window_stride": "--window-stride", "synthetic": "the synthetic options",
+                "synthetic_footage": "--footage"}
 OPTION_VERBS = {"synthetic": "do"}  # grammatical number of the flag's name; "does" otherwise
 
 
@@ -87,6 +97,7 @@ def prepare(
     window: int | None = None,
     window_stride: int | None = None,
     synthetic: SyntheticOptions | None = None,
+    synthetic_footage: FootageOptions | None = None,
     strict: bool = False,
 ) -> Manifest:
     """Parse the dataset at ``root`` in layout ``kind`` into a Manifest (train, then query, then gallery rows).
@@ -100,6 +111,8 @@ def prepare(
         window, window_stride: ilidsvid only: cut every sequence into windows (default 8 and 4, as the reference;
             window 0 keeps whole sequences).
         synthetic: synthetic only: what to draw (default :class:`SyntheticOptions`).
+        synthetic_footage: synthetic only: draw camera footage instead (:class:`FootageOptions`); the manifest
+            lists its ground-truth tracklets.
         strict: an unusable file is an error instead of being reported and skipped.
     Raises:
         UserError: an unknown kind, or an option the kind does not take.
@@ -107,7 +120,7 @@ def prepare(
     """
     spec = _kind(kind)
     options = {"split_id": split_id, "train_chunk": train_chunk, "window": window, "window_stride": window_stride,
-               "synthetic": synthetic}
+               "synthetic": synthetic, "synthetic_footage": synthetic_footage}
     given = {name: value for name, value in options.items() if value is not None}
     _check_options(spec, given)
     root = Path(root).expanduser().resolve()

@@ -12,6 +12,7 @@ MPEG-4 ``tNN.mp4`` video or a ``tNN/`` folder of JPEG frames ``000000.jpg ...``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -19,42 +20,29 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Iterator, Literal
 
 import av
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from tfclip_cli import display
+from tfclip_cli.datasets.pedestrian import (
+    CLOTHING,
+    RGB,
+    VIEWS,
+    Appearance,
+    Body,
+    View,
+    draw_person,
+    pick,
+    sample_appearances,
+)
 from tfclip_cli.errors import DataError
 from tfclip_cli.tables import reporting_write_errors, umask_mode
 
 logger = logging.getLogger(__name__)
 
-RGB = tuple[int, int, int]
-View = Literal["front", "back", "side"]
-
-# Small shared palettes: many identities wear the same colours and differ by pattern, shape and accessories.
-CLOTHING: tuple[RGB, ...] = (
-    (28, 28, 32),  # black
-    (222, 222, 215),  # white
-    (125, 125, 128),  # grey
-    (36, 48, 104),  # navy
-    (172, 38, 42),  # red
-    (58, 108, 178),  # blue
-    (52, 118, 64),  # green
-    (196, 172, 128),  # beige
-)
-BOTTOMS: tuple[RGB, ...] = ((28, 28, 32), (48, 66, 110), (110, 110, 112), (186, 164, 122))
-SHOES: tuple[RGB, ...] = ((20, 20, 22), (230, 230, 228), (96, 62, 38))
-SKIN: tuple[RGB, ...] = ((241, 200, 170), (224, 172, 130), (190, 134, 94), (140, 92, 62), (92, 60, 42))
-HAIR: tuple[RGB, ...] = ((22, 18, 16), (66, 42, 26), (120, 80, 44), (206, 170, 102), (150, 150, 150))
-PATTERNS = ("solid", "stripes", "checks", "logo", "two_tone")
-LOGOS = ("circle", "triangle", "diamond", "bar")
-HAIR_STYLES = ("short", "long", "ponytail", "cap", "bald")
-BOTTOM_KINDS = ("trousers", "shorts", "skirt")
-ACCESSORIES = ("none", "backpack", "shoulder_bag", "handbag")
-VIEWS: tuple[View, ...] = ("front", "back", "side")
 # Camera looks: per-channel gain (colour cast and illumination), additive offset and gamma.
 CASTS: tuple[tuple[tuple[float, float, float], float, float], ...] = (
     ((1.28, 1.02, 0.70), 0.0, 1.0),  # warm sodium light
@@ -82,27 +70,6 @@ class SyntheticOptions:
     max_frames: int = 64  # longest tracklet
     video_fraction: float = 1 / 3  # share of tracklets written as .mp4 videos instead of JPEG folders
     seed: int = 0  # one seed fixes every pixel
-
-
-@dataclass(frozen=True)
-class Appearance:
-    """What an identity looks like, in every camera."""
-
-    skin: RGB
-    hair: RGB
-    hair_style: str
-    top: RGB
-    pattern: str
-    pattern_colour: RGB
-    logo: str
-    long_sleeves: bool
-    bottom: RGB
-    bottom_kind: str
-    shoes: RGB
-    accessory: str
-    accessory_colour: RGB
-    height: float  # share of the camera's person height, 0.86..1
-    build: float  # width factor, 0.82..1.22
 
 
 @dataclass(frozen=True)
@@ -134,53 +101,6 @@ class TrackletPlan:
     def relative_path(self) -> Path:
         name = f"t{self.index:02d}" + (".mp4" if self.is_video else "")
         return Path(self.split, f"{self.pid:04d}", str(self.camid), name)
-
-
-def _pick(rng: np.random.Generator, items: tuple) -> Any:
-    return items[int(rng.integers(len(items)))]
-
-
-def sample_appearance(rng: np.random.Generator) -> Appearance:
-    """Draw one identity's appearance from the shared palettes."""
-    top = _pick(rng, CLOTHING)
-    pattern_colour = _pick(rng, tuple(c for c in CLOTHING if c != top))
-    return Appearance(
-        skin=_pick(rng, SKIN),
-        hair=_pick(rng, HAIR),
-        hair_style=_pick(rng, HAIR_STYLES),
-        top=top,
-        pattern=_pick(rng, PATTERNS),
-        pattern_colour=pattern_colour,
-        logo=_pick(rng, LOGOS),
-        long_sleeves=bool(rng.random() < 0.5),
-        bottom=_pick(rng, BOTTOMS),
-        bottom_kind=_pick(rng, BOTTOM_KINDS),
-        shoes=_pick(rng, SHOES),
-        accessory=_pick(rng, ACCESSORIES),
-        accessory_colour=_pick(rng, CLOTHING),
-        height=float(rng.uniform(0.86, 1.0)),
-        build=float(rng.uniform(0.82, 1.22)),
-    )
-
-
-def _signature(appearance: Appearance) -> tuple:
-    """The discrete cues that make identities tell apart."""
-    a = appearance
-    logo = a.logo if a.pattern == "logo" else ""
-    return (a.top, a.pattern, a.pattern_colour, logo, a.bottom, a.bottom_kind, a.hair_style, a.accessory)
-
-
-def sample_appearances(count: int, seed: int) -> list[Appearance]:
-    """``count`` appearances with pairwise different discrete cues, deterministic for ``seed``."""
-    rng = np.random.default_rng([seed, 1])
-    found: list[Appearance] = []
-    seen: set[tuple] = set()
-    while len(found) < count:
-        appearance = sample_appearance(rng)
-        if _signature(appearance) not in seen:
-            seen.add(_signature(appearance))
-            found.append(appearance)
-    return found
 
 
 def _wall(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -221,18 +141,19 @@ def _ground(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     return base * 0.8 + grain
 
 
-def sample_camera(camid: int, options: SyntheticOptions, *, supersample: int) -> CameraStyle:
-    """Draw camera ``camid``'s look; cameras take distinct colour casts and cycle through the viewpoints."""
-    rng = np.random.default_rng([options.seed, 2, camid])
-    cast_order = np.random.default_rng([options.seed, 3]).permutation(len(CASTS))
+def sample_camera(camid: int, *, seed: int, image_size: tuple[int, int], supersample: int) -> CameraStyle:
+    """Draw camera ``camid``'s look for frames of ``image_size`` (height, width); cameras take distinct colour casts
+    and cycle through the viewpoints."""
+    rng = np.random.default_rng([seed, 2, camid])
+    cast_order = np.random.default_rng([seed, 3]).permutation(len(CASTS))
     gain, offset, gamma = CASTS[int(cast_order[camid % len(CASTS)])]
-    height, width = (side * supersample for side in options.image_size)
+    height, width = (side * supersample for side in image_size)
     world_width = 4 * width
     horizon = int(height * rng.uniform(0.45, 0.7))
     texture = np.concatenate([_wall(rng, horizon, world_width), _ground(rng, height - horizon, world_width)], axis=0)
     periodic = np.concatenate([texture, texture[:, :width]], axis=1)  # a crop never needs to wrap around
     jitter = rng.uniform(0.9, 1.1, size=3)
-    pool_size = 2 * options.image_size[0] * options.image_size[1] * 3
+    pool_size = 2 * image_size[0] * image_size[1] * 3
     return CameraStyle(
         background=Image.fromarray(np.clip(periodic, 0, 255).astype(np.uint8)),
         world_width=world_width,
@@ -293,13 +214,13 @@ class _Motion:
 
 
 def _sample_motion(rng: np.random.Generator, camera: CameraStyle, num_frames: int) -> _Motion:
-    view = camera.view if rng.random() < 0.7 else _pick(rng, VIEWS)
+    view = camera.view if rng.random() < 0.7 else pick(rng, VIEWS)
     facing = 1 if rng.random() < 0.5 else -1
     occluder = None
     if rng.random() < 0.25:
         kind = "low" if rng.random() < 0.6 else "pole"
         size = rng.uniform(0.2, 0.38) if kind == "low" else rng.uniform(0.12, 0.22)
-        occluder = (kind, float(rng.uniform(0.0, 1.0)), float(size), _pick(rng, CLOTHING))
+        occluder = (kind, float(rng.uniform(0.0, 1.0)), float(size), pick(rng, CLOTHING))
     return _Motion(
         view=view,
         facing=facing,
@@ -312,187 +233,6 @@ def _sample_motion(rng: np.random.Generator, camera: CameraStyle, num_frames: in
         jitter=rng.normal(0.0, [0.012, 0.012, 0.02], size=(num_frames, 3)),
         occluder=occluder,
     )
-
-
-@dataclass(frozen=True)
-class _Body:
-    """One frame's pose in pixels: body coordinates are shares of the person height, x from the centre line."""
-
-    cx: float
-    top: float
-    unit: float  # person height in pixels
-    mirror: int  # +1 front view; -1 back view; the facing direction in side view
-    swing: float  # sin of the walking phase, -1..1
-    build: float
-
-    def at(self, x: float, y: float) -> tuple[float, float]:
-        return self.cx + x * self.unit * self.mirror, self.top + y * self.unit
-
-    def box(self, corners: tuple[float, float, float, float]) -> list[float]:
-        """Pixel box [left, top, right, bottom] of two opposite corners (x0, y0, x1, y1) in body coordinates."""
-        (ax, ay), (bx, by) = self.at(*corners[:2]), self.at(*corners[2:])
-        return [min(ax, bx), min(ay, by), max(ax, bx), max(ay, by)]
-
-    def width(self, share: float) -> int:
-        return max(1, round(share * self.unit))
-
-
-def _limb(draw: ImageDraw.ImageDraw, body: _Body, points: list[tuple[float, float]], *, colours: list[RGB],
-          thick: float) -> None:
-    """A limb of straight segments, each in its colour, with round joints."""
-    width = body.width(thick)
-    pixels = [body.at(x, y) for x, y in points]
-    for start, end, colour in zip(pixels, pixels[1:], colours):
-        draw.line([start, end], fill=colour, width=width)
-        x, y = end
-        draw.ellipse([x - width / 2, y - width / 2, x + width / 2, y + width / 2], fill=colour)
-
-
-def _leg_colours(look: Appearance) -> list[RGB]:
-    """Colours of the thigh and the shin."""
-    if look.bottom_kind == "trousers":
-        return [look.bottom, look.bottom]
-    if look.bottom_kind == "shorts":
-        return [look.bottom, look.skin]
-    return [look.skin, look.skin]
-
-
-def _arm_colours(look: Appearance) -> list[RGB]:
-    return [look.top, look.top if look.long_sleeves else look.skin]
-
-
-def _draw_top(draw: ImageDraw.ImageDraw, body: _Body, look: Appearance, *, half_width: float, shows_logo: bool) -> None:
-    """The torso with the identity's pattern."""
-    x0, y0, x1, y1 = body.box((-half_width, 0.155, half_width, 0.52))
-    draw.rectangle([x0, y0, x1, y1], fill=look.top)
-    w, h = x1 - x0, y1 - y0
-    if look.pattern == "stripes":
-        for band in range(1, 7, 2):
-            draw.rectangle([x0, y0 + band * h / 7, x1, y0 + (band + 1) * h / 7], fill=look.pattern_colour)
-    elif look.pattern == "checks":
-        for row in range(6):
-            for col in range(row % 2, 4, 2):
-                cell = [x0 + col * w / 4, y0 + row * h / 6, x0 + (col + 1) * w / 4, y0 + (row + 1) * h / 6]
-                draw.rectangle(cell, fill=look.pattern_colour)
-    elif look.pattern == "two_tone":
-        draw.rectangle([x0, y0, x1, y0 + 0.45 * h], fill=look.pattern_colour)
-    elif look.pattern == "logo" and shows_logo:
-        _draw_logo(draw, look, centre=(x0 + w / 2, y0 + 0.38 * h), size=0.22 * body.unit * half_width / 0.13)
-
-
-def _draw_logo(draw: ImageDraw.ImageDraw, look: Appearance, *, centre: tuple[float, float], size: float) -> None:
-    x, y, r = centre[0], centre[1], size / 2
-    colour = look.pattern_colour
-    if look.logo == "circle":
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
-    elif look.logo == "triangle":
-        draw.polygon([(x, y - r), (x + r, y + r), (x - r, y + r)], fill=colour)
-    elif look.logo == "diamond":
-        draw.polygon([(x, y - r * 1.2), (x + r, y), (x, y + r * 1.2), (x - r, y)], fill=colour)
-    else:
-        draw.rectangle([x - r * 1.2, y - r * 0.35, x + r * 1.2, y + r * 0.35], fill=colour)
-
-
-def _draw_head(draw: ImageDraw.ImageDraw, body: _Body, look: Appearance, *, view: View) -> None:
-    """Neck, head and hair; the face shows from the front and the side, hair covers the back of the head."""
-    draw.rectangle(body.box((-0.022, 0.11, 0.022, 0.17)), fill=look.skin)
-    face_x = 0.012 if view == "side" else 0.0
-    if look.hair_style == "long":
-        draw.rectangle(body.box((-0.058, 0.06, 0.058 if view != "side" else 0.0, 0.23)), fill=look.hair)
-    if look.hair_style == "ponytail" and view != "front":
-        tail_x = -0.055 if view == "side" else 0.0
-        draw.ellipse(body.box((tail_x - 0.022, 0.07, tail_x + 0.022, 0.19)), fill=look.hair)
-    head = body.box((-0.05, 0.01, 0.05, 0.14))
-    hairy = look.hair_style not in ("bald", "cap")
-    draw.ellipse(head, fill=look.hair if hairy else look.skin)
-    if view != "back" or not hairy:
-        lower = 0.03 if hairy else 0.01
-        draw.ellipse(body.box((face_x - 0.045, lower, face_x + 0.045, 0.14)), fill=look.skin)
-    if look.hair_style == "cap":
-        draw.chord(body.box((-0.053, 0.0, 0.053, 0.1)), 180, 360, fill=look.accessory_colour)
-        brim = (0.0, 0.09) if view == "side" else (-0.05, 0.05)
-        if view != "back":
-            draw.rectangle(body.box((brim[0], 0.045, brim[1], 0.058)), fill=look.accessory_colour)
-    if view == "front":
-        for eye in (-0.018, 0.018):
-            draw.ellipse(body.box((eye - 0.006, 0.07, eye + 0.006, 0.082)), fill=(30, 24, 20))
-
-
-def _draw_accessory(draw: ImageDraw.ImageDraw, body: _Body, look: Appearance, *, view: View) -> None:
-    """Bags in front of the body; a backpack shows whole from the back, as straps from the front."""
-    colour, b = look.accessory_colour, body.build
-    if look.accessory == "backpack" and view == "back":
-        draw.rounded_rectangle(body.box((-0.11 * b, 0.19, 0.11 * b, 0.45)), radius=body.width(0.02), fill=colour)
-        draw.rectangle(body.box((-0.07 * b, 0.33, 0.07 * b, 0.43)), fill=tuple(int(c * 0.7) for c in colour))
-    elif look.accessory == "backpack" and view == "front":
-        for x in (-0.085 * b, 0.085 * b):
-            draw.line([body.at(x, 0.16), body.at(x, 0.38)], fill=colour, width=body.width(0.022))
-    elif look.accessory == "shoulder_bag":
-        draw.line([body.at(-0.11 * b, 0.16), body.at(0.12 * b, 0.47)], fill=colour, width=body.width(0.016))
-        draw.rectangle(body.box((0.1 * b, 0.44, 0.22 * b, 0.56)), fill=colour)
-    elif look.accessory == "handbag":
-        hand_x = 0.17 * b if view != "side" else 0.32 * body.swing * 0.42
-        draw.rectangle(body.box((hand_x - 0.04, 0.5, hand_x + 0.04, 0.6)), fill=colour)
-
-
-def _draw_frontal(draw: ImageDraw.ImageDraw, body: _Body, look: Appearance, *, view: View) -> None:
-    """A person seen from the front or the back: legs lift in turn, arms swing a little."""
-    b, s = body.build, body.swing
-    legs = _leg_colours(look)
-    draw.rectangle(body.box((-0.115 * b, 0.48, 0.115 * b, 0.56)), fill=look.bottom)
-    for side, lift in ((-1, max(0.0, s)), (1, max(0.0, -s))):
-        hip, foot = (side * 0.055 * b, 0.53), (side * 0.06 * b, 0.955 - 0.035 * lift)
-        knee = ((hip[0] + foot[0]) / 2, (hip[1] + foot[1]) / 2)
-        _limb(draw, body, [hip, knee, foot], colours=legs, thick=0.075 * b)
-        draw.ellipse(body.box((foot[0] - 0.04, foot[1] - 0.01, foot[0] + 0.04, foot[1] + 0.03)), fill=look.shoes)
-    if look.bottom_kind == "skirt":
-        draw.polygon([body.at(-0.115 * b, 0.5), body.at(0.115 * b, 0.5), body.at(0.16 * b, 0.74),
-                      body.at(-0.16 * b, 0.74)], fill=look.bottom)
-    _draw_top(draw, body, look, half_width=0.13 * b, shows_logo=view == "front")
-    for side in (-1, 1):
-        shoulder = (side * 0.15 * b, 0.18)
-        hand = (side * (0.17 * b), 0.5 + 0.02 * side * s)
-        elbow = ((shoulder[0] + hand[0]) / 2 + side * 0.008, 0.34)
-        _limb(draw, body, [shoulder, elbow, hand], colours=_arm_colours(look), thick=0.055 * b)
-        draw.ellipse(body.box((hand[0] - 0.022, hand[1] - 0.01, hand[0] + 0.022, hand[1] + 0.035)), fill=look.skin)
-    _draw_accessory(draw, body, look, view=view)
-    _draw_head(draw, body, look, view=view)
-
-
-def _draw_side(draw: ImageDraw.ImageDraw, body: _Body, look: Appearance) -> None:
-    """A person seen from the side, walking towards ``body.mirror``: legs and arms swing in opposite phase."""
-    b, s = body.build, body.swing
-    half = 0.075 * b
-
-    def walk_limbs(sign: int, shade: float) -> tuple[tuple[float, float], list[RGB]]:
-        angle = 0.42 * s * sign
-        foot = (0.43 * math.sin(angle), 0.53 + 0.43 * math.cos(angle))
-        knee = (foot[0] / 2 + 0.02, (0.53 + foot[1]) / 2)
-        dim = [tuple(int(c * shade) for c in colour) for colour in _leg_colours(look)]
-        _limb(draw, body, [(0.0, 0.53), knee, foot], colours=dim, thick=0.08 * b)
-        shoe = tuple(int(c * shade) for c in look.shoes)
-        draw.ellipse(body.box((foot[0] - 0.03, foot[1] - 0.012, foot[0] + 0.06, foot[1] + 0.028)), fill=shoe)
-        hand = (0.3 * math.sin(-angle), 0.18 + 0.3 * math.cos(angle))
-        arm = [tuple(int(c * shade) for c in colour) for colour in _arm_colours(look)]
-        return hand, arm
-
-    far_hand, far_arm = walk_limbs(-1, 0.75)
-    _limb(draw, body, [(0.0, 0.18), far_hand], colours=far_arm[:1], thick=0.055 * b)
-    near_hand, near_arm = walk_limbs(1, 1.0)
-    if look.accessory == "backpack":
-        draw.rounded_rectangle(body.box((-half - 0.08, 0.19, -half + 0.01, 0.44)), radius=body.width(0.02),
-                               fill=look.accessory_colour)
-    if look.bottom_kind == "skirt":
-        draw.polygon([body.at(-half, 0.5), body.at(half, 0.5), body.at(half + 0.05, 0.74),
-                      body.at(-half - 0.05, 0.74)], fill=look.bottom)
-    if look.bottom_kind != "skirt":
-        draw.rectangle(body.box((-half, 0.48, half, 0.57)), fill=look.bottom)
-    _draw_top(draw, body, look, half_width=half, shows_logo=False)
-    elbow = (near_hand[0] / 2, (0.18 + near_hand[1]) / 2)
-    _limb(draw, body, [(0.0, 0.18), elbow, near_hand], colours=near_arm, thick=0.055 * b)
-    if look.accessory in ("shoulder_bag", "handbag"):
-        _draw_accessory(draw, body, look, view="side")
-    _draw_head(draw, body, look, view="side")
 
 
 def _draw_occluder(draw: ImageDraw.ImageDraw, occluder: tuple[str, float, float, RGB], *, size: tuple[int, int],
@@ -509,15 +249,15 @@ def _draw_occluder(draw: ImageDraw.ImageDraw, occluder: tuple[str, float, float,
     draw.rectangle([left, 0, left + extent * width, height], fill=colour)
 
 
-def _colour_table(camera: CameraStyle, motion: _Motion) -> list[int]:
-    """The camera's gamma, colour cast and illumination as a 768-entry lookup table for ``Image.point``."""
+def colour_table(camera: CameraStyle, illumination: float) -> list[int]:
+    """The camera's gamma, colour cast and ``illumination`` as a 768-entry lookup table for ``Image.point``."""
     levels = np.power(np.arange(256) / 255.0, camera.gamma) * 255.0
-    light = np.asarray(camera.gain) * motion.illumination
+    light = np.asarray(camera.gain) * illumination
     table = np.clip(levels[None, :] * light[:, None] + camera.offset, 0, 255)
     return [int(v) for v in np.round(table).reshape(-1)]
 
 
-def _add_noise(image: Image.Image, camera: CameraStyle, rng: np.random.Generator) -> np.ndarray:
+def add_noise(image: Image.Image, camera: CameraStyle, rng: np.random.Generator) -> np.ndarray:
     """Sensor noise sliced from the camera's pool at a random offset; uint8 [H, W, 3]."""
     pixels = np.asarray(image).astype(np.int16)
     start = int(rng.integers(camera.noise.size - pixels.size + 1))
@@ -539,7 +279,7 @@ def _render_frame(t: int, look: Appearance, camera: CameraStyle, *, motion: _Mot
     phase = motion.phase + 2 * math.pi * t / motion.period
     unit = height * camera.scale * look.height * (1 + ds)
     bob = 0.012 * unit * abs(math.cos(phase))
-    body = _Body(
+    body = Body(
         cx=centre * width,
         top=height * (0.5 + dy + camera.scale / 2) - unit - bob,  # feet on one line: short people look short
         unit=unit,
@@ -547,16 +287,13 @@ def _render_frame(t: int, look: Appearance, camera: CameraStyle, *, motion: _Mot
         swing=math.sin(phase),
         build=look.build,
     )
-    if motion.view == "side":
-        _draw_side(draw, body, look)
-    else:
-        _draw_frontal(draw, body, look, view=motion.view)
+    draw_person(draw, body, look, view=motion.view)
     if motion.occluder is not None:
         _draw_occluder(draw, motion.occluder, size=(height, width), shift=shift - motion.background_start)
     image = canvas.reduce(supersample) if supersample > 1 else canvas
     if camera.blur * options.image_size[0] >= 0.3:
         image = image.filter(ImageFilter.BoxBlur(camera.blur * options.image_size[0]))
-    return _add_noise(image.point(colours), camera, rng)
+    return add_noise(image.point(colours), camera, rng)
 
 
 def render_tracklet(plan: TrackletPlan, look: Appearance, camera: CameraStyle, *, options: SyntheticOptions,
@@ -564,7 +301,7 @@ def render_tracklet(plan: TrackletPlan, look: Appearance, camera: CameraStyle, *
     """All frames of one tracklet, uint8 [H, W, 3] each, deterministic for the seed and the tracklet."""
     rng = np.random.default_rng([options.seed, 5, plan.pid, plan.camid, plan.index])
     motion = _sample_motion(rng, camera, plan.num_frames)
-    colours = _colour_table(camera, motion)
+    colours = colour_table(camera, motion.illumination)
     return [
         _render_frame(t, look, camera, motion=motion, options=options, supersample=supersample, colours=colours,
                       rng=rng)
@@ -572,13 +309,13 @@ def render_tracklet(plan: TrackletPlan, look: Appearance, camera: CameraStyle, *
     ]
 
 
-def _write_frames(frames: list[np.ndarray], folder: Path) -> None:
+def write_frames(frames: list[np.ndarray], folder: Path) -> None:
     folder.mkdir(parents=True)
     for t, frame in enumerate(frames):
         Image.fromarray(frame).save(folder / f"{t:06d}.jpg", quality=92)
 
 
-def _write_video(frames: list[np.ndarray], path: Path) -> None:
+def write_video(frames: list[np.ndarray], path: Path, *, fps: int = FPS) -> None:
     """Encode frames as an MPEG-4 Part 2 .mp4 whose bytes depend on the frames alone.
 
     MPEG-4 rather than H.264: the first libx264 encode of a process was seen to give other bytes than later ones for
@@ -587,7 +324,7 @@ def _write_video(frames: list[np.ndarray], path: Path) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w", options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream("mpeg4", rate=FPS, options={"qscale": "3"})
+        stream = container.add_stream("mpeg4", rate=fps, options={"qscale": "3"})
         stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = 1
@@ -619,7 +356,27 @@ def _check_options(options: SyntheticOptions) -> None:
             raise DataError(f"synthetic dataset option {message}")
 
 
-def _check_empty(root: Path) -> None:
+@contextlib.contextmanager
+def drawing_into(root: Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder of ``root`` that becomes ``root`` when the block succeeds.
+
+    An interrupted drawing so leaves nothing behind; the folder gets the permissions the umask gives any new folder,
+    and a full disk or read-only folder is one OutputError naming ROOT.
+    """
+    with reporting_write_errors(root):
+        root.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+        try:
+            os.chmod(temp, umask_mode(0o777))
+            yield temp
+            if root.exists():
+                root.rmdir()
+            temp.rename(root)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def check_empty(root: Path) -> None:
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise DataError(
             f"{root} is not an empty folder: the synthetic dataset is written into a new or empty ROOT",
@@ -639,27 +396,21 @@ def generate_synthetic(root: Path, options: SyntheticOptions = SyntheticOptions(
     """
     root = Path(root)
     _check_options(options)
-    _check_empty(root)
+    check_empty(root)
     supersample = 2 if options.image_size[0] < 512 else 1  # smooth edges for small frames, cheap at this size
     looks = sample_appearances(options.identities + options.distractors, options.seed)
-    cameras = [sample_camera(camid, options, supersample=supersample) for camid in range(options.cameras)]
+    cameras = [
+        sample_camera(camid, seed=options.seed, image_size=options.image_size, supersample=supersample)
+        for camid in range(options.cameras)
+    ]
     plans = plan_tracklets(options)
-    with reporting_write_errors(root):  # a full disk or read-only folder is one OutputError naming ROOT
-        root.parent.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
-        try:
-            os.chmod(temp, umask_mode(0o777))
-            for plan in display.progress(plans, "Drawing synthetic tracklets", unit="tracklets"):
-                frames = render_tracklet(plan, looks[plan.pid], cameras[plan.camid], options=options,
-                                         supersample=supersample)
-                target = temp / plan.relative_path()
-                if plan.is_video:
-                    _write_video(frames, target)
-                else:
-                    _write_frames(frames, target)
-            if root.exists():
-                root.rmdir()
-            temp.rename(root)
-        finally:
-            shutil.rmtree(temp, ignore_errors=True)
+    with drawing_into(root) as temp:
+        for plan in display.progress(plans, "Drawing synthetic tracklets", unit="tracklets"):
+            frames = render_tracklet(plan, looks[plan.pid], cameras[plan.camid], options=options,
+                                     supersample=supersample)
+            target = temp / plan.relative_path()
+            if plan.is_video:
+                write_video(frames, target)
+            else:
+                write_frames(frames, target)
     logger.info("wrote %d synthetic tracklets into %s", len(plans), root)

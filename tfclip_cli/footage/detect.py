@@ -86,6 +86,9 @@ class HogDetector:
         gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
         if self.upscale != 1.0:
             gray = cv2.resize(gray, None, fx=self.upscale, fy=self.upscale, interpolation=cv2.INTER_LINEAR)
+        window_width, window_height = self._hog.winSize
+        if gray.shape[0] < window_height or gray.shape[1] < window_width:
+            return []  # no person of the window's size fits (and OpenCV fails on a frame smaller than it)
         # groupThreshold 0: no OpenCV grouping, so every window keeps its own margin for our NMS
         rects, margins = self._hog.detectMultiScale(
             gray, hitThreshold=self._hit_threshold, winStride=(8, 8), padding=(8, 8), scale=1.05, groupThreshold=0
@@ -324,8 +327,9 @@ def resolve_detector(spec: str) -> str:
     return "hog"
 
 
-def build_detector(spec: str, **options: float) -> Detector:
-    """The detector named by ``spec``: ``hog``, ``ssdlite``, ``auto`` or the path of a YOLO ``.onnx`` model.
+def build_detector(spec: str, **options: object) -> Detector:
+    """The detector named by ``spec``: ``hog``, ``ssdlite``, ``auto`` or the path of a YOLO ``.onnx`` model;
+    ``gt:PATH`` or ``gt`` (with ``video=``) replay ground truth (:mod:`tfclip_cli.footage.replay`).
 
     ``auto`` is ssdlite when its graph is installed, else HOG: on ``vtest.avi`` ssdlite is about 4x faster on one
     core and finds walkers HOG misses with far fewer false people, but its graph comes from a separate wheel.
@@ -343,9 +347,18 @@ def build_detector(spec: str, **options: float) -> Detector:
         return SsdLiteDetector(**options)
     if spec.lower().endswith(".onnx"):
         return YoloOnnxDetector(Path(spec), **options)
+    if spec == "gt" or spec.startswith("gt:"):
+        from tfclip_cli.footage.replay import replay_detector  # replay builds on this module: imported late
+
+        return replay_detector(spec, **options)
     raise UserError(
         f"unknown detector {spec!r}: expected one of {', '.join(DETECTOR_NAMES)} or the path of a YOLO .onnx model"
     )
+
+
+def detector_for_video(spec: str, video: Path) -> Detector:
+    """``build_detector(spec)`` for tracking ``video``: the spec ``gt`` replays the gt.txt beside that video."""
+    return build_detector(spec, video=video) if spec == "gt" else build_detector(spec)
 
 
 @dataclass(frozen=True)

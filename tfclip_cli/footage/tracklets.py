@@ -35,7 +35,7 @@ from tfclip_cli.errors import UserError
 from tfclip_cli.footage.detect import (
     DEFAULT_DETECTOR,
     Detector,
-    build_detector,
+    detector_for_video,
     read_video,
     resolve_detector,
     set_threads,
@@ -203,7 +203,7 @@ def track_one_video(
     """
     started = time.perf_counter()
     info = video_info(video)
-    detector = build_detector(options.detector) if isinstance(options.detector, str) else options.detector
+    detector = detector_for_video(options.detector, video) if isinstance(options.detector, str) else options.detector
     tracks = track_video(video, detector, camid=camid, every=options.every, config=options.tracker, progress=progress)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{folder.name}.", dir=folder.parent) as work:

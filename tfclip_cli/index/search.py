@@ -22,7 +22,7 @@ from tfclip_cli.clips import ClipTransform, read_frames
 from tfclip_cli.errors import DataError, GalleryError, UserError
 from tfclip_cli.index.store import Gallery, load_index, normalized
 from tfclip_cli.inference import Backend, Embedder, embed_tracklets, load_model, tracklet_from_path
-from tfclip_cli.tables import Tracklet, row_to_tracklet
+from tfclip_cli.tables import FootageOrigin, Tracklet, row_to_tracklet
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,20 @@ class Hit:
     start_s: float | None = None
     end_s: float | None = None
     """The tracklet's time range in its source video, when its row records one (footage tracklets)."""
+    origin: FootageOrigin | None = None
+    """Where in which video, for a gallery tracklet cut from footage."""
+
+    def to_dict(self) -> dict:
+        """JSON-ready; a footage origin as its video, frames, times and key frame with its box (not every box)."""
+        fields = {name: value for name, value in asdict(self).items() if name != "origin"}
+        if self.origin is not None:
+            origin = self.origin
+            fields["origin"] = {
+                "source_video": origin.source_video, "first_frame": origin.first_frame,
+                "last_frame": origin.last_frame, "start_s": origin.start_s, "end_s": origin.end_s,
+                "key_frame": origin.key_frame, "key_box": list(origin.key_box),
+            }
+        return fields
 
 
 @dataclass(frozen=True)
@@ -74,7 +88,7 @@ class QueryResult:
         """JSON-ready: the query source, its frame count, the threshold, the verdict and the hits."""
         return {
             "query": self.source, "num_frames": self.num_frames, "threshold": self.threshold,
-            "match": self.is_match, "hits": [asdict(hit) for hit in self.hits],
+            "match": self.is_match, "hits": [hit.to_dict() for hit in self.hits],
         }
 
 
@@ -204,6 +218,7 @@ def _hit(rows: pd.DataFrame, row: int, rank: int, score: float, threshold: float
         match=None if threshold is None else score >= threshold,
         start_s=_optional_float(record, "start_s"),
         end_s=_optional_float(record, "end_s"),
+        origin=tracklet.origin if tracklet is not None else None,
     )
 
 
@@ -221,14 +236,25 @@ def read_key_frames(tracklet: Tracklet) -> np.ndarray:
     return frames.permute(0, 2, 3, 1).numpy()
 
 
+def read_source_key_frame(origin: FootageOrigin) -> np.ndarray:
+    """The key frame of a footage tracklet in its source video, uint8 ``[1, H, W, 3]`` (the report draws the box).
+
+    Raises:
+        DataError: naming the video when it cannot be decoded.
+    """
+    video = Tracklet(origin.source_video, -1, -1, "gallery", origin.key_frame + 1, video=origin.source_video)
+    return read_frames(video, [origin.key_frame]).permute(0, 2, 3, 1).numpy()
+
+
 def _row_key_frames(gallery: Gallery, row: int) -> np.ndarray:
-    """A gallery row's key frames, or ``NO_FRAMES`` (logged) when its source is unknown or unreadable."""
+    """A gallery row's key frames (for footage, its key frame in the source video), or ``NO_FRAMES`` (logged) when
+    its source is unknown or unreadable."""
     record = gallery.rows.iloc[row]
     tracklet = row_to_tracklet(record)
     if tracklet is None:
         return NO_FRAMES
     try:
-        return read_key_frames(tracklet)
+        return read_source_key_frame(tracklet.origin) if tracklet.origin is not None else read_key_frames(tracklet)
     except DataError as exc:
         log.warning("no key frames for gallery tracklet %s: %s", record["tracklet_id"], exc.message)
         return NO_FRAMES
@@ -324,8 +350,24 @@ def query(
         DataError: naming a clip that is missing or cannot be decoded.
     """
     gallery = load_index(gallery_path)
-    floor = resolve_min_score(gallery, min_score)
     tracklets = [tracklet_from_path(Path(clip)) for clip in clips]
+    return query_tracklets(gallery, tracklets, checkpoint=checkpoint, top_k=top_k, min_score=min_score,
+                           device=device, with_hit_frames=with_hit_frames, backend=backend)
+
+
+def query_tracklets(
+    gallery: Gallery,
+    tracklets: Sequence[Tracklet],
+    *,
+    checkpoint: Path | None = None,
+    top_k: int = 10,
+    min_score: MinScore = None,
+    device: torch.device | str = "cpu",
+    with_hit_frames: bool = False,
+    backend: Backend = "torch",
+) -> list[QueryResult]:
+    """:func:`query` for a loaded gallery and tracklets already described (e.g. people cut out of a query video)."""
+    floor = resolve_min_score(gallery, min_score)
     embedder = load_query_embedder(gallery, checkpoint, torch.device(device), backend=backend)
     vectors = embedder.embed(tracklets)
     results = []

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Collection
 
@@ -143,7 +143,7 @@ class Service:
             "key_frames": ["data:image/jpeg;base64," + base64.b64encode(jpeg(frame)).decode() for frame in frames],
             "threshold": threshold,
             "match": None if threshold is None else any(hit.match for hit in hits),
-            "hits": [asdict(hit) for hit in hits],
+            "hits": [hit.to_dict() for hit in hits],
         }
 
     def _kept_clip(self, upload: BinaryIO) -> Tracklet:
