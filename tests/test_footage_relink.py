@@ -1,5 +1,7 @@
 """Relinking by appearance, proved with synthetic embeddings: cut at identity switches, merge fragments."""
 
+import dataclasses
+
 import numpy as np
 
 from tfclip_cli.footage.relink import (
@@ -10,6 +12,7 @@ from tfclip_cli.footage.relink import (
     contact_windows,
     contacts,
     cut_points,
+    least_similarity,
     link_fragments,
     relink,
     unlinked,
@@ -85,6 +88,19 @@ def test_a_fragment_follows_another_soon_after_and_near_where_it_ended() -> None
     # 5 frames later but 100 px away: farther than 30 * (0.5 + 0.05 * 5) = 22.5 px
     assert not can_follow(ended, _fragment(2, 20, 35, x=100), config)
     assert not can_follow(_fragment(2, 20, 35), ended, config)  # never backwards in time
+
+
+def test_a_fragment_starting_right_where_another_ended_needs_less_similarity() -> None:
+    config = RelinkConfig(merge_similarity=0.85, near_gap=10, near_distance=0.25, near_similarity=0.7)
+    ended = _fragment(1, 0, 15)  # last box centre x 20, 30 px tall
+    assert least_similarity(ended, _fragment(2, 20, 35), config) == 0.7  # 5 frames, 5 px (0.17 heights) on
+    assert least_similarity(ended, _fragment(2, 30, 45), config) == 0.85  # 15 frames later
+    assert least_similarity(ended, _fragment(2, 20, 35, x=10), config) == 0.85  # 15 px (0.5 heights) away
+    # cosine 0.8 between the two looks: linked when near, not when the same look shows up 15 frames later
+    looks = np.array([0.8, 0.6, 0.0])
+    near, late = (dataclasses.replace(_fragment(2, first, first + 15), vector=looks) for first in (20, 30))
+    assert link_fragments([ended, near], config) == {0: 1}
+    assert link_fragments([ended, late], config) == {}
 
 
 def test_an_ambiguous_link_is_left_out() -> None:

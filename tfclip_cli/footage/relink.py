@@ -6,8 +6,8 @@ track (a tracker can only jump from one person to another where they meet) and t
 stay unlike the mean of all the windows before it (the person's appearance so far): one odd window is a bad crop,
 not another person. Then each fragment's end is linked to the start of the fragment that continues it, one to
 one (Hungarian assignment on the fragments' mean embeddings), only between plausible pairs (same camera, starting
-soon after and near where the other ended) and only when no rival pairing is nearly as alike: an ambiguous link
-is left out. A cut whose sides both found no other continuation is undone. The logic takes any embedder, so it
+soon after and near where the other ended; right where and when it ended, a lower similarity will do) and only
+when no rival pairing is nearly as alike: an ambiguous link is left out. A cut whose sides both found no other continuation is undone. The logic takes any embedder, so it
 is tested with synthetic embeddings; without a checkpoint tracks pass through unchanged (:func:`unlinked`).
 """
 
@@ -47,6 +47,9 @@ class RelinkConfig:
     merge_margin: float = 0.05  # ... and more alike than any rival pairing by this much, else not merged
     max_gap: int = 60  # most frames between a fragment's end and the next one's start
     max_speed: float = 0.05  # person heights per frame: how far a person can have walked during the gap
+    near_gap: int = 10  # a fragment starting this few frames after another ended ...
+    near_distance: float = 0.25  # ... and this near (person heights) to where it ended ...
+    near_similarity: float = 0.7  # ... needs only this similarity: motion already says it is one person
 
 
 @dataclass(frozen=True)
@@ -144,28 +147,44 @@ def _fragments(track: Track, embed: WindowEmbedder, touching: set[int], config: 
     return fragments
 
 
+def _gap_and_distance(a: _Fragment, b: _Fragment) -> tuple[int, float]:
+    """Frames from ``a``'s end to ``b``'s start, and how far ``b`` starts from ``a``'s last box centre, in ``a``'s
+    person heights."""
+    height = max(float(a.last_box[3] - a.last_box[1]), 1e-6)
+    centre_a, centre_b = (a.last_box[:2] + a.last_box[2:]) / 2, (b.first_box[:2] + b.first_box[2:]) / 2
+    return b.first_frame - a.last_frame, float(np.linalg.norm(centre_b - centre_a)) / height
+
+
 def can_follow(a: _Fragment, b: _Fragment, config: RelinkConfig) -> bool:
     """Whether ``b`` can be ``a``'s person seen again: same camera, starting after ``a`` ends within ``max_gap``
     frames, and no farther from where ``a`` was last seen than a walk of ``max_speed`` heights per frame (plus
     half a height for the box's own wobble)."""
-    gap = b.first_frame - a.last_frame
-    if a.camid != b.camid or not 0 < gap <= config.max_gap:
-        return False
-    height = float(a.last_box[3] - a.last_box[1])
-    centre_a, centre_b = (a.last_box[:2] + a.last_box[2:]) / 2, (b.first_box[:2] + b.first_box[2:]) / 2
-    return float(np.linalg.norm(centre_b - centre_a)) <= height * (0.5 + config.max_speed * gap)
+    gap, distance = _gap_and_distance(a, b)
+    return a.camid == b.camid and 0 < gap <= config.max_gap and distance <= 0.5 + config.max_speed * gap
+
+
+def least_similarity(a: _Fragment, b: _Fragment, config: RelinkConfig) -> float:
+    """How alike ``a`` and ``b`` must be to be linked: ``near_similarity`` when ``b`` starts right where and when
+    ``a`` ended (motion already says one person; appearance need only not contradict it), else
+    ``merge_similarity``."""
+    gap, distance = _gap_and_distance(a, b)
+    near = gap <= config.near_gap and distance <= config.near_distance
+    return config.near_similarity if near else config.merge_similarity
 
 
 def link_fragments(fragments: Sequence[_Fragment], config: RelinkConfig) -> dict[int, int]:
     """Which fragment follows which (index → index): a one-to-one assignment of fragment ends to fragment starts
-    (Hungarian, most total similarity) among the plausible pairs at least ``merge_similarity`` alike; a pair is kept
-    only when no rival pairing of either fragment comes within ``merge_margin`` of it (ambiguous: not merged)."""
+    (Hungarian, most total similarity) among the plausible pairs alike enough (:func:`least_similarity`); a pair
+    is kept only when no rival pairing of either fragment comes within ``merge_margin`` of it (ambiguous: not
+    merged)."""
     count = len(fragments)
     similarity = np.full((count, count), -np.inf)
+    allowed = np.zeros((count, count), dtype=bool)
     for i, j in itertools.permutations(range(count), 2):
-        if can_follow(fragments[i], fragments[j], config):
-            similarity[i, j] = float(fragments[i].vector @ fragments[j].vector)
-    allowed = similarity >= config.merge_similarity
+        a, b = fragments[i], fragments[j]
+        if can_follow(a, b, config):
+            similarity[i, j] = float(a.vector @ b.vector)
+            allowed[i, j] = similarity[i, j] >= least_similarity(a, b, config)
     if not allowed.any():
         return {}
     rows, cols = linear_sum_assignment(np.where(allowed, -similarity, 1.0))
