@@ -7,8 +7,9 @@ stay unlike the mean of all the windows before it (the person's appearance so fa
 not another person. Then each fragment's end is linked to the start of the fragment that continues it, one to
 one (Hungarian assignment on the fragments' mean embeddings), only between plausible pairs (same camera, starting
 soon after and near where the other ended; right where and when it ended, a lower similarity will do) and only
-when no rival pairing is nearly as alike: an ambiguous link is left out. A cut whose sides both found no other continuation is undone. The logic takes any embedder, so it
-is tested with synthetic embeddings; without a checkpoint tracks pass through unchanged (:func:`unlinked`).
+when no rival pairing is nearly as alike: an ambiguous link is left out. A cut whose sides both found no other
+continuation is undone. The logic takes any embedder, so it is tested with synthetic embeddings; without a
+checkpoint tracks pass through unchanged (:func:`unlinked`).
 """
 
 from __future__ import annotations
