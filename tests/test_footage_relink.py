@@ -1,16 +1,32 @@
 """Relinking by appearance, proved with synthetic embeddings: cut at identity switches, merge fragments."""
 
+import dataclasses
+
 import numpy as np
 
-from tfclip_cli.footage.relink import Piece, RelinkConfig, cut_points, relink, unlinked, window_bounds
+from tfclip_cli.footage.relink import (
+    Piece,
+    RelinkConfig,
+    _fragments,
+    can_follow,
+    contact_windows,
+    contacts,
+    cut_points,
+    least_similarity,
+    link_fragments,
+    relink,
+    unlinked,
+    window_bounds,
+)
 from tfclip_cli.footage.track import Track
 
 PEOPLE = {name: vector for name, vector in zip("ABC", np.eye(3))}
 
 
-def track(track_id: int, first: int, last: int, camid: int = 0) -> Track:
+def track(track_id: int, first: int, last: int, camid: int = 0, x: int = 0) -> Track:
+    """A person 30 px tall walking right 1 px a frame, from ``x`` at frame 0."""
     frames = tuple(range(first, last + 1))
-    boxes = np.array([[i, 0, i + 10, 30] for i in frames], dtype=np.float32)
+    boxes = np.array([[x + i, 0, x + i + 10, 30] for i in frames], dtype=np.float32)
     return Track(track_id, camid, frames, boxes, np.full(len(frames), 0.9, np.float32))
 
 
@@ -34,9 +50,64 @@ def test_windows_cover_the_track_and_a_short_tail_joins_the_last() -> None:
     assert window_bounds(5, 8) == [(0, 5)]
 
 
-def test_cut_where_consecutive_windows_differ() -> None:
-    vectors = np.array([PEOPLE["A"], PEOPLE["A"], PEOPLE["B"], PEOPLE["B"], PEOPLE["A"]])
-    assert cut_points(vectors, 0.5) == [2, 4]
+def test_cut_where_the_windows_after_stay_unlike_the_ones_before() -> None:
+    a, b = PEOPLE["A"], PEOPLE["B"]
+    config = RelinkConfig(cut_windows=2)
+    assert cut_points(np.array([a, a, b, b]), [1, 2, 3], config) == [2]  # too few windows on the sides of 1 and 3
+    assert cut_points(np.array([a, a, b, b]), [], config) == []  # no contact, no cut
+    # one odd window (a bad crop) is no switch: B then A again averages to 0.71 with A
+    assert cut_points(np.array([a, a, b, a, a]), [1, 2, 3], config) == []
+    # the prototype is every window since the last cut: A, A, B, B, A, A cut twice
+    assert cut_points(np.array([a, a, b, b, a, a]), [1, 2, 3, 4, 5], config) == [2, 4]
+
+
+def test_contacts_are_the_frames_a_track_touches_another() -> None:
+    walker = track(1, 0, 31)
+    # track 2 stands still at x 8..18 from frame 0 to 31: walker's box (i..i+10) overlaps it from frame 0 to 17
+    standing = Track(2, 0, tuple(range(32)), np.tile(np.float32([[8, 0, 18, 30]]), (32, 1)), np.ones(32, np.float32))
+    far = track(3, 0, 31, x=500)
+    assert contacts(walker, [walker, standing, far], 0.0) == set(range(18))
+    assert contacts(walker, [walker, far], 0.0) == set()
+    bounds = window_bounds(32, 8)
+    # contacts in windows 0-2 (frames 0-17): windows 1, 2 and the one after, 3, may start another person
+    assert contact_windows(bounds, walker.frame_indices, set(range(18))) == [1, 2, 3]
+    assert contact_windows(bounds, walker.frame_indices, {2}) == [1]  # the first window never starts a fragment
+
+
+def _fragment(track_id: int, first: int, last: int, x: int = 0):
+    one = track(track_id, first, last, x=x)
+    return _fragments(one, lambda t, w: np.tile(PEOPLE["A"], (len(w), 1)), set(), RelinkConfig())[0]
+
+
+def test_a_fragment_follows_another_soon_after_and_near_where_it_ended() -> None:
+    config = RelinkConfig(max_gap=60, max_speed=0.05)
+    ended = _fragment(1, 0, 15)  # last box x 15..25, 30 px tall
+    assert can_follow(ended, _fragment(2, 20, 35), config)  # 5 frames later, 5 px on
+    assert not can_follow(ended, _fragment(2, 10, 35), config)  # overlaps in time
+    assert not can_follow(ended, _fragment(2, 100, 115), config)  # 85 frames later: past max_gap
+    # 5 frames later but 100 px away: farther than 30 * (0.5 + 0.05 * 5) = 22.5 px
+    assert not can_follow(ended, _fragment(2, 20, 35, x=100), config)
+    assert not can_follow(_fragment(2, 20, 35), ended, config)  # never backwards in time
+
+
+def test_a_fragment_starting_right_where_another_ended_needs_less_similarity() -> None:
+    config = RelinkConfig(merge_similarity=0.85, near_gap=10, near_distance=0.25, near_similarity=0.7)
+    ended = _fragment(1, 0, 15)  # last box centre x 20, 30 px tall
+    assert least_similarity(ended, _fragment(2, 20, 35), config) == 0.7  # 5 frames, 5 px (0.17 heights) on
+    assert least_similarity(ended, _fragment(2, 30, 45), config) == 0.85  # 15 frames later
+    assert least_similarity(ended, _fragment(2, 20, 35, x=10), config) == 0.85  # 15 px (0.5 heights) away
+    # cosine 0.8 between the two looks: linked when near, not when the same look shows up 15 frames later
+    looks = np.array([0.8, 0.6, 0.0])
+    near, late = (dataclasses.replace(_fragment(2, first, first + 15), vector=looks) for first in (20, 30))
+    assert link_fragments([ended, near], config) == {0: 1}
+    assert link_fragments([ended, late], config) == {}
+
+
+def test_an_ambiguous_link_is_left_out() -> None:
+    # A ends at frame 15; two A-looking fragments start at frame 20 next to each other: which one is A is a guess
+    fragments = [_fragment(1, 0, 15), _fragment(2, 20, 35), _fragment(3, 20, 35, x=2)]
+    assert link_fragments(fragments, RelinkConfig()) == {}
+    assert link_fragments(fragments[:2], RelinkConfig()) == {0: 1}
 
 
 def test_identity_switch_is_cut_and_each_half_joins_its_person() -> None:
@@ -59,6 +130,21 @@ def test_fragments_of_one_person_merge_and_overlapping_ones_do_not() -> None:
     assert [link.pieces for link in linked] == [(Piece(1, 0, 16), Piece(3, 0, 16)), (Piece(2, 0, 16),)]
     assert linked[0].track.frame_indices == tuple(range(16)) + tuple(range(30, 46))
     np.testing.assert_array_equal(linked[0].track.boxes[16], tracks[2].boxes[0])
+
+
+def test_a_cut_that_finds_no_continuation_is_undone() -> None:
+    # track 1 looks like A then B after crossing track 2 (C), but B is seen nowhere else: cutting would only add a
+    # switch, so both tracks stay as the motion tracker made them
+    tracks = [track(1, 0, 31), track(2, 0, 31)]
+    who = {1: lambda f: "A" if f < 16 else "B", 2: lambda f: "C"}
+    linked = relink(tracks, FakeEmbedder(who), RelinkConfig(window=8))
+    assert [link.pieces for link in linked] == [(Piece(1, 0, 32),), (Piece(2, 0, 32),)]
+
+
+def test_fragments_too_far_apart_in_time_or_place_stay_apart() -> None:
+    tracks = [track(1, 0, 15), track(2, 100, 115), track(3, 20, 35, x=200)]
+    linked = relink(tracks, FakeEmbedder({i: lambda f: "A" for i in (1, 2, 3)}), RelinkConfig(max_gap=60))
+    assert len(linked) == 3
 
 
 def test_two_tracks_of_one_look_at_the_same_time_stay_apart() -> None:

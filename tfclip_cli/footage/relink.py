@@ -1,11 +1,15 @@
 """Cut and re-link motion tracks by appearance: the identity switches and fragments a motion tracker leaves.
 
 Each track is split into consecutive windows of a few frames, and each window embedded (with TF-CLIP in
-``tfclip track --checkpoint``, through :func:`model_window_embedder`). Where two consecutive windows stop looking
-alike, the track is cut: two people crossed and the box jumped from one to the other. Then fragments of one
-camera that never overlap in time and whose mean embeddings are close are merged into one tracklet: a person the
-motion tracker lost behind an obstacle and found again under a new id. The logic takes any embedder, so it is
-tested with synthetic embeddings; without a checkpoint tracks pass through unchanged (:func:`unlinked`).
+``tfclip track --checkpoint``, through :func:`model_window_embedder`). A track is cut only where it touched another
+track (a tracker can only jump from one person to another where they meet) and the windows after that contact
+stay unlike the mean of all the windows before it (the person's appearance so far): one odd window is a bad crop,
+not another person. Then each fragment's end is linked to the start of the fragment that continues it, one to
+one (Hungarian assignment on the fragments' mean embeddings), only between plausible pairs (same camera, starting
+soon after and near where the other ended; right where and when it ended, a lower similarity will do) and only
+when no rival pairing is nearly as alike: an ambiguous link is left out. A cut whose sides both found no other
+continuation is undone. The logic takes any embedder, so it is tested with synthetic embeddings; without a
+checkpoint tracks pass through unchanged (:func:`unlinked`).
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
-from tfclip_cli.footage.track import Track
+from tfclip_cli.footage.track import Track, iou_matrix
 from tfclip_cli.tables import UNKNOWN_PID, Tracklet
 
 if TYPE_CHECKING:
@@ -33,11 +38,19 @@ WindowEmbedder = Callable[[Track, Sequence[Window]], np.ndarray]  # a track and 
 
 @dataclass(frozen=True)
 class RelinkConfig:
-    """When windows differ enough to cut, and fragments agree enough to merge (cosine similarities)."""
+    """When a track is cut (an identity switch) and when two fragments are merged (one person, found again)."""
 
     window: int = 8  # frames per embedded window (TF-CLIP's clip length)
-    cut_similarity: float = 0.5  # consecutive windows less alike than this are two people
-    merge_similarity: float = 0.75  # fragments at least this alike are one person
+    cut_similarity: float = 0.5  # the windows after a contact less alike than this with the ones before: cut
+    cut_windows: int = 2  # windows on each side of a cut: one odd window (a bad crop) is not a switch
+    contact: float = 0.0  # least IoU of the track's box with another track's for a contact (where switches happen)
+    merge_similarity: float = 0.85  # fragments at least this alike may be one person
+    merge_margin: float = 0.05  # ... and more alike than any rival pairing by this much, else not merged
+    max_gap: int = 60  # most frames between a fragment's end and the next one's start
+    max_speed: float = 0.05  # person heights per frame: how far a person can have walked during the gap
+    near_gap: int = 10  # a fragment starting this few frames after another ended ...
+    near_distance: float = 0.25  # ... and this near (person heights) to where it ended ...
+    near_similarity: float = 0.7  # ... needs only this similarity: motion already says it is one person
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,8 @@ class _Fragment:
     first_frame: int
     last_frame: int
     vector: np.ndarray  # [D], unit length
+    first_box: np.ndarray  # [4] x1, y1, x2, y2
+    last_box: np.ndarray
 
 
 def unlinked(tracks: Sequence[Track]) -> list[Linked]:
@@ -81,54 +96,148 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
 
 
-def cut_points(vectors: np.ndarray, min_similarity: float) -> list[int]:
-    """Indices of the windows ``[W, D]`` (unit rows) that start a new fragment: less alike than ``min_similarity``
-    with the window before."""
-    similarity = np.sum(vectors[1:] * vectors[:-1], axis=1)
-    return [int(i) + 1 for i in np.flatnonzero(similarity < min_similarity)]
+def contacts(track: Track, others: Sequence[Track], min_iou: float) -> set[int]:
+    """Frame indices at which ``track``'s box touches (IoU above ``min_iou``) the box of another track of the same
+    camera: the only moments a motion tracker can jump from one person to another."""
+    boxes = {}
+    for other in others:
+        if other.track_id != track.track_id and other.camid == track.camid:
+            for index, box in zip(other.frame_indices, other.boxes):
+                boxes.setdefault(index, []).append(box)
+    touching = set()
+    for index, box in zip(track.frame_indices, track.boxes):
+        if index in boxes and iou_matrix(box[None].astype(np.float64), np.array(boxes[index])).max() > min_iou:
+            touching.add(index)
+    return touching
 
 
-def _fragments(track: Track, embed: WindowEmbedder, config: RelinkConfig) -> list[_Fragment]:
-    """The track cut where its appearance changes, each fragment with its mean window embedding."""
+def contact_windows(bounds: Sequence[Window], frames: Sequence[int], touching: set[int]) -> list[int]:
+    """Indices of the windows that may start another person: the window holding a contact, and the one after it
+    (a switch at a window's end shows only in the next one)."""
+    touched = [i for i, (start, stop) in enumerate(bounds) if touching.intersection(frames[start:stop])]
+    return sorted({j for i in touched for j in (i, i + 1) if 0 < j < len(bounds)})
+
+
+def cut_points(vectors: np.ndarray, candidates: Sequence[int], config: RelinkConfig) -> list[int]:
+    """Indices of the windows ``[W, D]`` (unit rows) that start a new fragment, among ``candidates``: where the mean
+    of the next ``cut_windows`` windows is less alike than ``cut_similarity`` with the mean of all the windows since
+    the last cut (the person's appearance so far), each side at least ``cut_windows`` long."""
+    cuts, start = [], 0
+    for k in candidates:
+        if k - start < config.cut_windows or len(vectors) - k < config.cut_windows:
+            continue
+        before = _unit(vectors[start:k].mean(axis=0))
+        after = _unit(vectors[k : k + config.cut_windows].mean(axis=0))
+        if float(before @ after) < config.cut_similarity:
+            cuts.append(k)
+            start = k
+    return cuts
+def _fragments(track: Track, embed: WindowEmbedder, touching: set[int], config: RelinkConfig) -> list[_Fragment]:
+    """The track cut where its appearance changes after a contact, each fragment with its mean window embedding."""
     bounds = window_bounds(track.num_frames, config.window)
     vectors = _unit(np.asarray(embed(track, bounds), dtype=np.float64))
-    edges = [0, *cut_points(vectors, config.cut_similarity), len(bounds)]
+    candidates = contact_windows(bounds, track.frame_indices, touching)
+    edges = [0, *cut_points(vectors, candidates, config), len(bounds)]
     fragments = []
     for first, last in zip(edges, edges[1:]):
         piece = Piece(track.track_id, bounds[first][0], bounds[last - 1][1])
         frames = track.frame_indices[piece.start : piece.stop]
         mean = _unit(vectors[first:last].mean(axis=0))
-        fragments.append(_Fragment(piece, track.camid, frames[0], frames[-1], mean))
+        ends = track.boxes[piece.start], track.boxes[piece.stop - 1]
+        fragments.append(_Fragment(piece, track.camid, frames[0], frames[-1], mean, *ends))
     return fragments
 
 
-def _overlap(a: list[_Fragment], b: list[_Fragment]) -> bool:
-    """Whether any fragment of ``a`` shares a moment with one of ``b``: one person is never in two places."""
-    return any(x.first_frame <= y.last_frame and y.first_frame <= x.last_frame for x in a for y in b)
+def _gap_and_distance(a: _Fragment, b: _Fragment) -> tuple[int, float]:
+    """Frames from ``a``'s end to ``b``'s start, and how far ``b`` starts from ``a``'s last box centre, in ``a``'s
+    person heights."""
+    height = max(float(a.last_box[3] - a.last_box[1]), 1e-6)
+    centre_a, centre_b = (a.last_box[:2] + a.last_box[2:]) / 2, (b.first_box[:2] + b.first_box[2:]) / 2
+    return b.first_frame - a.last_frame, float(np.linalg.norm(centre_b - centre_a)) / height
 
 
-def merge_fragments(fragments: Sequence[_Fragment], min_similarity: float) -> list[list[_Fragment]]:
-    """Groups of fragments of one person: the most alike pairs first (single linkage), joining two groups only when
-    they share the camera and never overlap in time."""
-    group_of = list(range(len(fragments)))
-    members = {i: [f] for i, f in enumerate(fragments)}
-    pairs = sorted(
-        ((float(a.vector @ b.vector), i, j) for (i, a), (j, b) in itertools.combinations(enumerate(fragments), 2)),
-        reverse=True,
-    )
-    for similarity, i, j in pairs:
-        if similarity < min_similarity:
-            break
-        gi, gj = group_of[i], group_of[j]
-        if gi == gj or fragments[i].camid != fragments[j].camid or _overlap(members[gi], members[gj]):
+def can_follow(a: _Fragment, b: _Fragment, config: RelinkConfig) -> bool:
+    """Whether ``b`` can be ``a``'s person seen again: same camera, starting after ``a`` ends within ``max_gap``
+    frames, and no farther from where ``a`` was last seen than a walk of ``max_speed`` heights per frame (plus
+    half a height for the box's own wobble)."""
+    gap, distance = _gap_and_distance(a, b)
+    return a.camid == b.camid and 0 < gap <= config.max_gap and distance <= 0.5 + config.max_speed * gap
+
+
+def least_similarity(a: _Fragment, b: _Fragment, config: RelinkConfig) -> float:
+    """How alike ``a`` and ``b`` must be to be linked: ``near_similarity`` when ``b`` starts right where and when
+    ``a`` ended (motion already says one person; appearance need only not contradict it), else
+    ``merge_similarity``."""
+    gap, distance = _gap_and_distance(a, b)
+    near = gap <= config.near_gap and distance <= config.near_distance
+    return config.near_similarity if near else config.merge_similarity
+
+
+def link_fragments(fragments: Sequence[_Fragment], config: RelinkConfig) -> dict[int, int]:
+    """Which fragment follows which (index → index): a one-to-one assignment of fragment ends to fragment starts
+    (Hungarian, most total similarity) among the plausible pairs alike enough (:func:`least_similarity`); a pair
+    is kept only when no rival pairing of either fragment comes within ``merge_margin`` of it (ambiguous: not
+    merged)."""
+    count = len(fragments)
+    similarity = np.full((count, count), -np.inf)
+    allowed = np.zeros((count, count), dtype=bool)
+    for i, j in itertools.permutations(range(count), 2):
+        a, b = fragments[i], fragments[j]
+        if can_follow(a, b, config):
+            similarity[i, j] = float(a.vector @ b.vector)
+            allowed[i, j] = similarity[i, j] >= least_similarity(a, b, config)
+    if not allowed.any():
+        return {}
+    rows, cols = linear_sum_assignment(np.where(allowed, -similarity, 1.0))
+    links = {}
+    for i, j in zip(rows.tolist(), cols.tolist()):
+        if not allowed[i, j]:
             continue
-        members[gi] += members.pop(gj)
-        group_of = [gi if g == gj else g for g in group_of]
-    return [sorted(group, key=lambda f: f.first_frame) for group in members.values()]
+        rivals = np.concatenate([np.delete(similarity[i], j), np.delete(similarity[:, j], i)])
+        if not (rivals > similarity[i, j] - config.merge_margin).any():
+            links[i] = j
+    return links
+
+
+def rejoin_unused_cuts(fragments: Sequence[_Fragment], links: dict[int, int]) -> dict[int, int]:
+    """``links`` plus the two sides of every cut that found no other continuation: a cut stands only where
+    appearance also found where the person went (else it would only add an identity switch)."""
+    links = dict(links)
+    followed = set(links.values())
+    for i, (a, b) in enumerate(itertools.pairwise(fragments)):
+        same_track = a.piece.track_id == b.piece.track_id and a.piece.stop == b.piece.start
+        if same_track and i not in links and i + 1 not in followed:
+            links[i] = i + 1
+            followed.add(i + 1)
+    return links
+
+
+def chains(count: int, links: dict[int, int]) -> list[list[int]]:
+    """The chains of fragment indices that ``links`` (one successor, one predecessor each) make, from each start."""
+    followed = set(links.values())
+    groups = []
+    for head in (i for i in range(count) if i not in followed):
+        group = [head]
+        while group[-1] in links:
+            group.append(links[group[-1]])
+        groups.append(group)
+    return groups
+
+
+def _joined(pieces: Sequence[Piece]) -> list[Piece]:
+    """``pieces`` with each run of one track's touching pieces (an undone cut) made one piece again."""
+    joined = [pieces[0]]
+    for piece in pieces[1:]:
+        last = joined[-1]
+        if piece.track_id == last.track_id and piece.start == last.stop:
+            joined[-1] = Piece(last.track_id, last.start, piece.stop)
+        else:
+            joined.append(piece)
+    return joined
 
 
 def _assemble(group: list[_Fragment], by_id: dict[int, Track], track_id: int) -> Linked:
-    parts = [(by_id[f.piece.track_id], f.piece) for f in group]
+    parts = [(by_id[piece.track_id], piece) for piece in _joined([f.piece for f in group])]
     track = Track(
         track_id=track_id,
         camid=group[0].camid,
@@ -136,17 +245,22 @@ def _assemble(group: list[_Fragment], by_id: dict[int, Track], track_id: int) ->
         boxes=np.concatenate([t.boxes[p.start : p.stop] for t, p in parts]),
         scores=np.concatenate([t.scores[p.start : p.stop] for t, p in parts]),
     )
-    return Linked(track, tuple(f.piece for f in group))
+    return Linked(track, tuple(piece for _, piece in parts))
 
 
 def relink(tracks: Sequence[Track], embed: WindowEmbedder, config: RelinkConfig = RelinkConfig()) -> list[Linked]:
-    """Cut every track where its windows stop looking alike, then merge the fragments of one person.
+    """Cut tracks where their appearance changes after touching another track, then link each fragment's end to
+    the start of the fragment that continues it.
 
     Returns:
         the tracklets, numbered 1, 2, ... by first frame.
     """
-    fragments = [f for track in tracks for f in _fragments(track, embed, config)]
-    groups = sorted(merge_fragments(fragments, config.merge_similarity), key=lambda g: g[0].first_frame)
+    fragments = [
+        f for track in tracks for f in _fragments(track, embed, contacts(track, tracks, config.contact), config)
+    ]
+    links = rejoin_unused_cuts(fragments, link_fragments(fragments, config))
+    groups = sorted(([fragments[i] for i in chain] for chain in chains(len(fragments), links)),
+                    key=lambda g: g[0].first_frame)
     by_id = {track.track_id: track for track in tracks}
     return [_assemble(group, by_id, number) for number, group in enumerate(groups, start=1)]
 
