@@ -8,8 +8,9 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from tfclip_cli.checkpoint import Checkpoint, save_checkpoint
-from tfclip_cli.model import ModelConfig, build_model
+from tiny_training import TINY_CONFIG, save_tiny_checkpoint
+
+from tfclip_cli.model import build_model
 
 # a "YOLOv8" output holding one person standing still: (cx, cy, w, h, person score) in the 64×64 model input, plus
 # empty rows; a 160×120 frame is letterboxed at ratio 0.4 with 8 px on top, so the box (24, 12, 40, 52) in the input
@@ -46,8 +47,4 @@ def yolo_model(path: Path, output: np.ndarray, size: int = 64) -> Path:
 def tiny_checkpoint(path: Path) -> Path:
     """A randomly initialised tiny TF-CLIP checkpoint (64×32 frames), enough to run the embedding path."""
     torch.manual_seed(0)
-    config = ModelConfig(backbone="tfclip-tiny", image_size=(64, 32), seq_len=4, num_classes=4, num_cameras=2)
-    state = build_model(config).state_dict()
-    recipe = {"data": {"normalization": "imagenet"}}
-    save_checkpoint(Checkpoint(model_config=config.to_dict(), model_state=state, pid_to_label={}, recipe=recipe), path)
-    return path
+    return save_tiny_checkpoint(build_model(TINY_CONFIG), path)

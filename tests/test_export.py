@@ -12,16 +12,17 @@ import torch
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
-from tiny_training import tiny_manifest
+from test_inference import manifest, model  # noqa: F401  (the module-scoped tiny data and model, reused)
+from tiny_training import TINY_CONFIG as CONFIG, save_tiny_checkpoint
 from tfclip_cli import __version__, export
-from tfclip_cli.checkpoint import Checkpoint, file_sha256, save_checkpoint
+from tfclip_cli.checkpoint import file_sha256
 from tfclip_cli.cli import app
 from tfclip_cli.clips import CLIP_MEAN, CLIP_STD
 from tfclip_cli.errors import UserError
 from tfclip_cli.evaluate import evaluate_file
 from tfclip_cli.export import OnnxEmbedder, available_providers, onnx_session, read_metadata
-from tfclip_cli.index import build_index, query
-from tfclip_cli.model import ModelConfig, build_model
+from tfclip_cli.index import SearchOptions, build_index, query
+from tfclip_cli.model import ModelConfig
 from tfclip_cli.tables import read_embeddings, read_manifest
 
 
@@ -60,26 +61,12 @@ def test_cpu_provider_is_always_last() -> None:
 
 # ------------------------------------------------------------------------------------- tfclip export and backends
 
-CONFIG = ModelConfig(backbone="tfclip-tiny", image_size=(64, 32), seq_len=4, num_classes=4, num_cameras=2)
-
-
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory) -> Path:
-    return tiny_manifest(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return build_model(CONFIG).eval()
 
 
 @pytest.fixture(scope="module")
 def checkpoint(model, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
-    save_checkpoint(Checkpoint(model_config=CONFIG.to_dict(), model_state=model.state_dict(), pid_to_label={},
-                               recipe={"data": {"normalization": "clip"}}), path)
-    return path
+    return save_tiny_checkpoint(model, path, normalization="clip")
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +149,7 @@ def test_query_onnx_backend_finds_the_hits_of_torch_and_exports_a_recorded_check
     clip = [next(Path(t.source) for t in read_manifest(manifest).tracklets("query") if t.frames)]
 
     def hits(**options) -> list[tuple[str, float]]:
-        (result,) = query(tmp_path / "g.faiss", clip, top_k=5, **options)
+        (result,) = query(tmp_path / "g.faiss", clip, SearchOptions(top_k=5, **options))
         return [(hit.tracklet_id, hit.score) for hit in result.hits]
 
     expected = hits()

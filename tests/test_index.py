@@ -23,13 +23,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from tiny_training import tiny_manifest
+from tiny_training import TINY_CONFIG as CONFIG, save_tiny_checkpoint, tiny_manifest
 from tfclip_cli import display, index
-from tfclip_cli.checkpoint import Checkpoint, save_checkpoint
 from tfclip_cli.cli import app
 from tfclip_cli.errors import GalleryError, OutputError, UserError
 from tfclip_cli.inference import extract_to_file
-from tfclip_cli.model import ModelConfig, build_model
+from tfclip_cli.model import build_model
 from tfclip_cli.tables import Embeddings, read_embeddings, read_manifest, write_embeddings
 
 CHECKPOINT_INFO = {"checkpoint": "/runs/a.ckpt", "checkpoint_sha256": "a" * 64, "sampling": "dense"}
@@ -338,15 +337,11 @@ def test_html_report_renders_its_thumbnails_in_headless_chromium(tmp_path):
 # ------------------------------------------------------------------ query with a random-init tiny model
 
 
-CONFIG = ModelConfig(backbone="tfclip-tiny", image_size=(64, 32), seq_len=4, num_classes=4, num_cameras=2)
 
 
 def _checkpoint(path: Path, seed: int) -> Path:
     torch.manual_seed(seed)
-    model = build_model(CONFIG)
-    save_checkpoint(Checkpoint(model_config=CONFIG.to_dict(), model_state=model.state_dict(), pid_to_label={},
-                               recipe={"data": {"normalization": "imagenet"}}), path)
-    return path
+    return save_tiny_checkpoint(build_model(CONFIG), path)
 
 
 @pytest.fixture(scope="module")
@@ -363,7 +358,7 @@ def tiny_gallery(tmp_path_factory) -> tuple[Path, Path, list[str]]:
 def test_query_finds_a_gallery_tracklet_at_rank_1_from_its_own_clip(tiny_gallery):
     path, _, sources = tiny_gallery
     clips = [Path(sources[0]), Path(sources[-1])]  # embedded together, as one batch
-    results = index.query(path, clips, top_k=3, with_hit_frames=True)
+    results = index.query(path, clips, index.SearchOptions(top_k=3, with_hit_frames=True))
     assert [r.hits[0].tracklet_id for r in results] == [str(c.resolve()) for c in clips]
     assert all(r.hits[0].score == pytest.approx(1.0, abs=1e-4) and len(r.hits) == 3 for r in results)
     assert results[0].key_frames.ndim == 4 and results[0].key_frames.shape[-1] == 3
@@ -374,13 +369,13 @@ def test_query_refuses_a_checkpoint_the_gallery_was_not_built_from(tiny_gallery,
     path, _, sources = tiny_gallery
     other = _checkpoint(tmp_path / "other.ckpt", seed=1)
     with pytest.raises(GalleryError, match="is not the checkpoint"):
-        index.query(path, [Path(sources[0])], checkpoint=other)
+        index.query(path, [Path(sources[0])], index.SearchOptions(checkpoint=other))
     foreign = tmp_path / "foreign.faiss"  # a table from another tool: no checkpoint recorded, 16-d
     index.build_index(_embeddings(np.eye(16), info={}), foreign)
     with pytest.raises(GalleryError, match="records no checkpoint"):
         index.query(foreign, [Path(sources[0])])
     with pytest.raises(GalleryError, match="embeds in 320 dimensions"):
-        index.query(foreign, [Path(sources[0])], checkpoint=other)
+        index.query(foreign, [Path(sources[0])], index.SearchOptions(checkpoint=other))
 
 
 def test_query_cli_prints_table_json_and_html_and_names_bad_clips(tiny_gallery, tmp_path):
@@ -420,7 +415,7 @@ def test_query_min_score_drops_hits_below_it_and_auto_needs_a_calibration(tiny_g
     calibrated = tmp_path / "c.faiss"
     shutil.copy(path, calibrated)
     index.store.update_header(calibrated, calibration={"threshold": 0.999, "fmr": 0.01})
-    (found,) = index.query(calibrated, [Path(sources[1])], top_k=3, min_score="auto")
+    (found,) = index.query(calibrated, [Path(sources[1])], index.SearchOptions(top_k=3, min_score="auto"))
     assert found.threshold == 0.999 and [hit.match for hit in found.hits] == [True]
 
 

@@ -16,13 +16,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tiny_training import tiny_manifest
+from tiny_training import TINY_CONFIG as CONFIG, save_tiny_checkpoint, tiny_manifest
 from tfclip_cli import inference
-from tfclip_cli.checkpoint import Checkpoint, file_sha256, save_checkpoint
+from tfclip_cli.checkpoint import file_sha256
 from tfclip_cli.cli import app
 from tfclip_cli.clips import ClipTransform, read_frames, sample_dense, sample_rrs_test
 from tfclip_cli.errors import DataError
-from tfclip_cli.model import ModelConfig, build_model
+from tfclip_cli.model import build_model
 from tfclip_cli.tables import (
     ManifestInfo,
     manifest_from_tracklets,
@@ -31,7 +31,6 @@ from tfclip_cli.tables import (
     write_manifest,
 )
 
-CONFIG = ModelConfig(backbone="tfclip-tiny", image_size=(64, 32), seq_len=4, num_classes=4, num_cameras=2)
 TRANSFORM = ClipTransform((64, 32), normalization="imagenet", is_train=False)
 
 
@@ -49,9 +48,7 @@ def model():
 @pytest.fixture(scope="module")
 def checkpoint(model, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
-    save_checkpoint(Checkpoint(model_config=CONFIG.to_dict(), model_state=model.state_dict(), pid_to_label={},
-                               recipe={"data": {"normalization": "imagenet"}}), path)
-    return path
+    return save_tiny_checkpoint(model, path)
 
 
 def _longest(manifest: Path, split: str):

@@ -18,7 +18,7 @@ from tfclip_cli import train as training
 from tfclip_cli.train import engine
 from tfclip_cli.checkpoint import load_checkpoint, save_checkpoint
 from tfclip_cli.cli import app
-from tfclip_cli.errors import CheckpointError, OutputError, RecipeError
+from tfclip_cli.errors import CheckpointError, OutputError
 from tfclip_cli.inference import load_memory
 from tfclip_cli.model import ModelConfig, build_model
 from tfclip_cli.recipe import load_recipe
@@ -88,29 +88,6 @@ def test_resuming_after_an_epoch_repeats_the_uninterrupted_losses(full_run, mani
     assert [s.epoch for s in resumed.history] == [2]
     assert _epoch_losses(first)[1] == _epoch_losses(full_run)[1]
     assert _epoch_losses(resumed)[2] == _epoch_losses(full_run)[2]
-
-
-def test_ctrl_c_writes_a_resumable_checkpoint_and_exits_130(full_run, manifest, tmp_path, monkeypatch):
-    path = tiny_recipe(tmp_path / "r.yaml", manifest=manifest, output_dir=tmp_path / "run", solver={"epochs": 2})
-    real_step, calls = engine._step, []
-
-    def step_then_ctrl_c(*args, **kwargs):
-        calls.append(1)
-        parts = real_step(*args, **kwargs)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return parts
-
-    monkeypatch.setattr(engine, "_step", step_then_ctrl_c)
-    result = CliRunner().invoke(app, ["train", str(path)])
-    assert result.exit_code == 130, result.output
-    state = load_checkpoint(tmp_path / "run" / "last.ckpt").training_state
-    assert (state["next_epoch"], state["next_iteration"]) == (1, 2)
-    monkeypatch.setattr(engine, "_step", real_step)
-    resumed = training.train(load_recipe(path), resume=True)
-    assert [s.epoch for s in resumed.history] == [1, 2]
-    for epoch in (1, 2):
-        assert _epoch_losses(resumed)[epoch] == pytest.approx(_epoch_losses(full_run)[epoch], rel=1e-6)
 
 
 def test_a_crash_while_writing_a_checkpoint_leaves_the_last_good_one(full_run, monkeypatch):
@@ -212,24 +189,36 @@ def test_two_process_gloo_ddp_trains_one_epoch(manifest, tmp_path):
 # --- what a user or a scheduler can do to a run (issue 13) ----------------------------------------------------------
 
 
-def test_sigterm_writes_a_resumable_checkpoint_says_so_and_exits_143(full_run, manifest, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("sent", "code", "word"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_ctrl_c_or_sigterm_writes_a_resumable_checkpoint_says_so_and_exits(
+    full_run, manifest, tmp_path, monkeypatch, sent, code, word
+):
     path = tiny_recipe(tmp_path / "r.yaml", manifest=manifest, output_dir=tmp_path / "run", solver={"epochs": 2})
     real_step, calls = engine._step, []
 
-    def step_then_sigterm(*args, **kwargs):
+    def step_then_signal(*args, **kwargs):
         calls.append(1)
         parts = real_step(*args, **kwargs)
         if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), sent)
         return parts
 
-    monkeypatch.setattr(engine, "_step", step_then_sigterm)
+    monkeypatch.setattr(engine, "_step", step_then_signal)
     result = CliRunner().invoke(app, ["train", str(path)])
-    assert result.exit_code == 143, result.output
-    assert "terminated" in result.output
+    assert result.exit_code == code, result.output
+    assert word in result.output
     state = load_checkpoint(tmp_path / "run" / "last.ckpt").training_state
     assert (state["next_epoch"], state["next_iteration"]) == (1, 2)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    monkeypatch.setattr(engine, "_step", real_step)
+    resumed = training.train(load_recipe(path), resume=True)
+    assert [s.epoch for s in resumed.history] == [1, 2]
+    for epoch in (1, 2):
+        assert _epoch_losses(resumed)[epoch] == pytest.approx(_epoch_losses(full_run)[epoch], rel=1e-6)
 
 
 def test_the_stop_handler_does_nothing_in_forked_dataloader_workers():

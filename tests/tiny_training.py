@@ -1,4 +1,5 @@
-"""Shared builders for the training, inference and recipe tests: a tiny synthetic dataset and tiny recipes."""
+"""Shared builders for the training, inference and recipe tests: a tiny synthetic dataset, tiny recipes and a tiny
+checkpoint."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ from pathlib import Path
 
 import yaml
 
+from tfclip_cli.checkpoint import Checkpoint, save_checkpoint
 from tfclip_cli.datasets import prepare
 from tfclip_cli.datasets.synthetic import SyntheticOptions
+from tfclip_cli.model import TFCLIP, ModelConfig
 from tfclip_cli.tables import ManifestInfo, Tracklet, manifest_from_tracklets, write_manifest
 
 # 8 identities x 2 cameras x 2 tracklets: 4 train ids (16 tracklets), 4 test ids + 1 distractor; 64x32 frames.
@@ -16,6 +19,15 @@ TINY_DATA = SyntheticOptions(
     max_frames=12, video_fraction=0.25, seed=3,
 )
 _CACHE: dict[str, Path] = {}
+# The tiny model the inference, export, index and footage tests embed with (64x32 frames, 4 per clip).
+TINY_CONFIG = ModelConfig(backbone="tfclip-tiny", image_size=(64, 32), seq_len=4, num_classes=4, num_cameras=2)
+
+
+def save_tiny_checkpoint(model: TFCLIP, path: Path, *, normalization: str = "imagenet") -> Path:
+    """Save ``model`` (built from :data:`TINY_CONFIG`) as a tfclip checkpoint that extract and query can load."""
+    save_checkpoint(Checkpoint(model_config=TINY_CONFIG.to_dict(), model_state=model.state_dict(), pid_to_label={},
+                               recipe={"data": {"normalization": normalization}}), path)
+    return path
 
 
 def tiny_manifest(folder: Path) -> Path:

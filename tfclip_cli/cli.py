@@ -632,8 +632,8 @@ def query(
     """
     import json
 
-    from tfclip_cli.footage.query import SearchOptions, query_clips
-    from tfclip_cli.index import parse_min_score
+    from tfclip_cli.footage.query import query_clips
+    from tfclip_cli.index import SearchOptions, parse_min_score
     from tfclip_cli.inference import process_device
     from tfclip_cli.tables import atomic_output, check_writable
 

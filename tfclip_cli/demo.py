@@ -32,7 +32,7 @@ from tfclip_cli.checkpoint import Checkpoint, save_checkpoint
 from tfclip_cli.datasets.synthetic import SyntheticOptions
 from tfclip_cli.errors import DataError, UserError
 from tfclip_cli.evaluate import EvalResult, evaluate
-from tfclip_cli.index import QueryResult, build_index, lock_path, query
+from tfclip_cli.index import QueryResult, SearchOptions, build_index, lock_path, query
 from tfclip_cli.inference import extract_to_file, label_map, process_device
 from tfclip_cli.recipe import BUNDLED_RECIPES, Recipe, load_recipe, recipe_to_dict
 from tfclip_cli.tables import (
@@ -315,8 +315,8 @@ def _search(embeddings: Embeddings, query_tracklet: Tracklet, paths: DemoPaths) 
     if not paths.index.exists():
         gallery = embeddings.select((embeddings.rows["split"] == "gallery").to_numpy())
         build_index(gallery, paths.index, index_type="flat")
-    (result,) = query(paths.index, [Path(query_tracklet.source)], top_k=TOP_K, device=process_device(),
-                      with_hit_frames=True)
+    options = SearchOptions(top_k=TOP_K, device=process_device(), with_hit_frames=True)
+    (result,) = query(paths.index, [Path(query_tracklet.source)], options)
     with atomic_output(paths.report, force=True) as temp:
         temp.write_text(display.render_query_report([result], gallery=str(paths.index)), encoding="utf-8")
     return result

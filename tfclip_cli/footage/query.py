@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from tfclip_cli.clips import read_frames
 from tfclip_cli.datasets.footage import crop_name
@@ -26,8 +25,8 @@ from tfclip_cli.errors import UserError
 from tfclip_cli.footage.detect import Detector, detector_for_video, video_info
 from tfclip_cli.footage.track import Track, iou_matrix, track_video
 from tfclip_cli.footage.tracklets import write_crops
-from tfclip_cli.index import Gallery, MinScore, QueryResult, load_index, query_tracklets
-from tfclip_cli.inference import Backend, tracklet_from_path
+from tfclip_cli.index import Gallery, QueryResult, SearchOptions, load_index, query_tracklets
+from tfclip_cli.inference import tracklet_from_path
 from tfclip_cli.tables import Tracklet
 
 CROP_SHARE = 0.4  # one confident person covering this share of the frame: the input is a person crop
@@ -132,18 +131,6 @@ def _xywh(box: Sequence[float]) -> str:
     return ",".join(f"{v:.0f}" for v in (box[0], box[1], box[2] - box[0], box[3] - box[1]))
 
 
-@dataclass(frozen=True)
-class SearchOptions:
-    """How each query is searched (as :func:`tfclip_cli.index.query` takes them)."""
-
-    checkpoint: Path | None = None  # default: the one the index records
-    top_k: int = 10
-    device: torch.device | str = "cpu"
-    with_hit_frames: bool = False  # also read every hit's key frames (for the HTML report)
-    min_score: MinScore = None  # drop hits below it ("auto": the gallery's calibrated threshold)
-    backend: Backend = "torch"
-
-
 def _person_tracklet(folder: Path, track: Track) -> Tracklet:
     """The crops ``write_crops`` wrote for ``track`` as a query tracklet."""
     frames = tuple(str(folder / str(track.track_id) / crop_name(index)) for index in track.frame_indices)
@@ -167,7 +154,7 @@ def query_footage(gallery: Gallery, video: Path, detector: Detector, *, search: 
     with tempfile.TemporaryDirectory(prefix="tfclip-query-") as work:
         write_crops(video, tracks, Path(work))
         tracklets = [_person_tracklet(Path(work), track) for track in tracks]
-        results = query_tracklets(gallery, tracklets, **vars(search))
+        results = query_tracklets(gallery, tracklets, search)
     persons = []
     for track, result in zip(tracks, results):
         first, last = track.frame_indices[0], track.frame_indices[-1]
@@ -201,6 +188,6 @@ def query_clips(gallery_path: Path, clips: Sequence[Path], *, detector: str, sea
     crops = [number for number in range(len(clips)) if number not in found]
     if crops:
         tracklets = [tracklet_from_path(Path(clips[number])) for number in crops]
-        results = query_tracklets(gallery, tracklets, **vars(search))
+        results = query_tracklets(gallery, tracklets, search)
         found.update(zip(crops, results))
     return [found[number] for number in range(len(clips))]

@@ -324,25 +324,26 @@ def load_query_embedder(
                          checkpoint=path)
 
 
-def query(
-    gallery_path: Path,
-    clips: list[Path],
-    *,
-    checkpoint: Path | None = None,
-    top_k: int = 10,
-    min_score: MinScore = None,
-    device: torch.device | str = "cpu",
-    with_hit_frames: bool = False,
-    backend: Backend = "torch",
-) -> list[QueryResult]:
-    """Embed each clip (video file or frame folder) in one batch and find its ``top_k`` gallery tracklets.
+@dataclass(frozen=True)
+class SearchOptions:
+    """How each query clip is embedded and searched."""
 
-    Clips are embedded with the checkpoint recorded in the gallery (or ``checkpoint``) and the sampling the
+    checkpoint: Path | None = None
+    """Default: the one the gallery records (a checkpoint, or with the onnx backend an exported ``.onnx`` file)."""
+    top_k: int = 10
+    device: torch.device | str = "cpu"
+    with_hit_frames: bool = False
+    """Also read every hit's key frames (for the HTML report)."""
+    min_score: MinScore = None
+    """Drop hits below it (``"auto"``: the gallery's calibrated threshold); see the module docstring."""
+    backend: Backend = "torch"
+
+
+def query(gallery_path: Path, clips: Sequence[Path], options: SearchOptions = SearchOptions()) -> list[QueryResult]:
+    """Embed each clip (video file or frame folder) in one batch and find its ``options.top_k`` gallery tracklets.
+
+    Clips are embedded with the checkpoint recorded in the gallery (or ``options.checkpoint``) and the sampling the
     gallery was extracted with, without camera embedding (a query's camera is unknown).
-
-    Args:
-        min_score: drop hits below it (``"auto"``: the calibrated threshold); see the module docstring.
-        with_hit_frames: also read the key frames of every hit (for the HTML report).
 
     Raises:
         GalleryError: a missing, empty or inconsistent gallery, a checkpoint that does not match it, or
@@ -351,28 +352,19 @@ def query(
     """
     gallery = load_index(gallery_path)
     tracklets = [tracklet_from_path(Path(clip)) for clip in clips]
-    return query_tracklets(gallery, tracklets, checkpoint=checkpoint, top_k=top_k, min_score=min_score,
-                           device=device, with_hit_frames=with_hit_frames, backend=backend)
+    return query_tracklets(gallery, tracklets, options)
 
 
 def query_tracklets(
-    gallery: Gallery,
-    tracklets: Sequence[Tracklet],
-    *,
-    checkpoint: Path | None = None,
-    top_k: int = 10,
-    min_score: MinScore = None,
-    device: torch.device | str = "cpu",
-    with_hit_frames: bool = False,
-    backend: Backend = "torch",
+    gallery: Gallery, tracklets: Sequence[Tracklet], options: SearchOptions = SearchOptions()
 ) -> list[QueryResult]:
     """:func:`query` for a loaded gallery and tracklets already described (e.g. people cut out of a query video)."""
-    floor = resolve_min_score(gallery, min_score)
-    embedder = load_query_embedder(gallery, checkpoint, torch.device(device), backend=backend)
+    floor = resolve_min_score(gallery, options.min_score)
+    embedder = load_query_embedder(gallery, options.checkpoint, torch.device(options.device), backend=options.backend)
     vectors = embedder.embed(tracklets)
     results = []
-    for tracklet, hits in zip(tracklets, search(gallery, vectors, top_k, min_score=floor)):
-        frames = tuple(_row_key_frames(gallery, hit.row) for hit in hits) if with_hit_frames else ()
+    for tracklet, hits in zip(tracklets, search(gallery, vectors, options.top_k, min_score=floor)):
+        frames = tuple(_row_key_frames(gallery, hit.row) for hit in hits) if options.with_hit_frames else ()
         results.append(QueryResult(
             tracklet.source, tracklet.num_frames, read_key_frames(tracklet), tuple(hits), frames,
             threshold_in_force(gallery, floor),
