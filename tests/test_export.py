@@ -115,7 +115,8 @@ def test_unknown_camera_rows_embed_exactly_like_no_camera(model):
         unknown = model.embed_with_camera(clips, model.camera_rows(torch.tensor([-1, -1])))
         assert torch.equal(unknown, model.embed(clips, None))
         known = model.embed_with_camera(clips, model.camera_rows(torch.tensor([1, -1])))
-        assert torch.equal(known[0], model.embed(clips[:1], torch.tensor([1]))[0])
+        # batches of different sizes may take different CPU kernels: equal up to float rounding, not bitwise
+        torch.testing.assert_close(known[0], model.embed(clips[:1], torch.tensor([1]))[0], rtol=1e-5, atol=1e-5)
 
 
 def test_export_then_onnx_extract_gives_the_embeddings_and_map_of_torch(exported, checkpoint, manifest, tmp_path):
