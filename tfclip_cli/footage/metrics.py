@@ -90,11 +90,11 @@ def score_tracks(videos: Sequence[TrackedVideo], *, min_iou: float = 0.5) -> Mot
         videos: each video's tracks with its ground truth; track ids need only be unique within a video.
         min_iou: least IoU for a track box to match a ground-truth box.
     """
-    accumulators = [_accumulate(video, min_iou) for video in videos]
-    names = [str(i) for i in range(len(videos))]
-    summary = motmetrics.metrics.create().compute_many(accumulators, metrics=list(METRICS), names=names,
-                                                       generate_overall=True)
-    overall = summary.loc["OVERALL"]
+    computer = motmetrics.metrics.create()
+    # compute_many would do the same, but logs its timings on the root logger (stderr of every command)
+    partials = [computer.compute(_accumulate(video, min_iou), metrics=list(METRICS), return_cached=True,
+                                 return_dataframe=False) for video in videos]
+    overall = computer.compute_overall(partials, metrics=list(METRICS), return_dataframe=False)
     errors = overall["num_misses"] + overall["num_false_positives"] + overall["num_switches"]
     return MotScores(
         mota=float(1 - errors / max(1, overall["num_objects"])),
