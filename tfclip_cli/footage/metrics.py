@@ -3,8 +3,8 @@
 A track box matches a ground-truth box when their IoU is at least ``min_iou`` (0.5, as MOTChallenge); motmetrics
 then counts, frame by frame, misses (FN), false positives (FP) and identity switches (a person's match moving to
 another track), and finds the one-to-one track ↔ person assignment that maximises the frames they agree on (IDF1).
-MOTA = 1 − (FN + FP + IDSW) / ground-truth boxes; IDF1 = 2·IDTP / (ground-truth boxes + track boxes) (each 0 when
-there is no box to count, as TrackEval). HOTA, DetA and AssA come from :mod:`~tfclip_cli.footage.hota`.
+MOTA = 1 − (FN + FP + IDSW) / ground-truth boxes; IDF1 = 2·IDTP / (ground-truth boxes + track boxes). Without
+ground-truth boxes the denominators count 1, as in TrackEval: MOTA is then −FP, IDF1 0. HOTA, DetA and AssA come from :mod:`~tfclip_cli.footage.hota`.
 
 A camera network is scored per camera and as one sequence, every camera's frames one after another with ids global
 to the network, as the AI City Challenge's multi-camera evaluation does: multi-camera IDF1 and HOTA then credit a
@@ -97,7 +97,7 @@ def score_tracks(videos: Sequence[TrackedVideo], *, min_iou: float = 0.5) -> Mot
     overall = computer.compute_overall(partials, metrics=list(METRICS), return_dataframe=False)
     errors = overall["num_misses"] + overall["num_false_positives"] + overall["num_switches"]
     return MotScores(
-        mota=float(1 - errors / max(1, overall["num_objects"])),
+        mota=float((overall["num_objects"] - errors) / max(1, overall["num_objects"])),
         idf1=float(2 * overall["idtp"] / max(1, overall["num_objects"] + overall["num_predictions"])),
         id_switches=int(overall["num_switches"]),
         false_positives=int(overall["num_false_positives"]),
