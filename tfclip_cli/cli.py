@@ -825,7 +825,7 @@ def evaluate_tracks(
 
     Ids are global across cameras; the network is scored as one sequence, every camera's frames one after another.
 
-    Example: tfclip evaluate-tracks linked.txt --gt synth/footage/mtmc_gt.txt --json
+    Example: tfclip evaluate-tracks tracked/ --gt data/footage/footage --json
     """
     import dataclasses
     import json
