@@ -83,6 +83,13 @@ def test_a_malformed_aicity_file_is_named_with_its_line(tmp_path, text, message)
     assert str(path) in error.value.message
 
 
+def test_a_binary_file_is_a_malformed_line_not_a_crash(tmp_path):
+    path = tmp_path / "cam1.mp4"
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(DataError, match="cam1.mp4, line 1"):
+        read_tracks(path)
+
+
 def test_a_malformed_mot_file_is_named_with_its_line(tmp_path):
     write_mot_folder(ROWS, tmp_path / "mot", "cam{}.txt")
     (tmp_path / "mot" / "cam2.txt").write_text("4,1,50,5,20,40,1\n4,2,50,5,20\n")

@@ -63,7 +63,7 @@ def read_table(path: Path, *, columns: int, expected: str, delimiter: str | None
     if not path.is_file():
         raise DataError(f"{path} not found: expected a text file of {expected} rows")
     rows = []
-    with path.open() as lines:
+    with path.open(errors="replace") as lines:  # a binary file is caught as a line that is not numbers
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue

@@ -59,7 +59,7 @@ def _checked(boxes: GroundTruth, source: str) -> GroundTruth:
 
 def _read_aicity(path: Path) -> dict[int, GroundTruth]:
     """The boxes with their ids of every camera in an AI City file."""
-    with path.open() as text:
+    with path.open(errors="replace") as text:
         first = text.readline()
     if "," in first:
         raise DataError(f"{path}, line 1: comma-separated, expected {AICITY_ROWS} (space separated)",
