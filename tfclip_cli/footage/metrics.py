@@ -4,7 +4,8 @@ A track box matches a ground-truth box when their IoU is at least ``min_iou`` (0
 then counts, frame by frame, misses (FN), false positives (FP) and identity switches (a person's match moving to
 another track), and finds the one-to-one track ↔ person assignment that maximises the frames they agree on (IDF1).
 MOTA = 1 − (FN + FP + IDSW) / ground-truth boxes; IDF1 = 2·IDTP / (ground-truth boxes + track boxes). Without
-ground-truth boxes the denominators count 1, as in TrackEval: MOTA is then −FP, IDF1 0. HOTA, DetA and AssA come from :mod:`~tfclip_cli.footage.hota`.
+ground-truth boxes the denominators count 1, as in TrackEval: MOTA is then −FP, IDF1 0. HOTA, DetA and AssA come
+from :mod:`~tfclip_cli.footage.hota`.
 
 A camera network is scored per camera and as one sequence, every camera's frames one after another with ids global
 to the network, as the AI City Challenge's multi-camera evaluation does: multi-camera IDF1 and HOTA then credit a
