@@ -52,8 +52,9 @@ def _checked(boxes: GroundTruth, source: str) -> GroundTruth:
         raise DataError(f"{source}: frame {boxes.frame_indices.min() + 1}: frames are counted from 1")
     pairs, counts = np.unique(np.stack([boxes.frame_indices, boxes.pids], axis=1), axis=0, return_counts=True)
     if (counts > 1).any():
-        frame, pid = pairs[np.argmax(counts > 1)]
-        raise DataError(f"{source}: id {pid} has {counts.max()} boxes in frame {frame + 1}; expected at most one")
+        first = int(np.argmax(counts > 1))
+        frame, pid = pairs[first]
+        raise DataError(f"{source}: id {pid} has {counts[first]} boxes in frame {frame + 1}; expected at most one")
     return boxes
 
 
