@@ -807,6 +807,38 @@ def track(
     display.stderr.print(f"next: tfclip prepare footage {out} --out {manifest}", highlight=False)
 
 
+@command("evaluate-tracks")
+def evaluate_tracks(
+    result: Annotated[
+        Path,
+        typer.Argument(help="The tracks: an AI City file, a folder of MOTChallenge files (<camera>.txt) or a tfclip "
+                       "track --out folder.", exists=True),
+    ],
+    gt: Annotated[
+        Path,
+        typer.Option("--gt", help="The ground truth: an AI City file or a folder of MOTChallenge files "
+                     "(<camera>/gt/gt.txt, <camera>/gt.txt or <camera>.txt).", exists=True),
+    ],
+    json_output: JsonOpt = False,
+) -> None:
+    """Score tracks against ground truth: MOTA, IDF1, ID switches, HOTA per camera; multi-camera IDF1 and HOTA.
+
+    Ids are global across cameras; the network is scored as one sequence, every camera's frames one after another.
+
+    Example: tfclip evaluate-tracks tracked/ --gt data/footage/footage --json
+    """
+    import dataclasses
+    import json
+
+    from tfclip_cli.footage import metrics
+
+    evaluation = metrics.evaluate_tracks(result, gt)
+    if json_output:
+        typer.echo(json.dumps(dataclasses.asdict(evaluation)))
+    else:
+        display.stdout.print(display.track_scores_table(evaluation, display.plain_text(f"{result} against {gt}")))
+
+
 @command("demo")
 def demo(
     out: Annotated[

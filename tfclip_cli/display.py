@@ -263,6 +263,20 @@ def tracking_table(summary: Any) -> Table:
     return table
 
 
+def track_scores_table(evaluation: Any, title: str) -> Table:
+    """``tfclip evaluate-tracks``' :class:`~tfclip_cli.footage.metrics.NetworkEvaluation`: a row per camera, then
+    the network's multi-camera scores (MOTA and switches are per camera only)."""
+    table = Table("camera", "MOTA", "IDF1", "HOTA", "DetA", "AssA", "ID switches", title=title, title_justify="left")
+    for camid, scores in evaluation.cameras.items():
+        table.add_row(str(camid), *(f"{100 * getattr(scores, name):.1f}%" for name in ("mota", "idf1", "hota",
+                      "deta", "assa")), str(scores.id_switches))
+    network = evaluation.network
+    table.add_section()
+    table.add_row("network", "", *(f"{100 * getattr(network, name):.1f}%" for name in ("idf1", "hota", "deta",
+                  "assa")), "", style="bold")
+    return table
+
+
 def _jpeg_data_uri(frame: np.ndarray) -> str:
     """A uint8 ``[H, W, 3]`` frame as a ``data:`` URI holding a JPEG thumbnail."""
     image = Image.fromarray(frame).convert("RGB")

@@ -48,24 +48,52 @@ def write_gt(truth: GroundTruth, path: Path) -> None:
         Path(temp).write_text("".join(lines))
 
 
+def read_table(path: Path, *, columns: int, expected: str, delimiter: str | None = ",") -> np.ndarray:
+    """The numbers of a text table: one row per non-blank line, at least ``columns`` fields each.
+
+    Args:
+        delimiter: the field separator; None for runs of white space (the AI City layout).
+        expected: the layout in words, for error messages (``frame,id,x,y,w,h,conf,...``).
+    Returns:
+        ``[N, columns]`` float64, the first ``columns`` fields of every row (later fields are ignored).
+    Raises:
+        DataError: the file is missing, or a line (named by its number) is short or not numbers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} not found: expected a text file of {expected} rows")
+    rows = []
+    with path.open(errors="replace") as lines:  # a binary file is caught as a line that is not numbers
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            fields = line.split(delimiter)
+            if len(fields) < columns:
+                raise DataError(f"{path}, line {number}: {len(fields)} columns, expected at least {columns} "
+                                f"({expected})")
+            try:
+                rows.append([float(field) for field in fields[:columns]])
+            except ValueError:
+                raise DataError(f"{path}, line {number}: {line.strip()[:80]!r} is not numbers, expected {expected}"
+                                ) from None
+    return np.array(rows, dtype=np.float64).reshape(-1, columns)
+
+
 def read_gt(path: Path) -> GroundTruth:
     """Read a MOTChallenge ``gt.txt`` (also MOT17's 9-column form; rows with conf 0 are ignored, as MOT does).
 
     Raises:
         DataError: the file is missing or a row is not ``frame,id,x,y,w,h,conf,...`` numbers.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path} not found: expected a MOTChallenge gt.txt (frame,id,x,y,w,h,conf,-1,-1,-1 rows)")
-    try:
-        rows = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64)
-    except ValueError as error:
-        raise DataError(f"{path}: not MOTChallenge rows of numbers frame,id,x,y,w,h,conf,... ({error})") from None
-    if rows.size == 0:
-        rows = np.zeros((0, 7))
-    if rows.shape[1] < 7:
-        raise DataError(f"{path}: rows have {rows.shape[1]} columns, expected at least 7 (frame,id,x,y,w,h,conf)")
-    rows = rows[rows[:, 6] != 0]
+    rows = read_table(path, columns=7, expected="MOTChallenge gt.txt frame,id,x,y,w,h,conf,-1,-1,-1")
+    return from_rows(rows[rows[:, 6] != 0])
+
+
+def from_rows(rows: np.ndarray) -> GroundTruth:
+    """MOTChallenge rows ``[N, ≥6]`` (frame counted from 1, id, x, y, w, h) as boxes with identities.
+
+    A tracker's result in this layout reads the same way, its track ids in ``pids``.
+    """
     x, y, w, h = rows[:, 2], rows[:, 3], rows[:, 4], rows[:, 5]
     return GroundTruth(
         frame_indices=rows[:, 0].astype(np.int64) - 1,
