@@ -26,6 +26,7 @@ from tfclip_cli import index
 from tfclip_cli.cli import app as cli_app
 from tfclip_cli.errors import UserError
 from tfclip_cli.serve.app import create_app, serve
+from tfclip_cli.serve.guard import allowed_hosts
 from tfclip_cli.serve.service import ServeConfig, Service
 from tfclip_cli.serve.uploads import UploadLimits
 
@@ -34,7 +35,7 @@ LIMITS = UploadLimits(max_bytes=2_000_000, max_frames=100)
 
 def _config(gallery: Path, tmp_path: Path, **changes) -> ServeConfig:
     values = dict(gallery=gallery, checkpoint=None, device=torch.device("cpu"), limits=LIMITS, allow_dirs=(),
-                  store=tmp_path / "store")
+                  store=tmp_path / "store", detector="hog")  # hog finds nobody in 64×32 frames: every clip a crop
     return ServeConfig(**{**values, **changes})
 
 
@@ -46,8 +47,13 @@ def gallery_copy(tiny_gallery, tmp_path):  # noqa: F811
     return tmp_path / "g.faiss", sources
 
 
-def _client(gallery: Path, tmp_path: Path, *, token: str | None = None, **changes) -> TestClient:
-    return TestClient(create_app(Service(_config(gallery, tmp_path, **changes)), token=token))
+LOOPBACK = allowed_hosts("127.0.0.1")
+BASE_URL = "http://127.0.0.1:8000"  # what a browser on the page of `tfclip serve` sends as Host and Origin
+
+
+def _client(gallery: Path, tmp_path: Path, *, token: str | None = None, hosts=LOOPBACK, **changes) -> TestClient:
+    app = create_app(Service(_config(gallery, tmp_path, **changes)), token=token, hosts=hosts)
+    return TestClient(app, base_url=BASE_URL)
 
 
 def _video(sources: list[str]) -> Path:
@@ -244,7 +250,7 @@ class _Server:
     def __init__(self, config: ServeConfig) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        app = create_app(Service(config), token=None)
+        app = create_app(Service(config), token=None, hosts=LOOPBACK)
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
