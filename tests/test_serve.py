@@ -512,3 +512,33 @@ def test_a_chunked_upload_past_the_limit_is_refused_as_it_arrives_and_nothing_re
     assert response.status_code == 413 and "at most" not in response.json()["error"]
     assert "content-length" not in response.request.headers
     assert not list(folder.iterdir()) and not spooled
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="Debian's chromium is not installed (apt-get install chromium)"
+)
+def test_the_page_shows_each_person_of_uploaded_footage_with_their_hits(gallery_copy, tmp_path):
+    path, _ = gallery_copy
+    video, detector = tmp_path / "scene.avi", yolo_model(tmp_path / "two.onnx", TWO_STANDING)
+    write_video(video, 12)
+    devtools = _DevTools()
+    try:
+        with _Server(_config(path, tmp_path, detector=str(detector))) as server:
+            target = devtools.call("Target.createTarget", url=f"{server.url}/")["targetId"]
+            session = devtools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+            _wait_for(devtools, session, "document.readyState === 'complete' && !!document.getElementById('file')")
+            devtools.call("DOM.enable", session)
+            root = devtools.call("DOM.getDocument", session)["root"]["nodeId"]
+            node = devtools.call("DOM.querySelector", session, nodeId=root, selector="#file")["nodeId"]
+            devtools.call("DOM.setFileInputFiles", session, nodeId=node, files=[str(video)])
+            verdict = _wait_for(devtools, session, "document.querySelectorAll('.person').length === 2 && "
+                                "document.getElementById('verdict').textContent")
+            assert verdict == "footage: 2 person(s) found in 12 frames, each searched for"
+            titles = devtools.evaluate(session, "[...document.querySelectorAll('.person')].map(p => p.textContent)")
+            assert titles == ["person 1, frames 0-11 (0.0-1.1 s)ranked hits (no calibrated threshold: no verdict)",
+                              "person 2, frames 0-11 (0.0-1.1 s)ranked hits (no calibrated threshold: no verdict)"]
+            rows = devtools.evaluate(session, "document.querySelectorAll('#persons table tr').length")
+            assert rows == 2 * 11  # a header and 10 hits per person
+            assert devtools.evaluate(session, "document.querySelectorAll('#hits tr').length") == 0
+    finally:
+        devtools.close()

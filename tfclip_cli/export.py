@@ -445,6 +445,10 @@ def _remove_older_exports(checkpoint: Path, *, keep: Path) -> None:
             path.unlink(missing_ok=True)
 
 
+def _is_writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK)
+
+
 def load_embedder(path: Path, *, use_gpu: bool = False) -> OnnxEmbedder:
     """The onnxruntime embedder of an exported ``.onnx`` file, or of a checkpoint's export cached beside it
     (:func:`cached_export`; in a temporary folder when the checkpoint's folder is read-only).
@@ -456,7 +460,7 @@ def load_embedder(path: Path, *, use_gpu: bool = False) -> OnnxEmbedder:
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         return OnnxEmbedder(path, use_gpu=use_gpu)
-    if os.access(path.parent, os.W_OK):
+    if _is_writable(path.parent):
         return OnnxEmbedder(cached_export(path), use_gpu=use_gpu)
     logger.warning("%s is read-only: exporting %s to ONNX for this run only", path.parent, path.name)
     with tempfile.TemporaryDirectory(prefix="tfclip-export-") as folder:
