@@ -423,6 +423,21 @@ def test_a_host_the_server_was_not_started_for_is_refused_and_its_own_names_answ
     assert client.post("/gallery", headers={"host": "attacker.example"}).status_code == 421  # before any token
 
 
+def test_tfclip_serve_answers_the_names_given_with_allow_host(gallery_copy, monkeypatch):
+    path, _ = gallery_copy
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.update(app=app, **options))
+    arguments = ["serve", "--gallery", str(path), "--port", "8123", "--allow-host", "reid.example.org",
+                 "--allow-host", "reid.internal"]
+    result = CliRunner().invoke(cli_app, arguments)
+    assert result.exit_code == 0, result.output
+    assert (started["host"], started["port"]) == ("127.0.0.1", 8123)
+    client = TestClient(started["app"], base_url="http://127.0.0.1:8123")
+    for host, status in (("reid.example.org", 200), ("reid.internal:443", 200), ("localhost:8123", 200),
+                         ("reid.example.com", 421)):
+        assert client.get("/health", headers={"host": host}).status_code == status, host
+
+
 def test_the_names_of_a_server_depend_on_the_address_it_is_bound_to():
     assert allowed_hosts("127.0.0.1").names == {"127.0.0.1", "localhost", "::1"}
     specific = allowed_hosts("192.168.1.5", ["Reid.Example.org"])
