@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from test_inference import manifest, model  # noqa: F401  (the module-scoped tiny data and model, reused)
 from tiny_training import TINY_CONFIG as CONFIG, save_tiny_checkpoint
 from tfclip_cli import __version__, export
-from tfclip_cli.checkpoint import file_sha256
+from tfclip_cli.checkpoint import Checkpoint, file_sha256, save_checkpoint
 from tfclip_cli.cli import app
 from tfclip_cli.clips import CLIP_MEAN, CLIP_STD
 from tfclip_cli.errors import UserError
@@ -218,3 +218,46 @@ def test_bad_inputs_are_one_line_errors_with_exit_2(exported, checkpoint, manife
         assert result.exit_code == 2 and message in result.output, (args, result.output)
         assert "Traceback" not in result.output
     assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "e.parquet").exists()
+
+
+def test_a_checkpoint_run_with_onnx_is_exported_and_verified_once_beside_it_until_it_changes(
+    exported, model, tmp_path, monkeypatch, one_torch_thread
+):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    checkpoint = save_tiny_checkpoint(model, folder / "model.ckpt", normalization="clip")
+    # copying the tested export stands in for writing one (minutes on a busy runner; `exported` and the query
+    # test above write real ones through this cache); the verification against the checkpoint's model still runs
+    monkeypatch.setattr(export, "_write_onnx", lambda model, path, metadata: shutil.copy(exported[0], path))
+    exports, verifications = [], []
+    export_checkpoint, verify_onnx = export.export_checkpoint, export.verify_onnx
+    monkeypatch.setattr(export, "export_checkpoint", lambda *a, **k: exports.append(a) or export_checkpoint(*a, **k))
+    monkeypatch.setattr(export, "verify_onnx", lambda *a, **k: verifications.append(a) or verify_onnx(*a, **k))
+
+    def files() -> list[str]:
+        return sorted(path.name for path in folder.iterdir())
+
+    first, second = export.load_embedder(checkpoint), export.load_embedder(checkpoint)
+    key = export.export_key(file_sha256(checkpoint), "fp32")
+    assert first.path == second.path == folder / f"model.ckpt.{key}.onnx"
+    assert (len(exports), len(verifications)) == (1, 1) and files() == ["model.ckpt", first.path.name]
+    clips = torch.randn(2, 4, 3, 64, 32)
+    with torch.inference_mode():
+        assert np.abs(second.embed(clips).numpy() - model.embed(clips).numpy()).max() < 1e-4
+
+    # the checkpoint is replaced (another pid mapping, the same weights): exported again, the older export goes
+    save_checkpoint(Checkpoint(model_config=CONFIG.to_dict(), model_state=model.state_dict(), pid_to_label={7: 0},
+                               recipe={"data": {"normalization": "clip"}}), checkpoint)
+    changed = export.load_embedder(checkpoint)
+    assert changed.path.name == f"model.ckpt.{export.export_key(file_sha256(checkpoint), 'fp32')}.onnx"
+    assert (len(exports), len(verifications)) == (2, 2) and files() == ["model.ckpt", changed.path.name]
+    monkeypatch.setattr(export, "__version__", "99.0")  # a new exporter: the settings changed
+    upgraded = export.load_embedder(checkpoint)
+    assert (len(exports), len(verifications)) == (3, 3) and upgraded.path != changed.path
+    assert files() == ["model.ckpt", upgraded.path.name]
+    assert export.export_key("0" * 64, "fp32") not in {export.export_key("0" * 64, "fp16"),
+                                                       export.export_key("1" * 64, "fp32")}
+
+    monkeypatch.setattr(export, "_is_writable", lambda folder: False)  # a read-only folder: exported for the run
+    assert export.load_embedder(checkpoint).embed(clips).shape == (2, 320)
+    assert (len(exports), len(verifications)) == (4, 4) and files() == ["model.ckpt", upgraded.path.name]

@@ -1,6 +1,8 @@
 """`tfclip serve`: the HTTP API through FastAPI's TestClient, one real uvicorn server on a loopback port
 (restart-and-reload), and the web page driven in headless Chromium over its DevTools pipe."""
 
+import asyncio
+import importlib
 import io
 import json
 import os
@@ -8,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import tarfile
+import tempfile
 import threading
 import time
 import zipfile
@@ -15,17 +18,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import torch
 import uvicorn
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from fake_footage import write_video, yolo_model
 from test_index import tiny_gallery  # noqa: F401  (the module-scoped gallery fixture, reused)
 from tfclip_cli import index
 from tfclip_cli.cli import app as cli_app
 from tfclip_cli.errors import UserError
-from tfclip_cli.serve.app import create_app, serve
+from tfclip_cli.serve.app import MULTIPART_SLACK, create_app, serve
+from tfclip_cli.serve.guard import allowed_hosts
 from tfclip_cli.serve.service import ServeConfig, Service
 from tfclip_cli.serve.uploads import UploadLimits
 
@@ -34,7 +40,7 @@ LIMITS = UploadLimits(max_bytes=2_000_000, max_frames=100)
 
 def _config(gallery: Path, tmp_path: Path, **changes) -> ServeConfig:
     values = dict(gallery=gallery, checkpoint=None, device=torch.device("cpu"), limits=LIMITS, allow_dirs=(),
-                  store=tmp_path / "store")
+                  store=tmp_path / "store", detector="hog")  # hog finds nobody in 64×32 frames: every clip a crop
     return ServeConfig(**{**values, **changes})
 
 
@@ -46,8 +52,13 @@ def gallery_copy(tiny_gallery, tmp_path):  # noqa: F811
     return tmp_path / "g.faiss", sources
 
 
-def _client(gallery: Path, tmp_path: Path, *, token: str | None = None, **changes) -> TestClient:
-    return TestClient(create_app(Service(_config(gallery, tmp_path, **changes)), token=token))
+LOOPBACK = allowed_hosts("127.0.0.1")
+BASE_URL = "http://127.0.0.1:8000"  # what a browser on the page of `tfclip serve` sends as Host and Origin
+
+
+def _client(gallery: Path, tmp_path: Path, *, token: str | None = None, hosts=LOOPBACK, **changes) -> TestClient:
+    app = create_app(Service(_config(gallery, tmp_path, **changes)), token=token, hosts=hosts)
+    return TestClient(app, base_url=BASE_URL)
 
 
 def _video(sources: list[str]) -> Path:
@@ -141,6 +152,38 @@ def test_missing_field_too_many_frames_and_a_bad_min_score_are_clear_errors(gall
     assert response.status_code == 400 and "expected a number, 'auto' or 'off'" in response.json()["error"]
     response = client.post("/query", files={"file": ("q.mp4", b"x")}, params={"min_score": "auto"})
     assert response.status_code == 400 and "no calibrated threshold" in response.json()["error"]
+
+
+# a "YOLOv8" output holding two people standing apart (see fake_footage.STANDING): x 25-55 and 105-135 in the frame
+TWO_STANDING = np.array([[16, 32, 12, 40, 0.9], [48, 32, 12, 40, 0.9]] + [[0, 0, 1, 1, 0.0]] * 7, np.float32).T[None]
+
+
+def test_footage_gets_the_per_person_answer_of_tfclip_query_and_the_model_loads_once(
+    gallery_copy, tmp_path, monkeypatch
+):
+    path, _ = gallery_copy
+    video, detector = tmp_path / "scene.avi", yolo_model(tmp_path / "two.onnx", TWO_STANDING)
+    write_video(video, 12)
+    loads = []
+    searching = importlib.import_module("tfclip_cli.index.search")  # index.search is the function of that name
+    load_model = searching.load_model
+    monkeypatch.setattr(searching, "load_model", lambda *a, **k: loads.append(a) or load_model(*a, **k))
+    arguments = ["query", str(video), str(video), "--gallery", str(path), "--detector", str(detector), "--json",
+                 "--top-k", "3"]
+    printed = CliRunner().invoke(cli_app, arguments)
+    assert printed.exit_code == 0, printed.output
+    assert len(loads) == 1  # two footage queries, two people each: one model
+    expected = json.loads(printed.stdout)[0]
+    client = _client(path, tmp_path, detector=str(detector))
+    for _ in range(2):
+        response = client.post("/query", files={"file": ("scene.avi", video.read_bytes())}, params={"top_k": 3})
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert [p["person"] for p in answer["persons"]] == [1, 2] and answer["num_frames"] == 12
+        assert [{k: v for k, v in p.items() if k != "key_frames"} for p in answer["persons"]] == expected["persons"]
+        assert all(len(p["key_frames"]) == 3 and len(p["hits"]) == 3 for p in answer["persons"])
+    assert [box[0] for box in (p["key_box"] for p in answer["persons"])] == pytest.approx([25, 105], abs=1)
+    assert len(loads) == 2  # the service loaded its own once, at start
 
 
 def test_add_then_find_then_delete_a_tracklet_and_its_thumbnails(gallery_copy, tmp_path):
@@ -244,7 +287,7 @@ class _Server:
     def __init__(self, config: ServeConfig) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        app = create_app(Service(config), token=None)
+        app = create_app(Service(config), token=None, hosts=LOOPBACK)
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -361,5 +404,156 @@ def test_the_page_shows_the_query_frames_ranked_hits_with_thumbnails_and_a_plain
             assert rows == 11 and str(video) in first and "1.0000" in first
             drawn = "[...document.images].filter(i => i.complete && i.naturalWidth > 0).length"
             _wait_for(devtools, session, f"{drawn} >= 3 + 3 * 10")  # the query's 3 frames, 3 per hit
+    finally:
+        devtools.close()
+
+
+# ------------------------------------------------------------------ other web pages, and bodies without a length
+
+
+def test_a_host_the_server_was_not_started_for_is_refused_and_its_own_names_answered(gallery_copy, tmp_path):
+    path, _ = gallery_copy
+    client = _client(path, tmp_path, hosts=allowed_hosts("127.0.0.1", ["reid.example.org"]))
+    for host in ("attacker.example:8000", "attacker.example", "127.0.0.1.attacker.example:8000"):  # DNS rebinding
+        response = client.get("/health", headers={"host": host})
+        assert response.status_code == 421 and host in response.json()["error"]
+        assert "--allow-host" in response.json()["hint"] and "localhost" not in response.json()["error"]
+    for host in ("127.0.0.1:8000", "localhost:8000", "LOCALHOST.:8000", "[::1]:8000", "reid.example.org"):
+        assert client.get("/health", headers={"host": host}).status_code == 200, host
+    assert client.post("/gallery", headers={"host": "attacker.example"}).status_code == 421  # before any token
+
+
+def test_tfclip_serve_answers_the_names_given_with_allow_host(gallery_copy, monkeypatch):
+    path, _ = gallery_copy
+    started = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.update(app=app, **options))
+    arguments = ["serve", "--gallery", str(path), "--port", "8123", "--allow-host", "reid.example.org",
+                 "--allow-host", "reid.internal"]
+    result = CliRunner().invoke(cli_app, arguments)
+    assert result.exit_code == 0, result.output
+    assert (started["host"], started["port"]) == ("127.0.0.1", 8123)
+    client = TestClient(started["app"], base_url="http://127.0.0.1:8123")
+    for host, status in (("reid.example.org", 200), ("reid.internal:443", 200), ("localhost:8123", 200),
+                         ("reid.example.com", 421)):
+        assert client.get("/health", headers={"host": host}).status_code == status, host
+
+
+def test_the_names_of_a_server_depend_on_the_address_it_is_bound_to():
+    assert allowed_hosts("127.0.0.1").names == {"127.0.0.1", "localhost", "::1"}
+    specific = allowed_hosts("192.168.1.5", ["Reid.Example.org"])
+    assert specific.allows("192.168.1.5:8000") and specific.allows("reid.example.org")
+    assert not specific.allows("192.168.1.6:8000") and not specific.allows("localhost:8000")
+    everywhere = allowed_hosts("0.0.0.0")
+    assert everywhere.allows("10.1.2.3:8000") and everywhere.allows("[fe80::1]:8000")
+    assert everywhere.allows("localhost") and not everywhere.allows("attacker.example:8000")
+
+
+def test_a_cross_site_write_is_refused_and_a_same_origin_one_accepted_and_gets_come_from_anywhere(
+    gallery_copy, tmp_path
+):
+    path, sources = gallery_copy
+    client = _client(path, tmp_path, hosts=allowed_hosts("127.0.0.1", ["reid.example.org"]))
+    rows = client.get("/health").json()["rows"]
+    form = {"path": sources[0], "tracklet_id": "planted"}  # what a hidden form on another page would post
+    for headers in ({"origin": "http://attacker.example"}, {"origin": "null"},
+                    {"origin": "http://127.0.0.1:3000"},  # another local server's page: another origin
+                    {"sec-fetch-site": "cross-site"}):
+        response = client.post("/gallery", data=form, headers=headers)
+        assert response.status_code == 403 and "refused" in response.json()["error"], headers
+        assert client.delete(f"/gallery/{sources[0]}", headers=headers).status_code == 403
+        assert client.post("/query", files={"file": ("q.mp4", b"x")}, headers=headers).status_code == 403
+    assert client.get("/health").json()["rows"] == rows and index.load_index(path).info.live_count == rows
+    video = _video(sources)
+    same_origin = {"origin": BASE_URL, "sec-fetch-site": "same-origin"}
+    response = client.post("/query", files={"file": ("q.mp4", video.read_bytes())}, headers=same_origin)
+    assert response.status_code == 200 and response.json()["hits"][0]["tracklet_id"] == str(video)
+    proxied = {"host": "127.0.0.1:8000", "origin": "https://reid.example.org"}  # a proxy that rewrites Host
+    assert client.delete("/gallery/unknown", headers=proxied).status_code == 404  # past the guard
+    assert client.delete("/gallery/unknown").status_code == 404  # no browser (curl): no Origin, no Sec-Fetch-Site
+    cross_site = {"origin": "http://attacker.example", "sec-fetch-site": "cross-site"}
+    assert client.get("/stats", headers=cross_site).json()["rows"] == rows
+    assert client.get("/", headers=cross_site).status_code == 200
+
+
+SMALL = UploadLimits(max_bytes=200_000, max_frames=100)  # limit + multipart slack stay below the 1 MiB spool size
+CHUNK = 32 * 1024
+
+
+def _multipart_chunks(total: int) -> list[bytes]:
+    """A multipart body with one file field of ``total`` bytes, in ``CHUNK``-byte pieces."""
+    head = b'--B\r\nContent-Disposition: form-data; name="file"; filename="big.mp4"\r\n\r\n'
+    return [head] + [b"\0" * CHUNK] * (total // CHUNK) + [b"\r\n--B--\r\n"]
+
+
+@pytest.fixture()
+def watched_temp(tmp_path, monkeypatch):
+    """A fresh temporary folder for everything tempfile makes, and the anonymous files spooled to disk."""
+    folder = tmp_path / "temp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    spooled = []
+    anonymous = tempfile.TemporaryFile
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda *a, **k: spooled.append(a) or anonymous(*a, **k))
+    return folder, spooled
+
+
+def test_a_chunked_upload_past_the_limit_is_refused_as_it_arrives_and_nothing_reaches_disk(
+    gallery_copy, tmp_path, watched_temp
+):
+    path, _ = gallery_copy
+    folder, spooled = watched_temp
+    app = create_app(Service(_config(path, tmp_path, limits=SMALL)), token=None, hosts=LOOPBACK)
+    chunks, pulled, sent = _multipart_chunks(8 * 2**20), [], []
+
+    async def receive() -> dict:
+        pulled.append(chunks[len(pulled)])
+        return {"type": "http.request", "body": pulled[-1], "more_body": len(pulled) < len(chunks)}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/query", "raw_path": b"/query", "query_string": b"", "root_path": "", "server": None,
+             "client": ("127.0.0.1", 1), "headers": [(b"host", b"127.0.0.1:8000"),
+                                                     (b"content-type", b"multipart/form-data; boundary=B"),
+                                                     (b"transfer-encoding", b"chunked")]}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 413 and b"the rest was not read" in sent[1]["body"]
+    assert sum(map(len, pulled)) <= SMALL.max_bytes + MULTIPART_SLACK + CHUNK  # 8 MiB offered, ~260 kB read
+    assert not list(folder.iterdir()) and not spooled
+    with _client(path, tmp_path, limits=SMALL) as client:  # the same through HTTP: a generator body, no length
+        response = client.post("/query", content=iter(_multipart_chunks(2 * 2**20)),
+                               headers={"content-type": "multipart/form-data; boundary=B"})
+    assert response.status_code == 413 and "at most" not in response.json()["error"]
+    assert "content-length" not in response.request.headers
+    assert not list(folder.iterdir()) and not spooled
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="Debian's chromium is not installed (apt-get install chromium)"
+)
+def test_the_page_shows_each_person_of_uploaded_footage_with_their_hits(gallery_copy, tmp_path):
+    path, _ = gallery_copy
+    video, detector = tmp_path / "scene.avi", yolo_model(tmp_path / "two.onnx", TWO_STANDING)
+    write_video(video, 12)
+    devtools = _DevTools()
+    try:
+        with _Server(_config(path, tmp_path, detector=str(detector))) as server:
+            target = devtools.call("Target.createTarget", url=f"{server.url}/")["targetId"]
+            session = devtools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+            _wait_for(devtools, session, "document.readyState === 'complete' && !!document.getElementById('file')")
+            devtools.call("DOM.enable", session)
+            root = devtools.call("DOM.getDocument", session)["root"]["nodeId"]
+            node = devtools.call("DOM.querySelector", session, nodeId=root, selector="#file")["nodeId"]
+            devtools.call("DOM.setFileInputFiles", session, nodeId=node, files=[str(video)])
+            verdict = _wait_for(devtools, session, "document.querySelectorAll('.person').length === 2 && "
+                                "document.getElementById('verdict').textContent")
+            assert verdict == "footage: 2 person(s) found in 12 frames, each searched for"
+            titles = devtools.evaluate(session, "[...document.querySelectorAll('.person')].map(p => p.textContent)")
+            assert titles == ["person 1, frames 0-11 (0.0-1.1 s)ranked hits (no calibrated threshold: no verdict)",
+                              "person 2, frames 0-11 (0.0-1.1 s)ranked hits (no calibrated threshold: no verdict)"]
+            rows = devtools.evaluate(session, "document.querySelectorAll('#persons table tr').length")
+            assert rows == 2 * 11  # a header and 10 hits per person
+            assert devtools.evaluate(session, "document.querySelectorAll('#hits tr').length") == 0
     finally:
         devtools.close()

@@ -354,7 +354,7 @@ class Backend(str, Enum):
 BackendOpt = Annotated[
     Backend,
     typer.Option("--backend", help="torch: PyTorch; onnx: onnxruntime, on a file from tfclip export (a checkpoint "
-                 "is exported first, each run)."),
+                 "is exported once and kept beside it, re-exported when it changes)."),
 ]
 
 
@@ -554,6 +554,12 @@ def calibrate(
 
 
 QUERY_DETECTOR = "auto"  # the default of tfclip track (footage.detect.DEFAULT_DETECTOR)
+QueryDetectorOpt = Annotated[
+    str,
+    typer.Option("--detector", help="Tells person crops from footage and finds the people in footage: "
+                 "auto (ssdlite if installed, else hog), ssdlite, hog, a YOLO .onnx file, gt:PATH or gt (replay "
+                 "a MOTChallenge gt.txt, e.g. the one beside the query video)."),
+]
 
 
 def _person_pointer(box: str | None, frame: int | None, person: int | None) -> PersonPointer | None:
@@ -607,12 +613,7 @@ def query(
     ] = None,
     backend: BackendOpt = Backend.torch,
     force: ForceOpt = False,
-    detector: Annotated[
-        str,
-        typer.Option("--detector", help="Tells person crops from footage and finds the people in footage: "
-                     "auto (ssdlite if installed, else hog), ssdlite, hog, a YOLO .onnx file, gt:PATH or gt (replay "
-                     "a MOTChallenge gt.txt, e.g. the one beside the query video)."),
-    ] = QUERY_DETECTOR,
+    detector: QueryDetectorOpt = QUERY_DETECTOR,
     person: Annotated[
         Optional[int], typer.Option("--person", min=1, help="Footage: search for person N only (as numbered in the "
                                     "report, by first appearance).")
@@ -691,8 +692,15 @@ def serve(
     = 200.0,
     max_frames: Annotated[int, typer.Option("--max-frames", min=1, help="Most frames in one clip (413 above).")]
     = 5000,
+    detector: QueryDetectorOpt = QUERY_DETECTOR,
+    allow_hosts: Annotated[
+        Optional[list[str]],
+        typer.Option("--allow-host", help="Another host name requests may use, e.g. a reverse proxy's (repeatable); "
+                     "--host (and for loopback, localhost) is always one.", show_default=False),
+    ] = None,
 ) -> None:
-    """Serve a gallery over HTTP: a search API, live additions and removals, and a web page at /.
+    """Serve a gallery over HTTP: a search API (person crops and footage), live additions and removals, and a web
+    page at /.
 
     Example: tfclip serve --gallery runs/mars/gallery.faiss --host 127.0.0.1 --port 8000
     """
@@ -705,9 +713,10 @@ def serve(
         gallery=gallery, checkpoint=checkpoint, device=process_device(),
         limits=UploadLimits(max_bytes=int(max_upload_mb * 2**20), max_frames=max_frames),
         allow_dirs=tuple(allow_dirs or ()), store=store or gallery.with_name(gallery.name + ".clips"),
+        detector=detector,
     )
     display.stderr.print(f"loading {gallery}; the page will be at http://{host}:{port}/", highlight=False)
-    run_service(config, host=host, port=port, token=token)
+    run_service(config, host=host, port=port, token=token, allow_hosts=tuple(allow_hosts or ()))
 
 
 @command("export")

@@ -6,7 +6,8 @@ runs) as one self-contained ``.onnx`` file: inputs ``clips`` float32 ``[B, T, 3,
 file's ``metadata_props`` carry what a consumer needs to feed it (input size, frames per clip, mean/std, embedding
 kind and width, cameras) and where it came from (checkpoint sha256, tfclip version). Every export is checked against
 PyTorch with onnxruntime before the file is kept. :class:`OnnxEmbedder` runs such a file behind the same ``embed``
-interface as the model, for ``extract`` / ``query --backend onnx``.
+interface as the model, for ``extract`` / ``query --backend onnx``; given a checkpoint there, the export is made
+once and cached beside it (:func:`cached_export`).
 
 Other modules that run an ONNX model (a user's YOLO detector, an exported TF-CLIP embedder) open it here.
 """
@@ -14,9 +15,12 @@ Other modules that run an ONNX model (a user's YOLO detector, an exported TF-CLI
 from __future__ import annotations
 
 import copy
+import glob
+import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -403,18 +407,62 @@ class OnnxEmbedder:
         return torch.from_numpy(self.session.run(None, feeds)[0]).to(clips.device)
 
 
+CACHE_KEY_LENGTH = 16  # hex digits of the cache key in an exported file's name
+CACHED_EXPORT = re.compile(rf"\.[0-9a-f]{{{CACHE_KEY_LENGTH}}}\.onnx(\.data)?$")
+
+
+def export_key(sha256: str, precision: Precision) -> str:
+    """What an on-the-fly export depends on, hashed: the checkpoint's sha256 and the export settings (precision,
+    opset, and the torch and tfclip versions whose exporter wrote it)."""
+    settings = {"checkpoint_sha256": sha256, "precision": precision, "opset": OPSET, "torch": torch.__version__,
+                "tfclip": __version__}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:CACHE_KEY_LENGTH]
+
+
+def cached_export(checkpoint: Path, *, precision: Precision = "fp32") -> Path:
+    """The ONNX export of ``checkpoint`` kept beside it as ``NAME.KEY.onnx`` (KEY: :func:`export_key`), exported
+    and verified as ``tfclip export`` does when no file has that key; older exports of ``NAME`` are removed then.
+
+    Raises:
+        CheckpointError: not a tfclip checkpoint. VerificationError: the export does not match PyTorch.
+    """
+    checkpoint = Path(checkpoint)
+    out = checkpoint.with_name(f"{checkpoint.name}.{export_key(file_sha256(checkpoint), precision)}.onnx")
+    if out.is_file():
+        logger.info("reusing %s, exported from %s as it is now", out.name, checkpoint)
+        return out
+    logger.info("exporting %s to %s (once; kept until the checkpoint changes)", checkpoint, out.name)
+    export_checkpoint(checkpoint, out, precision=precision, force=True)
+    _remove_older_exports(checkpoint, keep=out)
+    return out
+
+
+def _remove_older_exports(checkpoint: Path, *, keep: Path) -> None:
+    """Delete the cached exports of ``checkpoint`` (``NAME.KEY.onnx`` and a ``.data`` companion) but ``keep``'s."""
+    for path in checkpoint.parent.glob(f"{glob.escape(checkpoint.name)}.*.onnx*"):
+        if CACHED_EXPORT.fullmatch(path.name[len(checkpoint.name):]) and not path.name.startswith(keep.name):
+            logger.info("removing %s, exported from an earlier %s", path.name, checkpoint.name)
+            path.unlink(missing_ok=True)
+
+
+def _is_writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK)
+
+
 def load_embedder(path: Path, *, use_gpu: bool = False) -> OnnxEmbedder:
-    """The onnxruntime embedder of an exported ``.onnx`` file, or of a checkpoint exported now to a temporary
-    file (verified as ``tfclip export`` does; export it once with ``tfclip export`` to skip this step).
+    """The onnxruntime embedder of an exported ``.onnx`` file, or of a checkpoint's export cached beside it
+    (:func:`cached_export`; in a temporary folder when the checkpoint's folder is read-only).
 
     Raises:
         UserError: an ONNX file without tfclip metadata or of another input size; CheckpointError: a file that
-        is neither. VerificationError: the on-the-fly export does not match PyTorch.
+        is neither. VerificationError: the export does not match PyTorch.
     """
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         return OnnxEmbedder(path, use_gpu=use_gpu)
-    logger.info("exporting %s to ONNX for this run (`tfclip export` does it once)", path)
+    if _is_writable(path.parent):
+        return OnnxEmbedder(cached_export(path), use_gpu=use_gpu)
+    logger.warning("%s is read-only: exporting %s to ONNX for this run only", path.parent, path.name)
     with tempfile.TemporaryDirectory(prefix="tfclip-export-") as folder:
         exported = export_checkpoint(path, Path(folder) / "model.onnx")
         return OnnxEmbedder(exported.path, use_gpu=use_gpu)  # the session holds the graph: the file can go

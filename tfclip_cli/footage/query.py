@@ -25,7 +25,9 @@ from tfclip_cli.errors import UserError
 from tfclip_cli.footage.detect import Detector, detector_for_video, video_info
 from tfclip_cli.footage.track import Track, iou_matrix, track_video
 from tfclip_cli.footage.tracklets import write_crops
-from tfclip_cli.index import Gallery, QueryResult, SearchOptions, load_index, query_tracklets
+from tfclip_cli.index import (
+    Gallery, QueryEmbedder, QueryResult, SearchOptions, load_index, load_query_embedder, query_tracklets,
+)
 from tfclip_cli.inference import tracklet_from_path
 from tfclip_cli.tables import Tracklet
 
@@ -137,10 +139,11 @@ def _person_tracklet(folder: Path, track: Track) -> Tracklet:
     return Tracklet(f"person-{track.track_id}", -1, -1, "query", len(frames), frames=frames)
 
 
-def query_footage(gallery: Gallery, video: Path, detector: Detector, *, search: SearchOptions = SearchOptions(),
-                  person: int | None = None, pointer: PersonPointer | None = None) -> FootageQuery:
+def query_footage(gallery: Gallery, video: Path, detector: Detector, *, embedder: QueryEmbedder,
+                  search: SearchOptions = SearchOptions(), person: int | None = None,
+                  pointer: PersonPointer | None = None) -> FootageQuery:
     """Track the people of ``video`` and search ``gallery`` for each (or for the one picked, see
-    :func:`pick_persons`).
+    :func:`pick_persons`), embedding their crops with ``embedder``.
 
     Raises:
         UserError: a frame folder (tracking needs a video), nobody found, or a person that cannot be picked.
@@ -154,7 +157,7 @@ def query_footage(gallery: Gallery, video: Path, detector: Detector, *, search: 
     with tempfile.TemporaryDirectory(prefix="tfclip-query-") as work:
         write_crops(video, tracks, Path(work))
         tracklets = [_person_tracklet(Path(work), track) for track in tracks]
-        results = query_tracklets(gallery, tracklets, search)
+        results = query_tracklets(gallery, tracklets, embedder, search)
     persons = []
     for track, result in zip(tracks, results):
         first, last = track.frame_indices[0], track.frame_indices[-1]
@@ -176,18 +179,27 @@ def query_clips(gallery_path: Path, clips: Sequence[Path], *, detector: str, sea
         UserError: ``person`` or ``pointer`` with several clips, or as :func:`query_footage`.
         GalleryError, DataError: as :func:`tfclip_cli.index.query`.
     """
-    is_pointed = person is not None or pointer is not None
-    if is_pointed and len(clips) != 1:
+    if (person is not None or pointer is not None) and len(clips) != 1:
         raise UserError(f"--person and --box/--frame pick a person in one query video; {len(clips)} were given")
     gallery = load_index(gallery_path)
+    embedder = load_query_embedder(gallery, search.checkpoint, search.device, backend=search.backend)
+    return query_gallery(gallery, clips, embedder, detector=detector, search=search, person=person, pointer=pointer)
+
+
+def query_gallery(gallery: Gallery, clips: Sequence[Path], embedder: QueryEmbedder, *, detector: str,
+                  search: SearchOptions = SearchOptions(), person: int | None = None,
+                  pointer: PersonPointer | None = None) -> list[QueryResult | FootageQuery]:
+    """:func:`query_clips` on a loaded gallery with an embedder loaded once by the caller (``tfclip serve``)."""
+    is_pointed = person is not None or pointer is not None
     found: dict[int, QueryResult | FootageQuery] = {}
     for number, clip in enumerate(clips):
         detect = detector_for_video(detector, Path(clip))
         if is_pointed or not is_person_crop(Path(clip), detect):
-            found[number] = query_footage(gallery, Path(clip), detect, search=search, person=person, pointer=pointer)
+            found[number] = query_footage(gallery, Path(clip), detect, embedder=embedder, search=search,
+                                          person=person, pointer=pointer)
     crops = [number for number in range(len(clips)) if number not in found]
     if crops:
         tracklets = [tracklet_from_path(Path(clips[number])) for number in crops]
-        results = query_tracklets(gallery, tracklets, search)
+        results = query_tracklets(gallery, tracklets, embedder, search)
         found.update(zip(crops, results))
     return [found[number] for number in range(len(clips))]

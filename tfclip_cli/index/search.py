@@ -294,10 +294,11 @@ class QueryEmbedder:
 
 
 def load_query_embedder(
-    gallery: Gallery, checkpoint: Path | None, device: torch.device, *, backend: Backend = "torch"
+    gallery: Gallery, checkpoint: Path | None, device: torch.device | str, *, backend: Backend = "torch"
 ) -> QueryEmbedder:
     """The model (and its test transform) that made the gallery's embeddings: ``checkpoint`` (a checkpoint, or an
-    ``.onnx`` file exported from it with the onnx backend) or the recorded one.
+    ``.onnx`` file exported from it with the onnx backend) or the recorded one. Loading takes seconds (minutes for
+    an onnx export of a large checkpoint, cached beside it): load once and pass the embedder to every search.
 
     Raises:
         GalleryError: when no checkpoint is given or recorded, or its sha256 or embedding dimension differs.
@@ -306,6 +307,7 @@ def load_query_embedder(
     if checkpoint is None and recorded is None:
         raise GalleryError(f"{gallery.path} records no checkpoint", hint="pass the one that made it: --checkpoint C")
     path = Path(checkpoint if checkpoint is not None else recorded)
+    device = torch.device(device)
     loaded = load_model(path, backend, device)
     expected = gallery.info.checkpoint_sha256
     if expected is not None and loaded.checkpoint_sha256 != expected:
@@ -326,7 +328,8 @@ def load_query_embedder(
 
 @dataclass(frozen=True)
 class SearchOptions:
-    """How each query clip is embedded and searched."""
+    """How each query clip is embedded (``checkpoint``, ``device``, ``backend``: for :func:`load_query_embedder`)
+    and searched."""
 
     checkpoint: Path | None = None
     """Default: the one the gallery records (a checkpoint, or with the onnx backend an exported ``.onnx`` file)."""
@@ -337,6 +340,8 @@ class SearchOptions:
     min_score: MinScore = None
     """Drop hits below it (``"auto"``: the gallery's calibrated threshold); see the module docstring."""
     backend: Backend = "torch"
+    camids: frozenset[int] | None = None
+    """Return only gallery tracklets of these cameras (None: all)."""
 
 
 def query(gallery_path: Path, clips: Sequence[Path], options: SearchOptions = SearchOptions()) -> list[QueryResult]:
@@ -352,18 +357,21 @@ def query(gallery_path: Path, clips: Sequence[Path], options: SearchOptions = Se
     """
     gallery = load_index(gallery_path)
     tracklets = [tracklet_from_path(Path(clip)) for clip in clips]
-    return query_tracklets(gallery, tracklets, options)
+    embedder = load_query_embedder(gallery, options.checkpoint, options.device, backend=options.backend)
+    return query_tracklets(gallery, tracklets, embedder, options)
 
 
 def query_tracklets(
-    gallery: Gallery, tracklets: Sequence[Tracklet], options: SearchOptions = SearchOptions()
+    gallery: Gallery, tracklets: Sequence[Tracklet], embedder: QueryEmbedder, options: SearchOptions = SearchOptions()
 ) -> list[QueryResult]:
-    """:func:`query` for a loaded gallery and tracklets already described (e.g. people cut out of a query video)."""
+    """:func:`query` for a loaded gallery and tracklets already described (e.g. people cut out of a query video),
+    embedded by ``embedder`` (:func:`load_query_embedder`, loaded once by the caller; ``options.checkpoint``,
+    ``device`` and ``backend`` are not read here)."""
     floor = resolve_min_score(gallery, options.min_score)
-    embedder = load_query_embedder(gallery, options.checkpoint, torch.device(options.device), backend=options.backend)
     vectors = embedder.embed(tracklets)
+    found = search(gallery, vectors, options.top_k, min_score=floor, camids=options.camids)
     results = []
-    for tracklet, hits in zip(tracklets, search(gallery, vectors, options.top_k, min_score=floor)):
+    for tracklet, hits in zip(tracklets, found):
         frames = tuple(_row_key_frames(gallery, hit.row) for hit in hits) if options.with_hit_frames else ()
         results.append(QueryResult(
             tracklet.source, tracklet.num_frames, read_key_frames(tracklet), tuple(hits), frames,

@@ -1,16 +1,17 @@
 """The FastAPI application of ``tfclip serve``: each route parses, calls one ``Service`` method, renders JSON.
 
 Errors are JSON ``{"error": ..., "hint": ...}``: 400 for input that does not decode, 401 for a missing or wrong
-bearer token on a write endpoint, 403 for a server-side path outside ``--allow-dir``, 404 for an unknown
-tracklet, 413 over the upload limits. The OpenAPI page is at ``/docs``.
+bearer token on a write endpoint, 403 for a server-side path outside ``--allow-dir`` or a write from another
+site, 404 for an unknown tracklet, 413 over the upload limits, 421 for a host name the server was not started for
+(:mod:`~tfclip_cli.serve.guard`). The OpenAPI page is at ``/docs``.
 """
 
 from __future__ import annotations
 
 import hmac
-import ipaddress
+import logging
 from importlib import resources
-from typing import Annotated
+from typing import Annotated, Sequence
 
 import uvicorn
 from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
@@ -20,8 +21,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from tfclip_cli import __version__
 from tfclip_cli.errors import UserError
 from tfclip_cli.index import parse_min_score
+from tfclip_cli.serve.guard import AllowedHosts, RequestGuard, allowed_hosts, is_loopback
 from tfclip_cli.serve.service import NewTracklet, NotFound, ServeConfig, Service
 from tfclip_cli.serve.uploads import Forbidden, TooLarge
+
+log = logging.getLogger(__name__)
 
 MULTIPART_SLACK = 64 * 1024
 """Bytes a multipart body may exceed the upload limit by: boundaries and the other form fields."""
@@ -109,14 +113,7 @@ def _camid(text: str) -> int:
         raise UserError(f"cameras: {text!r} is not a camid; expected integers like 0,2") from None
 
 
-def _add_handlers(app: FastAPI, max_body: int) -> None:
-    @app.middleware("http")
-    async def refuse_large_bodies(request: Request, call_next):  # before the body is read or spooled
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > max_body:
-            return _error(413, f"the request body has {int(length):,} bytes; at most {max_body:,} are accepted")
-        return await call_next(request)
-
+def _add_handlers(app: FastAPI) -> None:
     @app.exception_handler(UserError)
     async def user_error(request: Request, error: UserError) -> JSONResponse:
         status = next((code for kind, code in STATUS.items() if isinstance(error, kind)), 400)
@@ -128,28 +125,23 @@ def _add_handlers(app: FastAPI, max_body: int) -> None:
         return _error(400, f"bad request: {problems}")
 
 
-def create_app(service: Service, *, token: str | None) -> FastAPI:
-    """The application over a loaded ``service``; ``token`` (if any) guards the write endpoints."""
+def create_app(service: Service, *, token: str | None, hosts: AllowedHosts) -> FastAPI:
+    """The application over a loaded ``service``; ``token`` (if any) guards the write endpoints, and only requests
+    naming one of ``hosts`` are answered (:class:`~tfclip_cli.serve.guard.RequestGuard`)."""
     app = FastAPI(title="tfclip serve", version=__version__, description="Search a TF-CLIP person gallery.")
     app.state.service, app.state.token = service, token
     _add_routes(app)
-    _add_handlers(app, service.config.limits.max_bytes + MULTIPART_SLACK)
+    _add_handlers(app)
+    app.add_middleware(RequestGuard, hosts=hosts, max_body=service.config.limits.max_bytes + MULTIPART_SLACK)
     return app
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine only (127.0.0.0/8, ::1 or localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def serve(config: ServeConfig, *, host: str, port: int, token: str | None) -> None:
+def serve(config: ServeConfig, *, host: str, port: int, token: str | None, allow_hosts: Sequence[str] = ()) -> None:
     """Load the model and gallery once, then answer HTTP on ``host:port`` until interrupted.
 
+    Args:
+        allow_hosts: more names the server answers to (a reverse proxy's), beside ``host`` and, for a loopback
+            ``host``, localhost (see :func:`~tfclip_cli.serve.guard.allowed_hosts`).
     Raises:
         UserError: when ``host`` is not loopback and no token guards the write endpoints, or as ``Service``.
     """
@@ -158,5 +150,7 @@ def serve(config: ServeConfig, *, host: str, port: int, token: str | None) -> No
             f"--host {host} exposes the gallery's write endpoints beyond this machine without a token",
             hint="pass --token SECRET (or set TFCLIP_SERVE_TOKEN), or serve on 127.0.0.1",
         )
-    app = create_app(Service(config), token=token)
+    hosts = allowed_hosts(host, allow_hosts)
+    app = create_app(Service(config), token=token, hosts=hosts)
+    log.info("answering requests for %s", hosts.describe())
     uvicorn.run(app, host=host, port=port, log_level="info")

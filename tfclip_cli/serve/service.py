@@ -25,17 +25,18 @@ import torch
 from PIL import Image
 
 from tfclip_cli.errors import GalleryError, UserError
+from tfclip_cli.footage.query import FootageQuery, query_gallery
 from tfclip_cli.index import (
-    QueryEmbedder,
     Gallery,
     MinScore,
+    QueryEmbedder,
+    QueryResult,
+    SearchOptions,
     append_to_index,
-    load_query_embedder,
     load_index,
-    read_key_frames,
+    load_query_embedder,
     remove_from_index,
     resolve_min_score,
-    search,
     threshold_in_force,
     tracklet_key_frames,
 )
@@ -65,6 +66,8 @@ class ServeConfig:
     allow_dirs: tuple[Path, ...]
     store: Path
     """Where clips uploaded to the gallery are kept (their rows point there)."""
+    detector: str
+    """The detector spec that tells a person crop from footage and finds the people in footage (as ``query``'s)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,20 @@ def _file_identity(path: Path) -> tuple[int, int, int]:
     return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
+def _data_uris(result: QueryResult) -> list[str]:
+    """A query's key frames as JPEG ``data:`` URIs for the page."""
+    return ["data:image/jpeg;base64," + base64.b64encode(jpeg(frame)).decode() for frame in result.key_frames]
+
+
+def _footage_answer(footage: FootageQuery, threshold: float | None, num_frames: int) -> dict:
+    """``tfclip query --json``'s answer for footage (its ``query``, a temporary path, left out), each person with
+    the key frames of their crops."""
+    answer = {key: value for key, value in footage.to_dict().items() if key != "query"}
+    answer["persons"] = [{**person, "key_frames": _data_uris(found.result)}
+                         for person, found in zip(answer["persons"], footage.persons)]
+    return {"num_frames": num_frames, "threshold": threshold, **answer}
+
+
 class Service:
     """The loaded model and gallery, and what the endpoints do with them."""
 
@@ -100,7 +117,7 @@ class Service:
         self._swap = threading.Lock()
         self._model = threading.Lock()  # one forward pass at a time: predictable memory on a shared machine
         self._gallery, self._identity = load_index(config.gallery), _file_identity(config.gallery)
-        self.embedder: QueryEmbedder = load_query_embedder(self._gallery, config.checkpoint, config.device)
+        self.embedder: QueryEmbedder = load_query_embedder(self._gallery, config.checkpoint, config.device)  # once
         self._latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.queries_served = 0
 
@@ -120,31 +137,33 @@ class Service:
     def query(
         self, upload: BinaryIO, *, top_k: int, min_score: MinScore, camids: Collection[int] | None
     ) -> dict:
-        """Embed an uploaded clip and search the gallery: the JSON answer of ``POST /query``.
+        """Search the gallery for an uploaded clip, as ``tfclip query`` does: the JSON answer of ``POST /query``.
+
+        A person crop answers its hits; footage (as the detector sees it) answers each person found in it with
+        their hits, as ``tfclip query --json`` does, and the person's key frames.
 
         Raises:
-            TooLarge, DataError: as ``uploads.clip_from_upload``; GalleryError for ``auto`` when uncalibrated.
+            TooLarge, DataError: as ``uploads.clip_from_upload``; GalleryError for ``auto`` when uncalibrated;
+            UserError: footage in which the detector finds nobody.
         """
         started = time.perf_counter()
         gallery = self.gallery()
         floor = resolve_min_score(gallery, min_score)
+        search = SearchOptions(top_k=top_k, min_score=floor, camids=None if camids is None else frozenset(camids))
         with tempfile.TemporaryDirectory(prefix="tfclip-query-") as folder:
-            tracklet = clip_from_upload(save_upload(upload, Path(folder) / "upload", self.config.limits),
-                                        Path(folder), self.config.limits)
-            vectors = self._embed(tracklet)
-            frames = read_key_frames(tracklet)
-        (hits,) = search(gallery, vectors, top_k, min_score=floor, camids=camids)
-        threshold = threshold_in_force(gallery, floor)
+            clip = clip_from_upload(save_upload(upload, Path(folder) / "upload", self.config.limits),
+                                    Path(folder), self.config.limits)
+            with self._model:
+                (result,) = query_gallery(gallery, [Path(clip.source)], self.embedder, detector=self.config.detector,
+                                          search=search)
         with self._swap:
             self._latencies.append(time.perf_counter() - started)
             self.queries_served += 1
-        return {
-            "num_frames": tracklet.num_frames,
-            "key_frames": ["data:image/jpeg;base64," + base64.b64encode(jpeg(frame)).decode() for frame in frames],
-            "threshold": threshold,
-            "match": None if threshold is None else any(hit.match for hit in hits),
-            "hits": [hit.to_dict() for hit in hits],
-        }
+        threshold = threshold_in_force(gallery, floor)
+        if isinstance(result, FootageQuery):
+            return _footage_answer(result, threshold, clip.num_frames)
+        return {"num_frames": clip.num_frames, "key_frames": _data_uris(result), "threshold": threshold,
+                "match": result.is_match, "hits": [hit.to_dict() for hit in result.hits]}
 
     def _kept_clip(self, upload: BinaryIO) -> Tracklet:
         """Save an upload into the store for good (the gallery row points at it) and read it as a tracklet."""
