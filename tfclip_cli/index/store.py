@@ -33,12 +33,13 @@ import fcntl
 import json
 import logging
 import math
+import os
 import struct
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Literal, NamedTuple, Sequence
+from typing import Any, Iterator, Literal, NamedTuple, Sequence, get_args
 
 import faiss
 import numpy as np
@@ -432,7 +433,11 @@ class _Sections(NamedTuple):
 
 
 def _read_sections(path: Path) -> _Sections:
-    """The three sections of a gallery file, their lengths checked against the file's size before reading."""
+    """The three sections of a gallery file, their lengths checked against the file's size before reading.
+
+    The size is that of the open file (``fstat``), never of ``path``: a writer may rename a new gallery onto
+    ``path`` after the open, and this reader keeps reading the old file whole.
+    """
     prefix = len(MAGIC) + SECTION_LENGTHS.size
     with open(path, "rb") as handle:
         head = handle.read(prefix)
@@ -443,7 +448,7 @@ def _read_sections(path: Path) -> _Sections:
                 hint=REBUILD_HINT.format(path=path),
             )
         lengths = SECTION_LENGTHS.unpack(head[len(MAGIC):])
-        size = path.stat().st_size
+        size = os.fstat(handle.fileno()).st_size
         if prefix + sum(lengths) != size:
             raise GalleryError(
                 f"{path} is damaged: its sections claim {prefix + sum(lengths):,} bytes, the file holds {size:,}",
@@ -452,12 +457,34 @@ def _read_sections(path: Path) -> _Sections:
         return _Sections(*(handle.read(length) for length in lengths))
 
 
+INDEX_TYPES = get_args(IndexType)
+
+
+def _header_problem(fields: Any) -> str | None:
+    """What makes decoded header JSON not a gallery header, or None."""
+    if not isinstance(fields, dict):
+        return f"a JSON {type(fields).__name__}, expected an object"
+    if fields.get("type") not in INDEX_TYPES:
+        return f"type {fields.get('type')!r}, expected one of {', '.join(INDEX_TYPES)}"
+    for name in ("dim", "count"):
+        if type(fields.get(name)) is not int:
+            return f"{name} {fields.get(name)!r}, expected an integer"
+    removed = fields.get("removed", [])
+    if not isinstance(removed, list) or any(type(row) is not int for row in removed):
+        return f"removed {removed!r}, expected a list of row numbers"
+    return None
+
+
 def _read_header(data: bytes, path: Path) -> IndexInfo:
     try:
         fields = json.loads(data)
-        return IndexInfo(**{**fields, "removed": tuple(fields.get("removed", ()))})
+        problem = _header_problem(fields)
+        if problem is None:
+            return IndexInfo(**{**fields, "removed": tuple(fields.get("removed", ()))})
     except (ValueError, TypeError) as exc:
-        raise GalleryError(f"{path}: the header is not a tfclip gallery header ({exc})") from exc
+        problem = str(exc)
+    raise GalleryError(f"{path}: the header is not a tfclip gallery header ({problem})",
+                       hint=REBUILD_HINT.format(path=path))
 
 
 def _read_rows(data: bytes, path: Path) -> pd.DataFrame:
