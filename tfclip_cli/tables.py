@@ -315,7 +315,22 @@ def check_writable(path: Path, *, force: bool = False) -> None:
         raise OutputError(f"cannot write {path}: it is a folder", hint="give a file path")
     if path.exists() and not force:
         raise UserError(f"{path} already exists", hint="pass --force to overwrite it, or choose another --out")
-    folder = _nearest_existing(path.parent)
+    _check_creatable(path, in_folder=path.parent)
+
+
+def check_writable_folder(folder: Path) -> None:
+    """Fail before any work when files could not be created in ``folder`` (made if missing): a part of its path is
+    a file, or its nearest existing folder refuses a new file (read-only, full, no access).
+
+    Raises:
+        OutputError: naming ``folder`` and the cause.
+    """
+    _check_creatable(Path(folder), in_folder=Path(folder))
+
+
+def _check_creatable(path: Path, *, in_folder: Path) -> None:
+    """Raise the OutputError naming ``path`` when no file can be created in ``in_folder`` or its nearest ancestor."""
+    folder = _nearest_existing(in_folder)
     if not folder.is_dir():
         raise output_error(path, OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)))
     try:  # os.access says nothing of a full disk or a read-only mount for root: try a real file

@@ -49,7 +49,14 @@ import pyarrow.parquet as pq
 
 from tfclip_cli import __version__
 from tfclip_cli.errors import GalleryError, UserError
-from tfclip_cli.tables import EMBEDDING_ROW_COLUMNS, MANIFEST_SCHEMA, Embeddings, atomic_output
+from tfclip_cli.tables import (
+    EMBEDDING_ROW_COLUMNS,
+    MANIFEST_SCHEMA,
+    Embeddings,
+    atomic_output,
+    check_writable,
+    reporting_write_errors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -236,10 +243,13 @@ def writer_lock(path: Path) -> Iterator[None]:
 
     Raises:
         GalleryError: when another writer holds the lock for longer than ``LOCK_WAIT_S``.
+        OutputError: when the lock file cannot be created beside ``path`` (read-only folder, a file as a folder).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path(path), "a") as handle:
+    with reporting_write_errors(path):  # a read-only folder, or a file where a folder should be
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path(path), "a")
+    with handle:
         deadline = time.monotonic() + LOCK_WAIT_S
         while True:
             try:
@@ -270,6 +280,7 @@ def _delete_orphans(path: Path) -> None:
 def _check_output(path: Path, *, force: bool) -> None:
     if path.exists() and not force:
         raise UserError(f"{path} already exists", hint="pass --force to overwrite it, or --append to extend it")
+    check_writable(path, force=True)
 
 
 def _checked_rows(embeddings: Embeddings) -> pd.DataFrame:
@@ -315,6 +326,7 @@ def build_index(
 
     Raises:
         UserError: when ``out`` exists without ``force``, or ``use_gpu`` without faiss-gpu/CUDA.
+        OutputError: when ``out`` cannot be written (read-only folder, a file as a folder), before any work.
         GalleryError: on an empty table, repeated tracklet ids, non-finite vectors or too few rows for ``ivfpq``.
     """
     out = Path(out)
