@@ -113,6 +113,14 @@ def test_ivfpq_parameters_follow_the_documented_rule():
     assert (small["nlist"], small["m"], small["nprobe"], small["train_rows"]) == (45, 6, 16, 2000)
 
 
+@pytest.mark.parametrize("dim", [7, 31, 127])  # below 8, or prime: no divisor between 2 and dim / 4
+def test_ivfpq_refuses_a_dimension_it_cannot_split_instead_of_one_sub_quantizer(tmp_path, dim):
+    with pytest.raises(GalleryError, match=f"{dim}-d embeddings have no divisor between 2 and {dim // 4}") as error:
+        index.build_index(_embeddings(np.ones((700, dim))), tmp_path / "g.faiss", index_type="ivfpq")
+    assert "--type hnsw" in error.value.hint and not (tmp_path / "g.faiss").exists()
+    assert index.ivfpq_params(700, 8)["m"] == 2 and index.ivfpq_params(700, 62)["m"] == 2  # 62 = 2 x 31
+
+
 def test_ivfpq_refuses_a_gallery_too_small_to_train_and_points_to_flat(tmp_path):
     with pytest.raises(GalleryError, match="at least 624") as error:
         index.build_index(_embeddings(np.eye(8)), tmp_path / "g.faiss", index_type="ivfpq")

@@ -7,7 +7,8 @@ used by ``evaluate``. Three types, row ``i`` of the index is row ``i`` of the ro
 - ``ivfpq``: ``IndexIVFPQFastScan`` (4-bit codes scanned with SIMD) wrapped in ``IndexRefineFlat``;
   :func:`ivfpq_params` maps the gallery size N and dimension D to its parameters: ``nlist = round(sqrt(N))``
   inverted lists (at most ``N // 39``: faiss wants ≥ 39 training points per centroid); ``m`` = the largest divisor
-  of D that is at most D / 4 (sub-quantizers of ≥ 4 dimensions), ``nbits = 4``; ``nprobe = clamp(nlist // 8, 16,
+  of D that is at most D / 4 (sub-quantizers of ≥ 4 dimensions; a D with no such divisor above 1, a prime or
+  D < 8, is refused: one sub-quantizer of all D dimensions with 16 centroids cannot rank), ``nbits = 4``; ``nprobe = clamp(nlist // 8, 16,
   nlist)``; k-means trains on a seeded sample of ``min(N, max(64 · nlist, IVFPQ_MIN_ROWS))`` rows. The PQ scan
   proposes ``k_factor · k`` candidates (``k_factor = 4``), re-scored exactly against the stored float vectors:
   recall@10 ≥ 0.95 in ``benchmarks/bench_index.py`` at the cost of keeping the raw vectors (memory as ``flat``,
@@ -129,15 +130,22 @@ def ivfpq_params(count: int, dim: int) -> dict:
     """The documented IVF-PQ rule (module docstring) for ``count`` vectors of ``dim`` dimensions.
 
     Raises:
-        GalleryError: when ``count`` is below ``IVFPQ_MIN_ROWS``, too few to train the PQ codebooks.
+        GalleryError: when ``count`` is below ``IVFPQ_MIN_ROWS``, too few to train the PQ codebooks, or ``dim``
+            has no divisor between 2 and ``dim / 4`` (a prime, or below 8) to split the vectors into sub-quantizers.
     """
     if count < IVFPQ_MIN_ROWS:
         raise GalleryError(
             f"ivfpq needs at least {IVFPQ_MIN_ROWS} tracklets to train its codebooks; the gallery has {count}",
             hint="use --type flat: exact search is fast at this size",
         )
-    nlist = max(1, min(round(math.sqrt(count)), count // 39))
     m = max(divisor for divisor in range(1, max(1, dim // 4) + 1) if dim % divisor == 0)
+    if m == 1:
+        raise GalleryError(
+            f"ivfpq splits each vector into sub-quantizers of equal width; {dim}-d embeddings have no divisor "
+            f"between 2 and {dim // 4}, so one sub-quantizer of 16 centroids would code all {dim} dimensions",
+            hint="use --type hnsw (or flat), or embed with a model whose width has small divisors (e.g. 512)",
+        )
+    nlist = max(1, min(round(math.sqrt(count)), count // 39))
     return {
         "nlist": nlist,
         "m": m,
