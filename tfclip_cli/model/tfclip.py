@@ -32,7 +32,10 @@ class ClipMemory:
     fingerprint: str
 
     def __post_init__(self) -> None:
-        assert self.features.ndim == 2 and self.features.shape[0] == len(self.pid_to_label), "one row per identity"
+        """Raises ValueError unless ``features`` has one row per identity (a memory file is user input)."""
+        if self.features.ndim != 2 or self.features.shape[0] != len(self.pid_to_label):
+            raise ValueError(f"features of shape {tuple(self.features.shape)} for {len(self.pid_to_label)} "
+                             "identities: expected one row per identity")
 
 
 @dataclass(frozen=True)
