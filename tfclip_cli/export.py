@@ -303,7 +303,8 @@ def export_checkpoint(
     file over 2 GB keeps its ``.data`` companion, whose name the model records, hence a folder, not a temp name).
 
     Raises:
-        UserError: ``out`` exists without ``force``; OutputError: ``out`` cannot be written; CheckpointError: ``checkpoint`` is not a tfclip checkpoint.
+        UserError: ``out`` exists without ``force``; OutputError: ``out`` cannot be written; CheckpointError:
+            ``checkpoint`` is not a tfclip checkpoint.
         VerificationError: onnxruntime's embeddings differ from PyTorch's beyond the precision's tolerance.
     """
     out = Path(out)

@@ -8,11 +8,11 @@ used by ``evaluate``. Three types, row ``i`` of the index is row ``i`` of the ro
   :func:`ivfpq_params` maps the gallery size N and dimension D to its parameters: ``nlist = round(sqrt(N))``
   inverted lists (at most ``N // 39``: faiss wants ≥ 39 training points per centroid); ``m`` = the largest divisor
   of D that is at most D / 4 (sub-quantizers of ≥ 4 dimensions; a D with no such divisor above 1, a prime or
-  D < 8, is refused: one sub-quantizer of all D dimensions with 16 centroids cannot rank), ``nbits = 4``; ``nprobe = clamp(nlist // 8, 16,
-  nlist)``; k-means trains on a seeded sample of ``min(N, max(64 · nlist, IVFPQ_MIN_ROWS))`` rows. The PQ scan
-  proposes ``k_factor · k`` candidates (``k_factor = 4``), re-scored exactly against the stored float vectors:
-  recall@10 ≥ 0.95 in ``benchmarks/bench_index.py`` at the cost of keeping the raw vectors (memory as ``flat``,
-  latency far lower). Galleries under ``IVFPQ_MIN_ROWS`` are refused: 2^4 PQ centroids need ≥ 39 points each.
+  D < 8, is refused: one sub-quantizer of all D dimensions with 16 centroids cannot rank), ``nbits = 4``;
+  ``nprobe = clamp(nlist // 8, 16, nlist)``; k-means trains on a seeded sample of ``min(N, max(64 · nlist,
+  IVFPQ_MIN_ROWS))`` rows. The PQ scan proposes ``k_factor · k`` candidates (``k_factor = 4``), re-scored exactly
+  against the stored float vectors: recall@10 ≥ 0.95 in ``benchmarks/bench_index.py`` at the cost of keeping the
+  raw vectors (memory as ``flat``, latency far lower). Galleries under ``IVFPQ_MIN_ROWS`` are refused: 2^4 PQ centroids need ≥ 39 points each.
 - ``hnsw``: ``IndexHNSWFlat`` with ``M = 32`` links per node, ``efConstruction = 40`` (faiss's default; higher
   doubles build time for little recall on clustered data), ``efSearch = 64``.
 
