@@ -15,6 +15,7 @@ recipe) on the ground-truth tracklets of ``--train-scenes`` other synthetic scen
 into ``--work`` first: about 10 minutes on 2 cores, reused on the next run.
 
     python benchmarks/bench_tracking.py
+    python benchmarks/bench_tracking.py --seeds 0-3          # the README's table: a row per scene, then the totals
     python benchmarks/bench_tracking.py --checkpoint tfclip-demo/run/best.ckpt --walkers 10 --miss 0.2
 """
 
@@ -62,8 +63,16 @@ def _arguments() -> argparse.Namespace:
                         help="relink: consecutive windows less alike are cut apart (tfclip track's default)")
     parser.add_argument("--merge-similarity", type=float, default=RelinkConfig.merge_similarity,
                         help="relink: fragments at least this alike are merged (tfclip track's default)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=_seeds, default=[0], help="scenes to score: N, N-M or N,M,... (default 0)")
     return parser.parse_args()
+
+
+def _seeds(text: str) -> list[int]:
+    """``3``, ``0-7`` or ``0,2,5`` as a list of seeds."""
+    if "-" in text:
+        first, last = (int(part) for part in text.split("-"))
+        return list(range(first, last + 1))
+    return [int(part) for part in text.split(",")]
 
 
 def _training_manifest(args: argparse.Namespace) -> Path:
@@ -93,9 +102,10 @@ def _checkpoint(args: argparse.Namespace) -> Path:
     return run / "last.ckpt"
 
 
-def _track_camera(video: Path, crops: Path, args: argparse.Namespace, checkpoint: Path) -> tuple[list, list]:
+def _track_camera(video: Path, crops: Path, args: argparse.Namespace, *, checkpoint: Path,
+                  seed: int) -> tuple[list, list]:
     """One camera's tracks, motion only and relinked by appearance, each kept from ``min_frames`` frames."""
-    noise = ReplayNoise(miss=args.miss, false_positives=args.false_positives, jitter=args.jitter, seed=args.seed)
+    noise = ReplayNoise(miss=args.miss, false_positives=args.false_positives, jitter=args.jitter, seed=seed)
     camid = int(video.stem.removeprefix("cam"))
     tracks = track_video(video, ReplayDetector(read_gt(video.parent / "gt.txt"), noise), camid=camid)
     write_crops(video, tracks, crops)
@@ -114,30 +124,42 @@ def _row(name: str, scores: MotScores) -> str:
             f"{scores.false_positives:5d} {scores.misses:5d} {scores.ground_truth_boxes:6d}")
 
 
-def main() -> None:
-    args = _arguments()
-    checkpoint = _checkpoint(args)
-    options = FootageOptions(walkers=args.walkers, cameras=args.cameras, frames=args.frames, seed=args.seed)
+def _score_scene(args: argparse.Namespace, seed: int, checkpoint: Path) -> tuple[MotScores, MotScores]:
+    """Motion-only and motion + appearance scores of the scene drawn with ``seed``, summed over its cameras."""
+    options = FootageOptions(walkers=args.walkers, cameras=args.cameras, frames=args.frames, seed=seed)
     with tempfile.TemporaryDirectory() as work:
-        started = time.perf_counter()
         generate_footage(Path(work) / "scene", options)
         motion, appearance = [], []
         for camid in range(args.cameras):
             video = Path(work) / "scene" / "footage" / f"cam{camid}" / f"cam{camid}.mp4"
             truth = read_gt(video.parent / "gt.txt")
-            kept, linked = _track_camera(video, Path(work) / "crops" / str(camid), args, checkpoint)
+            kept, linked = _track_camera(video, Path(work) / "crops" / str(camid), args, checkpoint=checkpoint,
+                                         seed=seed)
             motion.append(TrackedVideo(kept, truth))
             appearance.append(TrackedVideo(linked, truth))
-        seconds = time.perf_counter() - started
-    only, both = score_tracks(motion), score_tracks(appearance)
+    return score_tracks(motion), score_tracks(appearance)
+
+
+def main() -> None:
+    args = _arguments()
+    checkpoint = _checkpoint(args)
     print(f"{args.cameras} cameras x {args.frames} frames, {args.walkers} walkers; replay miss {args.miss}, "
           f"false positives {args.false_positives}/frame, jitter {args.jitter}; checkpoint {checkpoint}; relink cut "
           f"< {args.cut_similarity}, merge ≥ {args.merge_similarity}")
     print(f"{'':<22} {'MOTA%':>6} {'IDF1%':>6} {'IDsw':>5} {'FP':>5} {'FN':>5} {'GT':>6}")
-    print(_row("motion only", only))
-    print(_row("motion + appearance", both))
-    print(f"IDF1 {100 * (both.idf1 - only.idf1):+.1f} points, ID switches {both.id_switches - only.id_switches:+d} "
-          f"with appearance ({seconds:.0f} s)")
+    scenes = []
+    for seed in args.seeds:
+        started = time.perf_counter()
+        only, both = _score_scene(args, seed, checkpoint)
+        scenes.append((only, both))
+        print(f"seed {seed} ({time.perf_counter() - started:.0f} s)")
+        print(_row("  motion only", only))
+        print(_row("  motion + appearance", both))
+    idf1_changes = [100 * (both.idf1 - only.idf1) for only, both in scenes]
+    switches = [sum(scores.id_switches for scores in side) for side in zip(*scenes)]
+    print(f"{len(scenes)} scene(s): ID switches {switches[0]} motion only, {switches[1]} with appearance; IDF1 "
+          f"{sum(idf1_changes) / len(scenes):+.2f} points on average with appearance (better in "
+          f"{sum(c > 0.05 for c in idf1_changes)}, lower in {sum(c < -0.05 for c in idf1_changes)})")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """A state dict shaped like the reference implementation's, and a plain functional forward over it (test oracle).
 
 Key names follow AsuradaYuci/TF-CLIP model/make_model_clipreid.py ``build_transformer`` and model/clip/model.py;
-the forward is written from REFERENCE.md §4.6-4.8 in sequence-first layout with ``F.multi_head_attention_forward``,
-a different code path from tfclip's modules, so agreement means the conversion and the model match the reference.
+the forward is written from docs/fidelity.md (#tmd, #test-time-features, #sie) in sequence-first layout with
+``F.multi_head_attention_forward``, a different code path from tfclip's modules, so agreement means the conversion and
+the model match the reference.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The layering in STYLE.md holds: imports point down only, and heavy libraries stay in their one module."""
+"""The layering holds (RANK below is its order): imports point down only, heavy libraries stay in one module."""
 
 import ast
 from pathlib import Path
@@ -69,7 +69,7 @@ def _imports(path: Path) -> set[str]:
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_imports_point_down_only(path: Path) -> None:
     home = _home(path)
-    assert home in RANK, f"{home} has no place in the layering; add it to STYLE.md's order and RANK"
+    assert home in RANK, f"{home} has no place in the layering; add it to RANK"
     for name in _imports(path):
         parts = name.split(".")
         if parts[0] != "tfclip_cli" or len(parts) < 2 or parts[1] == "__version__":

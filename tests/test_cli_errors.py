@@ -7,13 +7,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from fake_layouts import write_image, write_video
 from tfclip_cli.cli import app
-from tfclip_cli.tables import read_manifest
+from tfclip_cli.tables import Embeddings, read_embeddings, read_manifest, write_embeddings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,3 +129,109 @@ def test_an_install_without_the_cpu_or_gpu_extra_names_the_extra_to_install(tmp_
     assert result.returncode == 2, result.stderr
     assert "faiss is not installed" in result.stderr and "tfclip[cpu]" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _checkpoint(tmp_path: Path) -> str:
+    from fake_footage import tiny_checkpoint
+
+    return str(tiny_checkpoint(tmp_path / "m.ckpt"))
+
+
+def _embeddings(tmp_path: Path) -> str:
+    rows = read_manifest(_fake_manifest(tmp_path)).table.reset_index(drop=True)
+    table = Embeddings(rows=rows, vectors=np.eye(len(rows), 4, dtype=np.float32), info={})
+    write_embeddings(table, tmp_path / "e.parquet")
+    return str(tmp_path / "e.parquet")
+
+
+def _camera_video(tmp_path: Path) -> str:
+    from fake_footage import write_video as write_camera_video
+
+    write_camera_video(tmp_path / "cam1.mp4", 4)
+    return str(tmp_path / "cam1.mp4")
+
+
+def _recipe(tmp_path: Path, out: Path) -> str:
+    from tiny_training import tiny_recipe
+
+    return str(tiny_recipe(tmp_path / "r.yaml", manifest=_fake_manifest(tmp_path), output_dir=out))
+
+
+# Every command that writes, as the arguments that send its output to ``out`` (a file or a folder).
+WRITING_COMMANDS: dict[str, Callable[[Path, Path], list[str]]] = {
+    "prepare": lambda tmp, out: ["prepare", "folder", str(_folder_layout(tmp / "data")), "--out", str(out)],
+    "prepare synthetic": lambda tmp, out: ["prepare", "synthetic", str(out), "--out", str(tmp / "s.parquet")],
+    "import-checkpoint": lambda tmp, out: ["import-checkpoint", _checkpoint(tmp), "--out", str(out)],
+    "train": lambda tmp, out: ["train", _recipe(tmp, out)],
+    "build-memory": lambda tmp, out: ["build-memory", _recipe(tmp, out)],
+    "extract": lambda tmp, out: ["extract", "-c", _checkpoint(tmp), "--manifest", str(_fake_manifest(tmp)),
+                                 "--out", str(out)],
+    "index": lambda tmp, out: ["index", _embeddings(tmp), "--out", str(out)],
+    "index --append": lambda tmp, out: ["index", _embeddings(tmp), "--out", str(out), "--append"],
+    "export": lambda tmp, out: ["export", "-c", _checkpoint(tmp), "--out", str(out)],
+    "query --html": lambda tmp, out: ["query", _camera_video(tmp), "-g", str(tmp / "g.faiss"), "--html", str(out)],
+    "track": lambda tmp, out: ["track", _camera_video(tmp), "--out", str(out), "--detector", "hog"],
+    "demo": lambda tmp, out: ["demo", "--out", str(out), "--quick"],
+}
+
+
+@pytest.mark.parametrize("command", WRITING_COMMANDS)
+def test_every_command_refuses_an_output_under_a_regular_file_in_one_line(tmp_path: Path, command: str) -> None:
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "sub" / "out"
+    result = CliRunner().invoke(app, WRITING_COMMANDS[command](tmp_path, out))
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert f"error: cannot write {tmp_path}/file/sub/" in result.output
+    assert "a part of the path is a file, not a folder" in result.output
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def _refused_folder() -> Path:
+    """A folder that refuses new files even to root (sysfs), or skip where this machine lets us write there."""
+    folder = Path("/sys")
+    try:
+        (folder / ".tfclip-probe").touch()
+    except OSError:
+        return folder
+    (folder / ".tfclip-probe").unlink()
+    pytest.skip("/sys takes new files here: no folder refuses root")
+
+
+@pytest.mark.parametrize("command", ["prepare", "index", "index --append", "export", "track", "extract"])
+def test_every_command_refuses_a_folder_that_refuses_new_files_even_as_root(tmp_path: Path, command: str) -> None:
+    out = _refused_folder() / "tfclip-out"
+    result = CliRunner().invoke(app, WRITING_COMMANDS[command](tmp_path, out))
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: cannot write {out}: ") and "Traceback" not in result.output
+    assert len(result.output.splitlines()) <= 2  # the error and its hint
+
+
+@pytest.mark.parametrize("command", ["index --append", "calibrate"])
+def test_a_gallery_whose_folder_refuses_the_lock_file_is_one_red_line(tmp_path, monkeypatch, command) -> None:
+    from tfclip_cli import index
+
+    gallery = tmp_path / "g.faiss"
+    embeddings = Path(_embeddings(tmp_path))
+    index.build_index(read_embeddings(embeddings), gallery)
+    index.store.lock_path(gallery).unlink()  # copied onto a read-only disk, say: no lock file there yet
+    before = gallery.read_bytes()
+
+    def read_only(file, *args, **kwargs):
+        if str(file).endswith(".lock"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(file))
+        return open(file, *args, **kwargs)
+
+    monkeypatch.setattr(index.store, "open", read_only, raising=False)
+    arguments = {"index --append": ["index", str(embeddings), "--out", str(gallery), "--append"],
+                 "calibrate": ["calibrate", str(embeddings), "--gallery", str(gallery)]}[command]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"error: cannot write {gallery}: read-only file system\n" in result.output
+    assert gallery.read_bytes() == before
+
+
+def _fake_manifest(tmp_path: Path) -> Path:
+    from tiny_training import fake_manifest
+
+    return fake_manifest(tmp_path / "manifest.parquet", train_pids=2)

@@ -51,3 +51,37 @@ def test_cpu_and_gpu_extras_replace_each_other_and_the_setup_installs_one() -> N
     setup = README.split("## Set up", 1)[1].split("\n## ", 1)[0]
     for command in re.findall(r"```bash\n(.*?)\n```", setup, flags=re.S):
         assert re.search(r"pip install -e '\.\[cpu[],]", command), command
+
+
+PROJECT_TEXTS = ("README.md", "pyproject.toml", ".ci", "benchmarks", "docs", "recipes", "tests", "tfclip_cli")
+OUTSIDE_SOURCES = ("../" + "shared", "REFERENCE" + ".md", "STYLE" + ".md")  # spelled apart so this file passes
+
+
+def _project_files() -> list[Path]:
+    """Every text file of the project a reader gets in a clone."""
+    found = []
+    for name in PROJECT_TEXTS:
+        path = ROOT / name
+        found += [path] if path.is_file() else [p for p in sorted(path.rglob("*")) if p.is_file()]
+    return [p for p in found if "__pycache__" not in p.parts and p.suffix not in (".png", ".jpg", ".mp4", ".onnx")]
+
+
+def test_no_project_file_cites_a_source_outside_the_repository() -> None:
+    cited = [f"{path.relative_to(ROOT)}: {source}" for path in _project_files()
+             for source in OUTSIDE_SOURCES if source in path.read_text(errors="replace")]
+    assert cited == []
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a markdown heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_cited_fidelity_section_exists() -> None:
+    fidelity = (ROOT / "docs" / "fidelity.md").read_text()
+    anchors = {_anchor(line.lstrip("#")) for line in fidelity.splitlines() if line.startswith("#")}
+    cited = {(path.name, anchor) for path in _project_files()
+             for anchor in re.findall(r"docs/fidelity\.md#([\w\-]+)", path.read_text(errors="replace"))}
+    assert len(cited) > 20
+    assert sorted(c for c in cited if c[1] not in anchors) == []
+    assert "AsuradaYuci/TF-CLIP" in fidelity and "497a4f2" in fidelity

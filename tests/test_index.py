@@ -3,6 +3,7 @@ error path, `tfclip index` / `tfclip query` (tiny random-init model), and the HT
 
 import base64
 import dataclasses
+import io
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -109,6 +111,14 @@ def test_ivfpq_parameters_follow_the_documented_rule():
     assert (large["nlist"], large["m"], large["nprobe"], large["train_rows"]) == (1000, 512, 125, 64_000)
     small = index.ivfpq_params(2000, 30)  # 2000 // 39 = 51 > round(sqrt(2000)) = 45; 6 is 30's largest divisor <= 7
     assert (small["nlist"], small["m"], small["nprobe"], small["train_rows"]) == (45, 6, 16, 2000)
+
+
+@pytest.mark.parametrize("dim", [7, 31, 127])  # below 8, or prime: no divisor between 2 and dim / 4
+def test_ivfpq_refuses_a_dimension_it_cannot_split_instead_of_one_sub_quantizer(tmp_path, dim):
+    with pytest.raises(GalleryError, match=f"{dim}-d embeddings have no divisor between 2 and {dim // 4}") as error:
+        index.build_index(_embeddings(np.ones((700, dim))), tmp_path / "g.faiss", index_type="ivfpq")
+    assert "--type hnsw" in error.value.hint and not (tmp_path / "g.faiss").exists()
+    assert index.ivfpq_params(700, 8)["m"] == 2 and index.ivfpq_params(700, 62)["m"] == 2  # 62 = 2 x 31
 
 
 def test_ivfpq_refuses_a_gallery_too_small_to_train_and_points_to_flat(tmp_path):
@@ -225,40 +235,121 @@ def test_append_refuses_other_dimension_other_checkpoint_and_known_ids(tmp_path)
     assert path.read_bytes() == before and index.load_index(path).info.count == 4
 
 
+PREFIX = 40  # MAGIC (16 bytes) and three uint64 section lengths
+
+
+def _sections(data: bytes) -> list[bytes]:
+    """The header, rows and index sections of a gallery file's bytes."""
+    lengths = struct.unpack("<QQQ", data[16:PREFIX])
+    starts = np.cumsum([PREFIX, *lengths])
+    return [data[start:start + length] for start, length in zip(starts, lengths)]
+
+
+def _assembled(header: bytes, rows: bytes, blob: bytes) -> bytes:
+    return b"TFCLIP-GALLERY-1" + struct.pack("<QQQ", len(header), len(rows), len(blob)) + header + rows + blob
+
+
+def _header(data: bytes, **changes) -> bytes:
+    fields = {**json.loads(_sections(data)[0]), **changes}
+    return json.dumps(fields).encode()
+
+
 def _broken(tmp_path: Path, how: str) -> tuple[Path, str]:
-    """A gallery damaged in one way, and what the error must say."""
+    """A gallery damaged in one way, and what the error must say (each message names the file)."""
     path = tmp_path / "g.faiss"
     index.build_index(_embeddings(np.eye(4)), path)
-    data = bytearray(path.read_bytes())
+    data = path.read_bytes()
+    header, rows, blob = _sections(data)
+    damaged = {
+        "empty file": b"",
+        "truncated in its prefix": data[:30],
+        "wrong magic": b"TFCLIP-GALLERY-X" + data[16:],
+        "older format": faiss.serialize_index(faiss.IndexFlatIP(4)).tobytes(),  # a bare FAISS file, as before
+        "truncated": data[:-10],
+        "longer than its sections": data + b"trailing bytes",
+        "huge section": data[:16] + struct.pack("<Q", 1 << 40) + data[24:],  # the lengths claim a terabyte
+        "lengths lying about the split": (  # the right total, the header said 10 bytes shorter
+            data[:16] + struct.pack("<QQQ", len(header) - 10, len(rows) + 10, len(blob)) + data[PREFIX:]),
+        "header not JSON": _assembled(b"{not json", rows, blob),
+        "header not UTF-8": _assembled(b"\xff\xfe{}", rows, blob),
+        "header not an object": _assembled(b"[1, 2]", rows, blob),
+        "header without count": _assembled(
+            json.dumps({k: v for k, v in json.loads(header).items() if k != "count"}).encode(), rows, blob),
+        "header of unknown type": _assembled(_header(data, type="annoy"), rows, blob),
+        "header count not a number": _assembled(_header(data, count="4"), rows, blob),
+        "header removing a non-row": _assembled(_header(data, removed=["t1"]), rows, blob),
+        "header removing beyond the rows": _assembled(_header(data, removed=[4]), rows, blob),
+        "count mismatch": _assembled(_header(data, count=5), rows, blob),
+        "rows not Parquet": _assembled(header, b"PAR1 not parquet at all", blob),
+        "rows without tracklet_id": _assembled(header, _parquet(pd.DataFrame({"pid": [0, 1, 2, 3]})), blob),
+        "index not FAISS": _assembled(header, rows, b"not a faiss index"),
+    }
     if how == "missing":
         path.unlink()
         return path, f"{path} not found"
-    if how == "older format":  # a bare FAISS file, as tfclip wrote before the one-file format
-        faiss.write_index(faiss.IndexFlatIP(4), str(path))
-        return path, f"{path} is not a tfclip gallery"
-    if how == "truncated":
-        path.write_bytes(data[:-10])
-        return path, f"{path} is damaged"
-    if how == "huge section":  # the section lengths claim a terabyte
-        data[16:24] = struct.pack("<Q", 1 << 40)
-        path.write_bytes(bytes(data))
-        return path, f"{path} is damaged"
     if how == "huge vector":  # the FAISS header claims a vector of 2^36 floats: refused before any allocation
-        at = data.index(b"IxFI") + 37  # fourcc, d, ntotal, 2 dummies, is_trained, metric, then the codes size
-        assert data[at:at + 8] == struct.pack("<Q", 16)
-        data[at:at + 8] = struct.pack("<Q", 1 << 36)
-        path.write_bytes(bytes(data))
-        return path, "the FAISS section (109 bytes) is not a readable index"
-    gallery = index.load_index(path)  # count mismatch: a header that claims 5 rows
-    info = index.IndexInfo(**{**dataclasses.asdict(gallery.info), "count": 5})
-    header = json.dumps(dataclasses.asdict(info), indent=2, sort_keys=True).encode()
-    old_length = struct.unpack("<Q", data[16:24])[0]
-    data[16:24] = struct.pack("<Q", len(header))
-    path.write_bytes(bytes(data[:40] + header + data[40 + old_length:]))
-    return path, "its header says 5 4-d"
+        at = PREFIX + len(header) + len(rows) + 37  # fourcc, d, ntotal, 2 dummies, is_trained, metric, codes size
+        assert data[at - 37:at - 33] == b"IxFI" and data[at:at + 8] == struct.pack("<Q", 16)
+        path.write_bytes(data[:at] + struct.pack("<Q", 1 << 36) + data[at + 8:])
+        return path, f"{path}: the FAISS section (109 bytes) is not a readable index"
+    if how == "empty index":
+        empty = faiss.serialize_index(faiss.IndexFlatIP(4)).tobytes()
+        path.write_bytes(_assembled(_header(data, count=0), _parquet(_rows([])), empty))
+        return path, f"{path} is an empty index"
+    path.write_bytes(damaged[how])
+    return path, str(path)
 
 
-BROKEN = ["missing", "older format", "truncated", "huge section", "huge vector", "count mismatch"]
+def _parquet(rows: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    rows.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+BROKEN = ["missing", "empty file", "truncated in its prefix", "wrong magic", "older format", "truncated",
+          "longer than its sections", "huge section", "lengths lying about the split", "header not JSON",
+          "header not UTF-8", "header not an object", "header without count", "header of unknown type",
+          "header count not a number", "header removing a non-row", "header removing beyond the rows",
+          "count mismatch", "rows not Parquet", "rows without tracklet_id", "index not FAISS", "huge vector",
+          "empty index"]
+EXPECTED_CAUSE = {
+    "empty file": "is not a tfclip gallery", "truncated in its prefix": "is not a tfclip gallery",
+    "wrong magic": "is not a tfclip gallery", "older format": "is not a tfclip gallery",
+    "truncated": "is damaged: its sections claim", "longer than its sections": "is damaged: its sections claim",
+    "huge section": "is damaged: its sections claim", "lengths lying about the split": "the header is not",
+    "header not JSON": "the header is not", "header not UTF-8": "the header is not",
+    "header not an object": "the header is not", "header without count": "the header is not",
+    "header of unknown type": "the header is not", "header count not a number": "the header is not",
+    "header removing a non-row": "the header is not", "header removing beyond the rows": "removes rows outside 0..3",
+    "count mismatch": "its header says 5 4-d", "rows not Parquet": "the rows table is not readable Parquet",
+    "rows without tracklet_id": "lacks the column(s) tracklet_id", "index not FAISS": "is not a readable index",
+}
+
+
+@pytest.mark.parametrize("how", BROKEN)
+def test_load_names_the_file_and_the_damage_of_a_broken_gallery(tmp_path, how):
+    path, named = _broken(tmp_path, how)
+    with pytest.raises(GalleryError) as error:
+        index.load_index(path)
+    assert named in error.value.message and str(path) in error.value.message
+    assert EXPECTED_CAUSE.get(how, "") in error.value.message
+
+
+@pytest.mark.parametrize("how", ["missing", "wrong magic", "truncated", "header not an object", "index not FAISS"])
+def test_query_cli_exits_2_naming_the_file_of_a_broken_gallery(tmp_path, how):
+    path, named = _broken(tmp_path, how)
+    result = CliRunner().invoke(app, ["query", "clip.mp4", "--gallery", str(path)], terminal_width=1000)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.startswith("error: ") and named in result.output.replace("\n", "")
+
+
+@pytest.mark.parametrize("how", ["wrong magic", "header not an object", "count mismatch"])
+def test_append_to_a_broken_gallery_is_refused_and_leaves_it_as_it_was(tmp_path, how):
+    path, named = _broken(tmp_path, how)
+    before = path.read_bytes()
+    with pytest.raises(GalleryError, match=re.escape(named)):
+        index.append_to_index(_embeddings(np.eye(4), prefix="n"), path)
+    assert path.read_bytes() == before
 
 
 def test_search_refuses_queries_of_another_dimension(tmp_path):
@@ -571,3 +662,43 @@ def test_calibrate_cli_stores_the_threshold_and_search_judges_matches_by_it(tmp_
     write_embeddings(Embeddings(labelled.rows, labelled.vectors, {"checkpoint_sha256": "b" * 64}), other)
     result = CliRunner().invoke(app, ["calibrate", str(other), "--gallery", str(path)], terminal_width=400)
     assert result.exit_code == 2 and "not comparable" in result.output
+
+
+def test_a_reader_loading_in_a_loop_during_appends_never_sees_a_damaged_gallery(tmp_path):
+    path = tmp_path / "g.faiss"
+    index.build_index(_embeddings(np.eye(8)[:1]), path)
+    failures, counts, done = [], [], threading.Event()
+
+    def read_until_done():
+        while not done.is_set():
+            try:
+                counts.append(index.load_index(path).info.count)
+            except GalleryError as error:  # a reader must see the old gallery or the new one, whole
+                failures.append(error.message)
+
+    reader = threading.Thread(target=read_until_done)
+    reader.start()
+    try:
+        for batch in range(40):
+            index.append_to_index(_embeddings(np.eye(8)[batch % 8:batch % 8 + 1], prefix=f"b{batch}-"), path)
+    finally:
+        done.set()
+        reader.join()
+    assert failures == [] and counts and set(counts) <= set(range(1, 42))
+    assert index.load_index(path).info.count == 41
+
+
+def test_a_reader_that_opened_the_file_before_a_rename_reads_the_old_gallery_whole(tmp_path, monkeypatch):
+    path = tmp_path / "g.faiss"
+    index.build_index(_embeddings(np.eye(4)), path)
+    real_open = open
+
+    def open_then_append(file, *args, **kwargs):  # the writer renames a larger gallery in just after the open
+        handle = real_open(file, *args, **kwargs)
+        monkeypatch.setattr(index.store, "open", real_open, raising=False)
+        index.append_to_index(_embeddings(np.eye(4), prefix="n"), path)
+        return handle
+
+    monkeypatch.setattr(index.store, "open", open_then_append, raising=False)
+    assert index.load_index(path).info.count == 4  # the file it opened
+    assert index.load_index(path).info.count == 8

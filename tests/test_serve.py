@@ -557,3 +557,15 @@ def test_the_page_shows_each_person_of_uploaded_footage_with_their_hits(gallery_
             assert devtools.evaluate(session, "document.querySelectorAll('#hits tr').length") == 0
     finally:
         devtools.close()
+
+
+def test_an_upload_to_a_store_that_cannot_be_written_is_a_json_error_and_the_gallery_is_unchanged(gallery_copy,
+                                                                                                   tmp_path):
+    path, sources = gallery_copy
+    (tmp_path / "file").write_text("x")
+    client = _client(path, tmp_path, store=tmp_path / "file" / "store")
+    before = path.read_bytes()
+    response = client.post("/gallery", files={"file": ("new.zip", _zip_of(_frame_folder(sources)))})
+    assert response.status_code == 400
+    assert response.json()["error"] == f"cannot write {tmp_path}/file/store: a part of the path is a file, not a folder"
+    assert path.read_bytes() == before

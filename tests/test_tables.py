@@ -3,6 +3,8 @@
 import errno
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +187,51 @@ def test_a_manifest_with_string_pids_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(GalleryError, match="column pid holds (large_)?string values; expected integers"):
         read_embeddings(tmp_path / "e.parquet")
 
+
+
+@pytest.mark.parametrize("split", ["val", None])
+def test_a_table_naming_a_split_other_than_train_query_gallery_is_refused_naming_it(tmp_path, split) -> None:
+    table = manifest_from_tracklets(TRACKLETS, INFO).table.assign(split=split)
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), tmp_path / "m.parquet")
+    with pytest.raises(DataError, match=f"m.parquet: column split holds {split!r}; expected train, query, gallery"):
+        read_manifest(tmp_path / "m.parquet")
+    rows = table.assign(embedding=[[0.0, 1.0]] * len(table))
+    pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), tmp_path / "e.parquet")
+    with pytest.raises(GalleryError, match=f"e.parquet: column split holds {split!r}"):
+        read_embeddings(tmp_path / "e.parquet")
+
+
+UNDER_O = """
+import sys
+from pathlib import Path
+import torch
+from tfclip_cli.errors import UserError
+from tfclip_cli.inference import load_memory
+from tfclip_cli.tables import read_manifest
+from tfclip_cli.footage.track import track_video
+assert False, "this interpreter runs asserts: the test needs python -O"
+torch.save({"features": torch.zeros(3, 4), "pid_to_label": {7: 0}, "fingerprint": "f"}, sys.argv[2])
+for check in (lambda: read_manifest(Path(sys.argv[1])), lambda: load_memory(Path(sys.argv[2])),
+              lambda: track_video(Path(sys.argv[1]), None, camid=0, every=0)):
+    try:
+        check()
+        print("accepted")
+    except UserError as error:
+        print(type(error).__name__, error.message)
+"""
+
+
+def test_checks_of_user_input_hold_under_python_O(tmp_path) -> None:
+    table = manifest_from_tracklets(TRACKLETS, INFO).table.assign(split="val")
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), tmp_path / "m.parquet")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-O", "-c", UNDER_O, str(tmp_path / "m.parquet"), str(tmp_path / "mem.pt")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("DataError ") and "column split holds 'val'" in lines[0]
+    assert lines[1].startswith("CheckpointError ") and "features of shape (3, 4) for 1 identities" in lines[1]
+    assert lines[2] == "UserError every=0: detect on every K-th frame needs K of at least 1"
 
 
 FOOTAGE = [

@@ -358,7 +358,8 @@ def _visual_state(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch
 def _resize_positions(positions: torch.Tensor, grid: tuple[int, int], path: Path) -> torch.Tensor:
     """Resize a square positional grid [1 + g*g, D] to ``grid`` bilinearly, CLS row kept (reference L451-467).
 
-    open_clip resizes bicubically with antialiasing; TF-CLIP's published results used bilinear (REFERENCE.md §4.1).
+    open_clip resizes bicubically with antialiasing; TF-CLIP's published results used bilinear
+    (docs/fidelity.md#entry-points-and-initialisation).
     """
     if positions.shape[0] == 1 + grid[0] * grid[1]:
         return positions

@@ -1,7 +1,8 @@
 """From tracklets to clip tensors: frame-index sampling, decoding, transforms, datasets, loaders.
 
-The only module that imports decord (and the one that decodes frames). Sampling reproduces the official TF-CLIP code (REFERENCE.md §4.10); the
-transforms and the P×K sampler follow §4.9 and §4.11, with the differences documented where they occur.
+The only module that imports decord (and the one that decodes frames). Sampling reproduces the official TF-CLIP code
+(docs/fidelity.md#temporal-sampling); the transforms and the P×K sampler follow docs/fidelity.md#preprocessing and
+#datasets-and-sampler, with the differences documented where they occur.
 
 Randomness is a pure function of ``(seed, epoch, index)``: :class:`ClipDataset` derives a private ``random.Random``
 (frame choice) and ``torch.Generator`` (flip, erasing) for every item, and :class:`IdentitySampler` derives one
@@ -48,7 +49,7 @@ SAMPLINGS: tuple[Sampling, ...] = ("rrs_train", "rrs_test", "evenly")
 
 Erasing = Literal["frame", "clip"]
 ERASINGS: tuple[Erasing, ...] = ("frame", "clip")
-# Random erasing as the reference's RandomSizedEarser (utils/seqtransforms.py L92-138; REFERENCE.md §4.9).
+# Random erasing as the reference's RandomSizedEarser (utils/seqtransforms.py L92-138; docs/fidelity.md#preprocessing).
 ERASE_AREA = (0.02, 0.2)
 ERASE_ASPECT = (0.3, 1 / 0.3)
 ERASE_ATTEMPTS = 100
@@ -64,7 +65,8 @@ def chunk_indices(num_frames: int, seq_len: int) -> list[list[int]]:
 
     With fewer frames than ``seq_len``, chunk s is ``[min(s, num_frames - 1)]``. Otherwise ``k = ceil(n / seq_len)``,
     the index list is padded with the last index to ``k * seq_len`` and chunk s is ``[k*s, k*(s+1))``: 9 frames give
-    {0,1},{2,3},{4,5},{6,7},{8,8},{8,8},{8,8},{8,8}. Reference: datasets/video_loader_xh.py L36-48; REFERENCE.md §4.10.
+    {0,1},{2,3},{4,5},{6,7},{8,8},{8,8},{8,8},{8,8}. Reference: datasets/video_loader_xh.py L36-48;
+    docs/fidelity.md#temporal-sampling.
     """
     _check_lengths(num_frames, seq_len)
     if num_frames < seq_len:
@@ -284,8 +286,8 @@ def reference_erase_rect(frame_size: tuple[int, int], area: float, aspect: float
     it with the patch's own size as the offset (``frame.paste(I, part1.size)``), so its top-left corner lands at
     (row = its height, column = its width) whatever corner was drawn, and PIL clips it at the bottom and right
     edges. A draw is rejected (None) when the unrounded patch does not fit strictly inside the frame, the only case
-    where the reference's corner draw can fail. Reference: utils/seqtransforms.py L92-138; REFERENCE.md §4.9.
-    256x128, area 3276.8, aspect 2 gives (80, 40, 160, 80).
+    where the reference's corner draw can fail. Reference: utils/seqtransforms.py L92-138;
+    docs/fidelity.md#preprocessing. 256x128, area 3276.8, aspect 2 gives (80, 40, 160, 80).
     """
     frame_h, frame_w = frame_size
     height, width = math.sqrt(area * aspect), math.sqrt(area / aspect)
@@ -521,12 +523,13 @@ class DenseClipDataset(Dataset):
 class IdentitySampler(Sampler[list[int]]):
     """P×K batches (``num_ids`` identities × ``num_instances`` tracklets), each rank yielding its share.
 
-    Per epoch, as the reference's RandomIdentitySampler (datasets/samplers.py L9-68; REFERENCE.md §4.11): each pid's
-    tracklets are shuffled (drawn with replacement up to K when fewer than K) and cut into groups of K, the tail
-    dropped; then P pids are drawn without replacement, each giving its next group, until fewer than P pids have
-    groups left. All draws come from ``random.Random(f"{seed}/{epoch}")``, so every rank builds the same batches.
-    Rank r takes the r-th of ``world_size`` contiguous parts of each batch: whole identities when P is a multiple
-    of ``world_size``. ``len()`` is the exact number of batches of the current epoch, equal on every rank.
+    Per epoch, as the reference's RandomIdentitySampler (datasets/samplers.py L9-68;
+    docs/fidelity.md#datasets-and-sampler): each pid's tracklets are shuffled (drawn with replacement up to K when fewer
+    than K) and cut into groups of K, the tail dropped; then P pids are drawn without replacement, each giving its next
+    group, until fewer than P pids have groups left. All draws come from ``random.Random(f"{seed}/{epoch}")``, so every
+    rank builds the same batches. Rank r takes the r-th of ``world_size`` contiguous parts of each batch: whole
+    identities when P is a multiple of ``world_size``. ``len()`` is the exact number of batches of the current epoch,
+    equal on every rank.
     """
 
     def __init__(

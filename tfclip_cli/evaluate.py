@@ -1,7 +1,7 @@
 """Benchmark metrics of an embeddings table: mAP, CMC rank-1/5/10/20 and mINP, optionally after re-ranking.
 
 The protocol is the standard video-ReID one, as the reference evaluates MARS (reference: utils/metrics.py
-``eval_func``; REFERENCE.md §4.7, §4.11 and "MARS gallery choice"; torchreid ``eval_market1501``):
+``eval_func``; docs/fidelity.md#evaluation-gallery-rule; torchreid ``eval_market1501``):
 
 - similarity is the cosine of L2-normalised embeddings (the reference ranks by Euclidean distance between
   L2-normalised features, which gives the same order);
@@ -51,7 +51,8 @@ CMC_RANKS = (1, 5, 10, 20)
 @dataclass(frozen=True)
 class RerankParams:
     """k-reciprocal re-ranking settings (Zhong et al., CVPR 2017), defaulting to the official TF-CLIP code's
-    (utils/metrics.py R1_mAP_eval: k1 50, k2 15, lambda 0.3; REFERENCE.md §4.11b), not Zhong's 20 and 6."""
+    (utils/metrics.py R1_mAP_eval: k1 50, k2 15, lambda 0.3; docs/fidelity.md#evaluation-gallery-rule), not Zhong's 20
+    and 6."""
 
     k1: int = 50  # size of the neighbourhood whose reciprocal members form a tracklet's k-reciprocal set
     k2: int = 15  # neighbours averaged in the local query expansion (1 = none)

@@ -38,6 +38,7 @@ from tfclip_cli.checkpoint import Checkpoint, file_sha256, load_checkpoint, mode
 from tfclip_cli.clips import NORMALIZATIONS, ClipTransform
 from tfclip_cli.errors import UserError
 from tfclip_cli.model import TFCLIP, ModelConfig
+from tfclip_cli.tables import check_writable, reporting_write_errors
 
 logger = logging.getLogger(__name__)
 
@@ -306,24 +307,28 @@ def export_checkpoint(
     file over 2 GB keeps its ``.data`` companion, whose name the model records, hence a folder, not a temp name).
 
     Raises:
-        UserError: ``out`` exists without ``force``; CheckpointError: ``checkpoint`` is not a tfclip checkpoint.
+        UserError: ``out`` exists without ``force``; OutputError: ``out`` cannot be written; CheckpointError:
+            ``checkpoint`` is not a tfclip checkpoint.
         VerificationError: onnxruntime's embeddings differ from PyTorch's beyond the precision's tolerance.
     """
     out = Path(out)
-    if out.exists() and not force:
-        raise UserError(f"{out} already exists", hint="pass --force to overwrite it, or choose another --out")
+    check_writable(out, force=force)
     state = load_checkpoint(checkpoint)
     model = model_from_checkpoint(state, "cpu")
     metadata = _metadata(state, model, sha256=file_sha256(checkpoint), precision=precision)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as folder:
+    with reporting_write_errors(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent)
+    with staging as folder:
         staged = Path(folder) / out.name
-        _write_onnx(model, staged, metadata=metadata)
+        with reporting_write_errors(out):
+            _write_onnx(model, staged, metadata=metadata)
         verification = verify_onnx(model, staged, precision=precision) if verify else None
         if verification is not None and not verification.passed:
             raise VerificationError(verification)
-        for path in Path(folder).iterdir():
-            os.replace(path, out.parent / path.name)
+        with reporting_write_errors(out):
+            for path in Path(folder).iterdir():
+                os.replace(path, out.parent / path.name)
     logger.info("exported %s to %s", checkpoint, out)
     return ExportResult(path=out, metadata=metadata, verification=verification)
 

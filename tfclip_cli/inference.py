@@ -138,7 +138,7 @@ def _forward_group(
     """Embed all clips of a group in one pass; returns one ``[D]`` float32 per tracklet, the mean of its clips.
 
     Clips are averaged before any normalisation (reference: processor_clipreid_stage2.py do_inference_dense;
-    REFERENCE.md §4.7).
+    docs/fidelity.md#test-time-features).
     """
     clips = torch.cat([item.clips for item in group]).to(device, non_blocking=True)  # [sum C, T, 3, H, W]
     camids = None
@@ -328,7 +328,7 @@ def build_memory(
     """The CLIP-Memory: per identity, the mean over its tracklets of the mean over all dense clips of the projected
     CLS averaged over T, from ``model`` as given (the pretrained encoder, before training), without SIE.
 
-    Features are keyed by tracklet id, never by batch position (REFERENCE.md §4.4, the X-TFCLIP cache trap).
+    Features are keyed by tracklet id, never by batch position (docs/fidelity.md#clip-memory, the X-TFCLIP cache trap).
     ``precision`` defaults to the reference's fp16 autocast (processor L83).
     Reference: processor_clipreid_stage2.py L70-100; model/make_model_clipreid.py L201-216.
 

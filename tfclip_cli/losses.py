@@ -1,7 +1,7 @@
 """TF-CLIP's training loss, reported part by part: ID, frame ID, triplet, video-to-memory and their total.
 
 reference: processor/processor_clipreid_stage2.py L125-145, loss/make_loss.py L37-67, loss/triplet_loss.py;
-REFERENCE.md §4.3.
+docs/fidelity.md#loss.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ def compute_losses(
 
     Returns:
         ``id`` (weighted, CLS + projected + temporal classifiers), ``frame_id`` (frame classifier / T, not
-        weighted: REFERENCE.md §4.3), ``triplet`` (weighted, CLS + projected + temporal features), ``v2m`` (weighted)
-        and ``total``.
+        weighted: docs/fidelity.md#loss), ``triplet`` (weighted, CLS + projected + temporal features), ``v2m``
+        (weighted) and ``total``.
     """
     assert output.frame_scores.shape[0] == labels.shape[0] * seq_len, "frame scores are [B*T, Y]"
     scores = (output.cls_scores, output.proj_scores, output.temporal_scores)

@@ -1,9 +1,9 @@
 """Training recipes: nested frozen dataclasses read from YAML, with dotted ``--set`` overrides and validation.
 
 A recipe file holds the sections ``data``, ``model``, ``loss``, ``solver``, ``eval`` and ``run``; any key left out
-takes the default written beside its field below (the reference settings, REFERENCE.md §4.2). Relative paths in a
-recipe (``data.manifest``, ``model.pretrained`` when it is a file, ``run.output_dir``) resolve against the folder
-holding the recipe file, so a recipe works from any current directory; paths given with ``--set`` resolve against
+takes the default written beside its field below (the reference settings, docs/fidelity.md#hyper-parameters). Relative
+paths in a recipe (``data.manifest``, ``model.pretrained`` when it is a file, ``run.output_dir``) resolve against the
+folder holding the recipe file, so a recipe works from any current directory; paths given with ``--set`` resolve against
 the current directory, like any other command-line path.
 
 Every problem found raises :class:`RecipeError` naming the key path (``solver.base_lr``), what was found and what is
@@ -43,7 +43,8 @@ BUNDLED_RECIPES = _bundled_recipes()
 
 @dataclass(frozen=True)
 class DataSection:
-    """What is read and how clips are made (reference: configs/vit_clipreid.yml INPUT/DATALOADER)."""
+    """What is read and how clips are made (reference: configs/vit_clipreid.yml INPUT/DATALOADER; departures:
+    docs/fidelity.md#preprocessing and #temporal-sampling)."""
 
     manifest: Path  # Parquet manifest written by `tfclip prepare`; needs a train split (and query/gallery to evaluate)
     seq_len: int = 8  # T, frames per clip (yml L23)
@@ -51,12 +52,12 @@ class DataSection:
     num_ids: int = 4  # P, identities per batch (yml L46: 16 tracklets / 4 instances)
     num_instances: int = 4  # K, tracklets per identity in a batch (yml L27)
     workers: int = 4  # DataLoader worker processes decoding frames (0 = decode in the training process)
-    normalization: Literal["imagenet", "clip"] = "imagenet"  # mean/std; the reference uses ImageNet's (§4.9)
+    normalization: Literal["imagenet", "clip"] = "imagenet"  # mean/std; the reference uses ImageNet's
     flip_p: float = 0.5  # probability of flipping a whole training clip horizontally
     erase_p: float = 0.5  # probability of random erasing (of each frame with erase: frame, of each clip with clip)
-    erase: Literal["frame", "clip"] = "frame"  # frame: the reference's per-frame boxes at its paste position (§4.9);
+    erase: Literal["frame", "clip"] = "frame"  # frame: the reference's per-frame boxes at its paste position;
     #                                            clip: tfclip's one box and colour on every frame of a clip
-    train_sampling: Literal["rrs_train", "evenly"] = "rrs_train"  # frames of a training clip (§4.10)
+    train_sampling: Literal["rrs_train", "evenly"] = "rrs_train"  # frames of a training clip
     protocol: Protocol = "none"  # official protocol the manifest must be prepared for (train checks it); none: any
 
 
@@ -66,16 +67,16 @@ class ModelSection:
 
     backbone: str = "ViT-B-16"  # model config name (tfclip_cli/model_configs), e.g. ViT-B-16 or tfclip-tiny
     pretrained: str = "openai"  # initial CLIP weights: "openai", a local file (ViT-B-16.pt / state dict), or "none"
-    sie: bool = True  # learn one camera embedding per train camera, added to CLS (§4.8)
+    sie: bool = True  # learn one camera embedding per train camera, added to CLS (docs/fidelity.md#sie)
     sie_coe: float = 1.0  # scale of the camera embedding (yml L13)
-    tmd_layers: int = 1  # Temporal Memory Diffusion blocks (§4.6)
-    ssp_layers: int = 2  # Sequence-Specific Prompt layers (§4.5)
-    embedding: Literal["before_bn", "after_bn"] = "before_bn"  # test-time feature (§4.7; yml NECK_FEAT 'before')
+    tmd_layers: int = 1  # Temporal Memory Diffusion blocks (docs/fidelity.md#tmd)
+    ssp_layers: int = 2  # Sequence-Specific Prompt layers (docs/fidelity.md#ssp)
+    embedding: Literal["before_bn", "after_bn"] = "before_bn"  # test-time feature (yml NECK_FEAT 'before')
 
 
 @dataclass(frozen=True)
 class LossSection:
-    """Weights of the loss parts (reference: yml L9-11; REFERENCE.md §4.3)."""
+    """Weights of the loss parts (reference: yml L9-11; docs/fidelity.md#loss)."""
 
     id: float = 0.25  # label-smoothed cross-entropy on the CLS, projected-CLS and temporal classifiers
     triplet: float = 1.0  # batch-hard triplet on the CLS, projected-CLS and temporal features
@@ -84,7 +85,7 @@ class LossSection:
 
 @dataclass(frozen=True)
 class SolverSection:
-    """Optimiser and learning-rate schedule (reference: yml SOLVER.STAGE2; REFERENCE.md §4.2)."""
+    """Optimiser and learning-rate schedule (reference: yml SOLVER.STAGE2; docs/fidelity.md#hyper-parameters)."""
 
     optimizer: Literal["adam"] = "adam"  # the reference's Adam (yml L47)
     base_lr: float = 5e-6  # learning rate of every trainable parameter before the factors below (yml L48)
@@ -106,7 +107,7 @@ class EvalSection:
     """Evaluation during training on the manifest's query/gallery splits (reference: processor L185-234)."""
 
     every: int = 2  # evaluate and write best.ckpt every N epochs, and after the last one (0 = only after the last)
-    sampling: Literal["rrs_test", "dense"] = "rrs_test"  # test clips: one rrs clip, or all clips averaged (§4.10)
+    sampling: Literal["rrs_test", "dense"] = "rrs_test"  # test clips: one rrs clip, or all clips averaged
     gallery_rule: Literal["manifest", "includes_query", "gallery_only"] = "manifest"  # what queries rank against
     batch_size: int = 30  # tracklets per forward pass (rrs) (reference: make_dataloader_clipreid.py L170-184)
     precision: Precision = "fp32"  # the reference evaluates in fp32 (processor L209-222); fp16, bf16 or auto are faster

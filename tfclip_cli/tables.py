@@ -315,7 +315,22 @@ def check_writable(path: Path, *, force: bool = False) -> None:
         raise OutputError(f"cannot write {path}: it is a folder", hint="give a file path")
     if path.exists() and not force:
         raise UserError(f"{path} already exists", hint="pass --force to overwrite it, or choose another --out")
-    folder = _nearest_existing(path.parent)
+    _check_creatable(path, in_folder=path.parent)
+
+
+def check_writable_folder(folder: Path) -> None:
+    """Fail before any work when files could not be created in ``folder`` (made if missing): a part of its path is
+    a file, or its nearest existing folder refuses a new file (read-only, full, no access).
+
+    Raises:
+        OutputError: naming ``folder`` and the cause.
+    """
+    _check_creatable(Path(folder), in_folder=Path(folder))
+
+
+def _check_creatable(path: Path, *, in_folder: Path) -> None:
+    """Raise the OutputError naming ``path`` when no file can be created in ``in_folder`` or its nearest ancestor."""
+    folder = _nearest_existing(in_folder)
     if not folder.is_dir():
         raise output_error(path, OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)))
     try:  # os.access says nothing of a full disk or a read-only mount for root: try a real file
@@ -436,6 +451,15 @@ def _check_integer_columns(table: pa.Table, path: Path, names: Sequence[str], er
                         hint="write the table with integer pids and camids, e.g. with `tfclip prepare`")
 
 
+def _check_splits(table: pa.Table, path: Path, error: type[UserError]) -> None:
+    """The ``split`` column holds only train, query or gallery (a Tracklet of another split would break far away)."""
+    found = set(table.column("split").unique().to_pylist())
+    unknown = sorted(map(repr, found - set(SPLITS)))
+    if unknown:
+        raise error(f"{path}: column split holds {', '.join(unknown[:5])}; expected {', '.join(SPLITS)}",
+                    hint="write the table with tfclip prepare / tfclip extract, or rename those splits")
+
+
 def _stored_info(table: pa.Table) -> dict:
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
     return json.loads(raw) if raw else {}
@@ -445,11 +469,13 @@ def read_manifest(path: Path) -> Manifest:
     """Read a manifest written by :func:`write_manifest` (or any table with the manifest columns).
 
     Raises:
-        DataError: when the file is missing, unreadable or lacks columns.
+        DataError: when the file is missing, unreadable, lacks columns or names a split other than train, query
+            or gallery.
     """
     table = _read_parquet(path, DataError, "manifest (tfclip prepare ... --out M.parquet)")
     _check_columns(table, path, MANIFEST_COLUMNS, DataError)
     _check_integer_columns(table, path, ("pid", "camid", "num_frames"), DataError)
+    _check_splits(table, path, DataError)
     stored = _stored_info(table)
     info = ManifestInfo(
         dataset=stored.get("dataset", "unknown"),
@@ -510,11 +536,14 @@ def read_embeddings(path: Path) -> Embeddings:
     ``split`` is read as ``gallery``.
 
     Raises:
-        GalleryError: when the file is missing, unreadable, lacks columns or has ragged embeddings.
+        GalleryError: when the file is missing, unreadable, lacks columns, names an unknown split or has ragged
+            embeddings.
     """
     table = _read_parquet(path, GalleryError, "embeddings table (tfclip extract ... --out E.parquet)")
     _check_columns(table, path, ("tracklet_id", "pid", "camid", "embedding"), GalleryError)
     _check_integer_columns(table, path, ("pid", "camid"), GalleryError)
+    if "split" in table.column_names:
+        _check_splits(table, path, GalleryError)
     info = _stored_info(table)
     column = table.column("embedding").combine_chunks()
     if pa.types.is_fixed_size_list(column.type):

@@ -15,8 +15,8 @@ Layout (ROOT is the folder holding ``i-LIDS-VID/``)::
 Protocol: split ``split_id`` (0..9) is row ``ls_set[split_id]``; its first half are the training persons (both
 cameras) and its second half the test persons, whose cam1 tracklet is the query (camid 0) and cam2 tracklet the
 gallery (camid 1). The halves follow the official TF-CLIP code (``datasets/set/ilidsvidsequence.py``, end of
-``imgextract``; REFERENCE.md §4.11); torchreid takes the opposite halves. Both are random halves of the same 300
-persons, so either gives the usual 10-trial protocol.
+``imgextract``; docs/fidelity.md#datasets-and-sampler); torchreid takes the opposite halves. Both are random halves of
+the same 300 persons, so either gives the usual 10-trial protocol.
 
 Windows (the official protocol, on by default): every sequence of every split is cut into windows of ``window``
 frames (8, the recipe's seq_len) starting every ``window_stride`` frames (4), with starts ``0, 4, ...`` below

@@ -13,19 +13,19 @@ accepted in place of ``info/list_sequence/`` and ``info/data/``)::
     ROOT/info/data/info_test.mat                 MATLAB v7.3 (HDF5); dataset "query": 1-based test line numbers
     ROOT/tracklet_train/..., ROOT/tracklet_test/...   frames <a>_<b>_<camera>_<c>_....jpg
 
-Protocol (TF-CLIP ``datasets/set/lsvid.py`` L25-32, L131-148; REFERENCE.md §4.11): the query is the test lines listed
-in ``query`` and the gallery the other test lines; junk (pid -1) is dropped; the camera is the third ``_`` field of the
-first frame's name (1..15, made 0-based). TF-CLIP's evaluator ranks each query against query plus gallery
-(``utils/metrics.py``, ``gf = feats[0:]``), and the other public parsers note that the gallery must contain the
+Protocol (TF-CLIP ``datasets/set/lsvid.py`` L25-32, L131-148; docs/fidelity.md#datasets-and-sampler): the query is the
+test lines listed in ``query`` and the gallery the other test lines; junk (pid -1) is dropped; the camera is the third
+``_`` field of the first frame's name (1..15, made 0-based). TF-CLIP's evaluator ranks each query against query plus
+gallery (``utils/metrics.py``, ``gf = feats[0:]``), and the other public parsers note that the gallery must contain the
 queries for every query to have a match, hence the gallery rule ``includes_query``.
 
-Training chunks (TF-CLIP ``datasets/set/lsvid.py`` L140-148, ``sampling_step=48``; REFERENCE.md §4.11): by default
-each training tracklet is cut into ``len // 48`` chunks of 48 frames, the last chunk keeping the remainder (100
-frames give 0-47 and 48-99), and a training tracklet shorter than 48 frames yields no chunk, so it is left out of
-training (and out of the CLIP-Memory) as in the reference; an identity left without chunks has no classifier row
-(the reference counts classes before chunking, so it keeps a row no sample uses). ``train_chunk=0`` keeps whole
-training tracklets instead. Query and gallery tracklets are never cut. Frames are checked for presence by listing their folders, not
-decoded.
+Training chunks (TF-CLIP ``datasets/set/lsvid.py`` L140-148, ``sampling_step=48``;
+docs/fidelity.md#datasets-and-sampler): by default each training tracklet is cut into ``len // 48`` chunks of 48 frames,
+the last chunk keeping the remainder (100 frames give 0-47 and 48-99), and a training tracklet shorter than 48 frames
+yields no chunk, so it is left out of training (and out of the CLIP-Memory) as in the reference; an identity left
+without chunks has no classifier row (the reference counts classes before chunking, so it keeps a row no sample uses).
+``train_chunk=0`` keeps whole training tracklets instead. Query and gallery tracklets are never cut. Frames are checked
+for presence by listing their folders, not decoded.
 """
 
 from __future__ import annotations

@@ -15,11 +15,12 @@ Layout (ROOT is the folder holding ``info/``)::
     ROOT/info/tracks_test_info.mat            key track_test_info: same, start/end index test_name.txt
     ROOT/info/query_IDX.mat                   key query_IDX: 1-based rows of track_test_info
 
-Protocol (torchreid ``video/mars.py``; TF-CLIP ``datasets/set/mars.py`` L58-63, L165; REFERENCE.md §4.11): junk
-tracklets (pid -1) are dropped from every split, distractors (pid 0) stay in the gallery, the query is the rows listed
-in query_IDX and the gallery every other test row. The official evaluation ranks each query against all test
-tracklets, queries included, hence the gallery rule ``includes_query``. Pids are kept as published (no relabelling);
-cameras become 0-based. Frames are checked for presence by listing their folders, not decoded.
+Protocol (torchreid ``video/mars.py``; TF-CLIP ``datasets/set/mars.py`` L58-63, L165;
+docs/fidelity.md#datasets-and-sampler): junk tracklets (pid -1) are dropped from every split, distractors (pid 0) stay
+in the gallery, the query is the rows listed in query_IDX and the gallery every other test row. The official evaluation
+ranks each query against all test tracklets, queries included, hence the gallery rule ``includes_query``. Pids are kept
+as published (no relabelling); cameras become 0-based. Frames are checked for presence by listing their folders, not
+decoded.
 """
 
 from __future__ import annotations

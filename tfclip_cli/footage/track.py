@@ -23,6 +23,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from tfclip_cli import display
+from tfclip_cli.errors import UserError
 from tfclip_cli.footage.detect import Detection, Detector, read_video, video_info
 
 log = logging.getLogger(__name__)
@@ -304,9 +305,10 @@ def track_video(
         config: the tracker's thresholds.
         progress: wraps the frame iterator to report progress; default: a progress bar on stderr.
     Raises:
-        DataError: when the video does not open.
+        DataError: when the video does not open. UserError: ``every`` below 1.
     """
-    assert every >= 1, every
+    if every < 1:
+        raise UserError(f"every={every}: detect on every K-th frame needs K of at least 1")
     tracker = ByteTracker(camid=camid, config=config)
     if progress is None:
         total = video_info(video).num_frames or None

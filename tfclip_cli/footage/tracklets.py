@@ -43,6 +43,7 @@ from tfclip_cli.footage.detect import (
 )
 from tfclip_cli.footage.relink import Linked, RelinkConfig, Window, model_window_embedder, relink, unlinked
 from tfclip_cli.footage.track import Track, TrackerConfig, track_video
+from tfclip_cli.tables import check_writable_folder
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,9 @@ def plan_outputs(videos: Sequence[Path], out: Path, *, camid: int | None, force:
 
     Raises:
         UserError: a camera number that cannot be found, two videos mapping to one folder, or (without
-        ``force``) a folder that exists.
+        ``force``) a folder that exists. OutputError: ``out`` cannot take files (read-only, a file in its path).
     """
+    check_writable_folder(Path(out))
     folders = [Path(out) / str(_camid(Path(v), camid)) / Path(v).stem for v in videos]
     for folder, video in zip(folders, videos):
         if folders.count(folder) > 1:

@@ -7,11 +7,12 @@ used by ``evaluate``. Three types, row ``i`` of the index is row ``i`` of the ro
 - ``ivfpq``: ``IndexIVFPQFastScan`` (4-bit codes scanned with SIMD) wrapped in ``IndexRefineFlat``;
   :func:`ivfpq_params` maps the gallery size N and dimension D to its parameters: ``nlist = round(sqrt(N))``
   inverted lists (at most ``N // 39``: faiss wants ≥ 39 training points per centroid); ``m`` = the largest divisor
-  of D that is at most D / 4 (sub-quantizers of ≥ 4 dimensions), ``nbits = 4``; ``nprobe = clamp(nlist // 8, 16,
-  nlist)``; k-means trains on a seeded sample of ``min(N, max(64 · nlist, IVFPQ_MIN_ROWS))`` rows. The PQ scan
-  proposes ``k_factor · k`` candidates (``k_factor = 4``), re-scored exactly against the stored float vectors:
-  recall@10 ≥ 0.95 in ``benchmarks/bench_index.py`` at the cost of keeping the raw vectors (memory as ``flat``,
-  latency far lower). Galleries under ``IVFPQ_MIN_ROWS`` are refused: 2^4 PQ centroids need ≥ 39 points each.
+  of D that is at most D / 4 (sub-quantizers of ≥ 4 dimensions; a D with no such divisor above 1, a prime or
+  D < 8, is refused: one sub-quantizer of all D dimensions with 16 centroids cannot rank), ``nbits = 4``;
+  ``nprobe = clamp(nlist // 8, 16, nlist)``; k-means trains on a seeded sample of ``min(N, max(64 · nlist,
+  IVFPQ_MIN_ROWS))`` rows. The PQ scan proposes ``k_factor · k`` candidates (``k_factor = 4``), re-scored exactly
+  against the stored float vectors: recall@10 ≥ 0.95 in ``benchmarks/bench_index.py`` at the cost of keeping the
+  raw vectors (memory as ``flat``, latency far lower). Galleries under ``IVFPQ_MIN_ROWS`` are refused: 2^4 PQ centroids need ≥ 39 points each.
 - ``hnsw``: ``IndexHNSWFlat`` with ``M = 32`` links per node, ``efConstruction = 40`` (faiss's default; higher
   doubles build time for little recall on clustered data), ``efSearch = 64``.
 
@@ -33,12 +34,13 @@ import fcntl
 import json
 import logging
 import math
+import os
 import struct
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Literal, NamedTuple, Sequence
+from typing import Any, Iterator, Literal, NamedTuple, Sequence, get_args
 
 import faiss
 import numpy as np
@@ -48,7 +50,14 @@ import pyarrow.parquet as pq
 
 from tfclip_cli import __version__
 from tfclip_cli.errors import GalleryError, UserError
-from tfclip_cli.tables import EMBEDDING_ROW_COLUMNS, MANIFEST_SCHEMA, Embeddings, atomic_output
+from tfclip_cli.tables import (
+    EMBEDDING_ROW_COLUMNS,
+    MANIFEST_SCHEMA,
+    Embeddings,
+    atomic_output,
+    check_writable,
+    reporting_write_errors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +130,22 @@ def ivfpq_params(count: int, dim: int) -> dict:
     """The documented IVF-PQ rule (module docstring) for ``count`` vectors of ``dim`` dimensions.
 
     Raises:
-        GalleryError: when ``count`` is below ``IVFPQ_MIN_ROWS``, too few to train the PQ codebooks.
+        GalleryError: when ``count`` is below ``IVFPQ_MIN_ROWS``, too few to train the PQ codebooks, or ``dim``
+            has no divisor between 2 and ``dim / 4`` (a prime, or below 8) to split the vectors into sub-quantizers.
     """
     if count < IVFPQ_MIN_ROWS:
         raise GalleryError(
             f"ivfpq needs at least {IVFPQ_MIN_ROWS} tracklets to train its codebooks; the gallery has {count}",
             hint="use --type flat: exact search is fast at this size",
         )
-    nlist = max(1, min(round(math.sqrt(count)), count // 39))
     m = max(divisor for divisor in range(1, max(1, dim // 4) + 1) if dim % divisor == 0)
+    if m == 1:
+        raise GalleryError(
+            f"ivfpq splits each vector into sub-quantizers of equal width; {dim}-d embeddings have no divisor "
+            f"between 2 and {dim // 4}, so one sub-quantizer of 16 centroids would code all {dim} dimensions",
+            hint="use --type hnsw (or flat), or embed with a model whose width has small divisors (e.g. 512)",
+        )
+    nlist = max(1, min(round(math.sqrt(count)), count // 39))
     return {
         "nlist": nlist,
         "m": m,
@@ -235,10 +251,13 @@ def writer_lock(path: Path) -> Iterator[None]:
 
     Raises:
         GalleryError: when another writer holds the lock for longer than ``LOCK_WAIT_S``.
+        OutputError: when the lock file cannot be created beside ``path`` (read-only folder, a file as a folder).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path(path), "a") as handle:
+    with reporting_write_errors(path):  # a read-only folder, or a file where a folder should be
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path(path), "a")
+    with handle:
         deadline = time.monotonic() + LOCK_WAIT_S
         while True:
             try:
@@ -269,6 +288,7 @@ def _delete_orphans(path: Path) -> None:
 def _check_output(path: Path, *, force: bool) -> None:
     if path.exists() and not force:
         raise UserError(f"{path} already exists", hint="pass --force to overwrite it, or --append to extend it")
+    check_writable(path, force=True)
 
 
 def _checked_rows(embeddings: Embeddings) -> pd.DataFrame:
@@ -314,6 +334,7 @@ def build_index(
 
     Raises:
         UserError: when ``out`` exists without ``force``, or ``use_gpu`` without faiss-gpu/CUDA.
+        OutputError: when ``out`` cannot be written (read-only folder, a file as a folder), before any work.
         GalleryError: on an empty table, repeated tracklet ids, non-finite vectors or too few rows for ``ivfpq``.
     """
     out = Path(out)
@@ -432,7 +453,11 @@ class _Sections(NamedTuple):
 
 
 def _read_sections(path: Path) -> _Sections:
-    """The three sections of a gallery file, their lengths checked against the file's size before reading."""
+    """The three sections of a gallery file, their lengths checked against the file's size before reading.
+
+    The size is that of the open file (``fstat``), never of ``path``: a writer may rename a new gallery onto
+    ``path`` after the open, and this reader keeps reading the old file whole.
+    """
     prefix = len(MAGIC) + SECTION_LENGTHS.size
     with open(path, "rb") as handle:
         head = handle.read(prefix)
@@ -443,7 +468,7 @@ def _read_sections(path: Path) -> _Sections:
                 hint=REBUILD_HINT.format(path=path),
             )
         lengths = SECTION_LENGTHS.unpack(head[len(MAGIC):])
-        size = path.stat().st_size
+        size = os.fstat(handle.fileno()).st_size
         if prefix + sum(lengths) != size:
             raise GalleryError(
                 f"{path} is damaged: its sections claim {prefix + sum(lengths):,} bytes, the file holds {size:,}",
@@ -452,12 +477,34 @@ def _read_sections(path: Path) -> _Sections:
         return _Sections(*(handle.read(length) for length in lengths))
 
 
+INDEX_TYPES = get_args(IndexType)
+
+
+def _header_problem(fields: Any) -> str | None:
+    """What makes decoded header JSON not a gallery header, or None."""
+    if not isinstance(fields, dict):
+        return f"a JSON {type(fields).__name__}, expected an object"
+    if fields.get("type") not in INDEX_TYPES:
+        return f"type {fields.get('type')!r}, expected one of {', '.join(INDEX_TYPES)}"
+    for name in ("dim", "count"):
+        if type(fields.get(name)) is not int:
+            return f"{name} {fields.get(name)!r}, expected an integer"
+    removed = fields.get("removed", [])
+    if not isinstance(removed, list) or any(type(row) is not int for row in removed):
+        return f"removed {removed!r}, expected a list of row numbers"
+    return None
+
+
 def _read_header(data: bytes, path: Path) -> IndexInfo:
     try:
         fields = json.loads(data)
-        return IndexInfo(**{**fields, "removed": tuple(fields.get("removed", ()))})
+        problem = _header_problem(fields)
+        if problem is None:
+            return IndexInfo(**{**fields, "removed": tuple(fields.get("removed", ()))})
     except (ValueError, TypeError) as exc:
-        raise GalleryError(f"{path}: the header is not a tfclip gallery header ({exc})") from exc
+        problem = str(exc)
+    raise GalleryError(f"{path}: the header is not a tfclip gallery header ({problem})",
+                       hint=REBUILD_HINT.format(path=path))
 
 
 def _read_rows(data: bytes, path: Path) -> pd.DataFrame:

@@ -2,7 +2,7 @@
 
 open_clip's forward pools the CLS token and offers no hook to add a per-sample camera embedding to CLS before the
 positional embedding, while TF-CLIP needs every token after ``ln_post`` (for TMD) and every token through ``proj``
-(for SSP). So we keep open_clip's modules and weights and write the forward (REFERENCE.md "Building on open_clip").
+(for SSP). So we keep open_clip's modules and weights and write the forward (docs/fidelity.md#building-on-open_clip).
 The transformer blocks are open_clip's ``nn.MultiheadAttention`` (batch first), which runs PyTorch's fused
 scaled-dot-product attention kernels in training and its native fast path under ``torch.inference_mode``.
 """

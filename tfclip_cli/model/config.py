@@ -19,7 +19,7 @@ import open_clip
 from tfclip_cli.errors import RecipeError
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parents[1] / "model_configs"
-HEAD_WIDTH = 64  # every attention in TF-CLIP uses width // 64 heads (REFERENCE.md §4.5, §4.6)
+HEAD_WIDTH = 64  # every attention in TF-CLIP uses width // 64 heads (docs/fidelity.md#ssp, #tmd)
 Embedding = Literal["before_bn", "after_bn"]
 EMBEDDINGS: tuple[Embedding, ...] = ("before_bn", "after_bn")
 

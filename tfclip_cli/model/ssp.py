@@ -1,7 +1,7 @@
 """Sequence-Specific Prompt (SSP): the CLIP-Memory, refined per sequence by attending to the sequence's tokens.
 
 reference: model/make_model_clipreid.py L356-428 (``MulitHeadAttention``, ``PromptGeneratorLayer``,
-``ImageSpecificPrompt``); REFERENCE.md §4.5. The reference also declares a LayerNorm ``norm`` and a parameter
+``ImageSpecificPrompt``); docs/fidelity.md#ssp. The reference also declares a LayerNorm ``norm`` and a parameter
 ``alpha`` that its forward never uses; they are left out here.
 """
 

@@ -1,6 +1,6 @@
 """TF-CLIP: the CLIP image encoder with SIE, TMD, SSP over a fixed CLIP-Memory, and BNNeck heads.
 
-reference: model/make_model_clipreid.py ``build_transformer``; REFERENCE.md §4.3-4.8.
+reference: model/make_model_clipreid.py ``build_transformer``; docs/fidelity.md#loss to #sie.
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ class ClipMemory:
     fingerprint: str
 
     def __post_init__(self) -> None:
-        assert self.features.ndim == 2 and self.features.shape[0] == len(self.pid_to_label), "one row per identity"
+        """Raises ValueError unless ``features`` has one row per identity (a memory file is user input)."""
+        if self.features.ndim != 2 or self.features.shape[0] != len(self.pid_to_label):
+            raise ValueError(f"features of shape {tuple(self.features.shape)} for {len(self.pid_to_label)} "
+                             "identities: expected one row per identity")
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,7 @@ class TFCLIP(nn.Module):
     def forward(
         self, clips: torch.Tensor, *, memory: torch.Tensor, camids: torch.Tensor | None = None
     ) -> ModelOutput:
-        """Training forward (reference ``build_transformer.forward``, training branch; REFERENCE.md §4.3-4.6).
+        """Training forward (reference ``build_transformer.forward``, training branch; docs/fidelity.md#loss to #tmd).
 
         Args:
             clips: [B, T, 3, H, W] normalised frames.
@@ -161,8 +164,9 @@ class TFCLIP(nn.Module):
         """The test-time embedding of clips [B, T, 3, H, W] -> [B, embedding_dim] (call in eval mode).
 
         ``before_bn``: concat(CLS, projected CLS, temporal TMD feature); ``after_bn``: concat(BN(CLS), BN(projected
-        CLS)), as the reference's ``TEST.NECK_FEAT`` (model L298-302; REFERENCE.md §4.7). SSP, classifiers and the
-        memory are not computed. ``camids`` None leaves the camera embedding out (a camera unknown to the model).
+        CLS)), as the reference's ``TEST.NECK_FEAT`` (model L298-302; docs/fidelity.md#test-time-features). SSP,
+        classifiers and the memory are not computed. ``camids`` None leaves the camera embedding out (a camera unknown
+        to the model).
         """
         self.check_camids(camids)
         return self.embed_with_camera(clips, self.camera_rows(camids))

@@ -1,7 +1,7 @@
 """Temporal Memory Diffusion (TMD): frames of a sequence exchange one memory token each, then diffuse it back.
 
 reference: model/make_model_clipreid.py L55-120 (``CrossFramelAttentionBlock``, ``Temporal_Memory_Difusion``);
-REFERENCE.md §4.6. drop_path is 0 in the reference, so there is none here.
+docs/fidelity.md#tmd. drop_path is 0 in the reference, so there is none here.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from tfclip_cli.index import (
 )
 from tfclip_cli.inference import tracklet_from_path
 from tfclip_cli.serve.uploads import UploadLimits, allowed_path, clip_from_upload, save_upload
-from tfclip_cli.tables import Embeddings, Tracklet, tracklet_table
+from tfclip_cli.tables import Embeddings, Tracklet, reporting_write_errors, tracklet_table
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,8 @@ class Service:
     def _kept_clip(self, upload: BinaryIO) -> Tracklet:
         """Save an upload into the store for good (the gallery row points at it) and read it as a tracklet."""
         folder = self.config.store / uuid.uuid4().hex
-        folder.mkdir(parents=True)
+        with reporting_write_errors(self.config.store):  # a read-only --store, or a file in its path
+            folder.mkdir(parents=True)
         try:
             return clip_from_upload(save_upload(upload, folder / "clip", self.config.limits), folder,
                                     self.config.limits)

@@ -1,6 +1,6 @@
 """The training engine: set a run up, then a short epoch loop whose periodic work (metrics rows, evaluation,
 checkpoints, Ctrl-C) lives in small helpers (reference: train.py L84-107, processor_clipreid_stage2.py
-do_train_stage2; REFERENCE.md §4.1-4.4, §4.12)."""
+do_train_stage2; docs/fidelity.md#entry-points-and-initialisation to #clip-memory, #checkpoints-and-logging)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The model a run starts from and its CLIP-Memory file (``memory.pt`` in the run directory).
 
 The memory is built once from the initial encoder, before any training, and refused later when its fingerprint
-(train rows + initial weights + the settings that change it) no longer matches the recipe (REFERENCE.md §4.4).
+(train rows + initial weights + the settings that change it) no longer matches the recipe
+(docs/fidelity.md#clip-memory).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """What protocol a run follows: the recipe/manifest check behind ``data.protocol``, and the summary ``tfclip train``
-logs before any work, to compare with the paper (REFERENCE.md §4.9-4.11b).
+logs before any work, to compare with the paper (docs/fidelity.md#preprocessing to #precision).
 
 Tracklet cutting lives in ``tfclip prepare`` (LS-VID training chunks, iLIDS-VID windows), so every command that reads
 the manifest (train, build-memory, extract, evaluate) sees the same items; the recipe names the protocol it expects

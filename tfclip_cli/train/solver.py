@@ -1,7 +1,7 @@
 """The optimiser side of training: parameter groups and the per-epoch warm-up multi-step schedule.
 
 Reference: solver/make_optimizer_prompt.py make_optimizer_2stage, solver/lr_scheduler.py WarmupMultiStepLR;
-REFERENCE.md §4.2.
+docs/fidelity.md#hyper-parameters.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ def lr_factor(epoch_index: int, *, warmup_epochs: int, warmup_factor: float, mil
               gamma: float) -> float:
     """The lr multiplier of 0-based epoch ``epoch_index``: linear warm-up from ``warmup_factor``, then ×gamma per
     milestone passed. Stepped once per epoch, so epoch 1 runs at ``warmup_factor`` and, with milestone 30, epoch 31
-    is the first at ×gamma (reference: solver/lr_scheduler.py WarmupMultiStepLR; processor L174; REFERENCE.md §4.2).
+    is the first at ×gamma (reference: solver/lr_scheduler.py WarmupMultiStepLR; processor L174;
+    docs/fidelity.md#hyper-parameters).
     """
     warmup = 1.0
     if epoch_index < warmup_epochs:
