@@ -25,7 +25,7 @@ from tfclip_cli.errors import UserError
 from tfclip_cli.footage.detect import Detector, detector_for_video, video_info
 from tfclip_cli.footage.track import Track, iou_matrix, track_video
 from tfclip_cli.footage.tracklets import write_crops
-from tfclip_cli.index import Gallery, QueryResult, SearchOptions, load_index, query_tracklets
+from tfclip_cli.index import Gallery, QueryResult, SearchOptions, load_index, query_tracklets, warn_if_stale
 from tfclip_cli.inference import tracklet_from_path
 from tfclip_cli.tables import Tracklet
 
@@ -180,6 +180,7 @@ def query_clips(gallery_path: Path, clips: Sequence[Path], *, detector: str, sea
     if is_pointed and len(clips) != 1:
         raise UserError(f"--person and --box/--frame pick a person in one query video; {len(clips)} were given")
     gallery = load_index(gallery_path)
+    warn_if_stale(gallery)
     found: dict[int, QueryResult | FootageQuery] = {}
     for number, clip in enumerate(clips):
         detect = detector_for_video(detector, Path(clip))
