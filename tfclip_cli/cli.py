@@ -533,12 +533,12 @@ def calibrate(
     fpir: Annotated[
         Optional[float],
         typer.Option("--fpir", help="Per search (1:N, the default rule): the share of searches for a person not in "
-                     "the gallery that may return anyone above the threshold.  [default: 0.01]", show_default=False),
+                     "the gallery that may return anyone above the threshold; default 0.01.", show_default=False),
     ] = None,
     rank: Annotated[
         Optional[int],
         typer.Option("--rank", min=1, help="Per search: a person in the gallery is found when a mate ranks at most "
-                     "this, above the threshold (FNIR counts the misses).  [default: 1]", show_default=False),
+                     "this, above the threshold (FNIR counts the misses); default 1.", show_default=False),
     ] = None,
     fmr: Annotated[
         Optional[float],
