@@ -281,6 +281,20 @@ def test_calibrate_cli_refuses_a_table_of_another_checkpoint(tmp_path):
     assert result.exit_code == 2 and "not comparable" in result.output
 
 
+def test_calibrating_a_gallery_far_larger_than_the_table_searched_warns(tmp_path, caplog):
+    path, table = tmp_path / "big.faiss", tmp_path / "val.parquet"
+    index.build_index(_embeddings(np.random.default_rng(0).standard_normal((15, 8))), path)
+    write_embeddings(_hand_table(), table)
+    with caplog.at_level(logging.WARNING):
+        index.calibrate_gallery(path, table, fpir=0.25)
+    assert "holds 15 tracklets; the table's searches met galleries of at most 7" in caplog.text  # 8 rows, 1 probe
+    caplog.clear()
+    index.build_index(_embeddings(np.random.default_rng(0).standard_normal((14, 8))), path, force=True)
+    with caplog.at_level(logging.WARNING):
+        index.calibrate_gallery(path, table, fpir=0.25)
+    assert "searches met" not in caplog.text
+
+
 # ------------------------------------------------------------------ a gallery grown past its calibration
 
 

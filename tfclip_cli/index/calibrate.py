@@ -24,7 +24,8 @@ non-mated searches return a candidate: just above the ``(floor(f · P) + 1)``-th
 keep three numbers each, so memory stays small at 20k rows.
 
 A stranger meets more look-alikes in a larger gallery, so a threshold holds for galleries about the size of the
-one it was measured for: the gallery records its live count when calibrated (``gallery_rows``), and
+one it was measured for: calibrating a gallery more than ``STALE_GROWTH`` times larger than the galleries the
+table's searches met logs a warning, the gallery records its live count when calibrated (``gallery_rows``), and
 :func:`stale_calibration` tells ``query``, ``serve`` and ``/stats`` to warn once it has grown more than
 ``STALE_GROWTH`` times since.
 
@@ -338,11 +339,11 @@ def calibrate_gallery(gallery_path: Path, embeddings_path: Path, *, fpir: float 
     gallery = load_index(gallery_path)
     table = _calibration_table(gallery, embeddings_path)
     calibration = calibrate_search_threshold(table, fpir, rank=rank)
-    searched = calibration.nonmated_searches
+    searched = calibration.nonmated_searches - 1  # the largest gallery a search of the table met
     if gallery.info.live_count > STALE_GROWTH * searched:
-        log.warning("%s holds %d tracklets; the table's searches met at most %d: a stranger meets more look-alikes "
-                    "in the gallery, so its FPIR will be higher than measured; calibrate on a larger labelled table",
-                    gallery_path, gallery.info.live_count, searched)
+        log.warning("%s holds %d tracklets; the table's searches met galleries of at most %d: a stranger meets more "
+                    "look-alikes in the gallery, so its FPIR will be higher than measured; calibrate on a larger "
+                    "labelled table", gallery_path, gallery.info.live_count, searched)
     calibration = replace(calibration, embeddings=str(embeddings_path), gallery_rows=gallery.info.live_count)
     update_header(gallery_path, calibration=calibration.to_dict())
     return calibration
