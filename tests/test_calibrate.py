@@ -95,7 +95,8 @@ def test_threshold_at_a_target_fpir_of_a_hand_worked_case():
     assert [point.target_fpir for point in result.det] == [0.1, 0.01, 0.001]
     curve = result.curve  # from "everyone returns someone" to "no one found", thresholds ascending
     assert (curve.fpir[0], curve.fnir[-1], curve.fpir[-1]) == (1.0, 1.0, 0.0)
-    assert np.all(np.diff(curve.threshold) > 0) and np.all(np.diff(curve.fpir) <= 0) and np.all(np.diff(curve.fnir) >= 0)
+    assert np.all(np.diff(curve.threshold) > 0)
+    assert np.all(np.diff(curve.fpir) <= 0) and np.all(np.diff(curve.fnir) >= 0)
 
 
 def test_search_calibration_needs_two_identities_and_a_mate_and_rates_in_0_1():
@@ -307,7 +308,9 @@ def _calibrated_at(tiny_gallery, folder: Path, rows: int) -> Path:  # noqa: F811
     return path
 
 
-def test_query_warns_once_the_gallery_has_more_than_doubled_since_calibration(tiny_gallery, tmp_path, caplog):  # noqa: F811
+def test_query_warns_once_the_gallery_has_more_than_doubled_since_calibration(
+    tiny_gallery, tmp_path, caplog  # noqa: F811
+):
     live = index.load_index(tiny_gallery[0]).info.live_count
     clip = Path(tiny_gallery[2][0])
     fresh, stale = _calibrated_at(tiny_gallery, tmp_path, live), _calibrated_at(tiny_gallery, tmp_path, live // 3)
@@ -324,8 +327,9 @@ def test_query_warns_once_the_gallery_has_more_than_doubled_since_calibration(ti
     assert "calibrate again" in result.stderr and "calibrate again" not in result.stdout
 
 
-def test_stats_and_the_service_log_say_when_the_gallery_has_outgrown_its_calibration(tiny_gallery, tmp_path,  # noqa: F811
-                                                                                     caplog):
+def test_stats_and_the_service_log_say_when_the_gallery_has_outgrown_its_calibration(
+    tiny_gallery, tmp_path, caplog  # noqa: F811
+):
     live = index.load_index(tiny_gallery[0]).info.live_count
     stale = _calibrated_at(tiny_gallery, tmp_path, live // 3)
     config = ServeConfig(gallery=stale, checkpoint=None, device=torch.device("cpu"),
