@@ -612,58 +612,6 @@ def test_camera_filter_returns_only_those_cameras(tmp_path):
     assert index.search(gallery, np.eye(9)[:1], 9, camids={5}) == [[]]
 
 
-# ------------------------------------------------------------------ calibrated "no match"
-
-
-def test_calibrated_threshold_admits_at_most_fmr_of_impostor_pairs_as_a_sorted_oracle_says():
-    rng = np.random.default_rng(4)
-    pids = np.repeat(np.arange(30), 4)
-    vectors = rng.standard_normal((30, 12))[pids] + 0.8 * rng.standard_normal((120, 12))
-    rows = _rows([f"r{i}" for i in range(120)])
-    rows["pid"] = pids
-    result = index.calibrate_threshold(Embeddings(rows, vectors.astype(np.float32), {}), 0.01)
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    genuine, impostor = [], []
-    for i in range(120):  # the oracle: every pair, one by one
-        for j in range(i + 1, 120):
-            (genuine if pids[i] == pids[j] else impostor).append(float(unit[i] @ unit[j]))
-    assert (result.genuine_pairs, result.impostor_pairs) == (len(genuine), len(impostor)) == (180, 6960)
-    ranked = sorted(impostor, reverse=True)
-    assert ranked[69] < result.threshold <= ranked[68] + 1e-6  # floor(0.01 * 6960) = 69 impostors allowed above
-    assert result.false_match_rate == pytest.approx(sum(s >= result.threshold for s in impostor) / 6960)
-    assert result.false_match_rate <= 0.01
-    assert result.genuine_accept_rate == pytest.approx(np.mean([s >= result.threshold for s in genuine]))
-
-
-def test_calibration_needs_genuine_and_impostor_pairs_and_a_rate_in_0_1():
-    with pytest.raises(GalleryError, match="0 genuine and 6 impostor pairs"):
-        index.calibrate_threshold(_embeddings(np.eye(4)), 0.01)  # every pid differs
-    with pytest.raises(UserError, match="strictly between 0 and 1"):
-        index.calibrate_threshold(_embeddings(np.eye(4)), 1.0)
-
-
-def test_calibrate_cli_stores_the_threshold_and_search_judges_matches_by_it(tmp_path):
-    path, table = tmp_path / "g.faiss", tmp_path / "val.parquet"
-    index.build_index(_embeddings(np.eye(6)), path)
-    labelled = _embeddings(np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [1, 1], [0.6, 0.4]]))
-    labelled.rows["pid"] = [0, 0, 1, 1, 2, 3]
-    write_embeddings(Embeddings(labelled.rows, np.pad(labelled.vectors, ((0, 0), (0, 4))), CHECKPOINT_INFO), table)
-    result = CliRunner().invoke(app, ["calibrate", str(table), "--gallery", str(path), "--fmr", "0.1"],
-                                terminal_width=400)
-    assert result.exit_code == 0, result.output
-    assert "genuine-accept rate" in result.output and "13 impostor pairs" in result.output
-    stored = index.load_index(path).info.calibration
-    assert stored["fmr"] == 0.1 and stored["embeddings"] == str(table) and stored["false_match_rate"] <= 0.1
-    gallery = index.load_index(path)
-    query = np.array([[1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]], np.float32)
-    exact, spread = index.search(gallery, query, 2)
-    assert exact[0].match is True and spread[0].match is False and spread[0].score < stored["threshold"]
-    other = tmp_path / "other.parquet"
-    write_embeddings(Embeddings(labelled.rows, labelled.vectors, {"checkpoint_sha256": "b" * 64}), other)
-    result = CliRunner().invoke(app, ["calibrate", str(other), "--gallery", str(path)], terminal_width=400)
-    assert result.exit_code == 2 and "not comparable" in result.output
-
-
 def test_a_reader_loading_in_a_loop_during_appends_never_sees_a_damaged_gallery(tmp_path):
     path = tmp_path / "g.faiss"
     index.build_index(_embeddings(np.eye(8)[:1]), path)

@@ -530,27 +530,52 @@ def calibrate(
         Path, typer.Option("--gallery", "-g", help="The gallery (tfclip index) to store the threshold in.",
                            exists=True, dir_okay=False)
     ],
-    fmr: Annotated[float, typer.Option("--fmr", help="False-match rate the threshold allows.")] = 0.01,
+    fpir: Annotated[
+        Optional[float],
+        typer.Option("--fpir", help="Per search (1:N, the default rule): the share of searches for a person not in "
+                     "the gallery that may return anyone above the threshold; default 0.01.", show_default=False),
+    ] = None,
+    rank: Annotated[
+        Optional[int],
+        typer.Option("--rank", min=1, help="Per search: a person in the gallery is found when a mate ranks at most "
+                     "this, above the threshold (FNIR counts the misses); default 1.", show_default=False),
+    ] = None,
+    fmr: Annotated[
+        Optional[float],
+        typer.Option("--fmr", help="The per-pair rule instead: the share of impostor pairs allowed above the "
+                     "threshold (a search over N tracklets returns a stranger far more often).", show_default=False),
+    ] = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Compute the "no match" score threshold at a false-match rate from labelled embeddings; store it in the gallery.
+    """Compute the "no match" score threshold from labelled embeddings, per search at an FPIR (or per pair at a
+    false-match rate), with the DET table; store it in the gallery.
 
-    Example: tfclip calibrate runs/mars/val-emb.parquet --gallery runs/mars/gallery.faiss --fmr 0.01
+    Example: tfclip calibrate runs/mars/val-emb.parquet --gallery runs/mars/gallery.faiss --fpir 0.01
     """
     import dataclasses
     import json
 
-    from tfclip_cli.index import calibrate_gallery
+    from tfclip_cli.index import calibrate_gallery, calibrate_gallery_per_pair
 
-    result = calibrate_gallery(gallery, embeddings, fmr=fmr)
-    if json_output:
-        typer.echo(json.dumps(dataclasses.asdict(result)))
+    if fmr is not None and (fpir is not None or rank is not None):
+        raise UserError("--fmr is the per-pair rule; --fpir and --rank the per-search one: pass one rule")
+    if fmr is not None:
+        pair = calibrate_gallery_per_pair(gallery, embeddings, fmr=fmr)
+        if json_output:
+            typer.echo(json.dumps(dataclasses.asdict(pair)))
+            return
+        display.stdout.print(display.plain_text(
+            f"{gallery}: threshold {pair.threshold:.4f} by the per-pair rule at false-match rate {pair.fmr:g} "
+            f"(measured {pair.false_match_rate:.4f}); genuine-accept rate {100 * pair.genuine_accept_rate:.1f}% "
+            f"({pair.genuine_pairs:,} genuine, {pair.impostor_pairs:,} impostor pairs)"
+        ))
         return
-    display.stdout.print(display.plain_text(
-        f"{gallery}: threshold {result.threshold:.4f} at false-match rate {result.fmr:g} "
-        f"(measured {result.false_match_rate:.4f}); genuine-accept rate {100 * result.genuine_accept_rate:.1f}% "
-        f"({result.genuine_pairs:,} genuine, {result.impostor_pairs:,} impostor pairs)"
-    ))
+    result = calibrate_gallery(gallery, embeddings, fpir=0.01 if fpir is None else fpir,
+                               rank=1 if rank is None else rank)
+    if json_output:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    display.stdout.print(display.det_table(result, gallery=str(gallery)))
 
 
 QUERY_DETECTOR = "auto"  # the default of tfclip track (footage.detect.DEFAULT_DETECTOR)

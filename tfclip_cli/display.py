@@ -214,6 +214,26 @@ def query_table(result: Any) -> Table:
     return table
 
 
+def det_table(calibration: Any, *, gallery: str) -> Table:
+    """The DET table of an ``index.SearchCalibration``: threshold, FPIR and FNIR at each target FPIR; the stored
+    threshold in the title."""
+    table = Table(
+        "target FPIR", "threshold", "FPIR", f"FNIR (rank {calibration.rank})",
+        title=plain_text(
+            f"{gallery}: threshold {calibration.threshold:.4f} at FPIR {calibration.fpir:g} (measured "
+            f"{calibration.measured_fpir:.4f}), FNIR {100 * calibration.fnir:.1f}% at rank {calibration.rank}"
+        ),
+        title_justify="left",
+        caption=f"{calibration.nonmated_searches:,} non-mated and {calibration.mated_searches:,} mated searches; "
+                f"the gallery held {calibration.gallery_rows:,} tracklets",
+    )
+    for point in calibration.det:
+        unresolved = "" if point.is_resolved else " (too few searches)"
+        table.add_row(f"{point.target_fpir:g}{unresolved}", f"{point.threshold:.4f}", f"{point.fpir:.4f}",
+                      f"{100 * point.fnir:.1f}%")
+    return table
+
+
 def footage_label(origin: Any) -> str:
     """Where a ``tables.FootageOrigin`` is: video name, time range, key frame and its box; "-" for None."""
     if origin is None:

@@ -27,6 +27,7 @@ from tfclip_cli.footage.track import Track, iou_matrix, track_video
 from tfclip_cli.footage.tracklets import write_crops
 from tfclip_cli.index import (
     Gallery, QueryEmbedder, QueryResult, SearchOptions, load_index, load_query_embedder, query_tracklets,
+    warn_if_stale,
 )
 from tfclip_cli.inference import tracklet_from_path
 from tfclip_cli.tables import Tracklet
@@ -182,6 +183,7 @@ def query_clips(gallery_path: Path, clips: Sequence[Path], *, detector: str, sea
     if (person is not None or pointer is not None) and len(clips) != 1:
         raise UserError(f"--person and --box/--frame pick a person in one query video; {len(clips)} were given")
     gallery = load_index(gallery_path)
+    warn_if_stale(gallery)
     embedder = load_query_embedder(gallery, search.checkpoint, search.device, backend=search.backend)
     return query_gallery(gallery, clips, embedder, detector=detector, search=search, person=person, pointer=pointer)
 

@@ -1,11 +1,28 @@
 """FAISS gallery: build, append, add and remove under a lock, load, calibrate, search; ``query`` = embed + search.
 
-``store`` owns the one-file gallery format and every write to it, ``calibrate`` the "no match" threshold at a
-false-match rate, ``search`` the search itself and ``query`` (embed clips with the gallery's checkpoint, search,
+``store`` owns the one-file gallery format and every write to it, ``calibrate`` the "no match" threshold (per
+search at an FPIR, or per pair at a false-match rate) and when it has gone stale, ``search`` the search itself and ``query`` (embed clips with the gallery's checkpoint, search,
 read key frames). The names below are the package's API.
 """
 
-from tfclip_cli.index.calibrate import Calibration, calibrate_gallery, calibrate_threshold
+from tfclip_cli.index.calibrate import (
+    DET_FPIRS,
+    STALE_GROWTH,
+    Calibration,
+    DetCurve,
+    DetPoint,
+    SearchCalibration,
+    SearchScores,
+    calibrate_gallery,
+    calibrate_gallery_per_pair,
+    calibrate_search_threshold,
+    calibrate_threshold,
+    det_curve,
+    det_point,
+    search_scores,
+    stale_calibration,
+    warn_if_stale,
+)
 from tfclip_cli.index.search import (
     NO_FRAMES,
     QueryEmbedder,
@@ -40,9 +57,12 @@ from tfclip_cli.index.store import (
 )
 
 __all__ = [
-    "Calibration", "QueryEmbedder", "Gallery", "Hit", "IVFPQ_MIN_ROWS", "IndexInfo", "IndexType", "MinScore",
-    "NO_FRAMES", "QueryResult", "SearchOptions", "append_to_index", "build_index", "calibrate_gallery", "calibrate_threshold",
+    "Calibration", "DET_FPIRS", "DetCurve", "DetPoint", "QueryEmbedder", "Gallery", "Hit", "IVFPQ_MIN_ROWS",
+    "IndexInfo", "IndexType", "MinScore", "NO_FRAMES", "QueryResult", "STALE_GROWTH", "SearchCalibration",
+    "SearchOptions", "SearchScores", "append_to_index", "build_index", "calibrate_gallery",
+    "calibrate_gallery_per_pair", "calibrate_search_threshold", "calibrate_threshold", "det_curve", "det_point",
+    "search_scores", "stale_calibration",
     "ivfpq_params", "load_query_embedder", "load_index", "lock_path", "normalized", "parse_min_score", "query",
     "query_tracklets", "read_key_frames", "read_source_key_frame", "remove_from_index", "resolve_min_score", "search", "threshold_in_force",
-    "tracklet_key_frames", "writer_lock",
+    "tracklet_key_frames", "warn_if_stale", "writer_lock",
 ]

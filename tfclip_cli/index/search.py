@@ -20,6 +20,7 @@ import torch
 
 from tfclip_cli.clips import ClipTransform, read_frames
 from tfclip_cli.errors import DataError, GalleryError, UserError
+from tfclip_cli.index.calibrate import warn_if_stale
 from tfclip_cli.index.store import Gallery, load_index, normalized
 from tfclip_cli.inference import Backend, Embedder, embed_tracklets, load_model, tracklet_from_path
 from tfclip_cli.tables import FootageOrigin, Tracklet, row_to_tracklet
@@ -117,7 +118,7 @@ def resolve_min_score(gallery: Gallery, min_score: MinScore) -> float | None:
     if gallery.info.calibration is None:
         raise GalleryError(
             f"{gallery.path} has no calibrated threshold for --min-score auto",
-            hint=f"calibrate it: tfclip calibrate VAL.parquet --gallery {gallery.path} --fmr 0.01",
+            hint=f"calibrate it: tfclip calibrate VAL.parquet --gallery {gallery.path} --fpir 0.01",
         )
     return float(gallery.info.calibration["threshold"])
 
@@ -356,6 +357,7 @@ def query(gallery_path: Path, clips: Sequence[Path], options: SearchOptions = Se
         DataError: naming a clip that is missing or cannot be decoded.
     """
     gallery = load_index(gallery_path)
+    warn_if_stale(gallery)
     tracklets = [tracklet_from_path(Path(clip)) for clip in clips]
     embedder = load_query_embedder(gallery, options.checkpoint, options.device, backend=options.backend)
     return query_tracklets(gallery, tracklets, embedder, options)

@@ -95,7 +95,8 @@ class IndexInfo:
     removed: tuple[int, ...] = ()
     """Rows removed from the gallery (tombstones), never returned by a search."""
     calibration: dict | None = None
-    """The "no match" threshold and the false-match rate it was calibrated for (``calibrate.Calibration``)."""
+    """The "no match" threshold, the rule and rate it was calibrated for and the live rows then
+    (``calibrate.SearchCalibration.to_dict()``, or ``calibrate.Calibration`` for the per-pair rule)."""
     tfclip_version: str = __version__
 
     @property

@@ -37,8 +37,10 @@ from tfclip_cli.index import (
     load_query_embedder,
     remove_from_index,
     resolve_min_score,
+    stale_calibration,
     threshold_in_force,
     tracklet_key_frames,
+    warn_if_stale,
 )
 from tfclip_cli.inference import tracklet_from_path
 from tfclip_cli.serve.uploads import UploadLimits, allowed_path, clip_from_upload, save_upload
@@ -117,7 +119,8 @@ class Service:
         self._swap = threading.Lock()
         self._model = threading.Lock()  # one forward pass at a time: predictable memory on a shared machine
         self._gallery, self._identity = load_index(config.gallery), _file_identity(config.gallery)
-        self.embedder: QueryEmbedder = load_query_embedder(self._gallery, config.checkpoint, config.device)  # once
+        warn_if_stale(self._gallery)
+        self.embedder: QueryEmbedder = load_query_embedder(self._gallery, config.checkpoint, config.device)
         self._latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.queries_served = 0
 
@@ -126,8 +129,11 @@ class Service:
         with self._swap:
             identity = _file_identity(self.config.gallery)
             if identity != self._identity:
+                was_stale = stale_calibration(self._gallery) is not None
                 self._gallery, self._identity = load_index(self.config.gallery), identity
                 log.info("reloaded %s: %d tracklets", self.config.gallery, self._gallery.info.live_count)
+                if not was_stale:  # warn once, when it goes stale, not on every append after
+                    warn_if_stale(self._gallery)
             return self._gallery
 
     def _embed(self, tracklet: Tracklet) -> np.ndarray:
@@ -229,15 +235,18 @@ class Service:
         return jpeg(frames[number])
 
     def stats(self) -> dict:
-        """Rows, dimension, checkpoint, threshold, queries served and latency percentiles (milliseconds)."""
-        info = self.gallery().info
+        """Rows, dimension, checkpoint, threshold (and whether the gallery outgrew it), queries served and latency
+        percentiles (milliseconds)."""
+        gallery = self.gallery()
+        info, stale = gallery.info, stale_calibration(gallery)
         with self._swap:
             latencies = np.array(self._latencies) * 1000
         percentiles = {f"p{p}": float(np.percentile(latencies, p)) if len(latencies) else None for p in (50, 95, 99)}
         return {
             "gallery": str(self.config.gallery), "rows": info.live_count, "dim": info.dim, "type": info.type,
             "checkpoint": str(self.embedder.checkpoint), "calibration": info.calibration,
-            "threshold": threshold_in_force(self.gallery(), None), "queries_served": self.queries_served,
+            "threshold": threshold_in_force(gallery, None), "calibration_stale": stale is not None,
+            "calibration_message": stale, "queries_served": self.queries_served,
             "latency_ms": percentiles,
         }
 
