@@ -19,6 +19,7 @@ from tfclip_cli.cli import app
 from tfclip_cli.errors import GalleryError, UserError
 from tfclip_cli.index import calibrate
 from tfclip_cli.serve.app import create_app
+from tfclip_cli.serve.guard import allowed_hosts
 from tfclip_cli.serve.service import ServeConfig, Service
 from tfclip_cli.serve.uploads import UploadLimits
 from tfclip_cli.tables import Embeddings, write_embeddings
@@ -334,9 +335,10 @@ def test_stats_and_the_service_log_say_when_the_gallery_has_outgrown_its_calibra
     stale = _calibrated_at(tiny_gallery, tmp_path, live // 3)
     config = ServeConfig(gallery=stale, checkpoint=None, device=torch.device("cpu"),
                          limits=UploadLimits(max_bytes=1_000_000, max_frames=100), allow_dirs=(),
-                         store=tmp_path / "store")
+                         store=tmp_path / "store", detector="hog")
     with caplog.at_level(logging.WARNING):
-        client = TestClient(create_app(Service(config), token=None))
+        client = TestClient(create_app(Service(config), token=None, hosts=allowed_hosts("127.0.0.1")),
+                            base_url="http://127.0.0.1:8000")
     assert "calibrate again" in caplog.text
     stats = client.get("/stats").json()
     assert stats["calibration_stale"] is True and "calibrate again" in stats["calibration_message"]
