@@ -635,7 +635,7 @@ def query(
     from tfclip_cli.footage.query import query_clips
     from tfclip_cli.index import SearchOptions, parse_min_score
     from tfclip_cli.inference import process_device
-    from tfclip_cli.tables import atomic_output, check_writable
+    from tfclip_cli.tables import check_writable
 
     if html_out is not None:
         check_writable(html_out, force=force)
@@ -646,8 +646,10 @@ def query(
                           pointer=_person_pointer(box, frame, person))
     per_query = [r for result in results for r in getattr(result, "results", (result,))]  # a person each
     if html_out is not None:
-        with atomic_output(html_out, force=force) as temp:
-            temp.write_text(display.render_query_report(per_query, gallery=str(gallery)), encoding="utf-8")
+        from tfclip_cli.report.query import render_query_report
+        from tfclip_cli.report.render import write_page
+
+        write_page(render_query_report(per_query, gallery=str(gallery)), html_out, force=force)
         display.stderr.print(display.plain_text(f"wrote {html_out}"))
     if json_output:
         dicts = [result.to_dict() for result in results]
