@@ -456,10 +456,16 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
+    report: Annotated[
+        Optional[Path],
+        typer.Option("--report", help="Also write an HTML report: CMC to rank 50, score distributions, mAP per "
+                     "camera pair, the worst queries with their top 10.", dir_okay=False),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --report.")] = False,
 ) -> None:
     """Report mAP, CMC rank-1/5/10/20 and mINP of an embeddings table's queries against its gallery.
 
-    Example: tfclip evaluate runs/mars/emb.parquet --json
+    Example: tfclip evaluate runs/mars/emb.parquet --report runs/mars/evaluation.html
     """
     import dataclasses
     import json
@@ -467,11 +473,30 @@ def evaluate(
     from tfclip_cli.evaluate import RerankParams, evaluate_file
 
     rule = None if includes_query is None else ("includes_query" if includes_query else "gallery_only")
-    result = evaluate_file(embeddings, gallery_rule=rule, rerank=RerankParams() if rerank else None)
+    if report is not None:
+        result = _evaluate_with_report(embeddings, report, gallery_rule=rule, is_reranked=rerank, force=force)
+    else:
+        result = evaluate_file(embeddings, gallery_rule=rule, rerank=RerankParams() if rerank else None)
     if json_output:
         typer.echo(json.dumps(dataclasses.asdict(result)))
     else:
         _print_eval_result(embeddings, result, reranked=rerank)
+
+
+def _evaluate_with_report(embeddings: Path, report: Path, *, gallery_rule: str | None, is_reranked: bool,
+                          force: bool):
+    """``tfclip evaluate --report``: the metrics, and the report of the ranking behind them."""
+    from tfclip_cli.report.evaluation import evaluate_with_report
+    from tfclip_cli.tables import check_writable, read_embeddings
+
+    if is_reranked:
+        raise UserError("--report draws the cosine ranking; re-ranked distances are not cosine scores",
+                        hint="drop --rerank, or run the command twice")
+    check_writable(report, force=force)
+    result = evaluate_with_report(read_embeddings(embeddings), report, gallery_rule=gallery_rule,
+                                  source=str(embeddings), force=force)
+    display.stderr.print(display.plain_text(f"wrote {report}"))
+    return result
 
 
 class IndexKind(str, Enum):
@@ -807,6 +832,24 @@ def track(
     display.stdout.print(display.tracking_table(summary))
     manifest = out.with_name(f"{out.name}.parquet")
     display.stderr.print(f"next: tfclip prepare footage {out} --out {manifest}", highlight=False)
+
+
+@command("report")
+def report(
+    run: Annotated[Path, typer.Argument(help="A run folder of tfclip train (its run.output_dir).", exists=True,
+                                        file_okay=False)],
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Where to write the page; default: RUN/report.html.",
+                                     dir_okay=False)
+    ] = None,
+) -> None:
+    """Draw a training run's report (loss parts, learning rate, mAP and rank-1 per epoch) from its metrics.csv.
+
+    Example: tfclip report runs/mars
+    """
+    from tfclip_cli.report.training import write_run_report
+
+    display.stderr.print(display.plain_text(f"wrote {write_run_report(run, out)}"))
 
 
 @command("demo")

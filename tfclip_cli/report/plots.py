@@ -159,8 +159,8 @@ def camera_pair_map(mean_ap: np.ndarray, camids: Sequence[int]) -> Figure:
     values = 100 * np.asarray(mean_ap, dtype=float)
     size = len(camids)
     figure, (axes,) = _figure(height=min(6.5, 1.2 + 0.55 * size))
-    image = axes.imshow(np.ma.masked_invalid(values), cmap=HEATMAP, vmin=0, vmax=100, aspect="auto")
-    image.cmap.set_bad("#EEEEEE")
+    image = axes.imshow(np.ma.masked_invalid(values), cmap=HEATMAP.with_extremes(bad="#EEEEEE"), vmin=0, vmax=100,
+                        aspect="auto")
     axes.grid(False)
     axes.set_xticks(range(size), [str(c) for c in camids])
     axes.set_yticks(range(size), [str(c) for c in camids])
