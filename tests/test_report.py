@@ -17,6 +17,8 @@ from tfclip_cli.cli import app
 from tfclip_cli.errors import DataError
 from tfclip_cli.evaluate import evaluate
 from tfclip_cli.report import plots
+from tfclip_cli.index import build_index, load_index
+from tfclip_cli.report.calibration import error_rates, pair_scores
 from tfclip_cli.report.evaluation import break_down
 from tfclip_cli.report.training import read_history, write_run_report
 from tfclip_cli.tables import Embeddings, read_embeddings, write_embeddings
@@ -284,3 +286,39 @@ def test_evaluate_report_draws_cmc_scores_cameras_and_the_worst_queries_mosaic(t
     rerank = CliRunner().invoke(app, ["evaluate", str(tmp_path / "emb.parquet"), "--report", str(out), "--force",
                                       "--rerank"])
     assert rerank.exit_code == 2 and "drop --rerank" in rerank.output
+
+
+# ---- calibration report --------------------------------------------------------------------------------------------
+
+
+def test_error_rates_count_impostors_at_or_above_and_genuines_below_each_threshold():
+    rates = error_rates(np.array([0.5, 0.7, 0.9]), np.array([0.1, 0.5, 0.6, 0.8]), extra=(0.65,))
+    at = {round(float(t), 4): (fp, fn) for t, fp, fn in
+          zip(rates.thresholds, rates.false_positive, rates.false_negative)}
+    assert at[0.65] == (pytest.approx(0.25), pytest.approx(1 / 3))  # 0.8 lets through; 0.5 turned away
+    assert at[0.5] == (pytest.approx(0.75), 0.0) and at[0.9] == (0.0, pytest.approx(2 / 3))
+    assert list(rates.thresholds) == sorted(rates.thresholds)
+
+
+def test_calibrate_report_draws_the_det_curve_and_histograms_at_the_stored_threshold(tmp_path):
+    rng = np.random.default_rng(4)
+    pids = np.repeat(np.arange(12), 3)
+    vectors = (rng.standard_normal((12, 8))[pids] + 0.8 * rng.standard_normal((36, 8))).astype(np.float32)
+    info = {"checkpoint": "/runs/a.ckpt", "checkpoint_sha256": "a" * 64, "sampling": "dense"}
+    table = _table(pids, pids % 3, ["gallery"] * 36, vectors)
+    table = Embeddings(table.rows, table.vectors, info)
+    write_embeddings(table, tmp_path / "val.parquet")
+    build_index(table, tmp_path / "g.faiss")
+    out = tmp_path / "calibration.html"
+    result = CliRunner().invoke(app, ["calibrate", str(tmp_path / "val.parquet"), "--gallery",
+                                      str(tmp_path / "g.faiss"), "--fmr", "0.05", "--report", str(out)],
+                                terminal_width=300)
+    assert result.exit_code == 0, result.output
+    page = check_page(out)
+    text = out.read_text()
+    threshold = load_index(tmp_path / "g.faiss").info.calibration["threshold"]
+    assert page.tags.count("svg") == 2 and f"{threshold:.4f}" in text
+    assert f"chosen threshold {threshold:.3f}" in text and f"threshold {threshold:.3f}" in text
+    assert "36 genuine and 594 impostor pairs" in text  # 12 x 3 pairs; 630 - 36
+    scores = pair_scores(table)
+    assert (len(scores.genuine), len(scores.impostor)) == (36, 594)

@@ -557,17 +557,28 @@ def calibrate(
     ],
     fmr: Annotated[float, typer.Option("--fmr", help="False-match rate the threshold allows.")] = 0.01,
     json_output: JsonOpt = False,
+    report: Annotated[
+        Optional[Path],
+        typer.Option("--report", help="Also write an HTML report: the DET curve with the chosen point, and the "
+                     "genuine / impostor score histograms with the threshold.", dir_okay=False),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --report.")] = False,
 ) -> None:
     """Compute the "no match" score threshold at a false-match rate from labelled embeddings; store it in the gallery.
 
-    Example: tfclip calibrate runs/mars/val-emb.parquet --gallery runs/mars/gallery.faiss --fmr 0.01
+    Example: tfclip calibrate runs/mars/val-emb.parquet --gallery runs/mars/gallery.faiss --report calibration.html
     """
     import dataclasses
     import json
 
     from tfclip_cli.index import calibrate_gallery
+    from tfclip_cli.tables import check_writable
 
+    if report is not None:
+        check_writable(report, force=force)
     result = calibrate_gallery(gallery, embeddings, fmr=fmr)
+    if report is not None:
+        _write_calibration_report(embeddings, result, report, force=force)
     if json_output:
         typer.echo(json.dumps(dataclasses.asdict(result)))
         return
@@ -576,6 +587,15 @@ def calibrate(
         f"(measured {result.false_match_rate:.4f}); genuine-accept rate {100 * result.genuine_accept_rate:.1f}% "
         f"({result.genuine_pairs:,} genuine, {result.impostor_pairs:,} impostor pairs)"
     ))
+
+
+def _write_calibration_report(embeddings: Path, calibration, report: Path, *, force: bool) -> None:
+    """``tfclip calibrate --report``: the report of the calibration just stored."""
+    from tfclip_cli.report.calibration import write_calibration_report
+    from tfclip_cli.tables import read_embeddings
+
+    write_calibration_report(read_embeddings(embeddings), calibration, report, force=force)
+    display.stderr.print(display.plain_text(f"wrote {report}"))
 
 
 QUERY_DETECTOR = "auto"  # the default of tfclip track (footage.detect.DEFAULT_DETECTOR)

@@ -176,11 +176,16 @@ def camera_pair_map(mean_ap: np.ndarray, camids: Sequence[int]) -> Figure:
     return figure
 
 
+RATE_NAMES = {"FPIR": "false-positive identification rate", "FNIR": "false-negative identification rate",
+              "FMR": "false-match rate (impostor pairs)", "FNMR": "false-non-match rate (genuine pairs)"}
+
+
 def det_curve(fpir: Sequence[float], fnir: Sequence[float], thresholds: Sequence[float], *,
-              chosen_threshold: float, title: str = "Detection error trade-off (DET)") -> Figure:
+              chosen_threshold: float, names: tuple[str, str] = ("FPIR", "FNIR"),
+              title: str = "Detection error trade-off (DET)") -> Figure:
     """FNIR (%) against FPIR on a log x axis, one point per entry of ``thresholds``, the operating point of
     ``chosen_threshold`` (the listed threshold nearest to it) marked. Points with FPIR 0 cannot sit on a log axis
-    and are left out of the curve."""
+    and are left out of the curve. ``names`` relabels the two rates (e.g. per-pair FMR and FNMR)."""
     fpir, fnir = np.asarray(fpir, dtype=float), np.asarray(fnir, dtype=float)
     chosen = int(np.argmin(np.abs(np.asarray(thresholds, dtype=float) - chosen_threshold)))
     shown = fpir > 0
@@ -189,12 +194,12 @@ def det_curve(fpir: Sequence[float], fnir: Sequence[float], thresholds: Sequence
     point = (max(fpir[chosen], 1e-12), 100 * fnir[chosen])
     axes.plot(*point, linestyle="none", marker="D", markersize=9, color=MISMATCH_COLOUR,
               label=f"chosen threshold {chosen_threshold:.3f}")
-    axes.annotate(f"FPIR {fpir[chosen]:.2g}, FNIR {100 * fnir[chosen]:.1f}%", point, xytext=(8, 8),
+    axes.annotate(f"{names[0]} {fpir[chosen]:.2g}, {names[1]} {100 * fnir[chosen]:.1f}%", point, xytext=(8, 8),
                   textcoords="offset points", fontsize=9)
     low = min(fpir[shown].min(), point[0]) if shown.any() else point[0]
     axes.set_xscale("log")
-    axes.set(title=title, xlabel="false-positive identification rate (FPIR, log scale)",
-             ylabel="false-negative identification rate (FNIR, %)", xlim=(low / 1.5, 1.5), ylim=(0, 101))
+    axes.set(title=title, xlabel=f"{RATE_NAMES.get(names[0], names[0])} ({names[0]}, log scale)",
+             ylabel=f"{RATE_NAMES.get(names[1], names[1])} ({names[1]}, %)", xlim=(low / 1.5, 1.5), ylim=(0, 101))
     axes.legend(loc="upper right")
     return figure
 
