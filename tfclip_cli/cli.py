@@ -832,6 +832,11 @@ def track(
     ] = 1,
     json_output: JsonOpt = False,
     force: ForceOpt = False,
+    annotate: Annotated[
+        Optional[Path],
+        typer.Option("--annotate", help="Also write the video with each tracklet's box, id and trail drawn, as .mp4 "
+                     "(H.264) or .webm (VP9); one input video.", dir_okay=False),
+    ] = None,
 ) -> None:
     """Detect and track the people in camera videos and write each track as a tracklet of cropped frames.
 
@@ -842,10 +847,14 @@ def track(
 
     from tfclip_cli.footage.tracklets import TrackOptions, track_videos
 
+    if annotate is not None:
+        _check_annotation(videos, annotate, force=force)
     options = TrackOptions(detector=detector, every=every, min_frames=min_frames, checkpoint=checkpoint)
     summary = track_videos(videos, out, options=options, camid=camid, workers=workers, force=force)
     if not display.is_main_process():
         return
+    if annotate is not None:
+        _annotate_tracking(videos[0], Path(summary.videos[0].folder), annotate, force=force)
     if json_output:
         typer.echo(json.dumps(dataclasses.asdict(summary)))
         return
@@ -870,6 +879,23 @@ def report(
     from tfclip_cli.report.training import write_run_report
 
     display.stderr.print(display.plain_text(f"wrote {write_run_report(run, out)}"))
+
+
+def _check_annotation(videos: list[Path], annotate: Path, *, force: bool) -> None:
+    """``tfclip track --annotate``: one video, and a file that can be written, checked before tracking."""
+    from tfclip_cli.footage.annotate import check_output
+
+    if len(videos) != 1:
+        raise UserError(f"--annotate draws one video; {len(videos)} were given", hint="track them one at a time")
+    check_output(annotate, force=force)
+
+
+def _annotate_tracking(video: Path, folder: Path, annotate: Path, *, force: bool) -> None:
+    """Draw the tracklets just written for ``video`` (in ``folder``) onto it."""
+    from tfclip_cli.footage.annotate import annotate_video, read_written_tracks
+
+    result = annotate_video(video, read_written_tracks(folder), annotate, force=force)
+    display.stderr.print(display.plain_text(f"wrote {result.path} ({result.frames} frames, {result.codec})"))
 
 
 @command("demo")

@@ -27,6 +27,19 @@ from rich.text import Text
 
 T = TypeVar("T")
 
+OKABE_ITO = {
+    "orange": "#E69F00",
+    "sky blue": "#56B4E9",
+    "bluish green": "#009E73",
+    "yellow": "#F0E442",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "reddish purple": "#CC79A7",
+    "black": "#000000",
+}
+"""The Okabe-Ito palette (Okabe & Ito, "Color Universal Design", 2008): colours told apart by people with any
+common colour-vision deficiency; every figure and drawn video takes its colours from it."""
+
 PLAIN_WIDTH = 100_000
 """Line width off a terminal: a pipe, a log file or a test's capture gets every line whole, whatever COLUMNS says."""
 

@@ -87,3 +87,20 @@ def score_tracks(videos: Sequence[TrackedVideo], *, min_iou: float = 0.5) -> Mot
         ground_truth_boxes=int(overall["num_objects"]),
         track_boxes=int(overall["num_predictions"]),
     )
+
+
+@dataclass(frozen=True)
+class IdentitySwitch:
+    """A ground-truth person whose matched track changed: at ``frame_index``, ``track_id`` took ``pid`` over."""
+
+    frame_index: int
+    pid: int
+    track_id: int
+
+
+def identity_switches(video: TrackedVideo, *, min_iou: float = 0.5) -> list[IdentitySwitch]:
+    """Every identity switch of one video, in frame order (the events :func:`score_tracks` counts)."""
+    events = _accumulate(video, min_iou).mot_events
+    switches = events[events["Type"] == "SWITCH"]
+    return [IdentitySwitch(int(frame_index), int(row.OId), int(row.HId))
+            for (frame_index, _), row in zip(switches.index, switches.itertuples())]

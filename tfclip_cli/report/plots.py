@@ -1,8 +1,8 @@
 """Every figure tfclip draws: matplotlib on the Agg backend (no display), one function per figure, each taking plain
 values (arrays, numbers) and returning the Figure, which :func:`svg` turns into inline SVG for a report.
 
-Colours come from the Okabe-Ito palette (Okabe & Ito, "Color Universal Design", 2008), told apart by people with
-any common colour-vision deficiency; series also differ in line style or marker. Figures are 8 inches wide at
+Colours come from the Okabe-Ito palette (``display.OKABE_ITO``), told apart by people with any common
+colour-vision deficiency; series also differ in line style or marker. Figures are 8 inches wide at
 100 dpi, so an 800 px wide report shows them at their natural size with 10-11 pt text.
 """
 
@@ -20,16 +20,8 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-OKABE_ITO = {
-    "orange": "#E69F00",
-    "sky blue": "#56B4E9",
-    "bluish green": "#009E73",
-    "yellow": "#F0E442",
-    "blue": "#0072B2",
-    "vermillion": "#D55E00",
-    "reddish purple": "#CC79A7",
-    "black": "#000000",
-}
+from tfclip_cli.display import OKABE_ITO  # noqa: E402
+
 SERIES_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
 """Line and bar colours in order of use (Okabe-Ito, yellow left out: too pale on white)."""
 LINE_STYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1)), (0, (1, 1)))
