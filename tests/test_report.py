@@ -4,7 +4,6 @@ each report is valid HTML that references only what exists."""
 import csv
 import io
 import re
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
+
+from html_check import check_page
 
 from tfclip_cli.cli import app
 from tfclip_cli.errors import DataError
@@ -29,55 +30,6 @@ def _is_drawn(figure) -> bool:
     pixels = np.asarray(Image.open(io.BytesIO(plots.png(figure))).convert("RGB")).astype(int)
     ink = (pixels < 200).any(axis=2).mean()
     return ink > 0.01 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 2
-
-
-class _Page(HTMLParser):
-    """Every start tag, the URLs the page loads, and whether each tag was closed."""
-
-    VOID = {"meta", "img", "br", "hr", "link", "input", "path", "use", "stop", "rect", "circle", "line", "polyline",
-            "polygon", "ellipse"}
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.open: list[str] = []
-        self.tags: list[str] = []
-        self.sources: list[str] = []
-        self.errors: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-        self.sources += [value for name, value in attrs if name in ("src", "href", "xlink:href") and value]
-        if tag not in self.VOID:
-            self.open.append(tag)
-
-    def handle_startendtag(self, tag, attrs):
-        self.tags.append(tag)
-        self.sources += [value for name, value in attrs if name in ("src", "href", "xlink:href") and value]
-
-    def handle_endtag(self, tag):
-        if tag in self.VOID:
-            return
-        if not self.open or self.open[-1] != tag:
-            self.errors.append(f"</{tag}> closes {self.open[-1] if self.open else 'nothing'}")
-        else:
-            self.open.pop()
-
-
-def check_page(path: Path) -> _Page:
-    """Assert ``path`` is a whole HTML document, its tags balanced, every resource it loads embedded or a file
-    that exists beside it; return what it holds."""
-    text = path.read_text(encoding="utf-8")
-    assert text.startswith("<!DOCTYPE html>")
-    page = _Page()
-    page.feed(text)
-    page.close()
-    assert not page.errors and not page.open, (page.errors, page.open)
-    for source in page.sources:
-        if source.startswith(("data:", "#")):
-            continue
-        assert not re.match(r"[a-z]+:", source), f"{source}: a report loads nothing from the network"
-        assert (path.parent / source).is_file(), f"{source} does not exist beside {path}"
-    return page
 
 
 def test_training_curves_draw_each_loss_part_the_lr_and_both_scores_per_epoch():
@@ -99,10 +51,11 @@ def test_training_curves_draw_each_loss_part_the_lr_and_both_scores_per_epoch():
 def test_cmc_curve_has_a_point_per_rank_from_one_and_percent_axes():
     figure = plots.cmc_curve([0.5, 0.7, 0.8, 0.9, 1.0])
     (axes,) = figure.axes
-    (line,) = axes.lines
+    line, marks = axes.lines
     assert list(line.get_xdata()) == [1, 2, 3, 4, 5] and list(line.get_ydata()) == [50, 70, 80, 90, 100]
+    assert list(marks.get_xdata()) == [1, 5] and list(marks.get_ydata()) == [50, 100]  # rank-1 and rank-5
     assert axes.get_xlim() == (1, 5) and axes.get_ylim() == (0, 101)
-    assert "rank-1: 50.0%" in [text.get_text() for text in axes.texts]
+    assert [text.get_text() for text in axes.texts] == ["rank-1: 50.0%\nrank-5: 100.0%"]
     svg = plots.svg(plots.cmc_curve([0.5, 0.7, 0.8, 0.9, 1.0]))
     assert svg.startswith("<svg") and "Cumulative matching characteristic" in svg
 

@@ -202,7 +202,7 @@ def render_evaluation_report(embeddings: Embeddings, result: EvalResult, breakdo
         distributions=inline_svg(plots.svg(plots.score_distributions(breakdown.same_scores,
                                                                      breakdown.different_scores))),
         distributions_caption="Cosine scores of every query against the tracklets it is ranked against; the less "
-        "the two overlap, the easier a fixed threshold tells people apart (at most {MAX_PAIR_SCORES:,} pairs of "
+        f"the two overlap, the easier a fixed threshold tells people apart (at most {MAX_PAIR_SCORES:,} pairs of "
         "each kind, sampled).",
         cameras=cameras,
         cameras_caption="Each cell: the mAP of the row camera's queries counting only true matches in the column "

@@ -113,12 +113,15 @@ def cmc_curve(cmc: Sequence[float], *, title: str = "Cumulative matching charact
     figure, (axes,) = _figure(height=3.6)
     axes.plot(ranks, values, color=SERIES_COLOURS[0], marker="o" if len(values) <= 20 else None, markersize=3,
               linewidth=2)
-    for k in (1, 5, 10, 20):
-        if k <= len(values):
-            axes.annotate(f"rank-{k}: {values[k - 1]:.1f}%", (k, values[k - 1]), xytext=(6, -14),
-                          textcoords="offset points", fontsize=9)
+    marked = [k for k in (1, 5, 10, 20) if k <= len(values)]
+    axes.plot(marked, values[np.array(marked, dtype=int) - 1], linestyle="none", marker="o", markersize=6,
+              color=MISMATCH_COLOUR, clip_on=False, label="rank-1, 5, 10, 20")
+    summary = "\n".join(f"rank-{k}: {values[k - 1]:.1f}%" for k in marked)
+    axes.text(0.98, 0.05, summary, transform=axes.transAxes, ha="right", va="bottom", fontsize=9,
+              bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "#CCCCCC"})
     axes.set(title=title, xlabel="rank k (gallery tracklets looked at)", ylabel="queries matched within k (%)",
              xlim=(1, max(2, len(values))), ylim=(0, 101))
+    axes.set_xticks(sorted({1, *range(10, len(values) + 1, 10)}) if len(values) >= 10 else ranks)
     return figure
 
 
@@ -169,7 +172,7 @@ def camera_pair_map(mean_ap: np.ndarray, camids: Sequence[int]) -> Figure:
 
 
 RATE_NAMES = {"FPIR": "false-positive identification rate", "FNIR": "false-negative identification rate",
-              "FMR": "false-match rate (impostor pairs)", "FNMR": "false-non-match rate (genuine pairs)"}
+              "FMR": "false-match rate of impostor pairs", "FNMR": "false-non-match rate of genuine pairs"}
 
 
 def det_curve(fpir: Sequence[float], fnir: Sequence[float], thresholds: Sequence[float], *,
