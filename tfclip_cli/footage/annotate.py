@@ -137,9 +137,13 @@ def draw_tracks(frame: np.ndarray, boxes: Sequence[tuple[int, np.ndarray, Sequen
     for track_id, box, history in boxes:
         colour = colour_of(track_id)
         points = _trail([*history, box])
-        if len(points) > 1:
+        if len(points) > 1:  # a dark edge under every line keeps it visible on any background
+            draw.line(points, fill="black", width=4)
             draw.line(points, fill=colour, width=2)
-        draw.rectangle(tuple(float(v) for v in box), outline=colour, width=BOX_WIDTH)
+        outline = tuple(float(v) for v in box)
+        draw.rectangle((outline[0] - 1, outline[1] - 1, outline[2] + 1, outline[3] + 1), outline="black",
+                       width=BOX_WIDTH + 2)
+        draw.rectangle(outline, outline=colour, width=BOX_WIDTH)
         _label(draw, box, str(track_id), colour, font)
     return np.asarray(image)
 
@@ -172,7 +176,7 @@ def annotate_video(video: Path, tracks: Sequence[Track], out: Path, *, force: bo
     """
     _codec(Path(out))
     result = write_video(_drawn_frames(video, tracks), Path(out), fps=video_info(video).fps, force=force)
-    log.info("wrote %s: %d frames, %d tracks drawn", out, result.frames, len(tracks))
+    log.debug("wrote %s: %d frames, %d tracks drawn", out, result.frames, len(tracks))
     return result
 
 

@@ -102,5 +102,5 @@ def write_calibration_report(embeddings: Embeddings, calibration: Any, out: Path
     page = render_calibration_report(pair_scores(embeddings), threshold=calibration.threshold, summary=summary,
                                      source=calibration.embeddings or "")
     out = write_page(page, out, force=force)
-    log.info("wrote %s", out)
+    log.debug("wrote %s", out)
     return out

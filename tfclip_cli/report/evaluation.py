@@ -227,5 +227,5 @@ def evaluate_with_report(embeddings: Embeddings, out: Path, *, gallery_rule: Gal
     """:func:`tfclip_cli.evaluate.evaluate`, then the report of its ranking at ``out``."""
     result = evaluate(embeddings, gallery_rule=gallery_rule)
     write_evaluation_report(embeddings, result, out, source=source, force=force)
-    log.info("wrote %s", out)
+    log.debug("wrote %s", out)
     return result

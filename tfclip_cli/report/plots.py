@@ -97,6 +97,9 @@ def training_curves(
     score_axes.set(title="Held-out retrieval at each evaluation", ylabel="score (%)", ylim=(0, 100))
     if len(eval_epochs):
         score_axes.legend(loc="lower right")
+        for values, name, offset in ((mean_ap, "mAP", 8), (rank1, "rank-1", -14)):
+            score_axes.annotate(f"{name} {100 * values[-1]:.1f}%", (eval_epochs[-1], 100 * values[-1]),
+                                xytext=(-8, offset), textcoords="offset points", ha="right", fontsize=9)
     else:
         score_axes.text(0.5, 0.5, "no evaluation yet", transform=score_axes.transAxes, ha="center", color="#666")
     last = max([*loss_epochs, *eval_epochs, 1])

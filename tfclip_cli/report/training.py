@@ -103,5 +103,5 @@ def write_run_report(run_dir: Path, out: Path | None = None) -> Path:
     page = render("training.html.j2", title="tfclip training run", subtitle=display.plain(run_dir.resolve()),
                   curves=inline_svg(curves_svg(history)), caption=curves_caption(history), best=_best(history))
     out = write_page(page, out or run_dir / REPORT_FILE)
-    log.info("wrote %s", out)
+    log.debug("wrote %s", out)
     return out

@@ -371,7 +371,7 @@ def _draw_report(run: RunState, epoch: int, evaluation: EvalResult | None) -> No
         return
     from tfclip_cli.report.training import write_run_report  # matplotlib loads only when a run draws
 
-    write_run_report(run.run_dir)
+    logger.info("wrote %s", write_run_report(run.run_dir))
 
 
 def _interrupt(run: RunState) -> None:
