@@ -11,10 +11,7 @@ import numpy as np
 from tfclip_cli import display
 from tfclip_cli.report.render import jpeg_data_uri, render
 
-NO_FRAMES = np.zeros((0, 1, 1, 3), np.uint8)
-
-
-def _hit_view(hit: Any, frames: np.ndarray) -> dict:
+def _hit_view(hit: Any, frames: np.ndarray | tuple) -> dict:
     if hit.origin is not None and len(frames):
         frames = np.stack([display.draw_box(frame, hit.origin.key_box) for frame in frames])
     return {
@@ -35,7 +32,7 @@ def _caption(result: Any) -> str:
 
 def query_view(result: Any) -> dict:
     """What the template shows of one ``index.QueryResult``."""
-    hit_frames = result.hit_key_frames or [NO_FRAMES] * len(result.hits)
+    hit_frames = result.hit_key_frames or [()] * len(result.hits)  # searched without hit frames
     return {
         "source": display.plain(result.source), "num_frames": result.num_frames,
         "key_frames": [jpeg_data_uri(frame) for frame in result.key_frames],
