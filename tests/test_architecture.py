@@ -1,6 +1,8 @@
 """The layering holds (RANK below is its order): imports point down only, heavy libraries stay in one module."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ RANK = {
     "export": 7.5,
     "inference": 8,
     "evaluate": 8,
+    "report": 8.5,
     "train": 9,
     "index": 9,
     "footage": 9.5,
@@ -41,6 +44,9 @@ THIRD_PARTY_HOMES = {
     "onnxruntime": {"export"},
     "fastapi": {"serve"},
     "uvicorn": {"serve"},
+    "matplotlib": {"report"},
+    "jinja2": {"report"},
+    "markupsafe": {"report"},
 }
 
 
@@ -86,3 +92,10 @@ def test_heavy_libraries_stay_in_their_module(library: str) -> None:
         uses = {n.split(".")[0] for n in _imports(path)}
         if library in uses:
             assert _home(path) in THIRD_PARTY_HOMES[library], f"{path} imports {library}"
+
+
+def test_the_cli_loads_no_plotting_or_template_library_until_a_command_draws() -> None:
+    code = ("import sys, tfclip_cli.cli; "
+            "print(sorted(m for m in ('matplotlib', 'jinja2', 'tfclip_cli.report') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

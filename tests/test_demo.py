@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from html_check import check_page
+
 from tfclip_cli.cli import app
 from tfclip_cli.demo import DemoPaths, pick_query, run_demo
 from tfclip_cli.errors import UserError
@@ -39,7 +41,11 @@ def test_quick_demo_replaces_an_earlier_demo_prints_metrics_and_reports_the_quer
     assert json.loads(paths.plan.read_text())["plan"] == "quick"  # --force replaced the earlier demo
     query = pick_query(read_manifest(paths.manifest))
     assert query.video is not None and query.split == "query"
-    assert query.tracklet_id in paths.report.read_text(encoding="utf-8")
+    report = paths.report.read_text(encoding="utf-8")
+    assert query.tracklet_id in report
+    page = check_page(paths.report)  # one page: training curves, CMC curve, the query's 5 hits with key frames
+    assert page.tags.count("svg") == 2 and "Training curves" in report and "Cumulative matching" in report
+    assert report.count('<td class="number">') >= 5 * 4 and "data:image/jpeg;base64," in report
     for path in (paths.initial_checkpoint, paths.trained_checkpoint, paths.before, paths.after, paths.index):
         assert path.is_file(), path
 

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from tfclip_cli.datasets.mot import GroundTruth
-from tfclip_cli.footage.metrics import TrackedVideo, one_sequence, score_network, score_tracks
+from tfclip_cli.footage.metrics import (
+    IdentitySwitch, TrackedVideo, identity_switches, one_sequence, score_network, score_tracks,
+)
 from tfclip_cli.footage.track import Track
 
 A_BOX = (0.0, 0.0, 10.0, 20.0)
@@ -35,6 +37,13 @@ def test_two_tracks_swapping_two_people_cost_two_switches_and_half_the_idf1():
     assert (scores.id_switches, scores.misses, scores.false_positives) == (2, 0, 0)
     assert scores.mota == pytest.approx(1 - 2 / 8)  # 8 ground-truth boxes, 2 switches
     assert scores.idf1 == pytest.approx(2 * 4 / (8 + 8))  # best one-to-one: 10↔A and 20↔B agree on 2 frames each
+
+
+def test_identity_switches_name_the_frame_the_person_and_the_track_that_took_over():
+    truth = _truth([(f, 1, A_BOX) for f in range(4)] + [(f, 2, B_BOX) for f in range(4)])
+    tracks = [_track(10, {0: A_BOX, 1: A_BOX, 2: B_BOX, 3: B_BOX}),
+              _track(20, {0: B_BOX, 1: B_BOX, 2: A_BOX, 3: A_BOX})]
+    assert identity_switches(TrackedVideo(tracks, truth)) == [IdentitySwitch(2, 1, 20), IdentitySwitch(2, 2, 10)]
 
 
 def test_a_miss_and_a_false_positive_count_once_each():

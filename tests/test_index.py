@@ -26,11 +26,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from tiny_training import TINY_CONFIG as CONFIG, save_tiny_checkpoint, tiny_manifest
-from tfclip_cli import display, index
+from tfclip_cli import index
 from tfclip_cli.cli import app
 from tfclip_cli.errors import GalleryError, OutputError, UserError
 from tfclip_cli.inference import extract_to_file
 from tfclip_cli.model import build_model
+from tfclip_cli.report.query import render_query_report
 from tfclip_cli.tables import Embeddings, read_embeddings, read_manifest, write_embeddings
 
 CHECKPOINT_INFO = {"checkpoint": "/runs/a.ckpt", "checkpoint_sha256": "a" * 64, "sampling": "dense"}
@@ -398,7 +399,7 @@ def _report_results() -> list[index.QueryResult]:
 
 
 def test_html_report_is_self_contained_with_ids_scores_and_embedded_thumbnails():
-    page = display.render_query_report(_report_results(), gallery="/runs/g.faiss")
+    page = render_query_report(_report_results(), gallery="/runs/g.faiss")
     assert page.startswith("<!DOCTYPE html>") and "/runs/g.faiss" in page
     assert "/clips/query &amp; friend.mp4" in page and "40 frames" in page
     assert "gallery-&lt;7&gt;" in page and "gallery-9" in page and "/data/p7/c1" in page
@@ -414,7 +415,7 @@ def test_html_report_is_self_contained_with_ids_scores_and_embedded_thumbnails()
 )
 def test_html_report_renders_its_thumbnails_in_headless_chromium(tmp_path):
     page = tmp_path / "report.html"
-    page.write_text(display.render_query_report(_report_results(), gallery="/runs/g.faiss"))
+    page.write_text(render_query_report(_report_results(), gallery="/runs/g.faiss"))
     shot = tmp_path / "shot.png"
     command = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                f"--screenshot={shot}", "--window-size=1000,900", page.as_uri()]

@@ -22,6 +22,7 @@ from tfclip_cli.errors import CheckpointError, OutputError
 from tfclip_cli.inference import load_memory
 from tfclip_cli.model import ModelConfig, build_model
 from tfclip_cli.recipe import load_recipe
+from tfclip_cli.report.training import read_history
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +49,7 @@ def test_a_short_run_lowers_the_loss_and_writes_the_run_folder(full_run):
     assert losses[3]["total"] < 0.9 * losses[1]["total"]
     assert set(losses[1]) == {"total", "id", "frame_id", "triplet", "v2m"}
     names = {path.name for path in full_run.run_dir.iterdir()}
-    assert {"recipe.yaml", "memory.pt", "last.ckpt", "best.ckpt", "metrics.csv"} <= names
+    assert {"recipe.yaml", "memory.pt", "last.ckpt", "best.ckpt", "metrics.csv", "report.html"} <= names
     assert not [name for name in names if name.endswith(".tmp")]
     assert full_run.epochs_done == 3 and full_run.best is not None
     assert full_run.best_checkpoint == full_run.run_dir / "best.ckpt"
@@ -88,6 +89,9 @@ def test_resuming_after_an_epoch_repeats_the_uninterrupted_losses(full_run, mani
     assert [s.epoch for s in resumed.history] == [2]
     assert _epoch_losses(first)[1] == _epoch_losses(full_run)[1]
     assert _epoch_losses(resumed)[2] == _epoch_losses(full_run)[2]
+    history = read_history(tmp_path / "run" / "metrics.csv")  # what report.html draws: one curve over both calls
+    assert history.epochs == (1, 2) and history.eval_epochs == (1, 2)
+    assert "2 epochs trained, 2 evaluations" in (tmp_path / "run" / "report.html").read_text()
 
 
 def test_a_crash_while_writing_a_checkpoint_leaves_the_last_good_one(full_run, monkeypatch):

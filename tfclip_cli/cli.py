@@ -456,10 +456,16 @@ def evaluate(
             show_default=False,
         ),
     ] = None,
+    report: Annotated[
+        Optional[Path],
+        typer.Option("--report", help="Also write an HTML report: CMC to rank 50, score distributions, mAP per "
+                     "camera pair, the worst queries with their top 10.", dir_okay=False),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --report.")] = False,
 ) -> None:
     """Report mAP, CMC rank-1/5/10/20 and mINP of an embeddings table's queries against its gallery.
 
-    Example: tfclip evaluate runs/mars/emb.parquet --json
+    Example: tfclip evaluate runs/mars/emb.parquet --report runs/mars/evaluation.html
     """
     import dataclasses
     import json
@@ -467,11 +473,30 @@ def evaluate(
     from tfclip_cli.evaluate import RerankParams, evaluate_file
 
     rule = None if includes_query is None else ("includes_query" if includes_query else "gallery_only")
-    result = evaluate_file(embeddings, gallery_rule=rule, rerank=RerankParams() if rerank else None)
+    if report is not None:
+        result = _evaluate_with_report(embeddings, report, gallery_rule=rule, is_reranked=rerank, force=force)
+    else:
+        result = evaluate_file(embeddings, gallery_rule=rule, rerank=RerankParams() if rerank else None)
     if json_output:
         typer.echo(json.dumps(dataclasses.asdict(result)))
     else:
         _print_eval_result(embeddings, result, reranked=rerank)
+
+
+def _evaluate_with_report(embeddings: Path, report: Path, *, gallery_rule: str | None, is_reranked: bool,
+                          force: bool):
+    """``tfclip evaluate --report``: the metrics, and the report of the ranking behind them."""
+    from tfclip_cli.report.evaluation import evaluate_with_report
+    from tfclip_cli.tables import check_writable, read_embeddings
+
+    if is_reranked:
+        raise UserError("--report draws the cosine ranking; re-ranked distances are not cosine scores",
+                        hint="drop --rerank, or run the command twice")
+    check_writable(report, force=force)
+    result = evaluate_with_report(read_embeddings(embeddings), report, gallery_rule=gallery_rule,
+                                  source=str(embeddings), force=force)
+    display.stderr.print(display.plain_text(f"wrote {report}"))
+    return result
 
 
 class IndexKind(str, Enum):
@@ -546,21 +571,32 @@ def calibrate(
                      "threshold (a search over N tracklets returns a stranger far more often).", show_default=False),
     ] = None,
     json_output: JsonOpt = False,
+    report: Annotated[
+        Optional[Path],
+        typer.Option("--report", help="Also write an HTML report: the DET curve with the chosen point, and the "
+                     "genuine / impostor score histograms with the threshold.", dir_okay=False),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --report.")] = False,
 ) -> None:
     """Compute the "no match" score threshold from labelled embeddings, per search at an FPIR (or per pair at a
     false-match rate), with the DET table; store it in the gallery.
 
-    Example: tfclip calibrate runs/mars/val-emb.parquet --gallery runs/mars/gallery.faiss --fpir 0.01
+    Example: tfclip calibrate runs/mars/val-emb.parquet --gallery runs/mars/gallery.faiss --fpir 0.01 --report cal.html
     """
     import dataclasses
     import json
 
     from tfclip_cli.index import calibrate_gallery, calibrate_gallery_per_pair
+    from tfclip_cli.tables import check_writable
 
     if fmr is not None and (fpir is not None or rank is not None):
         raise UserError("--fmr is the per-pair rule; --fpir and --rank the per-search one: pass one rule")
+    if report is not None:
+        check_writable(report, force=force)
     if fmr is not None:
         pair = calibrate_gallery_per_pair(gallery, embeddings, fmr=fmr)
+        if report is not None:
+            _write_calibration_report(embeddings, pair, report, force=force)
         if json_output:
             typer.echo(json.dumps(dataclasses.asdict(pair)))
             return
@@ -572,10 +608,21 @@ def calibrate(
         return
     result = calibrate_gallery(gallery, embeddings, fpir=0.01 if fpir is None else fpir,
                                rank=1 if rank is None else rank)
+    if report is not None:
+        _write_calibration_report(embeddings, result, report, force=force)
     if json_output:
         typer.echo(json.dumps(result.to_dict()))
         return
     display.stdout.print(display.det_table(result, gallery=str(gallery)))
+
+
+def _write_calibration_report(embeddings: Path, calibration, report: Path, *, force: bool) -> None:
+    """``tfclip calibrate --report``: the report of the calibration just stored."""
+    from tfclip_cli.report.calibration import write_calibration_report
+    from tfclip_cli.tables import read_embeddings
+
+    write_calibration_report(read_embeddings(embeddings), calibration, report, force=force)
+    display.stderr.print(display.plain_text(f"wrote {report}"))
 
 
 QUERY_DETECTOR = "auto"  # the default of tfclip track (footage.detect.DEFAULT_DETECTOR)
@@ -661,7 +708,7 @@ def query(
     from tfclip_cli.footage.query import query_clips
     from tfclip_cli.index import SearchOptions, parse_min_score
     from tfclip_cli.inference import process_device
-    from tfclip_cli.tables import atomic_output, check_writable
+    from tfclip_cli.tables import check_writable
 
     if html_out is not None:
         check_writable(html_out, force=force)
@@ -672,8 +719,10 @@ def query(
                           pointer=_person_pointer(box, frame, person))
     per_query = [r for result in results for r in getattr(result, "results", (result,))]  # a person each
     if html_out is not None:
-        with atomic_output(html_out, force=force) as temp:
-            temp.write_text(display.render_query_report(per_query, gallery=str(gallery)), encoding="utf-8")
+        from tfclip_cli.report.query import render_query_report
+        from tfclip_cli.report.render import write_page
+
+        write_page(render_query_report(per_query, gallery=str(gallery)), html_out, force=force)
         display.stderr.print(display.plain_text(f"wrote {html_out}"))
     if json_output:
         dicts = [result.to_dict() for result in results]
@@ -819,6 +868,11 @@ def track(
     ] = 1,
     json_output: JsonOpt = False,
     force: ForceOpt = False,
+    annotate: Annotated[
+        Optional[Path],
+        typer.Option("--annotate", help="Also write the video with each tracklet's box, id and trail drawn, as .mp4 "
+                     "(H.264) or .webm (VP9); one input video.", dir_okay=False),
+    ] = None,
 ) -> None:
     """Detect and track the people in camera videos and write each track as a tracklet of cropped frames.
 
@@ -829,10 +883,14 @@ def track(
 
     from tfclip_cli.footage.tracklets import TrackOptions, track_videos
 
+    if annotate is not None:
+        _check_annotation(videos, annotate, force=force)
     options = TrackOptions(detector=detector, every=every, min_frames=min_frames, checkpoint=checkpoint)
     summary = track_videos(videos, out, options=options, camid=camid, workers=workers, force=force)
     if not display.is_main_process():
         return
+    if annotate is not None:
+        _annotate_tracking(videos[0], Path(summary.videos[0].folder), annotate, force=force)
     if json_output:
         typer.echo(json.dumps(dataclasses.asdict(summary)))
         return
@@ -871,6 +929,41 @@ def evaluate_tracks(
         typer.echo(json.dumps(dataclasses.asdict(evaluation)))
     else:
         display.stdout.print(display.track_scores_table(evaluation, display.plain_text(f"{result} against {gt}")))
+
+
+@command("report")
+def report(
+    run: Annotated[Path, typer.Argument(help="A run folder of tfclip train (its run.output_dir).", exists=True,
+                                        file_okay=False)],
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Where to write the page; default: RUN/report.html.",
+                                     dir_okay=False)
+    ] = None,
+) -> None:
+    """Draw a training run's report (loss parts, learning rate, mAP and rank-1 per epoch) from its metrics.csv.
+
+    Example: tfclip report runs/mars
+    """
+    from tfclip_cli.report.training import write_run_report
+
+    display.stderr.print(display.plain_text(f"wrote {write_run_report(run, out)}"))
+
+
+def _check_annotation(videos: list[Path], annotate: Path, *, force: bool) -> None:
+    """``tfclip track --annotate``: one video, and a file that can be written, checked before tracking."""
+    from tfclip_cli.footage.annotate import check_output
+
+    if len(videos) != 1:
+        raise UserError(f"--annotate draws one video; {len(videos)} were given", hint="track them one at a time")
+    check_output(annotate, force=force)
+
+
+def _annotate_tracking(video: Path, folder: Path, annotate: Path, *, force: bool) -> None:
+    """Draw the tracklets just written for ``video`` (in ``folder``) onto it."""
+    from tfclip_cli.footage.annotate import annotate_video, read_written_tracks
+
+    result = annotate_video(video, read_written_tracks(folder), annotate, force=force)
+    display.stderr.print(display.plain_text(f"wrote {result.path} ({result.frames} frames, {result.codec})"))
 
 
 @command("demo")

@@ -269,6 +269,17 @@ def read_frames(tracklet: Tracklet, indices: Sequence[int]) -> torch.Tensor:
     return decoded[[row_of[i] for i in indices]]
 
 
+def read_key_frames(tracklet: Tracklet) -> np.ndarray:
+    """The first, middle and last frame of ``tracklet`` as uint8 ``[K, H, W, 3]`` (K ≤ 3 for short tracklets).
+
+    Raises:
+        DataError: naming the file when a frame cannot be decoded.
+    """
+    last = tracklet.num_frames - 1
+    frames = read_frames(tracklet, sorted({0, last // 2, last}))  # [K, 3, H, W]
+    return frames.permute(0, 2, 3, 1).numpy()
+
+
 def _uniform(bounds: tuple[float, float], generator: torch.Generator | None) -> float:
     low, high = bounds
     return low + (high - low) * float(torch.rand((), generator=generator))

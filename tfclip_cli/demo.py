@@ -9,7 +9,8 @@ The demo folder ``DIR`` receives, one step after another (each logged, each reus
 3. ``before.parquet`` and ``after.parquet``: query and gallery embeddings of ``initial.ckpt`` and ``best.ckpt``
    (``inference.extract_to_file``), scored by ``evaluate.evaluate`` on the held-out identities;
 4. ``gallery.faiss`` (``index.build_index``, flat) over the gallery rows of ``after.parquet``, searched with one
-   held-out query video (``index.query``), and ``report.html`` (``display.render_query_report``).
+   held-out query video (``index.query``), and ``report.html`` (``report.demo``: metrics, training curves, CMC
+   curve and the query's ranked hits).
 
 ``demo.json`` records which plan (default or quick) the folder was started with, so ``--resume`` cannot mix them.
 """
@@ -27,7 +28,7 @@ from typing import Iterator, Literal
 
 import torch
 
-from tfclip_cli import __version__, datasets, display
+from tfclip_cli import __version__, datasets
 from tfclip_cli.checkpoint import Checkpoint, save_checkpoint
 from tfclip_cli.datasets.synthetic import SyntheticOptions
 from tfclip_cli.errors import DataError, UserError
@@ -187,6 +188,7 @@ def run_demo(out: Path, *, quick: bool = False, if_exists: IfExists = "refuse") 
     with _step("index and query", timings):
         query_tracklet = pick_query(manifest)
         result = _search(after_embeddings, query_tracklet, paths)
+        _write_report(paths, before=before, after=after, embeddings=after_embeddings, result=result)
     logger.info("mAP %.1f%% before training, %.1f%% after; wrote %s", 100 * before.mAP, 100 * after.mAP, paths.report)
     return DemoResult(plan=plan.name, device=str(process_device()), before=before, after=after, training=training,
                       query_tracklet=query_tracklet, query=result, paths=paths, timings=timings)
@@ -311,12 +313,19 @@ def pick_query(manifest: Manifest) -> Tracklet:
 
 
 def _search(embeddings: Embeddings, query_tracklet: Tracklet, paths: DemoPaths) -> QueryResult:
-    """Index the gallery rows (once), search them with the query video, and write report.html."""
+    """Index the gallery rows (once) and search them with the query video."""
     if not paths.index.exists():
         gallery = embeddings.select((embeddings.rows["split"] == "gallery").to_numpy())
         build_index(gallery, paths.index, index_type="flat")
     options = SearchOptions(top_k=TOP_K, device=process_device(), with_hit_frames=True)
     (result,) = query(paths.index, [Path(query_tracklet.source)], options)
-    with atomic_output(paths.report, force=True) as temp:
-        temp.write_text(display.render_query_report([result], gallery=str(paths.index)), encoding="utf-8")
     return result
+
+
+def _write_report(paths: DemoPaths, *, before: EvalResult, after: EvalResult, embeddings: Embeddings,
+                  result: QueryResult) -> None:
+    """report.html: the metrics, training curves, CMC curve and the query's ranked hits."""
+    from tfclip_cli.report.demo import write_demo_report  # matplotlib loads only when the demo draws
+
+    write_demo_report(paths.report, run_dir=paths.run, before=before, after=after, embeddings=embeddings,
+                      query=result)

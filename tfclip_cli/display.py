@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import html
-import io
 import logging
 import os
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
-from PIL import Image
 from rich.console import Console, ConsoleDimensions, Group
 from rich.logging import RichHandler
 from rich.panel import Panel
@@ -30,6 +26,19 @@ from rich.table import Table
 from rich.text import Text
 
 T = TypeVar("T")
+
+OKABE_ITO = {
+    "orange": "#E69F00",
+    "sky blue": "#56B4E9",
+    "bluish green": "#009E73",
+    "yellow": "#F0E442",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "reddish purple": "#CC79A7",
+    "black": "#000000",
+}
+"""The Okabe-Ito palette (Okabe & Ito, "Color Universal Design", 2008): colours told apart by people with any
+common colour-vision deficiency; every figure and drawn video takes its colours from it."""
 
 PLAIN_WIDTH = 100_000
 """Line width off a terminal: a pipe, a log file or a test's capture gets every line whole, whatever COLUMNS says."""
@@ -255,18 +264,6 @@ def draw_box(frame: np.ndarray, box: Sequence[float], *, colour: tuple[int, int,
     return out
 
 
-THUMBNAIL_SIZE = (128, 128)
-"""Largest thumbnail (width, height) in the HTML report; frames keep their aspect ratio."""
-REPORT_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 24px; color: #1d1d1f; background: #fafafa; }
-section { background: #fff; border: 1px solid #ddd; border-radius: 8px; padding: 16px; margin-bottom: 24px; }
-table { border-collapse: collapse; } td, th { padding: 6px 10px; border-bottom: 1px solid #eee; text-align: left; }
-img { height: 128px; margin-right: 4px; border-radius: 3px; vertical-align: middle; }
-.score { font-variant-numeric: tabular-nums; } .source { color: #666; font-size: 0.85em; word-break: break-all; }
-.missing { color: #999; font-style: italic; }
-"""
-
-
 def tracking_table(summary: Any) -> Table:
     """One row per video of ``tfclip track``'s :class:`~tfclip_cli.footage.tracklets.TrackingSummary`."""
     how = "motion + appearance" if summary.relinked else "motion only"
@@ -295,61 +292,6 @@ def track_scores_table(evaluation: Any, title: str) -> Table:
     table.add_row("network", "", *(f"{100 * getattr(network, name):.1f}%" for name in ("idf1", "hota", "deta",
                   "assa")), "", style="bold")
     return table
-
-
-def _jpeg_data_uri(frame: np.ndarray) -> str:
-    """A uint8 ``[H, W, 3]`` frame as a ``data:`` URI holding a JPEG thumbnail."""
-    image = Image.fromarray(frame).convert("RGB")
-    image.thumbnail(THUMBNAIL_SIZE)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _frames_html(frames: np.ndarray, label: str) -> str:
-    if len(frames) == 0:
-        return '<span class="missing">frames unavailable</span>'
-    alt = html.escape(plain(label), quote=True)
-    return "".join(f'<img src="{_jpeg_data_uri(frame)}" alt="{alt}">' for frame in frames)
-
-
-def _hit_frames_html(hit: Any, frames: np.ndarray) -> str:
-    """A hit's key frames; for a hit cut from footage, its key frame in the source video with the box drawn."""
-    if hit.origin is not None and len(frames):
-        frames = np.stack([draw_box(frame, hit.origin.key_box) for frame in frames])
-    return _frames_html(frames, hit.tracklet_id)
-
-
-def _query_section(number: int, result: Any) -> str:
-    """One query: its key frames, then a table of hits with their key frames and scores."""
-    hit_frames = result.hit_key_frames or [np.zeros((0, 1, 1, 3), np.uint8)] * len(result.hits)
-    rows = "".join(
-        f"<tr><td>{hit.rank}</td><td class=\"score\">{hit.score:.4f}</td><td>{hit.pid}</td><td>{hit.camid}</td>"
-        f"<td>{html.escape(plain(hit.tracklet_id))}<div class=\"source\">{html.escape(plain(hit.source))}</div>"
-        f"{_footage_html(hit.origin)}</td><td>{_hit_frames_html(hit, frames)}</td></tr>"
-        for hit, frames in zip(result.hits, hit_frames)
-    )
-    return (
-        f"<section><h2>Query {number}: {html.escape(plain(result.source))}</h2>"
-        f"<p>{result.num_frames} frames; first, middle and last:</p><p>{_frames_html(result.key_frames, 'query')}</p>"
-        "<table><tr><th>rank</th><th>score</th><th>pid</th><th>camid</th><th>tracklet</th><th>key frames</th></tr>"
-        f"{rows}</table></section>"
-    )
-
-
-def _footage_html(origin: Any) -> str:
-    return "" if origin is None else f'<div class="source">{html.escape(plain(footage_label(origin)))}</div>'
-
-
-def render_query_report(results: Sequence[Any], *, gallery: str) -> str:
-    """One self-contained HTML page (thumbnails embedded as base64 JPEG, no external resources) for the
-    ``index.QueryResult`` values of a ``tfclip query --html`` call against the index ``gallery``."""
-    title = f"tfclip query against {html.escape(plain(gallery))}"
-    sections = "".join(_query_section(number, result) for number, result in enumerate(results, start=1))
-    return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-        f"<style>{REPORT_STYLE}</style></head><body><h1>{title}</h1>{sections}</body></html>\n"
-    )
 
 
 DEMO_NEXT_STEPS = """\

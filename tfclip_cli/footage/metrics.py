@@ -199,3 +199,20 @@ def evaluate_tracks(result: Path, truth: Path) -> NetworkEvaluation:
     for camid in sorted(set(truths) - set(tracks)):
         logger.warning("%s has no tracks of camera %d: scored as finding no one there", result, camid)
     return score_network({camid: TrackedVideo(tracks.get(camid, []), truths[camid]) for camid in truths})
+
+
+@dataclass(frozen=True)
+class IdentitySwitch:
+    """A ground-truth person whose matched track changed: at ``frame_index``, ``track_id`` took ``pid`` over."""
+
+    frame_index: int
+    pid: int
+    track_id: int
+
+
+def identity_switches(video: TrackedVideo, *, min_iou: float = 0.5) -> list[IdentitySwitch]:
+    """Every identity switch of one video, in frame order (the events :func:`score_tracks` counts)."""
+    events = _accumulate(video, min_iou).mot_events
+    switches = events[events["Type"] == "SWITCH"]
+    return [IdentitySwitch(int(frame_index), int(row.OId), int(row.HId))
+            for (frame_index, _), row in zip(switches.index, switches.itertuples())]

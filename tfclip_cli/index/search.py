@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tfclip_cli.clips import ClipTransform, read_frames
+from tfclip_cli.clips import ClipTransform, read_frames, read_key_frames
 from tfclip_cli.errors import DataError, GalleryError, UserError
 from tfclip_cli.index.calibrate import warn_if_stale
 from tfclip_cli.index.store import Gallery, load_index, normalized
@@ -224,17 +224,6 @@ def _hit(rows: pd.DataFrame, row: int, rank: int, score: float, threshold: float
 
 
 NO_FRAMES = np.zeros((0, 1, 1, 3), dtype=np.uint8)
-
-
-def read_key_frames(tracklet: Tracklet) -> np.ndarray:
-    """The first, middle and last frame of ``tracklet`` as uint8 ``[K, H, W, 3]`` (K ≤ 3 for short tracklets).
-
-    Raises:
-        DataError: naming the file when a frame cannot be decoded.
-    """
-    last = tracklet.num_frames - 1
-    frames = read_frames(tracklet, sorted({0, last // 2, last}))  # [K, 3, H, W]
-    return frames.permute(0, 2, 3, 1).numpy()
 
 
 def read_source_key_frame(origin: FootageOrigin) -> np.ndarray:

@@ -357,11 +357,21 @@ def _finish_epoch(run: RunState, epoch: int) -> EpochSummary:
         run.metrics.write({"kind": "epoch", "epoch": epoch, "lr": lr, **losses, "clips_per_s": clips_per_s,
                            "data_share": data_share}, step=epoch)
     save(run, "last.ckpt", is_resumable=True)
+    _draw_report(run, epoch, evaluation)
     barrier(run.context)
     logger.info("epoch %d/%d: %s, lr %.2e, %.1f clips/s, %.0f%% waiting for data", epoch, run.recipe.solver.epochs,
                 _loss_text(losses), lr, clips_per_s, 100 * data_share)
     return EpochSummary(epoch=epoch, losses=losses, lr=lr, clips_per_s=clips_per_s, data_share=data_share,
                         evaluation=evaluation)
+
+
+def _draw_report(run: RunState, epoch: int, evaluation: EvalResult | None) -> None:
+    """After each evaluation and after the last epoch, redraw RUN/report.html from metrics.csv (rank 0)."""
+    if run.metrics is None or (evaluation is None and epoch != run.recipe.solver.epochs):
+        return
+    from tfclip_cli.report.training import write_run_report  # matplotlib loads only when a run draws
+
+    logger.info("wrote %s", write_run_report(run.run_dir))
 
 
 def _interrupt(run: RunState) -> None:
