@@ -69,3 +69,32 @@ def test_a_malformed_line_is_exit_two_naming_the_file_and_line(tmp_path):
     ran = _run(str(result), "--gt", str(truth))
     assert ran.exit_code == 2
     assert "cam2.txt, line 2" in " ".join(ran.output.split()) and "Traceback" not in ran.output
+
+
+def test_annotate_draws_the_camera_the_video_films_side_by_side(tmp_path):
+    av = pytest.importorskip("av")
+    import numpy as np
+
+    truth = write_mot_folder(ROWS, tmp_path / "footage", "cam{}/gt.txt")
+    result = write_mot_folder(RESULT, tmp_path / "result", "cam{}.txt")
+    video = tmp_path / "cam1.mp4"
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("libx264", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
+        for _ in range(4):
+            frame = av.VideoFrame.from_ndarray(np.full((96, 160, 3), 90, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    out = tmp_path / "side.mp4"
+    ran = _run(str(result), "--gt", str(truth), "--annotate", str(out), "--video", str(video))
+    assert ran.exit_code == 0, ran.output
+    with av.open(str(out)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == 4 and frames[0].shape[1] > 2 * 160  # truth and tracks side by side
+    assert "wrote" in ran.stderr
+    alone = _run(str(result), "--gt", str(truth), "--annotate", str(tmp_path / "x.mp4"))
+    assert alone.exit_code == 2 and "--video" in alone.output
+    unnamed = tmp_path / "lobby.mp4"
+    unnamed.write_bytes(video.read_bytes())
+    ran = _run(str(result), "--gt", str(truth), "--annotate", str(tmp_path / "y.mp4"), "--video", str(unnamed))
+    assert ran.exit_code == 2 and "camera number" in ran.output

@@ -912,19 +912,38 @@ def evaluate_tracks(
                      "(<camera>/gt/gt.txt, <camera>/gt.txt or <camera>.txt).", exists=True),
     ],
     json_output: JsonOpt = False,
+    annotate: Annotated[
+        Optional[Path],
+        typer.Option("--annotate", help="Also draw one camera's ground truth and tracks side by side, identity "
+                     "switches marked, into this .mp4 or .webm; the camera is the one --video films.",
+                     dir_okay=False),
+    ] = None,
+    video: Annotated[
+        Optional[Path],
+        typer.Option("--video", help="With --annotate: the camera's video, named by its number (cam2.mp4).",
+                     exists=True, dir_okay=False),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --annotate video.")] = False,
 ) -> None:
     """Score tracks against ground truth: MOTA, IDF1, ID switches, HOTA per camera; multi-camera IDF1 and HOTA.
 
     Ids are global across cameras; the network is scored as one sequence, every camera's frames one after another.
 
-    Example: tfclip evaluate-tracks tracked/ --gt data/footage/footage --json
+    Example: tfclip evaluate-tracks tracked/ --gt data/footage/footage --annotate cam0-check.mp4 --video cam0.mp4
     """
     import dataclasses
     import json
 
     from tfclip_cli.footage import metrics
 
+    if (annotate is None) != (video is None):
+        raise UserError("--annotate and --video go together: the video to draw on, and where to write it")
     evaluation = metrics.evaluate_tracks(result, gt)
+    if annotate is not None:
+        from tfclip_cli.footage.annotate import annotate_camera
+
+        drawn = annotate_camera(result, gt, video, annotate, force=force)
+        display.stderr.print(display.plain_text(f"wrote {drawn.path} ({drawn.frames} frames, {drawn.codec})"))
     if json_output:
         typer.echo(json.dumps(dataclasses.asdict(evaluation)))
     else:

@@ -23,10 +23,11 @@ from PIL import Image, ImageDraw, ImageFont
 from tfclip_cli.datasets.footage import TRACK_FILE
 from tfclip_cli.datasets.mot import GroundTruth
 from tfclip_cli.display import OKABE_ITO
-from tfclip_cli.errors import UserError
+from tfclip_cli.errors import DataError, UserError
 from tfclip_cli.footage.detect import read_video, video_info
 from tfclip_cli.footage.metrics import IdentitySwitch, TrackedVideo, identity_switches
 from tfclip_cli.footage.track import Track
+from tfclip_cli.footage.tracking_files import camera_number, read_tracks, read_truth
 from tfclip_cli.tables import atomic_output, check_writable
 
 log = logging.getLogger(__name__)
@@ -257,3 +258,23 @@ def annotate_comparison(video: Path, truth: GroundTruth, tracks: Sequence[Track]
     result = write_video(frames, Path(out), fps=video_info(video).fps, force=force)
     log.info("wrote %s: %d frames, %d identity switches marked", out, result.frames, len(switches))
     return result
+
+
+def annotate_camera(result: Path, truth: Path, video: Path, out: Path, *, force: bool = False) -> AnnotatedVideo:
+    """``tfclip evaluate-tracks --annotate``: :func:`annotate_comparison` of the camera that ``video`` films, named
+    by its number as the tracking layouts name cameras (``cam2.mp4``, ``cam2_20261203T120000.mp4`` → camera 2).
+
+    Raises:
+        UserError: the video's name holds no camera number. DataError: ``truth`` has no such camera, or as
+            :func:`~tfclip_cli.footage.tracking_files.read_tracks`.
+    """
+    camid = camera_number(Path(video).stem)
+    if camid is None:
+        raise UserError(f"{video}: expected a video named by its camera number (cam2.mp4, c002.avi, 2.mp4)",
+                        hint="rename the video, or link it under such a name")
+    check_output(out, force=force)
+    tracks, truths = read_tracks(result), read_truth(truth)
+    if camid not in truths:
+        raise DataError(f"{truth} has no ground truth of camera {camid}, which {video} films "
+                        f"(its cameras: {', '.join(map(str, sorted(truths))) or 'none'})")
+    return annotate_comparison(video, truths[camid], tracks.get(camid, []), out, force=force)
