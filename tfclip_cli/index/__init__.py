@@ -11,11 +11,13 @@ from tfclip_cli.index.search import (
     QueryEmbedder,
     Hit,
     MinScore,
+    QueryClip,
     QueryResult,
     SearchOptions,
     load_query_embedder,
     parse_min_score,
     query,
+    query_results,
     query_tracklets,
     read_key_frames,
     read_source_key_frame,
@@ -41,8 +43,8 @@ from tfclip_cli.index.store import (
 
 __all__ = [
     "Calibration", "QueryEmbedder", "Gallery", "Hit", "IVFPQ_MIN_ROWS", "IndexInfo", "IndexType", "MinScore",
-    "NO_FRAMES", "QueryResult", "SearchOptions", "append_to_index", "build_index", "calibrate_gallery", "calibrate_threshold",
+    "NO_FRAMES", "QueryClip", "QueryResult", "SearchOptions", "append_to_index", "build_index", "calibrate_gallery", "calibrate_threshold",
     "ivfpq_params", "load_query_embedder", "load_index", "lock_path", "normalized", "parse_min_score", "query",
-    "query_tracklets", "read_key_frames", "read_source_key_frame", "remove_from_index", "resolve_min_score", "search", "threshold_in_force",
+    "query_results", "query_tracklets", "read_key_frames", "read_source_key_frame", "remove_from_index", "resolve_min_score", "search", "threshold_in_force",
     "tracklet_key_frames", "writer_lock",
 ]
