@@ -91,11 +91,14 @@ def check_options(options: PipelineOptions) -> None:
 
 
 def is_static(track: Track, max_motion: float) -> bool:
-    """Whether ``track``'s box never moved: each edge (x1, y1, x2, y2) stays within ``max_motion`` median box
-    heights over the track's life. A walker moves at least one edge by more (a person walking towards the camera
-    grows, one walking across shifts); a detector firing on a sign, a cone or the ground does not."""
-    height = float(np.median(track.boxes[:, 3] - track.boxes[:, 1]))
-    spread = track.boxes.max(axis=0) - track.boxes.min(axis=0)  # [4]
+    """Whether ``track``'s box never moved: each edge (x1, y1, x2, y2) of its detected boxes (predicted ones drift
+    on a stale velocity) stays within ``max_motion`` median box heights over the track's life. A walker moves at
+    least one edge by more (one walking across shifts, one walking towards the camera grows); a detector firing
+    on a sign, a cone or the ground does not, and neither does a person standing still the whole time."""
+    detected = track.boxes[track.scores > 0]
+    boxes = detected if len(detected) else track.boxes
+    height = float(np.median(boxes[:, 3] - boxes[:, 1]))
+    spread = boxes.max(axis=0) - boxes.min(axis=0)  # [4]
     return bool((spread <= max_motion * max(height, 1.0)).all())
 
 
