@@ -240,7 +240,7 @@ def test_a_footage_hit_reports_its_video_times_and_key_box_not_every_box():
 
 
 def test_query_json_has_one_shape_for_crops_and_footage():
-    hit = index.Hit(1, 0.9, "0/cam0/0001", -1, 0, "gallery", "/crops/0001", 0)
+    hit = index.Hit(1, 0.9, "0/cam0/0001", -1, 0, "gallery", "/crops/0001", 0, match=True)
     crop = index.QueryResult("/q/crop", 8, np.zeros((1, 4, 4, 3), np.uint8), (hit,), threshold=0.5)
     track = Track(1, -1, (4, 5, 6), np.array([[0, 0, 10, 20]] * 3, np.float32), np.ones(3, np.float32))
     person = PersonQuery(1, CutTracklet(track, (), (np.zeros((20, 10, 3), np.uint8),) * 3, 10.0),

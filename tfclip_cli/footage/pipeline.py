@@ -25,7 +25,16 @@ from tfclip_cli import display
 from tfclip_cli.errors import UserError
 from tfclip_cli.footage.detect import read_video, video_info
 from tfclip_cli.footage.detection import Detector, clip_box, clipped, is_big_enough
-from tfclip_cli.footage.relink import CropEmbedder, Linked, Piece, RelinkConfig, Window, relink, unlinked
+from tfclip_cli.footage.relink import (
+    CropEmbedder,
+    Linked,
+    Piece,
+    RelinkConfig,
+    Window,
+    WindowEmbedder,
+    relink,
+    unlinked,
+)
 from tfclip_cli.footage.track import ByteTracker, Track, TrackerConfig
 
 MIN_SIDE = 8  # pixels: a box narrower or shorter than this, once clipped to the frame, holds no usable person
@@ -186,7 +195,7 @@ class FootagePipeline:
                     track.scores[keep], track.source)
         return cut, tuple(crops[i] for i in indices)
 
-    def _window_embedder(self, crops_of: dict[int, tuple[np.ndarray, ...]]) -> Callable:
+    def _window_embedder(self, crops_of: dict[int, tuple[np.ndarray, ...]]) -> WindowEmbedder:
         """Relink's window embedder over the crops kept in memory."""
         def embed(track: Track, windows: Sequence[Window]) -> np.ndarray:
             crops = crops_of[track.track_id]

@@ -1,7 +1,7 @@
 """Cut and re-link motion tracks by appearance: the identity switches and fragments a motion tracker leaves.
 
 Each track is split into consecutive windows of a few frames, and each window embedded (with TF-CLIP in
-``tfclip track --checkpoint``, through :func:`model_window_embedder`). A track is cut only where it touched another
+``tfclip track --checkpoint``, through :func:`model_crop_embedder` on the crops the pipeline holds). A track is cut only where it touched another
 track (a tracker can only jump from one person to another where they meet) and the windows after that contact
 stay unlike the mean of all the windows before it (the person's appearance so far): one odd window is a bad crop,
 not another person. Then each fragment's end is linked to the start of the fragment that continues it, one to
