@@ -99,3 +99,15 @@ def test_hold_height_zeroes_only_the_height_velocity() -> None:
     kalman.mean[4:] = [1.0, 2.0, 0.01, 3.0]
     kalman.hold_height()
     np.testing.assert_allclose(kalman.mean[4:], [1.0, 2.0, 0.01, 0.0])
+
+
+def test_the_lost_buffer_scales_with_the_frame_rate_as_bytetrack_does() -> None:
+    # 30 frames at 30 fps is 10 frames at 10 fps (ByteTrack: frame_rate / 30 * track_buffer)
+    assert ByteTracker(camid=0, fps=10.0).lost_frames == 10 and ByteTracker(camid=0).lost_frames == 30
+    seen, gone = [[person(50.0)]] * 3, [[]]
+    # last match at frame 2: found again at frame 12 it goes on; at frame 14 it died (at frame 13, 11 frames lost)
+    for hidden, tracks in ((10, 1), (12, 2)):
+        tracker = ByteTracker(camid=0, fps=10.0)
+        for frame_index, detections in enumerate(seen + gone * (hidden - 1) + [[person(50.0)], [person(50.0)]]):
+            tracker.update(detections, frame_index)
+        assert len(tracker.tracks()) == tracks, hidden

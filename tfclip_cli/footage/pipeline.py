@@ -38,7 +38,7 @@ from tfclip_cli.footage.relink import (
 from tfclip_cli.footage.track import ByteTracker, Track, TrackerConfig
 
 MIN_SIDE = 8  # pixels: a box narrower or shorter than this, once clipped to the frame, holds no usable person
-STATIC_MOTION = 0.25  # person heights: a tracklet whose box edges all stay within this range never moved
+STATIC_MOTION = 0.15  # box heights: a tracklet whose detected box edges all stay within this range never moved
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ class FootagePipeline:
         self.fps = fps
         self.options = options
         self.embed = embed
-        self._tracker = ByteTracker(camid=camid, source=source, config=options.tracker)
+        self._tracker = ByteTracker(camid=camid, source=source, config=options.tracker, fps=fps)
         self._crops: dict[int, dict[int, np.ndarray]] = {}  # serial → frame index → crop
         self._boxes: dict[int, dict[int, tuple]] = {}  # serial → frame index → clipped box
         self._frames = 0

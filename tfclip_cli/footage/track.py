@@ -59,7 +59,8 @@ class TrackerConfig:
     first_iou: float = 0.2  # least IoU of a first-stage match (ByteTrack: match_thresh 0.8 as a distance)
     second_iou: float = 0.5  # least IoU of a second-stage (low-score) match
     tentative_iou: float = 0.3  # least IoU to confirm a tentative track
-    lost_buffer: int = 30  # frames a lost track waits to be found again before it dies
+    lost_buffer: int = 30  # frames at 30 fps a lost track waits to be found again before it dies (ByteTrack's
+    # track_buffer, scaled to the video's frame rate as ByteTrack does: 10 frames at 10 fps)
 
 
 @dataclass(frozen=True)
@@ -200,12 +201,15 @@ class ByteTracker:
         camid: the camera, copied into every :class:`Track`.
         source: the video or stream, copied into every :class:`Track`.
         config: the thresholds.
+        fps: the frame rate, which scales the lost buffer (ByteTrack's ``frame_rate / 30 * track_buffer``).
     """
 
-    def __init__(self, *, camid: int, source: str = "", config: TrackerConfig = TrackerConfig()) -> None:
+    def __init__(self, *, camid: int, source: str = "", config: TrackerConfig = TrackerConfig(),
+                 fps: float = 30.0) -> None:
         self.camid = camid
         self.source = source
         self.config = config
+        self.lost_frames = max(1, int(fps / 30.0 * config.lost_buffer))
         self._live: list[_LiveTrack] = []
         self._dead: list[_LiveTrack] = []
         self._next_id = itertools.count(1)
@@ -308,6 +312,6 @@ class ByteTracker:
 
     def _bury(self, frame_index: int) -> None:
         """Lost tracks unmatched for more than the lost buffer die."""
-        dead = [t for t in self._live if t.state == "lost" and frame_index - t.last_seen > self.config.lost_buffer]
+        dead = [t for t in self._live if t.state == "lost" and frame_index - t.last_seen > self.lost_frames]
         self._dead.extend(dead)
         self._live = [t for t in self._live if t not in dead]
