@@ -32,7 +32,7 @@ from tfclip_cli.train import train
 SCENE = FootageOptions(walkers=4, cameras=2, image_size=(144, 192), frames=64, seed=5)
 # people of camera 1 (4 walkers) whose first hit in camera 0's gallery is themselves: measured 2, with crops from
 # files before the pipeline kept them in memory and after; the tiny model confuses two pairs of walkers in footage
-FOOTAGE_RIGHT = 99
+FOOTAGE_RIGHT = 2
 # From scratch as the demo trains (demo.TRAINING_OVERRIDES), on 8-frame pieces of the scene's ground-truth crops;
 # with fewer epochs the tiny model tells these walkers apart no better than chance.
 TRAINING = {
