@@ -4,7 +4,7 @@ The default video is the public street-scene sample Debian's ``opencv-doc`` pack
 10 frames/s, 795 frames, up to ~8 walkers at once); without it a synthetic 768×576 video of moving figures stands
 in (speed only: the detectors are not expected to find drawn figures). The process is pinned to one core and
 OpenCV and onnxruntime are given one thread. For each detector and frame step ``--every`` the script times
-:func:`tfclip_cli.footage.track.track_video` (decode + detect + track) over the first ``--frames`` frames and
+:func:`tfclip_cli.footage.pipeline.run_video` (decode + detect + track + crop) over the first ``--frames`` frames and
 prints frames/s, the ratio to real time at 10 frames/s, detections per detected frame and tracks found, beside
 decoding alone as the baseline measured in the same run. Speeds are frames per second of the process's CPU time
 (what one core can sustain; on a busy shared machine the wall clock also counts other programs' turns), with the
@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from tfclip_cli.footage.detect import build_detector, read_video, set_threads
-from tfclip_cli.footage.track import track_video
+from tfclip_cli.footage.pipeline import PipelineOptions, run_video
 from tfclip_cli.footage.tracklets import TrackOptions, track_videos
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
@@ -96,13 +96,13 @@ def time_tracking(clip: Path, spec: str, *, every: int, frames: int) -> str:
     detector.detect(np.zeros((576, 768, 3), np.uint8), frame_index=0)  # load and warm up outside the timing
     detector.calls = detector.detections = 0
     wall, cpu = time.perf_counter(), time.process_time()
-    tracks = track_video(clip, detector, camid=0, every=every, progress=lambda frames: frames)
+    done = run_video(clip, detector, camid=0, options=PipelineOptions(every=every), progress=lambda frames: frames)
     speed = frames / (time.process_time() - cpu)
     wall_speed = frames / (time.perf_counter() - wall)
     per_frame = detector.detections / max(detector.calls, 1)
     return (
         f"{spec:>14}  every {every}: {speed:6.1f} frames/s of CPU time = {speed / CAMERA_FPS:5.2f}x real time at "
-        f"10 fps (wall clock {wall_speed:5.1f}); {per_frame:4.1f} detections/frame, {len(tracks)} tracks"
+        f"10 fps (wall clock {wall_speed:5.1f}); {per_frame:4.1f} detections/frame, {done.tracks} tracks"
     )
 
 

@@ -9,7 +9,8 @@ ground truth (``footage.metrics``, motmetrics) twice in the same run:
 - motion + appearance: the same tracks cut and re-linked by TF-CLIP embeddings of their crops (``footage.relink``),
   as ``tfclip track --checkpoint`` does.
 
-Both keep tracks of at least ``--min-frames`` frames (tfclip track's default). The appearance model is a trained
+Both run the footage pipeline ``tfclip track`` runs (``footage.pipeline``, its defaults: tracklets of at least
+``--min-frames`` frames, static ones left out). The appearance model is a trained
 checkpoint: pass one (e.g. ``tfclip demo``'s ``run/best.ckpt``), or the benchmark trains the tiny model (the demo's
 recipe) on the ground-truth tracklets of ``--train-scenes`` other synthetic scenes (other seeds, so other walkers)
 into ``--work`` first: about 10 minutes on 2 cores, reused on the next run.
@@ -30,15 +31,14 @@ import dataclasses
 import json
 
 from tfclip_cli.datasets import prepare
-from tfclip_cli.datasets.footage import crop_name
 from tfclip_cli.datasets.mot import read_gt
 from tfclip_cli.datasets.synthetic_footage import FootageOptions, generate_footage
 from tfclip_cli.demo import RECIPE, TRAINING_OVERRIDES
 from tfclip_cli.footage.metrics import MotScores, TrackedVideo, score_tracks
-from tfclip_cli.footage.relink import RelinkConfig, model_window_embedder, relink
+from tfclip_cli.footage.pipeline import PipelineOptions, run_video
+from tfclip_cli.footage.relink import RelinkConfig, model_crop_embedder
 from tfclip_cli.footage.replay import ReplayDetector, ReplayNoise
-from tfclip_cli.footage.track import Track, track_video
-from tfclip_cli.footage.tracklets import write_crops
+from tfclip_cli.footage.track import Track
 from tfclip_cli.recipe import load_recipe
 from tfclip_cli.tables import manifest_from_tracklets, write_manifest
 from tfclip_cli.train import train
@@ -58,7 +58,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--miss", type=float, default=0.1, help="replay: chance to miss a fully visible person")
     parser.add_argument("--false-positives", type=float, default=0.1, help="replay: false detections per frame")
     parser.add_argument("--jitter", type=float, default=0.05, help="replay: box jitter, share of the box size")
-    parser.add_argument("--min-frames", type=int, default=8)
+    parser.add_argument("--min-frames", type=int, default=PipelineOptions.min_frames)
     parser.add_argument("--cut-similarity", type=float, default=RelinkConfig.cut_similarity,
                         help="relink: consecutive windows less alike are cut apart (tfclip track's default)")
     parser.add_argument("--merge-similarity", type=float, default=RelinkConfig.merge_similarity,
@@ -102,21 +102,17 @@ def _checkpoint(args: argparse.Namespace) -> Path:
     return run / "last.ckpt"
 
 
-def _track_camera(video: Path, crops: Path, args: argparse.Namespace, *, checkpoint: Path,
-                  seed: int) -> tuple[list, list]:
-    """One camera's tracks, motion only and relinked by appearance, each kept from ``min_frames`` frames."""
+def _track_camera(video: Path, args: argparse.Namespace, checkpoint: Path, *,
+                  seed: int) -> tuple[list[Track], list[Track]]:
+    """One camera's tracklets from the footage pipeline, motion only and relinked by appearance."""
     noise = ReplayNoise(miss=args.miss, false_positives=args.false_positives, jitter=args.jitter, seed=seed)
     camid = int(video.stem.removeprefix("cam"))
-    tracks = track_video(video, ReplayDetector(read_gt(video.parent / "gt.txt"), noise), camid=camid)
-    write_crops(video, tracks, crops)
-
-    def crop_paths(track: Track, window: tuple[int, int]) -> list[str]:
-        return [str(crops / str(track.track_id) / crop_name(i)) for i in track.frame_indices[slice(*window)]]
-
-    config = RelinkConfig(cut_similarity=args.cut_similarity, merge_similarity=args.merge_similarity)
-    linked = [link.track for link in relink(tracks, model_window_embedder(checkpoint, crop_paths), config)]
-    keep = [t for t in tracks if t.num_frames >= args.min_frames]
-    return keep, [t for t in linked if t.num_frames >= args.min_frames]
+    relinking = RelinkConfig(cut_similarity=args.cut_similarity, merge_similarity=args.merge_similarity)
+    options = PipelineOptions(min_frames=args.min_frames, relink=relinking)
+    runs = [run_video(video, ReplayDetector(read_gt(video.parent / "gt.txt"), noise), camid=camid, options=options,
+                      embed=embed) for embed in (None, model_crop_embedder(checkpoint))]
+    motion, appearance = ([t.track for t in done.tracklets] for done in runs)
+    return motion, appearance
 
 
 def _row(name: str, scores: MotScores) -> str:
@@ -133,8 +129,7 @@ def _score_scene(args: argparse.Namespace, seed: int, checkpoint: Path) -> tuple
         for camid in range(args.cameras):
             video = Path(work) / "scene" / "footage" / f"cam{camid}" / f"cam{camid}.mp4"
             truth = read_gt(video.parent / "gt.txt")
-            kept, linked = _track_camera(video, Path(work) / "crops" / str(camid), args, checkpoint=checkpoint,
-                                         seed=seed)
+            kept, linked = _track_camera(video, args, checkpoint, seed=seed)
             motion.append(TrackedVideo(kept, truth))
             appearance.append(TrackedVideo(linked, truth))
     return score_tracks(motion), score_tracks(appearance)

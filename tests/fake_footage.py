@@ -25,8 +25,10 @@ def write_video(path: Path, num_frames: int, size: tuple[int, int] = (160, 120))
     writer.release()
 
 
-def yolo_model(path: Path, output: np.ndarray, size: int = 64) -> Path:
-    """A tiny ONNX "detector" whose output is ``output`` whatever the image (plus 0 × the image's sum)."""
+def yolo_model(path: Path, output: np.ndarray, size: int | tuple[int, int] = 64) -> Path:
+    """A tiny ONNX "detector" whose output is ``output`` whatever the image (plus 0 × the image's sum); its input is
+    ``[1, 3, size, size]``, or ``[1, 3, height, width]`` for a ``(height, width)`` size."""
+    height, width = (size, size) if isinstance(size, int) else size
     constant = helper.make_node("Constant", [], ["raw"], value=numpy_helper.from_array(output.astype(np.float32)))
     total = helper.make_node("ReduceSum", ["images"], ["total"], keepdims=0)
     zero = helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.array(0.0, np.float32)))
@@ -35,7 +37,7 @@ def yolo_model(path: Path, output: np.ndarray, size: int = 64) -> Path:
     graph = helper.make_graph(
         [constant, total, zero, nothing, result],
         "tiny_yolo",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, height, width])],
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(output.shape))],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -18,7 +18,8 @@ from tfclip_cli.tables import Embeddings, read_embeddings, read_manifest, row_to
 
 @pytest.fixture(scope="module")
 def footage_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``tfclip track`` on two small camera videos, then ``tfclip prepare footage``: the manifest."""
+    """``tfclip track`` on two small camera videos (their one person stands still: kept), then ``tfclip prepare
+    footage``: the manifest."""
     tmp_path = tmp_path_factory.mktemp("footage")
     detector = yolo_model(tmp_path / "standing.onnx", STANDING)
     videos = [tmp_path / "cam0_door.avi", tmp_path / "cam1_hall.avi"]
@@ -26,11 +27,12 @@ def footage_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
         write_video(video, 10)
     root, manifest = tmp_path / "footage", tmp_path / "footage.parquet"
     runner = CliRunner()
-    arguments = ["track", *map(str, videos), "--out", str(root), "--detector", str(detector), "--json"]
+    arguments = ["track", *map(str, videos), "--out", str(root), "--detector", str(detector), "--json",
+                 "--keep-static"]
     tracked = runner.invoke(app, arguments)
     assert tracked.exit_code == 0, tracked.output
     summary = json.loads(tracked.stdout)
-    assert [(v["camid"], v["tracklets"]) for v in summary["videos"]] == [(0, 1), (1, 1)]
+    assert [(v["camid"], v["tracklets"], v["static"]) for v in summary["videos"]] == [(0, 1, 0), (1, 1, 0)]
     prepared = runner.invoke(app, ["prepare", "footage", str(root), "--out", str(manifest)])
     assert prepared.exit_code == 0, prepared.output
     return manifest
@@ -44,6 +46,18 @@ def test_track_then_prepare_footage_keeps_where_each_tracklet_came_from(footage_
     ]
     assert tracklets[1].origin.source_video == str((footage_manifest.parent / "cam1_hall.avi").resolve())
     assert (tracklets[1].origin.first_frame, tracklets[1].origin.last_frame) == (0, 9)
+
+
+def test_track_leaves_out_what_never_moves_and_says_how_many(footage_manifest: Path, tmp_path: Path) -> None:
+    folder = footage_manifest.parent
+    arguments = ["track", str(folder / "cam0_door.avi"), "--out", str(tmp_path / "o"), "--detector",
+                 str(folder / "standing.onnx")]
+    shown = CliRunner().invoke(app, arguments)
+    assert shown.exit_code == 0, shown.output
+    assert "0 tracklets" in shown.stdout and "1 static left out" in shown.stdout
+    summary = json.loads(CliRunner().invoke(app, [*arguments, "--json", "--force"]).stdout)
+    assert [(v["tracks"], v["tracklets"], v["static"]) for v in summary["videos"]] == [(1, 0, 1)]
+    assert list((tmp_path / "o" / "0" / "cam0_door").iterdir()) == []
 
 
 def test_track_refuses_to_overwrite_without_force(footage_manifest: Path) -> None:

@@ -7,9 +7,9 @@ import pytest
 from fake_footage import yolo_model
 
 from tfclip_cli.errors import UserError
+from tfclip_cli.footage.detection import Detection, clip_box, clipped
 from tfclip_cli.footage.detect import (
     SSDLITE_INSTALL,
-    Detection,
     build_detector,
     decode_ssd,
     is_ssdlite_installed,
@@ -115,6 +115,22 @@ def test_yolo_v5_output_layout_multiplies_objectness(tmp_path: Path) -> None:
     detections = build_detector(str(model), min_score=0.3).detect(np.zeros((64, 128, 3), np.uint8), frame_index=0)
     assert [d.score for d in detections] == [pytest.approx(0.45)]
     np.testing.assert_allclose(detections[0].box, (54.0, 12.0, 74.0, 52.0))
+
+
+def test_yolo_with_a_wide_input_letterboxes_the_frame_into_it(tmp_path: Path) -> None:
+    # a 160×120 frame fitted into a 96×64 (width × height) input: ratio 64/120, 85 px wide, 5 px of grey each side
+    rows = np.array([[48, 32, 16, 40, 0.9]] + [[0, 0, 1, 1, 0.0]] * 8, dtype=np.float32).T[None]
+    model = yolo_model(tmp_path / "wide.onnx", rows, size=(64, 96))
+    (found,) = build_detector(str(model)).detect(np.zeros((120, 160, 3), np.uint8), frame_index=0)
+    # the input box (40, 12, 56, 52), less the padding, over the ratio
+    np.testing.assert_allclose(found.box, (65.625, 22.5, 95.625, 97.5), atol=1e-3)
+
+
+def test_boxes_are_clipped_to_the_frame_and_slivers_left_out() -> None:
+    assert clip_box((-5, 10, 50, 200), width=40, height=100) == (0.0, 10.0, 40.0, 100.0)
+    assert clip_box((50, 10, 60, 20), width=40, height=100) == (40.0, 10.0, 40.0, 20.0)  # outside: empty
+    found = [Detection((-5, 10, 50, 200), 0.9), Detection((50, 10, 60, 20), 0.8), Detection((0, 0, 5, 50), 0.7)]
+    assert clipped(found, width=40, height=100, min_side=8) == [Detection((0.0, 10.0, 40.0, 100.0), 0.9)]
 
 
 def test_yolo_output_of_another_shape_is_a_user_error(tmp_path: Path) -> None:

@@ -19,8 +19,9 @@ from tfclip_cli.datasets import prepare
 from tfclip_cli.datasets.mot import GroundTruth, read_gt
 from tfclip_cli.datasets.synthetic_footage import FootageOptions
 from tfclip_cli.errors import UserError
-from tfclip_cli.footage.detect import Detection
-from tfclip_cli.footage.query import PersonPointer, is_person_crop, pick_persons
+from tfclip_cli.footage.detection import Detection
+from tfclip_cli.footage.pipeline import CutTracklet, PipelineOptions
+from tfclip_cli.footage.query import FootageQuery, PersonPointer, PersonQuery, is_person_crop, pick_persons, query_json
 from tfclip_cli.footage.track import Track, iou_matrix
 from tfclip_cli.footage.tracklets import TrackOptions, track_videos
 from tfclip_cli.inference import extract_to_file
@@ -29,6 +30,9 @@ from tfclip_cli.tables import FootageOrigin, manifest_from_tracklets, read_embed
 from tfclip_cli.train import train
 
 SCENE = FootageOptions(walkers=4, cameras=2, image_size=(144, 192), frames=64, seed=5)
+# people of camera 1 (4 walkers) whose first hit in camera 0's gallery is themselves: measured 2, with crops from
+# files before the pipeline kept them in memory and after; the tiny model confuses two pairs of walkers in footage
+FOOTAGE_RIGHT = 2
 # From scratch as the demo trains (demo.TRAINING_OVERRIDES), on 8-frame pieces of the scene's ground-truth crops;
 # with fewer epochs the tiny model tells these walkers apart no better than chance.
 TRAINING = {
@@ -82,7 +86,8 @@ def scene(tmp_path_factory, one_torch_thread) -> Scene:
     truth_manifest = prepare("synthetic", folder / "scene", synthetic_footage=SCENE)
     checkpoint = _train_tiny(truth_manifest, folder)
     cam0 = folder / "scene" / "footage" / "cam0" / "cam0.mp4"
-    track_videos([cam0], folder / "tracked", options=TrackOptions(detector="gt", min_frames=6, checkpoint=checkpoint))
+    options = TrackOptions(detector="gt", checkpoint=checkpoint, pipeline=PipelineOptions(min_frames=6))
+    track_videos([cam0], folder / "tracked", options=options)
     write_manifest(prepare("footage", folder / "tracked"), folder / "tracked.parquet")
     extract_to_file(checkpoint, folder / "e.parquet", manifest=folder / "tracked.parquet", workers=0)
     index.build_index(read_embeddings(folder / "e.parquet"), folder / "g.faiss")
@@ -93,18 +98,31 @@ def scene(tmp_path_factory, one_torch_thread) -> Scene:
                  crops)
 
 
-def _query(*args: object) -> dict | list:
-    result = CliRunner().invoke(app, ["query", *map(str, args)])
+def _query(*args: object) -> list[dict]:
+    """The ``queries`` of ``tfclip query ARGS --json``."""
+    result = CliRunner().invoke(app, ["query", *map(str, args), "--json"])
     assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    answer = json.loads(result.stdout)
+    assert list(answer) == ["queries"]
+    return answer["queries"]
+
+
+QUERY_KEYS = ["query", "footage", "persons"]
+PERSON_KEYS = ["person", "num_frames", "first_frame", "last_frame", "start_s", "end_s", "key_frame", "key_box",
+               "threshold", "match", "hits"]
+HIT_KEYS = ["rank", "score", "tracklet_id", "pid", "camid", "split", "source", "row", "match", "start_s", "end_s",
+            "origin"]
 
 
 def test_a_crop_of_a_walker_from_the_other_camera_finds_their_tracklets_first(scene):
     assert set(scene.identity.values()) == set(range(SCENE.walkers))  # track found everyone in camera 0
     found = []
     for walker, crop in scene.crops.items():
-        (result,) = _query(crop, "--gallery", scene.gallery, "--json", "--top-k", "3")
-        assert "persons" not in result  # a person crop: queried as before
+        (query,) = _query(crop, "--gallery", scene.gallery, "--top-k", "3")
+        assert list(query) == QUERY_KEYS and query["query"] == str(crop) and not query["footage"]  # a person crop
+        (result,) = query["persons"]
+        assert list(result) == PERSON_KEYS and result["person"] == 1 and result["key_box"] is None
+        assert list(result["hits"][0]) == HIT_KEYS
         found.append(scene.identity[result["hits"][0]["tracklet_id"]] == walker)
         origin = result["hits"][0]["origin"]
         assert origin["source_video"].endswith("cam0.mp4") and origin["end_s"] > origin["start_s"]
@@ -115,27 +133,29 @@ def test_a_crop_of_a_walker_from_the_other_camera_finds_their_tracklets_first(sc
 
 def test_footage_query_prints_one_object_with_every_person_and_their_hits(scene):
     video = scene.root / "footage" / "cam1" / "cam1.mp4"
-    found = _query(video, "--gallery", scene.gallery, "--json", "--detector", "gt", "--top-k", "2")
-    assert found["query"] == str(video) and len(found["persons"]) >= SCENE.walkers
+    (found,) = _query(video, "--gallery", scene.gallery, "--detector", "gt", "--top-k", "2")
+    assert list(found) == QUERY_KEYS and found["query"] == str(video) and found["footage"]
+    assert len(found["persons"]) >= SCENE.walkers
     assert [p["person"] for p in found["persons"]] == list(range(1, len(found["persons"]) + 1))
     truth = read_gt(video.parent / "gt.txt")
     right = 0
     for person in found["persons"]:
-        assert len(person["hits"]) == 2 and person["start_s"] <= person["end_s"]
+        assert list(person) == PERSON_KEYS and len(person["hits"]) == 2
+        assert person["start_s"] == person["first_frame"] / 10 and person["end_s"] == (person["last_frame"] + 1) / 10
         rows = truth.at(person["key_frame"])
         overlaps = iou_matrix(np.array([person["key_box"]]), truth.boxes[rows].astype(np.float64))[0]
         right += scene.identity[person["hits"][0]["tracklet_id"]] == truth.pids[rows[int(np.argmax(overlaps))]]
-    assert right >= SCENE.walkers // 2  # the tiny model trained for seconds is weak: at least half come first
+    assert right >= FOOTAGE_RIGHT, (right, len(found["persons"]))  # what the model achieves here, measured
 
 
 def test_person_and_box_pick_one_person_and_the_report_shows_where_hits_were_filmed(scene, tmp_path):
     video = scene.root / "footage" / "cam1" / "cam1.mp4"
-    everyone = _query(video, "--gallery", scene.gallery, "--json", "--detector", "gt")["persons"]
-    second = _query(video, "--gallery", scene.gallery, "--json", "--detector", "gt", "--person", "2")
-    assert [p["person"] for p in second["persons"]] == [2] and second["persons"][0] == everyone[1]
-    x1, y1, x2, y2 = everyone[2]["key_box"]
-    pointed = _query(video, "--gallery", scene.gallery, "--json", "--detector", "gt", "--frame",
-                     everyone[2]["key_frame"], "--box", f"{x1 + 2:.0f},{y1:.0f},{x2 - x1:.0f},{y2 - y1:.0f}")
+    (everyone,) = _query(video, "--gallery", scene.gallery, "--detector", "gt")
+    (second,) = _query(video, "--gallery", scene.gallery, "--detector", "gt", "--person", "2")
+    assert [p["person"] for p in second["persons"]] == [2] and second["persons"][0] == everyone["persons"][1]
+    x1, y1, x2, y2 = everyone["persons"][2]["key_box"]
+    (pointed,) = _query(video, "--gallery", scene.gallery, "--detector", "gt", "--frame",
+                        everyone["persons"][2]["key_frame"], "--box", f"{x1 + 2:.0f},{y1:.0f},{x2 - x1:.0f},{y2 - y1:.0f}")
     assert [p["person"] for p in pointed["persons"]] == [3]
     result = CliRunner().invoke(app, ["query", str(video), "--gallery", str(scene.gallery), "--detector", "gt",
                                       "--person", "1", "--html", str(tmp_path / "r.html")])
@@ -197,23 +217,45 @@ def test_the_demo_closes_with_the_footage_commands_in_80_columns():
     assert max(len(line) for line in Text.from_markup(steps).plain.splitlines()) <= 80
 
 
-def _origin(first: int, last: int, count: int) -> FootageOrigin:
+def _origin(first: int, last: int, count: int, frame_indices: tuple[int, ...] | None = None) -> FootageOrigin:
     boxes = tuple((float(i), 0.0, i + 10.0, 20.0) for i in range(count))
-    return FootageOrigin("/videos/cam0.mp4", first, last, first / 10, last / 10, boxes)
+    return FootageOrigin("/videos/cam0.mp4", first, last, first / 10, (last + 1) / 10, boxes, frame_indices)
 
 
-def test_the_key_frame_is_the_middle_one_unless_frames_are_missing():
+def test_the_key_frame_is_the_middle_one_of_the_frames_recorded():
     assert (_origin(10, 14, 5).key_frame, _origin(10, 14, 5).key_box[0]) == (12, 2.0)
-    gapped = _origin(10, 30, 5)  # merged from fragments: which frame each box belongs to is not kept
-    assert (gapped.key_frame, gapped.key_box[0]) == (10, 0.0)
+    relinked = _origin(10, 30, 5, (10, 11, 28, 29, 30))  # merged from two fragments: frames 12-27 are missing
+    assert (relinked.key_frame, relinked.key_box[0]) == (28, 2.0)
+    older = _origin(10, 30, 5)  # a table written before frame indices were recorded: the first frame
+    assert (older.key_frame, older.key_box[0]) == (10, 0.0)
 
 
 def test_a_footage_hit_reports_its_video_times_and_key_box_not_every_box():
     hit = index.Hit(1, 0.9, "0/cam0/0001", -1, 0, "gallery", "/crops/0001", 0, origin=_origin(10, 14, 5))
     as_dict = hit.to_dict()
     assert as_dict["origin"] == {"source_video": "/videos/cam0.mp4", "first_frame": 10, "last_frame": 14,
-                                 "start_s": 1.0, "end_s": 1.4, "key_frame": 12, "key_box": [2.0, 0.0, 12.0, 20.0]}
-    assert display.footage_label(hit.origin) == "cam0.mp4 1.0-1.4s key frame 12 box 2,0,12,20"
+                                 "start_s": 1.0, "end_s": 1.5, "key_frame": 12, "key_box": [2.0, 0.0, 12.0, 20.0]}
+    assert display.footage_label(hit.origin) == "cam0.mp4 1.0-1.5s key frame 12 box 2,0,12,20"
+    plain = dataclasses.replace(hit, origin=None).to_dict()  # a hit not cut from footage: the same keys
+    assert list(plain) == list(as_dict) == HIT_KEYS and plain["origin"] is None
+
+
+def test_query_json_has_one_shape_for_crops_and_footage():
+    hit = index.Hit(1, 0.9, "0/cam0/0001", -1, 0, "gallery", "/crops/0001", 0, match=True)
+    crop = index.QueryResult("/q/crop", 8, np.zeros((1, 4, 4, 3), np.uint8), (hit,), threshold=0.5)
+    track = Track(1, -1, (4, 5, 6), np.array([[0, 0, 10, 20]] * 3, np.float32), np.ones(3, np.float32))
+    person = PersonQuery(1, CutTracklet(track, (), (np.zeros((20, 10, 3), np.uint8),) * 3, 10.0),
+                         dataclasses.replace(crop, source="/q/scene.mp4 person 1"))
+    empty = FootageQuery("/q/nobody.mp4", ())
+    answer = query_json([crop, FootageQuery("/q/scene.mp4", (person,)), empty])
+    crop_query, footage_query, empty_query = answer["queries"]
+    assert [list(q) for q in answer["queries"]] == [QUERY_KEYS] * 3
+    assert list(crop_query["persons"][0]) == list(footage_query["persons"][0]) == PERSON_KEYS
+    assert (crop_query["footage"], footage_query["footage"], empty_query["persons"]) == (False, True, [])
+    assert footage_query["persons"][0] | {"hits": None} == {
+        "person": 1, "num_frames": 8, "first_frame": 4, "last_frame": 6, "start_s": 0.4, "end_s": 0.7,
+        "key_frame": 5, "key_box": [0.0, 0.0, 10.0, 20.0], "threshold": 0.5, "match": True, "hits": None}
+    assert crop_query["persons"][0]["first_frame"] is None and crop_query["persons"][0]["match"] is True
 
 
 def test_draw_box_outlines_the_box_and_leaves_the_rest():

@@ -76,7 +76,7 @@ def test_contacts_are_the_frames_a_track_touches_another() -> None:
 
 def _fragment(track_id: int, first: int, last: int, x: int = 0):
     one = track(track_id, first, last, x=x)
-    return _fragments(one, lambda t, w: np.tile(PEOPLE["A"], (len(w), 1)), set(), RelinkConfig())[0]
+    return _fragments(one, track_id - 1, lambda t, w: np.tile(PEOPLE["A"], (len(w), 1)), set(), RelinkConfig())[0]
 
 
 def test_a_fragment_follows_another_soon_after_and_near_where_it_ended() -> None:
@@ -116,8 +116,8 @@ def test_identity_switch_is_cut_and_each_half_joins_its_person() -> None:
     who = {1: lambda f: "A" if f < 16 else "B", 2: lambda f: "B" if f < 16 else "A"}
     linked = relink(tracks, FakeEmbedder(who), RelinkConfig(window=8))
     assert len(linked) == 2
-    pieces = {link.pieces for link in linked}
-    assert pieces == {(Piece(1, 0, 16), Piece(2, 16, 32)), (Piece(2, 0, 16), Piece(1, 16, 32))}
+    pieces = {link.pieces for link in linked}  # pieces name tracks by their place in the list: 0 is track 1
+    assert pieces == {(Piece(0, 0, 16), Piece(1, 16, 32)), (Piece(1, 0, 16), Piece(0, 16, 32))}
     for link in linked:
         assert link.track.frame_indices == tuple(range(32))  # one person, whole time span, no frame twice
 
@@ -127,7 +127,7 @@ def test_fragments_of_one_person_merge_and_overlapping_ones_do_not() -> None:
     tracks = [track(1, 0, 15), track(2, 5, 20), track(3, 30, 45)]
     who = {1: lambda f: "A", 2: lambda f: "B", 3: lambda f: "A"}
     linked = relink(tracks, FakeEmbedder(who), RelinkConfig(window=8))
-    assert [link.pieces for link in linked] == [(Piece(1, 0, 16), Piece(3, 0, 16)), (Piece(2, 0, 16),)]
+    assert [link.pieces for link in linked] == [(Piece(0, 0, 16), Piece(2, 0, 16)), (Piece(1, 0, 16),)]
     assert linked[0].track.frame_indices == tuple(range(16)) + tuple(range(30, 46))
     np.testing.assert_array_equal(linked[0].track.boxes[16], tracks[2].boxes[0])
 
@@ -138,7 +138,7 @@ def test_a_cut_that_finds_no_continuation_is_undone() -> None:
     tracks = [track(1, 0, 31), track(2, 0, 31)]
     who = {1: lambda f: "A" if f < 16 else "B", 2: lambda f: "C"}
     linked = relink(tracks, FakeEmbedder(who), RelinkConfig(window=8))
-    assert [link.pieces for link in linked] == [(Piece(1, 0, 32),), (Piece(2, 0, 32),)]
+    assert [link.pieces for link in linked] == [(Piece(0, 0, 32),), (Piece(1, 0, 32),)]
 
 
 def test_fragments_too_far_apart_in_time_or_place_stay_apart() -> None:
@@ -162,6 +162,63 @@ def test_other_cameras_are_never_merged() -> None:
 def test_motion_only_keeps_tracks_as_they_are() -> None:
     tracks = [track(1, 0, 15), track(2, 30, 45)]
     assert [(link.track, link.pieces) for link in unlinked(tracks)] == [
-        (tracks[0], (Piece(1, 0, 16),)),
-        (tracks[1], (Piece(2, 0, 16),)),
+        (tracks[0], (Piece(0, 0, 16),)),
+        (tracks[1], (Piece(1, 0, 16),)),
     ]
+
+
+def _crossing(camid: int) -> list[Track]:
+    """A (track 1) and B (track 2) swap where they cross at frame 16; C (track 3) walks apart, lost at frame 15
+    and found again as track 4 at frame 20, near where it was. Camera 1's boxes lie 1000 px to the right."""
+    x = 1000 * camid
+    return [track(1, 0, 31, camid, x), track(2, 0, 31, camid, x), track(3, 0, 15, camid, x + 300),
+            track(4, 20, 35, camid, x + 300)]
+
+
+def _people(camid: int) -> dict:
+    """Who fills each frame of each track of :func:`_crossing`, per camera: camera 0 sees A, B, C; camera 1 sees
+    B, A, C (the tracks' ids are the same in both videos, the people behind them are not)."""
+    first, second = ("A", "B") if camid == 0 else ("B", "A")
+    return {1: lambda f: first if f < 16 else second, 2: lambda f: second if f < 16 else first,
+            3: lambda f: "C", 4: lambda f: "C"}
+
+
+class TwoVideoEmbedder:
+    """:class:`FakeEmbedder` per camera: the track ids repeat across the two videos."""
+
+    def __init__(self) -> None:
+        self.by_camera = {camid: FakeEmbedder(_people(camid)) for camid in (0, 1)}
+
+    def __call__(self, track: Track, windows: list[tuple[int, int]]) -> np.ndarray:
+        return self.by_camera[track.camid](track, windows)
+
+
+def _who(link, tracks: list[Track]) -> list[str]:
+    """The person in each frame of a relinked tracklet, read from the tracks its pieces come from."""
+    people = _people(link.track.camid)
+    return [people[tracks[p.track].track_id](i) for p in link.pieces
+            for i in tracks[p.track].frame_indices[p.start:p.stop]]
+
+
+def test_two_videos_relinked_at_once_are_each_relinked_as_alone() -> None:
+    # several people crossing in each of two cameras whose tracks are numbered 1, 2, ... alike
+    tracks = _crossing(0) + _crossing(1)
+    together = relink(tracks, TwoVideoEmbedder(), RelinkConfig(window=8))
+    alone = [relink(_crossing(camid), TwoVideoEmbedder(), RelinkConfig(window=8)) for camid in (0, 1)]
+    assert len(together) == sum(len(links) for links in alone) == 6
+    for link in together:
+        assert len(set(_who(link, tracks))) == 1, link.pieces  # every tracklet follows one person
+        assert len({tracks[p.track].camid for p in link.pieces}) == 1
+    c_tracks = [link for link in together if _who(link, tracks)[0] == "C"]
+    assert [link.track.frame_indices for link in c_tracks] == [tuple(range(16)) + tuple(range(20, 36))] * 2
+    for link, (lost, found) in zip(c_tracks, ((2, 3), (6, 7))):  # each camera's own boxes, not the other's
+        np.testing.assert_array_equal(link.track.boxes, np.concatenate([tracks[lost].boxes, tracks[found].boxes]))
+
+
+def test_videos_of_one_camera_are_never_linked_to_each_other() -> None:
+    # the same camera filmed twice (morning.mp4, evening.mp4): C leaves the morning video at frame 15 and someone
+    # alike enters the evening one at frame 20 right there; frame numbers repeat, but the videos are not one
+    morning = [dataclasses.replace(track(1, 0, 15, x=300), source="morning.mp4")]
+    evening = [dataclasses.replace(track(1, 20, 35, x=300), source="evening.mp4")]
+    linked = relink(morning + evening, FakeEmbedder({1: lambda f: "C"}), RelinkConfig(window=8))
+    assert [link.track.source for link in linked] == ["morning.mp4", "evening.mp4"]

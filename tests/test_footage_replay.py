@@ -13,7 +13,7 @@ from tfclip_cli.errors import UserError
 from tfclip_cli.footage.detect import build_detector
 from tfclip_cli.footage.metrics import TrackedVideo, score_tracks
 from tfclip_cli.footage.replay import ReplayDetector, ReplayNoise, visible_share
-from tfclip_cli.footage.track import track_video
+from tfclip_cli.footage.pipeline import PipelineOptions, run_video
 
 FRAME = np.zeros((100, 200, 3), dtype=np.uint8)
 EXACT = ReplayNoise(miss=0.0, false_positives=0.0, jitter=0.0)
@@ -89,8 +89,14 @@ def footage(tmp_path_factory) -> Path:
 
 def test_tracking_the_replayed_truth_of_synthetic_footage_finds_the_walkers(footage):
     truth = read_gt(footage.parent / "gt.txt")
-    default = track_video(footage, build_detector("gt", video=footage), camid=0)  # the default noise
-    noisier = track_video(footage, ReplayDetector(truth, ReplayNoise(miss=0.3, false_positives=0.5)), camid=0)
+    every_track = PipelineOptions(min_frames=1, keep_static=True)
+
+    def tracks(detector) -> list:
+        done = run_video(footage, detector, camid=0, options=every_track, progress=lambda frames: frames)
+        return [tracklet.track for tracklet in done.tracklets]
+
+    default = tracks(build_detector("gt", video=footage))  # the default noise
+    noisier = tracks(ReplayDetector(truth, ReplayNoise(miss=0.3, false_positives=0.5)))
     default_scores, noisier_scores = (score_tracks([TrackedVideo(t, truth)]) for t in (default, noisier))
     assert default_scores.mota > 0.7 and default_scores.idf1 > 0.7
     assert noisier_scores.mota < default_scores.mota

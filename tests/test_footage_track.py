@@ -1,13 +1,10 @@
-"""The ByteTrack-style tracker on hand-worked cases, and track_video over a small drawn video."""
-
-from pathlib import Path
+"""The ByteTrack-style tracker on hand-worked cases."""
 
 import numpy as np
 import pytest
-from fake_footage import write_video
 
-from tfclip_cli.footage.detect import Detection
-from tfclip_cli.footage.track import ByteTracker, TrackerConfig, iou_matrix, match_by_iou, track_video
+from tfclip_cli.footage.detection import Detection
+from tfclip_cli.footage.track import ByteTracker, KalmanBox, TrackerConfig, iou_matrix, match_by_iou
 
 
 def person(x: float, y: float = 0.0, score: float = 0.9) -> Detection:
@@ -85,25 +82,32 @@ def test_carried_frames_get_predicted_boxes() -> None:
     assert abs(track.boxes[7, 0] - 70.0) < 5  # the velocity learned from frames 0-6 carries it
 
 
-class ReplayDetector:
-    """Boxes known in advance, by frame index (what a ground-truth replay detector does)."""
-
-    name = "replay"
-
-    def __init__(self, boxes: dict[int, list[Detection]]) -> None:
-        self.boxes = boxes
-        self.calls: list[int] = []
-
-    def detect(self, frame: np.ndarray, *, frame_index: int) -> list[Detection]:
-        assert frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8
-        self.calls.append(frame_index)
-        return self.boxes.get(frame_index, [])
+def test_a_lost_track_keeps_its_height_while_it_is_predicted() -> None:
+    # a walker coming towards the camera grows 6 px a frame for 10 frames, then is hidden for 25 frames: as
+    # ByteTrack does, the prediction stops growing once the track is lost (it grew 150 px with the stale velocity)
+    frames = [[Detection((100.0, 50.0, 140.0, 150.0 + 6 * f), 0.9)] for f in range(10)] + [[]] * 25
+    frames.append([Detection((100.0, 50.0, 140.0, 204.0), 0.9)])  # found again where it was hidden
+    (track,) = run(frames, TrackerConfig(lost_buffer=30))
+    heights = track.boxes[:, 3] - track.boxes[:, 1]
+    assert track.frame_indices == tuple(range(36))
+    assert heights[10:35].max() - heights[10:35].min() < 1.0  # held while lost
+    assert abs(heights[10] - heights[9]) < 8.0
 
 
-def test_track_video_detects_every_kth_frame_and_carries_between(tmp_path: Path) -> None:
-    video = tmp_path / "cam.avi"
-    write_video(video, 12)
-    detector = ReplayDetector({f: [Detection((2.0 * f, 10.0, 2.0 * f + 20, 60.0), 0.9)] for f in range(12)})
-    (track,) = track_video(video, detector, camid=2, every=3)
-    assert detector.calls == [0, 3, 6, 9]
-    assert track.camid == 2 and track.frame_indices == tuple(range(10))  # nothing predicted after the last match
+def test_hold_height_zeroes_only_the_height_velocity() -> None:
+    kalman = KalmanBox(np.array([0.0, 0.0, 40.0, 100.0]))
+    kalman.mean[4:] = [1.0, 2.0, 0.01, 3.0]
+    kalman.hold_height()
+    np.testing.assert_allclose(kalman.mean[4:], [1.0, 2.0, 0.01, 0.0])
+
+
+def test_the_lost_buffer_scales_with_the_frame_rate_as_bytetrack_does() -> None:
+    # 30 frames at 30 fps is 10 frames at 10 fps (ByteTrack: frame_rate / 30 * track_buffer)
+    assert ByteTracker(camid=0, fps=10.0).lost_frames == 10 and ByteTracker(camid=0).lost_frames == 30
+    seen, gone = [[person(50.0)]] * 3, [[]]
+    # last match at frame 2: found again at frame 12 it goes on; at frame 14 it died (at frame 13, 11 frames lost)
+    for hidden, tracks in ((10, 1), (12, 2)):
+        tracker = ByteTracker(camid=0, fps=10.0)
+        for frame_index, detections in enumerate(seen + gone * (hidden - 1) + [[person(50.0)], [person(50.0)]]):
+            tracker.update(detections, frame_index)
+        assert len(tracker.tracks()) == tracks, hidden

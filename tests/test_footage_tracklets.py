@@ -4,6 +4,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fake_footage import STANDING, tiny_checkpoint, write_video, yolo_model
 from PIL import Image
@@ -12,9 +13,12 @@ from rich.console import Console
 from tfclip_cli import display
 from tfclip_cli.datasets import prepare
 from tfclip_cli.errors import UserError
+from tfclip_cli.footage.detection import Detection
+from tfclip_cli.footage.pipeline import PipelineOptions
 from tfclip_cli.footage.tracklets import TrackOptions, camid_from_name, interleave, track_videos
 
 BOX = [60.0, 10.0, 100.0, 110.0]  # STANDING's box in a 160×120 frame
+STILL = PipelineOptions(keep_static=True)  # STANDING never moves: kept only when asked
 
 
 @pytest.fixture
@@ -22,10 +26,27 @@ def detector(tmp_path: Path) -> str:
     return str(yolo_model(tmp_path / "standing.onnx", STANDING))
 
 
+class ScriptedDetector:
+    """Returns the boxes written for each frame index, as they are (not clipped to the frame)."""
+
+    name = "scripted"
+
+    def __init__(self, boxes: dict[int, tuple[float, float, float, float]]) -> None:
+        self.boxes = boxes
+
+    def detect(self, frame: np.ndarray, *, frame_index: int) -> list[Detection]:
+        return [Detection(self.boxes[frame_index], 0.9)] if frame_index in self.boxes else []
+
+
+def _written(folder: Path) -> tuple[dict, list[tuple[int, int]]]:
+    """The track.json of a tracklet folder and the (width, height) of its crops."""
+    return json.loads((folder / "track.json").read_text()), [Image.open(p).size for p in sorted(folder.glob("*.jpg"))]
+
+
 def test_tracklets_are_written_and_prepare_footage_reads_them(tmp_path: Path, detector: str) -> None:
     video = tmp_path / "cam2_lobby.avi"
     write_video(video, 12)
-    summary = track_videos([video], tmp_path / "out", options=TrackOptions(detector=detector))
+    summary = track_videos([video], tmp_path / "out", options=TrackOptions(detector=detector, pipeline=STILL))
     assert summary.detector == "standing.onnx" and not summary.relinked
     (done,) = summary.videos
     assert (done.camid, done.frames, done.tracks, done.tracklets, done.fps) == (2, 12, 1, 1, 10.0)
@@ -38,7 +59,8 @@ def test_tracklets_are_written_and_prepare_footage_reads_them(tmp_path: Path, de
     assert tracklet.split == "gallery"
     origin = tracklet.origin
     assert (origin.source_video, origin.first_frame, origin.last_frame) == (str(video.resolve()), 0, 11)
-    assert (origin.start_s, origin.end_s) == (0.0, pytest.approx(1.1))
+    assert (origin.start_s, origin.end_s) == (0.0, pytest.approx(1.2))  # 12 frames at 10 fps: the last ends at 1.2 s
+    assert origin.frame_indices == tuple(range(12))
     assert len(origin.boxes) == 12 and list(origin.boxes[3]) == BOX
     assert [p.name for p in (tmp_path / "out" / "2").iterdir()] == ["cam2_lobby"]  # no work folder left behind
 
@@ -46,7 +68,8 @@ def test_tracklets_are_written_and_prepare_footage_reads_them(tmp_path: Path, de
 def test_short_tracks_are_not_written(tmp_path: Path, detector: str) -> None:
     video = tmp_path / "c1.avi"
     write_video(video, 12)
-    summary = track_videos([video], tmp_path / "out", options=TrackOptions(detector=detector, min_frames=13))
+    summary = track_videos([video], tmp_path / "out", options=TrackOptions(
+        detector=detector, pipeline=PipelineOptions(min_frames=13, keep_static=True)))
     assert summary.videos[0].tracks == 1 and summary.tracklets == 0
     assert list((tmp_path / "out" / "1" / "c1").iterdir()) == []
 
@@ -54,7 +77,7 @@ def test_short_tracks_are_not_written(tmp_path: Path, detector: str) -> None:
 def test_existing_output_is_kept_without_force(tmp_path: Path, detector: str) -> None:
     video = tmp_path / "lobby.avi"
     write_video(video, 10)
-    options = TrackOptions(detector=detector)
+    options = TrackOptions(detector=detector, pipeline=STILL)
     track_videos([video], tmp_path / "out", options=options, camid=0)
     marker = tmp_path / "out" / "0" / "lobby" / "0001" / "000000.jpg"
     marker.write_bytes(b"precious")
@@ -63,6 +86,33 @@ def test_existing_output_is_kept_without_force(tmp_path: Path, detector: str) ->
     assert marker.read_bytes() == b"precious"
     track_videos([video], tmp_path / "out", options=options, camid=0, force=True)
     assert marker.read_bytes() != b"precious"
+
+
+def test_boxes_overhanging_the_frame_are_clipped_whatever_the_detector(tmp_path: Path) -> None:
+    video = tmp_path / "cam0.avi"
+    write_video(video, 12)  # 160×120
+    walking = ScriptedDetector({f: (-20.0 + 3 * f, -10.0, 20.0 + 3 * f, 90.0) for f in range(12)})  # past the corner
+    summary = track_videos([video], tmp_path / "out", options=TrackOptions(detector=walking))
+    assert summary.tracklets == 1
+    record, sizes = _written(tmp_path / "out" / "0" / "cam0" / "0001")
+    boxes = np.array(record["boxes"])
+    assert boxes.min() >= 0 and boxes[:, 2].max() <= 160 and boxes[:, 3].max() <= 120
+    assert boxes[0, :2].tolist() == [0.0, 0.0] and sizes[0] == (20, 90)  # the part inside the frame, no more
+
+
+def test_a_person_walking_out_of_the_frame_leaves_no_sliver_crops(tmp_path: Path) -> None:
+    video = tmp_path / "cam0.avi"
+    write_video(video, 24)  # 160×120
+    # 40 px wide, standing at x 100 for 10 frames, then walking right 8 px a frame until it is out of the picture
+    boxes = {f: (100.0 + 8 * max(f - 9, 0), 10.0, 140.0 + 8 * max(f - 9, 0), 110.0) for f in range(24)}
+    summary = track_videos([video], tmp_path / "out", options=TrackOptions(detector=ScriptedDetector(boxes)))
+    assert summary.tracklets == 1
+    record, sizes = _written(tmp_path / "out" / "0" / "cam0" / "0001")
+    assert min(width for width, _ in sizes) >= PipelineOptions.min_side  # no 2-pixel crops of the frame's edge
+    # the detection at frame 16 (x 148..160) is the last with 8 px or more inside the frame; the tracked box lags it
+    count = len(record["frame_indices"])
+    assert 14 <= count <= 17 and record["frame_indices"] == list(range(count))
+    assert np.array(record["boxes"])[:, 2].max() <= 160
 
 
 def test_camera_numbers_come_from_the_file_or_folder_name(tmp_path: Path) -> None:
@@ -81,7 +131,8 @@ def test_worker_processes_track_one_video_each(tmp_path: Path, detector: str) ->
     videos = [tmp_path / "cam0.avi", tmp_path / "cam1.avi"]
     for video in videos:
         write_video(video, 9)
-    summary = track_videos(videos, tmp_path / "out", options=TrackOptions(detector=detector), workers=2)
+    summary = track_videos(videos, tmp_path / "out", options=TrackOptions(detector=detector, pipeline=STILL),
+                           workers=2)
     assert [(v.camid, v.tracklets) for v in summary.videos] == [(0, 1), (1, 1)]
     assert len(prepare("footage", tmp_path / "out").tracklets()) == 2
 
@@ -90,7 +141,7 @@ def test_a_checkpoint_relinks_the_tracks_by_model_embeddings(tmp_path: Path, det
     checkpoint = tiny_checkpoint(tmp_path / "tiny.ckpt")
     video = tmp_path / "cam0.avi"
     write_video(video, 16)
-    options = TrackOptions(detector=detector, checkpoint=checkpoint)
+    options = TrackOptions(detector=detector, checkpoint=checkpoint, pipeline=STILL)
     summary = track_videos([video], tmp_path / "out", options=options)
     assert summary.relinked and summary.videos[0].tracklets == 1
     (tracklet,) = prepare("footage", tmp_path / "out").tracklets()

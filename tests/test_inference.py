@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from tiny_training import TINY_CONFIG as CONFIG, save_tiny_checkpoint, tiny_manifest
@@ -228,6 +229,26 @@ def test_embed_tracklets_embeds_query_clips_without_camera_and_names_bad_ones(ma
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="holds no frame images"):
         inference.tracklet_from_path(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("sampling", ["dense", "rrs"])
+def test_crops_in_memory_embed_as_the_same_frames_read_from_files(model, tmp_path, sampling):
+    # crops of one size already at the model's input size: decoding a PNG gives the same pixels back, so the
+    # in-memory path and the file path must agree (crops of other sizes are resized each on its own)
+    rng = np.random.default_rng(0)
+    tracklets = [[rng.integers(0, 255, (*CONFIG.image_size, 3), dtype=np.uint8) for _ in range(count)]
+                 for count in (5, 11)]
+    files = []
+    for number, crops in enumerate(tracklets):
+        folder = tmp_path / str(number)
+        folder.mkdir()
+        for index, crop in enumerate(crops):
+            Image.fromarray(crop).save(folder / f"{index:06d}.png")
+        files.append(inference.tracklet_from_path(folder))
+    cpu = torch.device("cpu")
+    in_memory = inference.embed_crops(model, tracklets, sampling=sampling, transform=TRANSFORM, device=cpu)
+    from_files = inference.embed_tracklets(model, files, sampling=sampling, transform=TRANSFORM, device=cpu)
+    np.testing.assert_allclose(in_memory, from_files, rtol=1e-4, atol=1e-5)
 
 
 def test_torchrun_extraction_shards_and_merges_in_manifest_order(manifest, checkpoint, tmp_path):

@@ -17,6 +17,7 @@ from tfclip_cli.errors import DataError, GalleryError, OutputError, UserError
 from tfclip_cli.tables import (
     Embeddings,
     FootageOrigin,
+    Manifest,
     ManifestInfo,
     Tracklet,
     atomic_output,
@@ -241,8 +242,9 @@ FOOTAGE = [
         0,
         "gallery",
         2,
-        frames=("/f/3/000012.jpg", "/f/3/000013.jpg"),
-        origin=FootageOrigin("/videos/vtest.avi", 12, 13, 1.2, 1.3, ((1.5, 2.0, 30.25, 80.0), (2.5, 2.0, 31.25, 81.0))),
+        frames=("/f/3/000012.jpg", "/f/3/000019.jpg"),
+        origin=FootageOrigin("/videos/vtest.avi", 12, 19, 1.2, 2.0, ((1.5, 2.0, 30.25, 80.0), (2.5, 2.0, 31.25, 81.0)),
+                             (12, 19)),
     ),
     TRACKLETS[2],  # a plain tracklet beside a footage one keeps origin None
 ]
@@ -255,6 +257,15 @@ def test_footage_origin_round_trips_through_the_manifest(tmp_path: Path) -> None
     schema = pq.read_schema(path)
     assert schema.field("first_frame").type == pa.int64()
     assert schema.field("boxes").type == pa.list_(pa.list_(pa.float64(), 4))
+    assert schema.field("frame_indices").type == pa.list_(pa.int64())
+
+
+def test_a_table_from_before_frame_indices_reads_without_them(tmp_path: Path) -> None:
+    path = tmp_path / "m.parquet"
+    table = manifest_from_tracklets(FOOTAGE, INFO).table.drop(columns=["frame_indices"])
+    write_manifest(Manifest(table, INFO), path)
+    origin = read_manifest(path).tracklets()[0].origin
+    assert origin.frame_indices is None and origin.key_frame == 12  # gapped, frames unknown: the first
 
 
 def test_manifest_without_footage_has_no_origin_columns(tmp_path: Path) -> None:

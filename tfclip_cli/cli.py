@@ -705,7 +705,7 @@ def query(
     """
     import json
 
-    from tfclip_cli.footage.query import query_clips
+    from tfclip_cli.footage.query import query_clips, query_json
     from tfclip_cli.index import SearchOptions, parse_min_score
     from tfclip_cli.inference import process_device
     from tfclip_cli.tables import check_writable
@@ -725,9 +725,7 @@ def query(
         write_page(render_query_report(per_query, gallery=str(gallery)), html_out, force=force)
         display.stderr.print(display.plain_text(f"wrote {html_out}"))
     if json_output:
-        dicts = [result.to_dict() for result in results]
-        is_one_footage = len(results) == 1 and "persons" in dicts[0]
-        typer.echo(json.dumps(dicts[0] if is_one_footage else dicts))
+        typer.echo(json.dumps(query_json(results)))
         return
     for result in per_query:
         display.stdout.print(display.query_table(result))
@@ -866,6 +864,10 @@ def track(
     workers: Annotated[
         int, typer.Option("--workers", min=1, help="Videos processed at once, one process each.")
     ] = 1,
+    keep_static: Annotated[
+        bool, typer.Option("--keep-static", help="Keep tracklets whose box never moves (a person standing still the "
+                           "whole time); by default they are dropped as detector false positives, and counted.")
+    ] = False,
     json_output: JsonOpt = False,
     force: ForceOpt = False,
     annotate: Annotated[
@@ -881,11 +883,13 @@ def track(
     import dataclasses
     import json
 
+    from tfclip_cli.footage.pipeline import PipelineOptions
     from tfclip_cli.footage.tracklets import TrackOptions, track_videos
 
     if annotate is not None:
         _check_annotation(videos, annotate, force=force)
-    options = TrackOptions(detector=detector, every=every, min_frames=min_frames, checkpoint=checkpoint)
+    pipeline = PipelineOptions(every=every, min_frames=min_frames, keep_static=keep_static)
+    options = TrackOptions(detector=detector, checkpoint=checkpoint, pipeline=pipeline)
     summary = track_videos(videos, out, options=options, camid=camid, workers=workers, force=force)
     if not display.is_main_process():
         return

@@ -237,6 +237,13 @@ def _resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return resized.round().clamp(0, 255).to(torch.uint8)
 
 
+def stack_crops(crops: Sequence[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
+    """RGB crops ``[h, w, 3]`` uint8 of any sizes (a person cut out of footage, in memory) → uint8
+    ``[N, 3, *size]``, each resized on its own (bilinear, antialiased) as :class:`ClipTransform` resizes frames."""
+    return torch.cat([_resize_uint8(torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None], size)
+                      for crop in crops])
+
+
 def _read_images(paths: list[str]) -> torch.Tensor:
     """Decode frame images → uint8 [U, 3, H, W]; images of another size are resized to the first one's."""
     images = [_decode_image(path) for path in paths]

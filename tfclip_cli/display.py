@@ -268,14 +268,15 @@ def tracking_table(summary: Any) -> Table:
     """One row per video of ``tfclip track``'s :class:`~tfclip_cli.footage.tracklets.TrackingSummary`."""
     how = "motion + appearance" if summary.relinked else "motion only"
     table = Table(
-        "video", "camid", "frames", "tracks", "tracklets", "frames/s",
-        title=f"{summary.tracklets} tracklets under {summary.out} (detector {summary.detector}, {how})",
+        "video", "camid", "frames", "tracks", "tracklets", "static", "frames/s",
+        title=f"{summary.tracklets} tracklets under {summary.out} (detector {summary.detector}, {how}); "
+        f"{summary.static} static left out",
         title_justify="left",
     )
     for video in summary.videos:
         table.add_row(
             os.path.basename(video.video), str(video.camid), f"{video.frames:,}", str(video.tracks),
-            str(video.tracklets), f"{video.speed:.1f}",
+            str(video.tracklets), str(video.static), f"{video.speed:.1f}",
         )
     return table
 

@@ -33,6 +33,9 @@ from tfclip_cli.clips import (
     TrackletClips,
     build_loader,
     count_video_frames,
+    sample_dense,
+    sample_rrs_test,
+    stack_crops,
 )
 from tfclip_cli.errors import CheckpointError, DataError, UserError
 from tfclip_cli.export import OnnxEmbedder, load_embedder
@@ -243,6 +246,35 @@ def embed_tracklets(
     if extraction.failures:
         raise DataError("cannot read " + "; ".join(extraction.failures))
     return extraction.embeddings.vectors
+
+
+@torch.inference_mode()
+def embed_crops(
+    model: Embedder,
+    tracklets: Sequence[Sequence[np.ndarray]],
+    *,
+    sampling: Sampling,
+    transform: ClipTransform,
+    device: torch.device,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Embeddings ``[N, D]`` of tracklets held in memory as RGB crops ``[h, w, 3]`` uint8 (cut from footage), without
+    camera embedding; the same clips as :func:`extract_embeddings` would take from files (``dense``: every frame,
+    the clips averaged; ``rrs``: one ``rrs_test`` clip)."""
+    model.eval()
+    seq_len = model.config.seq_len
+    items = []
+    for number, crops in enumerate(tracklets):
+        clip_indices = sample_dense(len(crops), seq_len) if sampling == "dense" else [
+            sample_rrs_test(len(crops), seq_len)]
+        frames = transform(stack_crops(crops, transform.image_size))  # [F, 3, H, W]
+        clips = frames[[i for clip in clip_indices for i in clip]].unflatten(0, (len(clip_indices), seq_len))
+        items.append(TrackletClips(clips, -1, -1, str(number), None))
+    vectors = [vector for group in _packed(items, batch_size)
+               for vector in _forward_group(model, group, device=device, use_camids=False, precision="fp32")]
+    if not vectors:
+        return np.zeros((0, model.embedding_dim), dtype=np.float32)
+    return torch.stack(vectors).numpy().astype(np.float32)
 
 
 def tracklet_from_path(path: Path, *, camid: int = -1, split: Split = "query") -> Tracklet:

@@ -50,7 +50,7 @@ MANIFEST_SCHEMA = pa.schema(
 )
 
 # Optional columns of tracklets cut from raw footage by `tfclip track`: where in which source video each one is.
-ORIGIN_COLUMNS = ("source_video", "first_frame", "last_frame", "start_s", "end_s", "boxes")
+ORIGIN_COLUMNS = ("source_video", "first_frame", "last_frame", "start_s", "end_s", "boxes", "frame_indices")
 ORIGIN_FIELDS = {
     "source_video": pa.string(),
     "first_frame": pa.int64(),
@@ -58,6 +58,7 @@ ORIGIN_FIELDS = {
     "start_s": pa.float64(),
     "end_s": pa.float64(),
     "boxes": pa.list_(pa.list_(pa.float64(), 4)),
+    "frame_indices": pa.list_(pa.int64()),
 }
 
 
@@ -66,7 +67,10 @@ class FootageOrigin:
     """Where a tracklet cut from raw footage comes from: the moment and the place in its source video.
 
     ``first_frame``/``last_frame`` are 0-based frame indices of the source video (inclusive); ``boxes`` holds one
-    ``(x1, y1, x2, y2)`` pixel box per frame of the tracklet, in the tracklet's frame order.
+    ``(x1, y1, x2, y2)`` pixel box per frame of the tracklet, in the tracklet's frame order, and ``frame_indices``
+    the source-video frame of each box (a tracklet relinked from fragments has gaps). ``start_s`` is the start of
+    the first frame, ``end_s`` the end of the last one (``(last_frame + 1) / fps``), in seconds from the video's
+    start.
     """
 
     source_video: str
@@ -75,17 +79,21 @@ class FootageOrigin:
     start_s: float
     end_s: float
     boxes: tuple[tuple[float, float, float, float], ...]
+    frame_indices: tuple[int, ...] | None = None
+    """None only in tables written before tfclip recorded them."""
 
     @property
     def _key(self) -> int:
-        """Position of the key frame among the boxes: the middle one when the frames run without gaps; the first
-        otherwise (a tracklet merged from fragments keeps no frame index per box)."""
+        """Position of the key frame among the boxes: the middle one, when the frame of each box is known (recorded,
+        or the frames run without gaps); else the first."""
         is_contiguous = len(self.boxes) == self.last_frame - self.first_frame + 1
-        return len(self.boxes) // 2 if is_contiguous else 0
+        return len(self.boxes) // 2 if self.frame_indices is not None or is_contiguous else 0
 
     @property
     def key_frame(self) -> int:
         """The frame of the source video that reports show for this tracklet (0-based)."""
+        if self.frame_indices is not None:
+            return self.frame_indices[self._key]
         return self.first_frame + self._key
 
     @property
@@ -210,7 +218,15 @@ def _row_origin(row: object) -> FootageOrigin | None:
         start_s=float(row.start_s),
         end_s=float(row.end_s),
         boxes=tuple(tuple(float(v) for v in box) for box in row.boxes),
+        frame_indices=_frame_indices(getattr(row, "frame_indices", None)),
     )
+
+
+def _frame_indices(values: object) -> tuple[int, ...] | None:
+    """A row's ``frame_indices`` (None when the table predates them or the cell is empty)."""
+    if values is None or isinstance(values, float):
+        return None
+    return tuple(int(v) for v in values)
 
 
 def row_columns(names: Iterable[str]) -> list[str]:

@@ -9,8 +9,9 @@ Layout::
 ``boxes`` holds one ``[x1, y1, x2, y2]`` pixel box per frame index; ``scores`` the detector's confidence, 0 where
 the tracker predicted the box. Every tracklet gets pid -1 (unknown identity) and the ``gallery`` split: it can be
 extracted, indexed and queried, not trained on or evaluated. Its :class:`FootageOrigin` keeps the source video,
-first/last frame, start/end time (frame index / fps; end = the last frame's time) and the boxes, so every search
-result leads back to the moment and place it was filmed. The tracklet id is the path below ROOT (``2/lobby/0007``).
+first/last frame, start/end time (start = first frame index / fps; end = (last frame index + 1) / fps, when the
+last frame ends), the boxes and the frame index of each, so every search result leads back to the moment and place
+it was filmed. The tracklet id is the path below ROOT (``2/lobby/0007``).
 Gallery rule: ``gallery_only``.
 """
 
@@ -39,8 +40,9 @@ def crop_name(frame_index: int) -> str:
 
 
 def start_end_seconds(frame_indices: list[int], fps: float) -> tuple[float, float]:
-    """The times of a track's first and last frame in its source video."""
-    return frame_indices[0] / fps, frame_indices[-1] / fps
+    """When a track starts and ends in its source video: the start of its first frame and the end of its last
+    (which lasts ``1 / fps``)."""
+    return frame_indices[0] / fps, (frame_indices[-1] + 1) / fps
 
 
 def _tracklet(folder: Path, root: Path, problems: Problems) -> list[Tracklet]:
@@ -68,6 +70,7 @@ def _tracklet(folder: Path, root: Path, problems: Problems) -> list[Tracklet]:
         start_s=start_s,
         end_s=end_s,
         boxes=tuple(tuple(float(v) for v in box) for box in record["boxes"]),
+        frame_indices=tuple(indices),
     )
     tracklet_id = folder.relative_to(root).as_posix()
     camid = int(record["camid"])

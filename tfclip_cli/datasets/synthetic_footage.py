@@ -252,7 +252,7 @@ def _write_tracklets(footage: CameraFootage, camid: int, *, into: Path, root: Pa
             source_video=str(root / "footage" / f"cam{camid}" / f"cam{camid}.mp4"),
             first_frame=indices[0], last_frame=indices[-1], start_s=indices[0] / FOOTAGE_FPS,
             end_s=(indices[-1] + 1) / FOOTAGE_FPS,
-            boxes=tuple(tuple(float(v) for v in footage.truth.boxes[r]) for r in rows),
+            boxes=tuple(tuple(float(v) for v in footage.truth.boxes[r]) for r in rows), frame_indices=tuple(indices),
         )
         written.append(Tracklet(str(relative), int(pid), camid, split, len(rows), frames=frames, origin=origin))
     return written

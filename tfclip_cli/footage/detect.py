@@ -20,35 +20,21 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Iterator
 
 import cv2
 import numpy as np
 
 from tfclip_cli.errors import DataError, UserError
 from tfclip_cli.export import onnx_session
+from tfclip_cli.footage.detection import Detection, Detector
+from tfclip_cli.footage.replay import replay_detector
 
 log = logging.getLogger(__name__)
 
 DETECTOR_NAMES = ("auto", "ssdlite", "hog")
 DEFAULT_DETECTOR = "auto"  # ssdlite when its wheel is installed, else hog (README "Your own cameras": measured)
 NMS_IOU = 0.45  # boxes of one person overlap more than this; two people side by side overlap less
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One detected person: a pixel box ``(x1, y1, x2, y2)`` and a confidence in [0, 1]."""
-
-    box: tuple[float, float, float, float]
-    score: float
-
-
-class Detector(Protocol):
-    """Finds people in one RGB frame ``[H, W, 3]`` uint8; ``frame_index`` serves detectors that replay known boxes."""
-
-    name: str
-
-    def detect(self, frame: np.ndarray, *, frame_index: int) -> list[Detection]: ...
 
 
 def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, *, min_score: float) -> list[Detection]:
@@ -240,20 +226,22 @@ YOLO_PAD = 114  # the grey YOLO letterboxes with
 
 @dataclass(frozen=True)
 class Letterbox:
-    """How a frame was fitted into the square model input: scaled by ``ratio``, then shifted by the padding."""
+    """How a frame was fitted into the model input: scaled by ``ratio``, then shifted by the padding."""
 
     ratio: float
     pad_x: float
     pad_y: float
 
 
-def letterbox(frame: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
-    """``frame`` resized to fit ``size``×``size`` keeping its aspect, centred on grey, as YOLO's preprocessing."""
+def letterbox(frame: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
+    """``frame`` resized to fit ``size`` (height, width) keeping its aspect, centred on grey, as YOLO's
+    preprocessing."""
     height, width = frame.shape[:2]
-    ratio = min(size / height, size / width)
+    input_h, input_w = size
+    ratio = min(input_h / height, input_w / width)
     new_w, new_h = round(width * ratio), round(height * ratio)
-    canvas = np.full((size, size, 3), YOLO_PAD, dtype=np.uint8)
-    pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
+    canvas = np.full((input_h, input_w, 3), YOLO_PAD, dtype=np.uint8)
+    pad_x, pad_y = (input_w - new_w) // 2, (input_h - new_h) // 2
     canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = cv2.resize(frame, (new_w, new_h))
     return canvas, Letterbox(ratio, float(pad_x), float(pad_y))
 
@@ -279,8 +267,11 @@ def yolo_person_boxes(output: np.ndarray, person_class: int) -> tuple[np.ndarray
     return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1).astype(np.float64), scores.astype(np.float64)
 
 
+YOLO_SIZE = 640  # the input side YOLO models are exported at, for a model whose input size is dynamic
+
+
 class YoloOnnxDetector:
-    """A YOLO detector exported to ONNX (input ``[1, 3, S, S]`` RGB in [0, 1]); keeps the ``person_class`` boxes.
+    """A YOLO detector exported to ONNX (input ``[1, 3, H, W]`` RGB in [0, 1]); keeps the ``person_class`` boxes.
 
     Args:
         model: the ``.onnx`` file.
@@ -288,7 +279,7 @@ class YoloOnnxDetector:
         person_class: the index of "person" among the model's classes (0 for COCO-trained models).
         threads: onnxruntime intra-op threads; 0 lets it choose.
     Raises:
-        UserError: a missing or unloadable model, or one whose input is not ``[1, 3, S, S]``.
+        UserError: a missing or unloadable model, or one whose input is not ``[1, 3, H, W]``.
     """
 
     name = "onnx"
@@ -299,8 +290,8 @@ class YoloOnnxDetector:
         self.min_score, self.person_class = min_score, person_class
         shape = self._session.get_inputs()[0].shape
         if len(shape) != 4 or shape[1] != 3:
-            raise UserError(f"{model}: input of shape {shape}; expected a YOLO detector's [1, 3, S, S]")
-        self.size = shape[2] if isinstance(shape[2], int) else 640  # dynamic axes: YOLO's usual 640
+            raise UserError(f"{model}: input of shape {shape}; expected a YOLO detector's [1, 3, H, W]")
+        self.size = tuple(side if isinstance(side, int) else YOLO_SIZE for side in shape[2:])  # (height, width)
 
     def detect(self, frame: np.ndarray, *, frame_index: int) -> list[Detection]:
         image, fit = letterbox(frame, self.size)
@@ -308,7 +299,6 @@ class YoloOnnxDetector:
         (output,) = self._session.run(None, {self._session.get_inputs()[0].name: blob})[:1]
         boxes, scores = yolo_person_boxes(np.asarray(output), self.person_class)
         boxes = (boxes - [fit.pad_x, fit.pad_y, fit.pad_x, fit.pad_y]) / fit.ratio
-        boxes = np.clip(boxes, 0, [frame.shape[1], frame.shape[0], frame.shape[1], frame.shape[0]])
         return non_max_suppression(boxes, scores, min_score=self.min_score)
 
 
@@ -348,8 +338,6 @@ def build_detector(spec: str, **options: object) -> Detector:
     if spec.lower().endswith(".onnx"):
         return YoloOnnxDetector(Path(spec), **options)
     if spec == "gt" or spec.startswith("gt:"):
-        from tfclip_cli.footage.replay import replay_detector  # replay builds on this module: imported late
-
         return replay_detector(spec, **options)
     raise UserError(
         f"unknown detector {spec!r}: expected one of {', '.join(DETECTOR_NAMES)} or the path of a YOLO .onnx model"

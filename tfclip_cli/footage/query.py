@@ -3,34 +3,43 @@
 A query input is either a person crop (today's query: one person filling the frame) or footage (a scene with
 several people, or people small in the frame). The detector decides, never the file name: on the first, middle and
 last frame, a frame where it finds nobody, or one person covering at least :data:`CROP_SHARE` of the frame, looks
-like a crop; when most of them do not, the input is footage. Footage is tracked (:func:`~tfclip_cli.footage.track.
-track_video`), each person's track of at least ``min_frames`` frames is cropped and searched for, and the people
-are numbered 1, 2, ... by the frame they first appear in; ``person`` picks one by number, ``pointer`` (a frame and
-a box) picks the one whose box there overlaps it most.
+like a crop; when most of them do not, the input is footage. Footage goes through the footage pipeline as ``tfclip
+track`` does (:mod:`~tfclip_cli.footage.pipeline`, same defaults, relinked with the gallery's model), and each
+person's crops, held in memory, are embedded and searched for; the people are numbered 1, 2, ... by the frame they
+first appear in; ``person`` picks one by number, ``pointer`` (a frame and a box) picks the one whose box there
+overlaps it most. The model is loaded once per call (or passed in), and whatever the inputs, ``--json`` prints one
+shape (:func:`query_json`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import tempfile
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
-from tfclip_cli.clips import read_frames
-from tfclip_cli.datasets.footage import crop_name
+from tfclip_cli.clips import read_frames, stack_crops
 from tfclip_cli.errors import UserError
-from tfclip_cli.footage.detect import Detector, detector_for_video, video_info
-from tfclip_cli.footage.track import Track, iou_matrix, track_video
-from tfclip_cli.footage.tracklets import write_crops
+from tfclip_cli.footage.detect import detector_for_video
+from tfclip_cli.footage.detection import Detector, clipped
+from tfclip_cli.footage.pipeline import CutTracklet, PipelineOptions, run_video
+from tfclip_cli.footage.track import Track, iou_matrix
 from tfclip_cli.index import (
-    Gallery, QueryEmbedder, QueryResult, SearchOptions, load_index, load_query_embedder, query_tracklets,
+    Gallery,
+    QueryClip,
+    QueryEmbedder,
+    QueryResult,
+    SearchOptions,
+    load_index,
+    load_query_embedder,
+    query_results,
+    read_key_frames,
     warn_if_stale,
 )
-from tfclip_cli.inference import tracklet_from_path
-from tfclip_cli.tables import Tracklet
+from tfclip_cli.inference import embed_crops, tracklet_from_path
 
 CROP_SHARE = 0.4  # one confident person covering this share of the frame: the input is a person crop
 CONFIDENT = 0.5  # detections at least this confident count when deciding crop or footage
@@ -50,18 +59,17 @@ class PersonQuery:
     """One person found in query footage, and what the gallery holds of them."""
 
     person: int  # 1, 2, ... in order of first appearance in the query video
-    track: Track
-    fps: float
+    tracklet: CutTracklet
     result: QueryResult  # source reads "<video> person <N>"; key frames are the person's crops
 
     def to_dict(self) -> dict:
-        """JSON-ready: the person's number, frames, times, middle box and hits."""
-        middle = self.track.num_frames // 2
-        first, last = self.track.frame_indices[0], self.track.frame_indices[-1]
-        return {"person": self.person, "first_frame": first, "last_frame": last, "start_s": first / self.fps,
-                "end_s": last / self.fps, "key_frame": self.track.frame_indices[middle],
-                "key_box": [float(v) for v in self.track.boxes[middle]],
-                "hits": [hit.to_dict() for hit in self.result.hits]}
+        """JSON-ready: one entry of ``persons`` in :func:`query_json`."""
+        track = self.tracklet.track
+        middle = track.num_frames // 2
+        return _person_dict(self.person, self.result, first_frame=self.tracklet.first_frame,
+                            last_frame=self.tracklet.last_frame, start_s=self.tracklet.start_s,
+                            end_s=self.tracklet.end_s, key_frame=track.frame_indices[middle],
+                            key_box=[float(v) for v in track.boxes[middle]])
 
 
 @dataclass(frozen=True)
@@ -76,9 +84,33 @@ class FootageQuery:
         """The per-person results, in person order (for tables and the HTML report)."""
         return tuple(person.result for person in self.persons)
 
-    def to_dict(self) -> dict:
-        """JSON-ready: ``{"query": video, "persons": [{"person": N, ..., "hits": [...]}, ...]}``."""
-        return {"query": self.source, "persons": [person.to_dict() for person in self.persons]}
+
+def _person_dict(person: int, result: QueryResult, **where: object) -> dict:
+    return {"person": person, "num_frames": result.num_frames, **where, "threshold": result.threshold,
+            "match": result.is_match, "hits": [hit.to_dict() for hit in result.hits]}
+
+
+def query_json(results: Sequence[QueryResult | FootageQuery]) -> dict:
+    """The one JSON answer of ``tfclip query --json``, whatever the inputs (README "tfclip query --json")::
+
+        {"queries": [{"query": "<path>", "footage": true | false, "persons": [
+            {"person": 1, "num_frames": N, "first_frame": F, "last_frame": L, "start_s": S, "end_s": E,
+             "key_frame": K, "key_box": [x1, y1, x2, y2], "threshold": T | null, "match": M | null,
+             "hits": [{"rank", "score", "tracklet_id", "pid", "camid", "split", "source", "row", "match",
+                       "start_s", "end_s", "origin": {...} | null}, ...]}, ...]}, ...]}
+
+    One entry per query clip, in order. A person crop is one person numbered 1 whose place in the query video
+    (``first_frame`` ... ``key_box``) is null; footage lists every person searched for (none: an empty list).
+    """
+    queries = []
+    for result in results:
+        if isinstance(result, FootageQuery):
+            queries.append({"query": result.source, "footage": True,
+                            "persons": [person.to_dict() for person in result.persons]})
+            continue
+        unknown = dict.fromkeys(("first_frame", "last_frame", "start_s", "end_s", "key_frame", "key_box"))
+        queries.append({"query": result.source, "footage": False, "persons": [_person_dict(1, result, **unknown)]})
+    return {"queries": queries}
 
 
 def is_person_crop(clip: Path, detector: Detector) -> bool:
@@ -88,22 +120,15 @@ def is_person_crop(clip: Path, detector: Detector) -> bool:
     frames = read_frames(tracklet, indices).permute(0, 2, 3, 1).numpy()  # [K, H, W, 3]
     crop_like = 0
     for index, frame in zip(indices, frames):
-        found = [d for d in detector.detect(frame, frame_index=index) if d.score >= CONFIDENT]
-        area = frame.shape[0] * frame.shape[1]
-        crop_like += not found or (len(found) == 1 and _area(found[0].box) >= CROP_SHARE * area)
+        height, width = frame.shape[:2]
+        found = clipped(detector.detect(frame, frame_index=index), width=width, height=height, min_side=1)
+        found = [d for d in found if d.score >= CONFIDENT]
+        crop_like += not found or (len(found) == 1 and _area(found[0].box) >= CROP_SHARE * width * height)
     return 2 * crop_like > len(indices)
 
 
 def _area(box: Sequence[float]) -> float:
     return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
-
-
-def find_persons(video: Path, detector: Detector, *, min_frames: int = 4) -> list[Track]:
-    """The people of a query video: tracks of at least ``min_frames`` frames, ordered by first appearance, their
-    ``track_id`` renumbered 1, 2, ... in that order."""
-    tracks = [t for t in track_video(video, detector, camid=-1) if t.num_frames >= min_frames]
-    tracks.sort(key=lambda t: (t.frame_indices[0], t.track_id))
-    return [Track(number, t.camid, t.frame_indices, t.boxes, t.scores) for number, t in enumerate(tracks, start=1)]
 
 
 def pick_persons(tracks: list[Track], *, person: int | None = None, pointer: PersonPointer | None = None
@@ -134,17 +159,18 @@ def _xywh(box: Sequence[float]) -> str:
     return ",".join(f"{v:.0f}" for v in (box[0], box[1], box[2] - box[0], box[3] - box[1]))
 
 
-def _person_tracklet(folder: Path, track: Track) -> Tracklet:
-    """The crops ``write_crops`` wrote for ``track`` as a query tracklet."""
-    frames = tuple(str(folder / str(track.track_id) / crop_name(index)) for index in track.frame_indices)
-    return Tracklet(f"person-{track.track_id}", -1, -1, "query", len(frames), frames=frames)
+def _key_frames(crops: Sequence[np.ndarray]) -> np.ndarray:
+    """A person's first, middle and last crop as uint8 ``[K, H, W, 3]`` at the first one's size."""
+    last = len(crops) - 1
+    chosen = [crops[i] for i in sorted({0, last // 2, last})]
+    return stack_crops(chosen, crops[0].shape[:2]).permute(0, 2, 3, 1).numpy()
 
 
-def query_footage(gallery: Gallery, video: Path, detector: Detector, *, embedder: QueryEmbedder,
+def query_footage(gallery: Gallery, video: Path, detector: Detector, embedder: QueryEmbedder, *,
                   search: SearchOptions = SearchOptions(), person: int | None = None,
                   pointer: PersonPointer | None = None) -> FootageQuery:
-    """Track the people of ``video`` and search ``gallery`` for each (or for the one picked, see
-    :func:`pick_persons`), embedding their crops with ``embedder``.
+    """Cut the people of ``video`` out with the footage pipeline (relinked with ``embedder``'s model) and search
+    ``gallery`` for each (or for the one picked, see :func:`pick_persons`), their crops never leaving memory.
 
     Raises:
         UserError: a frame folder (tracking needs a video), nobody found, or a person that cannot be picked.
@@ -153,18 +179,16 @@ def query_footage(gallery: Gallery, video: Path, detector: Detector, *, embedder
     if Path(video).is_dir():
         raise UserError(f"{video} is a folder of frames holding several people (or none): tracking them needs a "
                         "video file", hint="query a video of the scene, or a folder holding one person's crops")
-    tracks = pick_persons(find_persons(video, detector), person=person, pointer=pointer)
-    fps = video_info(video).fps
-    with tempfile.TemporaryDirectory(prefix="tfclip-query-") as work:
-        write_crops(video, tracks, Path(work))
-        tracklets = [_person_tracklet(Path(work), track) for track in tracks]
-        results = query_tracklets(gallery, tracklets, embedder, search)
-    persons = []
-    for track, result in zip(tracks, results):
-        first, last = track.frame_indices[0], track.frame_indices[-1]
-        source = f"{video} person {track.track_id} (frames {first}-{last}, {first / fps:.1f}-{last / fps:.1f}s)"
-        persons.append(PersonQuery(track.track_id, track, fps, dataclasses.replace(result, source=source)))
-    return FootageQuery(str(video), tuple(persons))
+    model = functools.partial(embed_crops, embedder.model, transform=embedder.transform, device=embedder.device)
+    found = run_video(video, detector, camid=-1, options=PipelineOptions(), embed=functools.partial(
+        model, sampling="dense")).tracklets  # numbered 1, 2, ... by first appearance
+    picked = [found[track.track_id - 1] for track in pick_persons([t.track for t in found], person=person,
+                                                                   pointer=pointer)]
+    vectors = model([tracklet.crops for tracklet in picked], sampling=embedder.sampling)
+    clips = [QueryClip(f"{video} person {t.track.track_id} (frames {t.first_frame}-{t.last_frame}, "
+                       f"{t.start_s:.1f}-{t.end_s:.1f}s)", t.track.num_frames, _key_frames(t.crops)) for t in picked]
+    results = query_results(gallery, vectors, clips, search)
+    return FootageQuery(str(video), tuple(PersonQuery(t.track.track_id, t, r) for t, r in zip(picked, results)))
 
 
 def query_clips(gallery_path: Path, clips: Sequence[Path], *, detector: str, search: SearchOptions = SearchOptions(),
@@ -184,7 +208,7 @@ def query_clips(gallery_path: Path, clips: Sequence[Path], *, detector: str, sea
         raise UserError(f"--person and --box/--frame pick a person in one query video; {len(clips)} were given")
     gallery = load_index(gallery_path)
     warn_if_stale(gallery)
-    embedder = load_query_embedder(gallery, search.checkpoint, search.device, backend=search.backend)
+    embedder = load_query_embedder(gallery, search.checkpoint, torch.device(search.device), backend=search.backend)
     return query_gallery(gallery, clips, embedder, detector=detector, search=search, person=person, pointer=pointer)
 
 
@@ -197,11 +221,11 @@ def query_gallery(gallery: Gallery, clips: Sequence[Path], embedder: QueryEmbedd
     for number, clip in enumerate(clips):
         detect = detector_for_video(detector, Path(clip))
         if is_pointed or not is_person_crop(Path(clip), detect):
-            found[number] = query_footage(gallery, Path(clip), detect, embedder=embedder, search=search,
-                                          person=person, pointer=pointer)
+            found[number] = query_footage(gallery, Path(clip), detect, embedder, search=search, person=person,
+                                          pointer=pointer)
     crops = [number for number in range(len(clips)) if number not in found]
     if crops:
         tracklets = [tracklet_from_path(Path(clips[number])) for number in crops]
-        results = query_tracklets(gallery, tracklets, embedder, search)
-        found.update(zip(crops, results))
+        described = [QueryClip(t.source, t.num_frames, read_key_frames(t)) for t in tracklets]
+        found.update(zip(crops, query_results(gallery, embedder.embed(tracklets), described, search)))
     return [found[number] for number in range(len(clips))]

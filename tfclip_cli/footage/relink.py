@@ -1,7 +1,7 @@
 """Cut and re-link motion tracks by appearance: the identity switches and fragments a motion tracker leaves.
 
 Each track is split into consecutive windows of a few frames, and each window embedded (with TF-CLIP in
-``tfclip track --checkpoint``, through :func:`model_window_embedder`). A track is cut only where it touched another
+``tfclip track --checkpoint``, through :func:`model_crop_embedder` on the crops the pipeline holds). A track is cut only where it touched another
 track (a tracker can only jump from one person to another where they meet) and the windows after that contact
 stay unlike the mean of all the windows before it (the person's appearance so far): one odd window is a bad crop,
 not another person. Then each fragment's end is linked to the start of the fragment that continues it, one to
@@ -9,7 +9,9 @@ one (Hungarian assignment on the fragments' mean embeddings), only between plaus
 soon after and near where the other ended; right where and when it ended, a lower similarity will do) and only
 when no rival pairing is nearly as alike: an ambiguous link is left out. A cut whose sides both found no other
 continuation is undone. The logic takes any embedder, so it is tested with synthetic embeddings; without a
-checkpoint tracks pass through unchanged (:func:`unlinked`).
+checkpoint tracks pass through unchanged (:func:`unlinked`). Tracks are told apart by their place in the list
+given, never by ``track_id`` (which repeats across videos), and only tracks of one camera and one source video are
+ever linked.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from tfclip_cli.footage.track import Track, iou_matrix
-from tfclip_cli.tables import UNKNOWN_PID, Tracklet
 
 if TYPE_CHECKING:
     import torch
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 Window = tuple[int, int]  # positions [start, stop) in a track's frames
 WindowEmbedder = Callable[[Track, Sequence[Window]], np.ndarray]  # a track and its windows → [W, D]
+CropEmbedder = Callable[[Sequence[Sequence[np.ndarray]]], np.ndarray]  # clips of RGB crops [h, w, 3] → [N, D]
 
 
 @dataclass(frozen=True)
@@ -55,9 +57,10 @@ class RelinkConfig:
 
 @dataclass(frozen=True)
 class Piece:
-    """A run of one motion track's frames: positions ``[start, stop)`` of track ``track_id``."""
+    """A run of one motion track's frames: positions ``[start, stop)`` of the track at position ``track`` of the
+    list :func:`relink` was given."""
 
-    track_id: int
+    track: int
     start: int
     stop: int
 
@@ -74,6 +77,7 @@ class Linked:
 class _Fragment:
     piece: Piece
     camid: int
+    source: str
     first_frame: int
     last_frame: int
     vector: np.ndarray  # [D], unit length
@@ -83,7 +87,7 @@ class _Fragment:
 
 def unlinked(tracks: Sequence[Track]) -> list[Linked]:
     """Motion only: each track is one tracklet, as it is."""
-    return [Linked(track, (Piece(track.track_id, 0, track.num_frames),)) for track in tracks]
+    return [Linked(track, (Piece(position, 0, track.num_frames),)) for position, track in enumerate(tracks)]
 
 
 def window_bounds(num_frames: int, window: int) -> list[Window]:
@@ -98,10 +102,10 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 def contacts(track: Track, others: Sequence[Track], min_iou: float) -> set[int]:
     """Frame indices at which ``track``'s box touches (IoU above ``min_iou``) the box of another track of the same
-    camera: the only moments a motion tracker can jump from one person to another."""
+    camera and video: the only moments a motion tracker can jump from one person to another."""
     boxes = {}
     for other in others:
-        if other.track_id != track.track_id and other.camid == track.camid:
+        if other is not track and other.camid == track.camid and other.source == track.source:
             for index, box in zip(other.frame_indices, other.boxes):
                 boxes.setdefault(index, []).append(box)
     touching = set()
@@ -132,19 +136,21 @@ def cut_points(vectors: np.ndarray, candidates: Sequence[int], config: RelinkCon
             cuts.append(k)
             start = k
     return cuts
-def _fragments(track: Track, embed: WindowEmbedder, touching: set[int], config: RelinkConfig) -> list[_Fragment]:
-    """The track cut where its appearance changes after a contact, each fragment with its mean window embedding."""
+def _fragments(track: Track, position: int, embed: WindowEmbedder, touching: set[int], config: RelinkConfig
+               ) -> list[_Fragment]:
+    """The track (at ``position`` of relink's list) cut where its appearance changes after a contact, each fragment
+    with its mean window embedding."""
     bounds = window_bounds(track.num_frames, config.window)
     vectors = _unit(np.asarray(embed(track, bounds), dtype=np.float64))
     candidates = contact_windows(bounds, track.frame_indices, touching)
     edges = [0, *cut_points(vectors, candidates, config), len(bounds)]
     fragments = []
     for first, last in zip(edges, edges[1:]):
-        piece = Piece(track.track_id, bounds[first][0], bounds[last - 1][1])
+        piece = Piece(position, bounds[first][0], bounds[last - 1][1])
         frames = track.frame_indices[piece.start : piece.stop]
         mean = _unit(vectors[first:last].mean(axis=0))
         ends = track.boxes[piece.start], track.boxes[piece.stop - 1]
-        fragments.append(_Fragment(piece, track.camid, frames[0], frames[-1], mean, *ends))
+        fragments.append(_Fragment(piece, track.camid, track.source, frames[0], frames[-1], mean, *ends))
     return fragments
 
 
@@ -157,11 +163,11 @@ def _gap_and_distance(a: _Fragment, b: _Fragment) -> tuple[int, float]:
 
 
 def can_follow(a: _Fragment, b: _Fragment, config: RelinkConfig) -> bool:
-    """Whether ``b`` can be ``a``'s person seen again: same camera, starting after ``a`` ends within ``max_gap``
-    frames, and no farther from where ``a`` was last seen than a walk of ``max_speed`` heights per frame (plus
-    half a height for the box's own wobble)."""
+    """Whether ``b`` can be ``a``'s person seen again: same camera and video, starting after ``a`` ends within
+    ``max_gap`` frames, and no farther from where ``a`` was last seen than a walk of ``max_speed`` heights per frame
+    (plus half a height for the box's own wobble)."""
     gap, distance = _gap_and_distance(a, b)
-    return a.camid == b.camid and 0 < gap <= config.max_gap and distance <= 0.5 + config.max_speed * gap
+    return a.camid == b.camid and a.source == b.source and 0 < gap <= config.max_gap and distance <= 0.5 + config.max_speed * gap
 
 
 def least_similarity(a: _Fragment, b: _Fragment, config: RelinkConfig) -> float:
@@ -205,7 +211,7 @@ def rejoin_unused_cuts(fragments: Sequence[_Fragment], links: dict[int, int]) ->
     links = dict(links)
     followed = set(links.values())
     for i, (a, b) in enumerate(itertools.pairwise(fragments)):
-        same_track = a.piece.track_id == b.piece.track_id and a.piece.stop == b.piece.start
+        same_track = a.piece.track == b.piece.track and a.piece.stop == b.piece.start
         if same_track and i not in links and i + 1 not in followed:
             links[i] = i + 1
             followed.add(i + 1)
@@ -229,21 +235,22 @@ def _joined(pieces: Sequence[Piece]) -> list[Piece]:
     joined = [pieces[0]]
     for piece in pieces[1:]:
         last = joined[-1]
-        if piece.track_id == last.track_id and piece.start == last.stop:
-            joined[-1] = Piece(last.track_id, last.start, piece.stop)
+        if piece.track == last.track and piece.start == last.stop:
+            joined[-1] = Piece(last.track, last.start, piece.stop)
         else:
             joined.append(piece)
     return joined
 
 
-def _assemble(group: list[_Fragment], by_id: dict[int, Track], track_id: int) -> Linked:
-    parts = [(by_id[piece.track_id], piece) for piece in _joined([f.piece for f in group])]
+def _assemble(group: list[_Fragment], tracks: Sequence[Track], track_id: int) -> Linked:
+    parts = [(tracks[piece.track], piece) for piece in _joined([f.piece for f in group])]
     track = Track(
         track_id=track_id,
         camid=group[0].camid,
         frame_indices=tuple(i for t, p in parts for i in t.frame_indices[p.start : p.stop]),
         boxes=np.concatenate([t.boxes[p.start : p.stop] for t, p in parts]),
         scores=np.concatenate([t.scores[p.start : p.stop] for t, p in parts]),
+        source=group[0].source,
     )
     return Linked(track, tuple(piece for _, piece in parts))
 
@@ -256,13 +263,13 @@ def relink(tracks: Sequence[Track], embed: WindowEmbedder, config: RelinkConfig 
         the tracklets, numbered 1, 2, ... by first frame.
     """
     fragments = [
-        f for track in tracks for f in _fragments(track, embed, contacts(track, tracks, config.contact), config)
+        f for position, track in enumerate(tracks)
+        for f in _fragments(track, position, embed, contacts(track, tracks, config.contact), config)
     ]
     links = rejoin_unused_cuts(fragments, link_fragments(fragments, config))
     groups = sorted(([fragments[i] for i in chain] for chain in chains(len(fragments), links)),
                     key=lambda g: g[0].first_frame)
-    by_id = {track.track_id: track for track in tracks}
-    return [_assemble(group, by_id, number) for number, group in enumerate(groups, start=1)]
+    return [_assemble(group, tracks, number) for number, group in enumerate(groups, start=1)]
 
 
 @dataclass(frozen=True)
@@ -285,32 +292,15 @@ def _load_model(checkpoint: Path) -> _LoadedModel:
     return _LoadedModel(model_from_checkpoint(state, device), transform_for(state), device)
 
 
-def model_window_embedder(
-    checkpoint: Path, crop_paths: Callable[[Track, Window], list[str]], *, batch: int = 32
-) -> WindowEmbedder:
-    """An embedder that runs the TF-CLIP model of ``checkpoint`` on each window's crops (dense sampling, no camera
-    embedding), ``batch`` windows at a time.
+def model_crop_embedder(checkpoint: Path, *, batch: int = 32) -> CropEmbedder:
+    """An embedder that runs the TF-CLIP model of ``checkpoint`` on clips of crops (dense sampling, no camera
+    embedding), ``batch`` clips at a time.
 
-    Args:
-        checkpoint: a tfclip checkpoint.
-        crop_paths: the crop image files of a window of a track, in time order.
     Raises:
         CheckpointError: when the checkpoint does not load.
     """
-    from tfclip_cli.inference import embed_tracklets
+    from tfclip_cli.inference import embed_crops
 
     loaded = _load_model(Path(checkpoint).resolve())
-
-    def embed(track: Track, windows: Sequence[Window]) -> np.ndarray:
-        tracklets = []
-        for window in windows:
-            frames = tuple(crop_paths(track, window))
-            name = f"{track.track_id}:{window[0]}"
-            tracklets.append(Tracklet(name, UNKNOWN_PID, track.camid, "gallery", len(frames), frames=frames))
-        chunks = [tracklets[i : i + batch] for i in range(0, len(tracklets), batch)]
-        return np.concatenate([
-            embed_tracklets(loaded.model, chunk, sampling="dense", transform=loaded.transform, device=loaded.device)
-            for chunk in chunks
-        ])
-
-    return embed
+    return functools.partial(embed_crops, loaded.model, sampling="dense", transform=loaded.transform,
+                             device=loaded.device, batch_size=batch)

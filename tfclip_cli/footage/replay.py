@@ -19,7 +19,7 @@ import numpy as np
 
 from tfclip_cli.datasets.mot import GroundTruth, gt_path, read_gt
 from tfclip_cli.errors import UserError
-from tfclip_cli.footage.detect import Detection
+from tfclip_cli.footage.detection import Detection
 
 
 @dataclass(frozen=True)

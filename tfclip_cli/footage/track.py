@@ -1,4 +1,4 @@
-"""Detections → tracks: a ByteTrack-style multi-object tracker, and :func:`track_video` over one video file.
+"""Detections → tracks: a ByteTrack-style multi-object tracker.
 
 The association follows ByteTrack (Zhang et al., ECCV 2022; read in ifzhang/ByteTrack
 ``yolox/tracker/byte_tracker.py``): every track's box is predicted by a constant-velocity Kalman filter on
@@ -6,25 +6,23 @@ The association follows ByteTrack (Zhang et al., ECCV 2022; read in ifzhang/Byte
 by IoU with the Hungarian algorithm, then low-score detections to the tracked ones still unmatched, which keeps
 people through partial occlusion without letting low-score clutter start tracks. An unmatched high-score detection
 starts a tentative track, confirmed when matched on the next detected frame; a track unmatched for longer than the
-lost buffer dies. Unlike ByteTrack we keep the history of each track (a box per frame, predicted boxes bridging
-the frames it was lost in once it is found again) because tfclip cuts tracklets from it.
+lost buffer dies. While a track is lost its height stops changing (ByteTrack zeroes the height velocity of a track
+that is not tracked), so a prediction cannot grow or shrink without bound. Unlike ByteTrack we keep the history of
+each track (a box per frame, predicted boxes bridging the frames it was lost in once it is found again) because
+tfclip cuts tracklets from it. Frames reach the tracker through :mod:`~tfclip_cli.footage.pipeline`.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from tfclip_cli import display
-from tfclip_cli.errors import UserError
-from tfclip_cli.footage.detect import Detection, Detector, read_video, video_info
+from tfclip_cli.footage.detection import Detection
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +33,8 @@ class Track:
     tracker makes them, with gaps where :mod:`~tfclip_cli.footage.relink` joined two fragments).
 
     ``scores`` holds the matched detection's score, 0 where the box is predicted (carried between detected frames
-    or bridging frames the detector missed).
+    or bridging frames the detector missed). ``track_id`` is unique within one ``source`` (the video or stream the
+    track was followed in), not across sources.
     """
 
     track_id: int
@@ -43,6 +42,7 @@ class Track:
     frame_indices: tuple[int, ...]
     boxes: np.ndarray  # [N, 4] x1, y1, x2, y2 float32
     scores: np.ndarray  # [N] float32
+    source: str = ""
 
     @property
     def num_frames(self) -> int:
@@ -59,7 +59,8 @@ class TrackerConfig:
     first_iou: float = 0.2  # least IoU of a first-stage match (ByteTrack: match_thresh 0.8 as a distance)
     second_iou: float = 0.5  # least IoU of a second-stage (low-score) match
     tentative_iou: float = 0.3  # least IoU to confirm a tentative track
-    lost_buffer: int = 30  # frames a lost track waits to be found again before it dies
+    lost_buffer: int = 30  # frames at 30 fps a lost track waits to be found again before it dies (ByteTrack's
+    # track_buffer, scaled to the video's frame rate as ByteTrack does: 10 frames at 10 fps)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,11 @@ class KalmanBox:
         self.covariance = np.diag(np.square(std))
         self._motion = np.eye(8)
         self._motion[:4, 4:] = np.eye(4)
+
+    def hold_height(self) -> None:
+        """Stop the height changing (ByteTrack's ``STrack.predict`` for a track that is not tracked): a lost
+        person's box keeps its last size instead of growing or shrinking on a stale velocity."""
+        self.mean[7] = 0.0
 
     def predict(self) -> None:
         h = self.mean[3]
@@ -156,8 +162,11 @@ def match_by_iou(iou: np.ndarray, min_iou: float) -> Matching:
 
 @dataclass(eq=False)  # compared by identity: two tracks are never "equal"
 class _LiveTrack:
-    """A track while the tracker runs: its filter, state and history (``pending`` = predicted while lost)."""
+    """A track while the tracker runs: its filter, state and history (``pending`` = predicted while lost).
 
+    ``serial`` names it from birth (``track_id`` is given only when it is confirmed)."""
+
+    serial: int
     track_id: int
     kalman: KalmanBox
     state: str  # "tentative", "tracked" or "lost"
@@ -166,6 +175,11 @@ class _LiveTrack:
     boxes: list[np.ndarray] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     pending: list[tuple[int, np.ndarray]] = field(default_factory=list)
+
+    def predict(self) -> None:
+        if self.state == "lost":
+            self.kalman.hold_height()
+        self.kalman.predict()
 
     def record(self, frame_index: int, score: float) -> None:
         for index, box in self.pending:  # found again: the predictions bridge the gap
@@ -185,15 +199,21 @@ class ByteTracker:
 
     Args:
         camid: the camera, copied into every :class:`Track`.
+        source: the video or stream, copied into every :class:`Track`.
         config: the thresholds.
+        fps: the frame rate, which scales the lost buffer (ByteTrack's ``frame_rate / 30 * track_buffer``).
     """
 
-    def __init__(self, *, camid: int, config: TrackerConfig = TrackerConfig()) -> None:
+    def __init__(self, *, camid: int, source: str = "", config: TrackerConfig = TrackerConfig(),
+                 fps: float = 30.0) -> None:
         self.camid = camid
+        self.source = source
         self.config = config
+        self.lost_frames = max(1, int(fps / 30.0 * config.lost_buffer))
         self._live: list[_LiveTrack] = []
         self._dead: list[_LiveTrack] = []
         self._next_id = itertools.count(1)
+        self._next_serial = itertools.count()
         self._started = False
 
     def carry(self, frame_index: int) -> list[TrackedBox]:
@@ -203,7 +223,7 @@ class ByteTracker:
             the predicted boxes of the tracks currently tracked.
         """
         for track in self._live:
-            track.kalman.predict()
+            track.predict()
             track.pending.append((frame_index, track.kalman.box))
         return [TrackedBox(t.track_id, tuple(map(float, t.kalman.box)), 0.0) for t in self._tracked()]
 
@@ -214,7 +234,7 @@ class ByteTracker:
             the boxes of the tracks tracked at this frame, with their matched detection's score.
         """
         for track in self._live:
-            track.kalman.predict()
+            track.predict()
         high = [d for d in detections if d.score >= self.config.high_score]
         low = [d for d in detections if self.config.low_score <= d.score < self.config.high_score]
         confirmed = [t for t in self._live if t.state != "tentative"]
@@ -233,19 +253,29 @@ class ByteTracker:
         self._bury(frame_index)
         return [TrackedBox(t.track_id, tuple(map(float, t.kalman.box)), t.scores[-1]) for t in self._tracked()]
 
-    def tracks(self) -> list[Track]:
-        """Every track confirmed so far (dead or alive), by id; predictions after a track's last match are left out."""
+    def live_boxes(self) -> list[tuple[int, np.ndarray]]:
+        """``(serial, box)`` of every live track (tentative, tracked or lost) at the frame last updated or carried:
+        the box it has recorded, or will record if it is found again, for that frame."""
+        return [(t.serial, t.kalman.box) for t in self._live]
+
+    def keyed_tracks(self) -> list[tuple[int, Track]]:
+        """:meth:`tracks`, each with the serial :meth:`live_boxes` named it by."""
         finished = sorted((t for t in self._dead + self._live if t.track_id > 0), key=lambda t: t.track_id)
         return [
-            Track(
+            (t.serial, Track(
                 track_id=t.track_id,
                 camid=self.camid,
                 frame_indices=tuple(t.frames),
                 boxes=np.asarray(t.boxes, dtype=np.float32).reshape(-1, 4),
                 scores=np.asarray(t.scores, dtype=np.float32),
-            )
+                source=self.source,
+            ))
             for t in finished
         ]
+
+    def tracks(self) -> list[Track]:
+        """Every track confirmed so far (dead or alive), by id; predictions after a track's last match are left out."""
+        return [track for _, track in self.keyed_tracks()]
 
     def _tracked(self) -> list[_LiveTrack]:
         return [t for t in self._live if t.state == "tracked"]
@@ -272,7 +302,8 @@ class ByteTracker:
         for detection in detections:
             if detection.score < self.config.birth_score:
                 continue
-            track = _LiveTrack(0, KalmanBox(np.asarray(detection.box, dtype=np.float64)), "tentative", frame_index)
+            kalman = KalmanBox(np.asarray(detection.box, dtype=np.float64))
+            track = _LiveTrack(next(self._next_serial), 0, kalman, "tentative", frame_index)
             track.record(frame_index, detection.score)
             if not self._started:
                 track.track_id, track.state = next(self._next_id), "tracked"
@@ -281,42 +312,6 @@ class ByteTracker:
 
     def _bury(self, frame_index: int) -> None:
         """Lost tracks unmatched for more than the lost buffer die."""
-        dead = [t for t in self._live if t.state == "lost" and frame_index - t.last_seen > self.config.lost_buffer]
+        dead = [t for t in self._live if t.state == "lost" and frame_index - t.last_seen > self.lost_frames]
         self._dead.extend(dead)
         self._live = [t for t in self._live if t not in dead]
-
-
-def track_video(
-    video: Path,
-    detector: Detector,
-    *,
-    camid: int,
-    every: int = 1,
-    config: TrackerConfig = TrackerConfig(),
-    progress: Callable[[Iterable[np.ndarray]], Iterable[np.ndarray]] | None = None,
-) -> list[Track]:
-    """Detect people in ``video`` and follow them: every track of the video, by id.
-
-    Args:
-        video: the video file.
-        detector: finds people in a frame.
-        camid: the camera that filmed it.
-        every: detect on every ``every``-th frame only; boxes between are Kalman predictions.
-        config: the tracker's thresholds.
-        progress: wraps the frame iterator to report progress; default: a progress bar on stderr.
-    Raises:
-        DataError: when the video does not open. UserError: ``every`` below 1.
-    """
-    if every < 1:
-        raise UserError(f"every={every}: detect on every K-th frame needs K of at least 1")
-    tracker = ByteTracker(camid=camid, config=config)
-    if progress is None:
-        total = video_info(video).num_frames or None
-        description = f"tracking {Path(video).name}"
-        progress = functools.partial(display.progress, description=description, total=total, unit="frames")
-    for frame_index, frame in enumerate(progress(read_video(video))):
-        if frame_index % every == 0:
-            tracker.update(detector.detect(frame, frame_index=frame_index), frame_index)
-        else:
-            tracker.carry(frame_index)
-    return tracker.tracks()

@@ -1,8 +1,9 @@
 """``tfclip track``: raw camera videos → person tracklets in the ``footage`` layout, ready for ``tfclip prepare``.
 
-For each video: detect and track people (:mod:`~tfclip_cli.footage.track`), crop every tracked box to a JPEG,
-optionally cut and re-link the tracks by appearance (:mod:`~tfclip_cli.footage.relink`), and keep every tracklet of
-at least ``min_frames`` frames as ``ROOT/<camid>/<video stem>/<tracklet>/`` (see :mod:`tfclip_cli.datasets.footage`).
+Each video goes through the footage pipeline (:mod:`~tfclip_cli.footage.pipeline`: detect, track, crop, optionally
+cut and re-link by appearance, drop tracklets too short or that never move), and every tracklet it returns is
+written as ``ROOT/<camid>/<video stem>/<tracklet>/`` (JPEG crops and a ``track.json``, see
+:mod:`tfclip_cli.datasets.footage`).
 A video's folder is built under a hidden name and renamed into place when complete, so an interrupted run leaves
 no half-written video. Videos run in parallel worker processes (one video each), and under ``torchrun`` each rank
 takes every ``world_size``-th video.
@@ -34,15 +35,14 @@ from tfclip_cli.datasets.footage import TRACK_FILE, crop_name
 from tfclip_cli.errors import UserError
 from tfclip_cli.footage.detect import (
     DEFAULT_DETECTOR,
-    Detector,
     detector_for_video,
-    read_video,
     resolve_detector,
     set_threads,
     video_info,
 )
-from tfclip_cli.footage.relink import Linked, RelinkConfig, Window, model_window_embedder, relink, unlinked
-from tfclip_cli.footage.track import Track, TrackerConfig, track_video
+from tfclip_cli.footage.detection import Detector
+from tfclip_cli.footage.pipeline import CutTracklet, FrameProgress, PipelineOptions, check_options, run_video
+from tfclip_cli.footage.relink import model_crop_embedder
 from tfclip_cli.tables import check_writable_folder
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,8 @@ class TrackOptions:
     """How ``tfclip track`` treats each video (one picklable value, handed to worker processes)."""
 
     detector: str | Detector = DEFAULT_DETECTOR  # "ssdlite", "hog", a YOLO .onnx path, or a Detector
-    every: int = 1  # detect on every k-th frame, predict boxes between
-    min_frames: int = 8  # shorter tracklets are not written
     checkpoint: Path | None = None  # a TF-CLIP checkpoint: relink tracks by appearance
-    tracker: TrackerConfig = field(default_factory=TrackerConfig)
-    relink: RelinkConfig = field(default_factory=RelinkConfig)
+    pipeline: PipelineOptions = field(default_factory=PipelineOptions)  # frame step, minimum length, thresholds
 
 
 @dataclass(frozen=True)
@@ -74,7 +71,9 @@ class VideoTracklets:
     frames: int
     fps: float
     tracks: int  # motion tracks found
-    tracklets: int  # written (at least min_frames frames, after relinking)
+    tracklets: int  # written (at least min_frames frames, after relinking, moving)
+    static: int  # not written: at least min_frames frames, but the box never moved (a false positive, or
+    # a person standing still the whole time: kept with PipelineOptions.keep_static, `track --keep-static`)
     seconds: float
 
     @property
@@ -95,6 +94,10 @@ class TrackingSummary:
     @property
     def tracklets(self) -> int:
         return sum(v.tracklets for v in self.videos)
+
+    @property
+    def static(self) -> int:
+        return sum(v.static for v in self.videos)
 
 
 def camid_from_name(video: Path) -> int | None:
@@ -136,44 +139,12 @@ def plan_outputs(videos: Sequence[Path], out: Path, *, camid: int | None, force:
     return folders
 
 
-def _crop(frame: np.ndarray, box: np.ndarray) -> Image.Image:
-    """The part of ``frame`` inside ``box``, clipped to the frame and at least 2×2 pixels."""
-    height, width = frame.shape[:2]
-    x1, y1 = int(np.clip(np.floor(box[0]), 0, width - 2)), int(np.clip(np.floor(box[1]), 0, height - 2))
-    x2, y2 = int(np.clip(np.ceil(box[2]), x1 + 2, width)), int(np.clip(np.ceil(box[3]), y1 + 2, height))
-    return Image.fromarray(frame[y1:y2, x1:x2])
-
-
-def write_crops(video: Path, tracks: Sequence[Track], folder: Path) -> None:
-    """Decode ``video`` once more and save every tracked box as ``folder/<track_id>/<frame>.jpg``."""
-    wanted: dict[int, list[tuple[int, np.ndarray]]] = {}
-    for track in tracks:
-        (folder / str(track.track_id)).mkdir(parents=True)
-        for index, box in zip(track.frame_indices, track.boxes):
-            wanted.setdefault(index, []).append((track.track_id, box))
-    last = max(wanted, default=-1)
-    for frame_index, frame in enumerate(read_video(video)):
-        for track_id, box in wanted.get(frame_index, []):
-            _crop(frame, box).save(folder / str(track_id) / crop_name(frame_index), quality=JPEG_QUALITY)
-        if frame_index >= last:
-            return
-
-
-def _crop_paths(folder: Path) -> Callable[[Track, Window], list[str]]:
-    def paths(track: Track, window: Window) -> list[str]:
-        return [str(folder / str(track.track_id) / crop_name(i)) for i in track.frame_indices[slice(*window)]]
-
-    return paths
-
-
-def _write_tracklet(link: Linked, crops: Path, target: Path, *, record: dict) -> None:
-    """Move a tracklet's crops from the motion tracks' folders into ``target`` and write its ``track.json``."""
+def _write_tracklet(tracklet: CutTracklet, target: Path, *, record: dict) -> None:
+    """Write a tracklet's crops as JPEG files into ``target`` and its ``track.json``."""
     target.mkdir(parents=True)
-    track, offset = link.track, 0
-    for piece in link.pieces:  # the tracklet's frames are its pieces' frames, in order
-        for index in track.frame_indices[offset : offset + piece.stop - piece.start]:
-            os.replace(crops / str(piece.track_id) / crop_name(index), target / crop_name(index))
-        offset += piece.stop - piece.start
+    track = tracklet.track
+    for index, crop in zip(track.frame_indices, tracklet.crops):
+        Image.fromarray(crop).save(target / crop_name(index), quality=JPEG_QUALITY)
     payload = {
         **record,
         "camid": track.camid,
@@ -182,17 +153,6 @@ def _write_tracklet(link: Linked, crops: Path, target: Path, *, record: dict) ->
         "scores": [round(float(s), 4) for s in track.scores],
     }
     (target / TRACK_FILE).write_text(json.dumps(payload) + "\n")
-
-
-def _linked(tracks: list[Track], crops: Path, options: TrackOptions) -> list[Linked]:
-    """The tracklets: tracks relinked by the checkpoint's embeddings, or the motion tracks as they are."""
-    if options.checkpoint is None:
-        return unlinked(tracks)
-    embed = model_window_embedder(options.checkpoint, _crop_paths(crops))
-    return relink(tracks, embed, options.relink)
-
-
-FrameProgress = Callable[[Iterable[np.ndarray]], Iterable[np.ndarray]]
 
 
 def track_one_video(
@@ -204,24 +164,23 @@ def track_one_video(
         DataError: the video does not open. UserError: the detector or checkpoint cannot be loaded.
     """
     started = time.perf_counter()
-    info = video_info(video)
     detector = detector_for_video(options.detector, video) if isinstance(options.detector, str) else options.detector
-    tracks = track_video(video, detector, camid=camid, every=options.every, config=options.tracker, progress=progress)
+    embed = model_crop_embedder(options.checkpoint) if options.checkpoint is not None else None
+    done = run_video(video, detector, camid=camid, options=options.pipeline, embed=embed, progress=progress)
+    fps = video_info(video).fps
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{folder.name}.", dir=folder.parent) as work:
-        crops, building = Path(work) / "crops", Path(work) / "tracklets"
-        write_crops(video, tracks, crops)
-        kept = [link for link in _linked(tracks, crops, options) if link.track.num_frames >= options.min_frames]
-        record = {"source_video": str(Path(video).resolve()), "fps": info.fps}
+        building = Path(work) / "tracklets"
         building.mkdir()
-        for number, link in enumerate(kept, start=1):
-            _write_tracklet(link, crops, building / f"{number:04d}", record=record)
+        record = {"source_video": str(Path(video).resolve()), "fps": fps}
+        for tracklet in done.tracklets:
+            _write_tracklet(tracklet, building / f"{tracklet.track.track_id:04d}", record=record)
         if folder.exists():  # --force was checked by plan_outputs
             shutil.rmtree(folder)
         os.replace(building, folder)
     seconds = time.perf_counter() - started
-    frames = info.num_frames or max((t.frame_indices[-1] + 1 for t in tracks), default=0)
-    return VideoTracklets(str(video), camid, str(folder), frames, info.fps, len(tracks), len(kept), seconds)
+    return VideoTracklets(str(video), camid, str(folder), done.frames, fps, done.tracks, len(done.tracklets),
+                          done.static, seconds)
 
 
 REPORT_EVERY = 10  # frames between two progress messages from a worker process
@@ -329,7 +288,7 @@ def track_videos(
     Args:
         videos: the camera videos.
         out: the output root, read by ``tfclip prepare footage``.
-        options: detector, frame step, minimum length, relinking checkpoint, thresholds.
+        options: detector, relinking checkpoint, and the pipeline's frame step, minimum length and thresholds.
         camid: the camera of every video; default: from each file or folder name (:func:`camid_from_name`).
         workers: videos processed at once, one process each.
         force: replace the output folder of a video that was tracked before.
@@ -337,8 +296,7 @@ def track_videos(
         UserError: before any work, for a camera number not found, a clash of outputs or an existing output
         without ``force``; DataError: a video that does not open.
     """
-    if options.every < 1 or options.min_frames < 1:
-        raise UserError(f"--every {options.every} and --min-frames {options.min_frames}: both must be at least 1")
+    check_options(options.pipeline)
     videos = [Path(v) for v in videos]
     for video in videos:
         if not video.is_file():

@@ -28,11 +28,13 @@ from tfclip_cli.index.search import (
     QueryEmbedder,
     Hit,
     MinScore,
+    QueryClip,
     QueryResult,
     SearchOptions,
     load_query_embedder,
     parse_min_score,
     query,
+    query_results,
     query_tracklets,
     read_key_frames,
     read_source_key_frame,
@@ -57,12 +59,12 @@ from tfclip_cli.index.store import (
 )
 
 __all__ = [
-    "Calibration", "DET_FPIRS", "DetCurve", "DetPoint", "QueryEmbedder", "Gallery", "Hit", "IVFPQ_MIN_ROWS",
-    "IndexInfo", "IndexType", "MinScore", "NO_FRAMES", "QueryResult", "STALE_GROWTH", "SearchCalibration",
-    "SearchOptions", "SearchScores", "append_to_index", "build_index", "calibrate_gallery",
-    "calibrate_gallery_per_pair", "calibrate_search_threshold", "calibrate_threshold", "det_curve", "det_point",
-    "search_scores", "stale_calibration",
-    "ivfpq_params", "load_query_embedder", "load_index", "lock_path", "normalized", "parse_min_score", "query",
-    "query_tracklets", "read_key_frames", "read_source_key_frame", "remove_from_index", "resolve_min_score", "search", "threshold_in_force",
+    "append_to_index", "build_index", "calibrate_gallery", "calibrate_gallery_per_pair",
+    "calibrate_search_threshold", "calibrate_threshold", "Calibration", "det_curve", "DET_FPIRS", "det_point",
+    "DetCurve", "DetPoint", "Gallery", "Hit", "IndexInfo", "IndexType", "IVFPQ_MIN_ROWS", "ivfpq_params",
+    "load_index", "load_query_embedder", "lock_path", "MinScore", "NO_FRAMES", "normalized", "parse_min_score",
+    "query", "query_results", "query_tracklets", "QueryClip", "QueryEmbedder", "QueryResult", "read_key_frames",
+    "read_source_key_frame", "remove_from_index", "resolve_min_score", "search", "search_scores",
+    "SearchCalibration", "SearchOptions", "SearchScores", "stale_calibration", "STALE_GROWTH", "threshold_in_force",
     "tracklet_key_frames", "warn_if_stale", "writer_lock",
 ]

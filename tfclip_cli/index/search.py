@@ -52,8 +52,10 @@ class Hit:
     """Where in which video, for a gallery tracklet cut from footage."""
 
     def to_dict(self) -> dict:
-        """JSON-ready; a footage origin as its video, frames, times and key frame with its box (not every box)."""
+        """JSON-ready; a footage origin as its video, frames, times and key frame with its box (not every box),
+        ``"origin": null`` for a tracklet not cut from footage (the keys are always the same)."""
         fields = {name: value for name, value in asdict(self).items() if name != "origin"}
+        fields["origin"] = None
         if self.origin is not None:
             origin = self.origin
             fields["origin"] = {
@@ -355,17 +357,36 @@ def query(gallery_path: Path, clips: Sequence[Path], options: SearchOptions = Se
 def query_tracklets(
     gallery: Gallery, tracklets: Sequence[Tracklet], embedder: QueryEmbedder, options: SearchOptions = SearchOptions()
 ) -> list[QueryResult]:
-    """:func:`query` for a loaded gallery and tracklets already described (e.g. people cut out of a query video),
-    embedded by ``embedder`` (:func:`load_query_embedder`, loaded once by the caller; ``options.checkpoint``,
-    ``device`` and ``backend`` are not read here)."""
+    """:func:`query` for a loaded gallery and tracklets already described, embedded by ``embedder``
+    (:func:`load_query_embedder`, loaded once by the caller; ``options.checkpoint``, ``device`` and ``backend`` are
+    not read here)."""
+    clips = [QueryClip(t.source, t.num_frames, read_key_frames(t)) for t in tracklets]
+    return query_results(gallery, embedder.embed(tracklets), clips, options)
+
+
+@dataclass(frozen=True)
+class QueryClip:
+    """What a result says of the clip searched for: its source, frame count and key frames ``[K, H, W, 3]``."""
+
+    source: str
+    num_frames: int
+    key_frames: np.ndarray
+
+
+def query_results(
+    gallery: Gallery, vectors: np.ndarray, clips: Sequence[QueryClip], options: SearchOptions = SearchOptions()
+) -> list[QueryResult]:
+    """Search ``gallery`` for query embeddings ``vectors`` ``[N, D]`` already made (e.g. of people cut out of query
+    footage, in memory), one result per clip.
+
+    Raises:
+        GalleryError: for ``"auto"`` on a gallery that was never calibrated.
+    """
     floor = resolve_min_score(gallery, options.min_score)
-    vectors = embedder.embed(tracklets)
-    found = search(gallery, vectors, options.top_k, min_score=floor, camids=options.camids)
     results = []
-    for tracklet, hits in zip(tracklets, found):
+    for clip, hits in zip(clips, search(gallery, vectors, options.top_k, min_score=floor,
+                                              camids=options.camids)):
         frames = tuple(_row_key_frames(gallery, hit.row) for hit in hits) if options.with_hit_frames else ()
-        results.append(QueryResult(
-            tracklet.source, tracklet.num_frames, read_key_frames(tracklet), tuple(hits), frames,
-            threshold_in_force(gallery, floor),
-        ))
+        results.append(QueryResult(clip.source, clip.num_frames, clip.key_frames, tuple(hits), frames,
+                                   threshold_in_force(gallery, floor)))
     return results

@@ -1,0 +1,141 @@
+"""The footage pipeline fed frame by frame: detection every k-th frame, crops in memory, relinking of several people
+who cross by an appearance embedder, static tracklets left out and counted, times."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fake_footage import write_video
+
+from tfclip_cli.footage.detection import Detection
+from tfclip_cli.footage.pipeline import FootagePipeline, PipelineOptions, is_static, run_video
+from tfclip_cli.footage.track import Track, TrackerConfig
+
+WIDTH, HEIGHT = 200, 120
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+
+
+class ScriptedDetector:
+    """Returns the boxes written for each frame index and remembers which frames it was asked about."""
+
+    name = "scripted"
+
+    def __init__(self, boxes: dict[int, list[tuple[float, float, float, float]]]) -> None:
+        self.boxes = boxes
+        self.calls: list[int] = []
+
+    def detect(self, frame: np.ndarray, *, frame_index: int) -> list[Detection]:
+        assert frame.shape == (HEIGHT, WIDTH, 3) and frame.dtype == np.uint8
+        self.calls.append(frame_index)
+        return [Detection(box, 0.9) for box in self.boxes.get(frame_index, [])]
+
+
+def colour_embedder(clips) -> np.ndarray:
+    """Embeds a clip of crops as its mean colour (unit length): people of different colours are orthogonal-ish."""
+    means = np.array([np.mean([crop.reshape(-1, 3).mean(axis=0) for crop in clip], axis=0) for clip in clips])
+    return means / np.linalg.norm(means, axis=1, keepdims=True)
+
+
+def draw(people: dict[str, tuple[float, float, float, float]]) -> np.ndarray:
+    frame = np.full((HEIGHT, WIDTH, 3), 128, dtype=np.uint8)
+    for name, (x1, y1, x2, y2) in people.items():
+        frame[int(y1):int(y2), int(x1):int(x2)] = COLOURS[name]
+    return frame
+
+
+def crossing_scene(frames: int = 40, hidden: range = range(16, 24)) -> list[dict[str, tuple]]:
+    """Red walks right and green walks left along one row, crossing at frame 20 while a pillar hides both (frames
+    16-23: nobody is detected); blue walks right along another row, never hidden."""
+    scene = []
+    for f in range(frames):
+        people = {"red": (10.0 + 4 * f, 20.0, 30.0 + 4 * f, 80.0), "green": (170.0 - 4 * f, 20.0, 190.0 - 4 * f, 80.0),
+                  "blue": (10.0 + 2 * f, 50.0, 30.0 + 2 * f, 110.0)}
+        scene.append(people)
+    return scene
+
+
+def _feed(scene, detected, options: PipelineOptions, embed=None):
+    detector = ScriptedDetector({f: [people[name] for name in people if name in detected(f)]
+                                 for f, people in enumerate(scene)})
+    pipeline = FootagePipeline(detector, camid=4, fps=10.0, source="cam4.mp4", options=options, embed=embed)
+    for frame_index, people in enumerate(scene):
+        pipeline.feed(frame_index, draw(people))
+    return pipeline.close(), detector
+
+
+def _colour_of(crops) -> set[str]:
+    """The colours of a tracklet's crops (the colour whose value a crop's mean is nearest)."""
+    found = set()
+    for crop in crops:
+        mean = crop.reshape(-1, 3).mean(axis=0)
+        found.add(min(COLOURS, key=lambda name: np.linalg.norm(mean - COLOURS[name])))
+    return found
+
+
+def test_people_who_cross_while_hidden_are_relinked_each_to_themselves():
+    scene = crossing_scene()
+    hidden = range(16, 24)
+    options = PipelineOptions(tracker=TrackerConfig(lost_buffer=3))  # the pillar outlasts the lost buffer
+
+    def detected(f):
+        return {"blue"} | (set() if f in hidden else {"red", "green"})
+
+    motion, _ = _feed(scene, detected, options)
+    assert motion.tracks == 5 and len(motion.tracklets) == 5  # red and green each cut in two by the pillar
+    linked, _ = _feed(scene, detected, options, embed=colour_embedder)
+    assert len(linked.tracklets) == 3
+    for tracklet in linked.tracklets:
+        assert len(_colour_of(tracklet.crops)) == 1, tracklet.pieces  # one person each: no wrong merge
+        assert len(tracklet.crops) == tracklet.track.num_frames
+    by_colour = {_colour_of(t.crops).pop(): t for t in linked.tracklets}
+    expected = tuple(range(16)) + tuple(range(24, 40))
+    assert by_colour["red"].track.frame_indices == expected and by_colour["green"].track.frame_indices == expected
+    assert by_colour["blue"].track.frame_indices == tuple(range(40))
+    # numbered by first appearance; each box of a relinked tracklet is the person's box at its own frame
+    assert [t.track.track_id for t in linked.tracklets] == [1, 2, 3]
+    red = by_colour["red"]
+    np.testing.assert_allclose(red.track.boxes[16], scene[24]["red"], atol=2.0)
+
+
+def test_detection_every_kth_frame_crops_every_frame_from_memory():
+    scene = [{"red": (10.0 + 2 * f, 20.0, 30.0 + 2 * f, 80.0)} for f in range(12)]
+    result, detector = _feed(scene, lambda f: {"red"}, PipelineOptions(every=3))
+    assert detector.calls == [0, 3, 6, 9]
+    (tracklet,) = result.tracklets
+    assert tracklet.track.frame_indices == tuple(range(10))  # nothing predicted after the last match
+    assert tracklet.track.camid == 4 and tracklet.track.source == "cam4.mp4" and result.frames == 12
+    for index, box, crop in zip(tracklet.track.frame_indices, tracklet.track.boxes, tracklet.crops):
+        x1, y1, x2, y2 = (int(np.floor(box[0])), int(np.floor(box[1])), int(np.ceil(box[2])), int(np.ceil(box[3])))
+        np.testing.assert_array_equal(crop, draw(scene[index])[y1:y2, x1:x2])  # the frame's pixels, no JPEG
+    assert (tracklet.start_s, tracklet.end_s) == (0.0, pytest.approx(1.0))  # 10 frames at 10 fps end at 1.0 s
+
+
+def test_tracklets_that_never_move_are_left_out_and_counted_unless_kept():
+    scene = [{"red": (10.0 + 3 * f, 20.0, 30.0 + 3 * f, 80.0), "blue": (150.0, 40.0, 170.0, 100.0)} for f in range(20)]
+    dropped, _ = _feed(scene, lambda f: {"red", "blue"}, PipelineOptions())
+    assert (dropped.tracks, dropped.static) == (2, 1)
+    assert [_colour_of(t.crops) for t in dropped.tracklets] == [{"red"}]
+    kept, _ = _feed(scene, lambda f: {"red", "blue"}, PipelineOptions(keep_static=True))
+    assert kept.static == 0 and sorted(_colour_of(t.crops).pop() for t in kept.tracklets) == ["blue", "red"]
+
+
+def _track(boxes: list[tuple[float, float, float, float]]) -> Track:
+    return Track(1, 0, tuple(range(len(boxes))), np.array(boxes, np.float32), np.ones(len(boxes), np.float32))
+
+
+def test_static_means_no_edge_moves_more_than_a_quarter_of_the_height():
+    jitter = [(100 + dx, 10 + dy, 140 + dx, 110 + dy) for dx, dy in [(0, 0), (5, -5), (-5, 5), (10, 10)]]
+    assert is_static(_track(jitter), 0.25)  # edges stay within 15 px of a 100 px tall box
+    assert not is_static(_track([(100 + 2 * f, 10, 140 + 2 * f, 110) for f in range(14)]), 0.25)  # 26 px across
+    # coming towards the camera: the box hardly shifts sideways, but its bottom edge comes down 45 px
+    assert not is_static(_track([(100 - f, 10, 140 + f, 110 + 3 * f) for f in range(16)]), 0.25)
+
+
+def test_run_video_reads_a_file_through_the_same_pipeline(tmp_path: Path):
+    video = tmp_path / "cam0.avi"
+    write_video(video, 12, size=(WIDTH, HEIGHT))
+    detector = ScriptedDetector({f: [(10.0 + 3 * f, 20.0, 30.0 + 3 * f, 80.0)] for f in range(12)})
+    result = run_video(video, detector, camid=0, progress=lambda frames: frames)
+    assert detector.calls == list(range(12)) and result.frames == 12
+    (tracklet,) = result.tracklets
+    assert tracklet.track.source == str(video) and tracklet.fps == 10.0 and len(tracklet.crops) == 12
