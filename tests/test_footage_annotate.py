@@ -92,7 +92,7 @@ def test_track_annotate_writes_a_playable_video_of_the_written_tracklets(tmp_pat
     out = tmp_path / "tracked.mp4"
     runner = CliRunner()
     arguments = ["track", str(video), "--out", str(tmp_path / "footage"), "--detector", str(detector),
-                 "--annotate", str(out)]
+                 "--annotate", str(out), "--keep-static"]  # the fake detector never moves
     result = runner.invoke(app, arguments, terminal_width=300)
     assert result.exit_code == 0, result.output
     codec, frames = _decoded(out)

@@ -480,7 +480,7 @@ def test_query_cli_prints_table_json_and_html_and_names_bad_clips(tiny_gallery, 
     args = ["query", sources[1], "--gallery", str(path), "-k", "2", "--json", "--html", str(report)]
     result = runner.invoke(app, args, terminal_width=400)
     assert result.exit_code == 0, result.output
-    hits = json.loads(result.stdout)[0]["hits"]
+    hits = json.loads(result.stdout)["queries"][0]["persons"][0]["hits"]
     assert hits[0]["tracklet_id"] == str(Path(sources[1]).resolve()) and len(hits) == 2
     assert report.read_text().count("data:image/jpeg;base64,") >= 6
     bad = tmp_path / "bad.mp4"
@@ -495,7 +495,7 @@ def test_query_min_score_drops_hits_below_it_and_auto_needs_a_calibration(tiny_g
     runner = CliRunner()
     result = runner.invoke(app, ["query", sources[1], "--gallery", str(path), "--min-score", "1.5", "--json"])
     assert result.exit_code == 0, result.output
-    (answer,) = json.loads(result.stdout)
+    (answer,) = json.loads(result.stdout)["queries"][0]["persons"]
     assert answer["hits"] == [] and answer["match"] is False and answer["threshold"] == 1.5
     result = runner.invoke(app, ["query", sources[1], "--gallery", str(path), "--min-score", "1.5"], terminal_width=400)
     assert "no match: no hit scores >= 1.5000" in result.output

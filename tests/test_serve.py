@@ -173,7 +173,7 @@ def test_footage_gets_the_per_person_answer_of_tfclip_query_and_the_model_loads_
     printed = CliRunner().invoke(cli_app, arguments)
     assert printed.exit_code == 0, printed.output
     assert len(loads) == 1  # two footage queries, two people each: one model
-    expected = json.loads(printed.stdout)[0]
+    expected = json.loads(printed.stdout)["queries"][0]
     client = _client(path, tmp_path, detector=str(detector))
     for _ in range(2):
         response = client.post("/query", files={"file": ("scene.avi", video.read_bytes())}, params={"top_k": 3})
@@ -550,8 +550,8 @@ def test_the_page_shows_each_person_of_uploaded_footage_with_their_hits(gallery_
                                 "document.getElementById('verdict').textContent")
             assert verdict == "footage: 2 person(s) found in 12 frames, each searched for"
             titles = devtools.evaluate(session, "[...document.querySelectorAll('.person')].map(p => p.textContent)")
-            assert titles == ["person 1, frames 0-11 (0.0-1.1 s)ranked hits (no calibrated threshold: no verdict)",
-                              "person 2, frames 0-11 (0.0-1.1 s)ranked hits (no calibrated threshold: no verdict)"]
+            assert titles == ["person 1, frames 0-11 (0.0-1.2 s)ranked hits (no calibrated threshold: no verdict)",
+                              "person 2, frames 0-11 (0.0-1.2 s)ranked hits (no calibrated threshold: no verdict)"]
             rows = devtools.evaluate(session, "document.querySelectorAll('#persons table tr').length")
             assert rows == 2 * 11  # a header and 10 hits per person
             assert devtools.evaluate(session, "document.querySelectorAll('#hits tr').length") == 0

@@ -209,11 +209,11 @@ import torch
 from tfclip_cli.errors import UserError
 from tfclip_cli.inference import load_memory
 from tfclip_cli.tables import read_manifest
-from tfclip_cli.footage.track import track_video
+from tfclip_cli.footage.pipeline import PipelineOptions, check_options
 assert False, "this interpreter runs asserts: the test needs python -O"
 torch.save({"features": torch.zeros(3, 4), "pid_to_label": {7: 0}, "fingerprint": "f"}, sys.argv[2])
 for check in (lambda: read_manifest(Path(sys.argv[1])), lambda: load_memory(Path(sys.argv[2])),
-              lambda: track_video(Path(sys.argv[1]), None, camid=0, every=0)):
+              lambda: check_options(PipelineOptions(every=0))):
     try:
         check()
         print("accepted")
@@ -232,7 +232,7 @@ def test_checks_of_user_input_hold_under_python_O(tmp_path) -> None:
     lines = done.stdout.splitlines()
     assert lines[0].startswith("DataError ") and "column split holds 'val'" in lines[0]
     assert lines[1].startswith("CheckpointError ") and "features of shape (3, 4) for 1 identities" in lines[1]
-    assert lines[2] == "UserError every=0: detect on every K-th frame needs K of at least 1"
+    assert lines[2] == "UserError --every 0 and --min-frames 8: both must be at least 1"
 
 
 FOOTAGE = [

@@ -180,7 +180,9 @@ def query_footage(gallery: Gallery, video: Path, detector: Detector, embedder: Q
         raise UserError(f"{video} is a folder of frames holding several people (or none): tracking them needs a "
                         "video file", hint="query a video of the scene, or a folder holding one person's crops")
     model = functools.partial(embed_crops, embedder.model, transform=embedder.transform, device=embedder.device)
-    found = run_video(video, detector, camid=-1, options=PipelineOptions(), embed=functools.partial(
+    # a query searches for everyone the user filmed, one standing still too: the static filter keeps galleries free
+    # of signs and cones, and a false person in a query only adds a row of weak hits
+    found = run_video(video, detector, camid=-1, options=PipelineOptions(keep_static=True), embed=functools.partial(
         model, sampling="dense")).tracklets  # numbered 1, 2, ... by first appearance
     picked = [found[track.track_id - 1] for track in pick_persons([t.track for t in found], person=person,
                                                                    pointer=pointer)]

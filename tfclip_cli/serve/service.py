@@ -105,10 +105,8 @@ def _data_uris(result: QueryResult) -> list[str]:
 def _footage_answer(footage: FootageQuery, threshold: float | None, num_frames: int) -> dict:
     """``tfclip query --json``'s answer for footage (its ``query``, a temporary path, left out), each person with
     the key frames of their crops."""
-    answer = {key: value for key, value in footage.to_dict().items() if key != "query"}
-    answer["persons"] = [{**person, "key_frames": _data_uris(found.result)}
-                         for person, found in zip(answer["persons"], footage.persons)]
-    return {"num_frames": num_frames, "threshold": threshold, **answer}
+    persons = [{**found.to_dict(), "key_frames": _data_uris(found.result)} for found in footage.persons]
+    return {"num_frames": num_frames, "threshold": threshold, "persons": persons}
 
 
 class Service:
