@@ -23,6 +23,7 @@ RANK = {
     "evaluate": 8,
     "train": 9,
     "index": 9,
+    "quantize": 9,
     "footage": 9.5,
     "demo": 10,
     "serve": 10,
