@@ -348,10 +348,16 @@ def quantize_int8(source: Path, target: Path) -> None:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     target = Path(target)
-    with tempfile.TemporaryDirectory(prefix=".int8-", dir=target.parent) as folder:
-        prepared = Path(folder) / "prepared.onnx"
-        quant_pre_process(str(source), str(prepared))
-        quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))  # the quantiser logs every tensor it skips to the root logger
+    try:
+        with tempfile.TemporaryDirectory(prefix=".int8-", dir=target.parent) as folder:
+            prepared = Path(folder) / "prepared.onnx"
+            quant_pre_process(str(source), str(prepared))
+            quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
     record_props(target, {"precision": json.dumps("int8")})
 
 
