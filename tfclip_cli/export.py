@@ -8,6 +8,9 @@ kind and width, cameras) and where it came from (checkpoint sha256, tfclip versi
 PyTorch with onnxruntime before the file is kept. :class:`OnnxEmbedder` runs such a file behind the same ``embed``
 interface as the model, for ``extract`` / ``query --backend onnx``.
 
+:func:`quantize_int8` writes an int8 copy of an export and :func:`compare_onnx` measures how far it moved; the
+int8 export with its retrieval check (``tfclip export --int8``) is composed in ``quantize``.
+
 Other modules that run an ONNX model (a user's YOLO detector, an exported TF-CLIP embedder) open it here.
 """
 
