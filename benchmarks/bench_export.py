@@ -2,9 +2,10 @@
 
 For each backbone (random weights: speed does not depend on them; ViT-B-16 at 8 x 256 x 128, tfclip-tiny at
 8 x 128 x 64), the script saves a checkpoint, exports it with ``tfclip export``'s function (which verifies it on
-random clips), then times ``TFCLIP.embed`` in ``inference_mode`` and :class:`OnnxEmbedder.embed` on the same
-clips, in one process, with the same thread count, and prints onnxruntime/torch as a ratio and the largest
-absolute difference and smallest cosine between the two backends' embeddings of those clips.
+random clips), quantises that file to int8 as ``tfclip export --int8`` does, then times ``TFCLIP.embed`` in
+``inference_mode`` and :class:`OnnxEmbedder.embed` of the fp32 and the int8 file on the same clips, in one process,
+with the same thread count, and prints each backend's tracklets/s, onnxruntime/torch as a ratio, and the largest
+absolute difference and smallest cosine of each file's embeddings of those clips against torch's.
 
     python benchmarks/bench_export.py                          # tfclip-tiny and ViT-B-16
     python benchmarks/bench_export.py --backbones ViT-B-16 --batch 8 --iterations 5 --threads 4
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from tfclip_cli.checkpoint import Checkpoint, save_checkpoint
-from tfclip_cli.export import OnnxEmbedder, export_checkpoint
+from tfclip_cli.export import OnnxEmbedder, export_checkpoint, quantize_int8
 from tfclip_cli.model import ModelConfig, backbone_spec, build_model
 
 SEQ_LEN = 8
@@ -52,16 +53,24 @@ def _compare(name: str, folder: Path, args: argparse.Namespace) -> None:
     check = result.verification
     print(f"{name}: exported and verified in {seconds:.0f} s ({result.path.stat().st_size / 2**20:.0f} MiB); "
           f"verification max abs diff {check.max_abs_diff:.2e}, min cosine {check.min_cosine:.7f}")
-    embedder = OnnxEmbedder(result.path, threads=torch.get_num_threads())
+    start = time.perf_counter()
+    quantize_int8(result.path, folder / f"{name}-int8.onnx")
+    print(f"{name}: quantised to int8 in {time.perf_counter() - start:.0f} s "
+          f"({(folder / f'{name}-int8.onnx').stat().st_size / 2**20:.0f} MiB)")
     clips = torch.randn(args.batch, SEQ_LEN, 3, *size)
     torch_rate = _throughput(model.embed, clips, args.iterations)
-    onnx_rate = _throughput(embedder.embed, clips, args.iterations)
     with torch.inference_mode():
-        expected, found = model.embed(clips).numpy(), embedder.embed(clips).numpy()
-    cosine = (expected * found).sum(1) / np.linalg.norm(expected, axis=1) / np.linalg.norm(found, axis=1)
-    print(f"{name:12s} {size[0]}x{size[1]}  torch {torch_rate:8.2f} tracklets/s  onnxruntime {onnx_rate:8.2f} "
-          f"tracklets/s  ratio {onnx_rate / torch_rate:.2f}x  max abs diff {np.abs(expected - found).max():.2e}  "
-          f"min cosine {cosine.min():.7f}")
+        expected = model.embed(clips).numpy()
+    print(f"{name:12s} {size[0]}x{size[1]}  torch fp32       {torch_rate:8.2f} tracklets/s")
+    for label, path in (("onnxruntime fp32", result.path), ("onnxruntime int8", folder / f"{name}-int8.onnx")):
+        embedder = OnnxEmbedder(path, threads=torch.get_num_threads())
+        rate = _throughput(embedder.embed, clips, args.iterations)
+        with torch.inference_mode():
+            found = embedder.embed(clips).numpy()
+        cosine = (expected * found).sum(1) / np.linalg.norm(expected, axis=1) / np.linalg.norm(found, axis=1)
+        print(f"{name:12s} {size[0]}x{size[1]}  {label} {rate:8.2f} tracklets/s  ratio to torch "
+              f"{rate / torch_rate:.2f}x  max abs diff {np.abs(expected - found).max():.2e}  "
+              f"min cosine {cosine.min():.7f}")
 
 
 def main() -> None:

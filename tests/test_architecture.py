@@ -26,6 +26,7 @@ RANK = {
     "report": 8.5,
     "train": 9,
     "index": 9,
+    "quantize": 9,
     "footage": 9.5,
     "demo": 10,
     "serve": 10,

@@ -1,6 +1,7 @@
 """ONNX: sessions that name the file, `tfclip export` (one file, metadata, verification, exit codes), and the
 onnx backend of `extract` and `query` checked against the torch backend on the tiny synthetic dataset."""
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 
 from test_inference import manifest, model  # noqa: F401  (the module-scoped tiny data and model, reused)
 from tiny_training import TINY_CONFIG as CONFIG, save_tiny_checkpoint
-from tfclip_cli import __version__, export
+from tfclip_cli import __version__, export, quantize
 from tfclip_cli.checkpoint import Checkpoint, file_sha256, save_checkpoint
 from tfclip_cli.cli import app
 from tfclip_cli.clips import CLIP_MEAN, CLIP_STD
@@ -261,3 +262,101 @@ def test_a_checkpoint_run_with_onnx_is_exported_and_verified_once_beside_it_unti
     monkeypatch.setattr(export, "_is_writable", lambda folder: False)  # a read-only folder: exported for the run
     assert export.load_embedder(checkpoint).embed(clips).shape == (2, 320)
     assert (len(exports), len(verifications)) == (4, 4) and files() == ["model.ckpt", upgraded.path.name]
+
+
+# ------------------------------------------------------------------------------------------------ export --int8
+
+
+def _copy_of_the_fp32_export(exported):
+    """Stands in for `_write_onnx`: the module's tested fp32 export, copied (an export takes half a minute here)."""
+    return lambda model, path, metadata: shutil.copy(exported[0], path)
+
+
+@pytest.fixture(scope="module")
+def int8_exported(exported, checkpoint, manifest, tmp_path_factory, one_torch_thread):
+    """`tfclip export --int8 --check-on` of the tiny checkpoint: (the .onnx path, the command's output)."""
+    out = tmp_path_factory.mktemp("int8") / "model-int8.onnx"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(export, "_write_onnx", _copy_of_the_fp32_export(exported))
+        result = CliRunner().invoke(app, ["export", "-c", str(checkpoint), "--out", str(out), "--int8",
+                                          "--check-on", str(manifest)], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def _verification_clips() -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The clips `verify_onnx` draws, rebuilt by hand: seed 0, 3 clips with cameras 0,1,0 then 2 without."""
+    generator = torch.Generator().manual_seed(0)
+    clips = [torch.randn(3, 4, 3, 64, 32, generator=generator)]
+    clips.append(torch.randn(2, 4, 3, 64, 32, generator=generator))
+    return [(clips[0], torch.tensor([0, 1, 0])), (clips[1], None)]
+
+
+def test_int8_export_records_its_cosine_to_fp32_and_its_retrieval_beside_fp32(
+    int8_exported, exported, checkpoint, manifest, tmp_path
+):
+    path, output = int8_exported
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model-int8.onnx"]
+    metadata = read_metadata(path)
+    assert metadata.precision == "int8" and metadata.checkpoint_sha256 == file_sha256(checkpoint)
+    graph = onnx.load(str(path))
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= {node.op_type for node in graph.graph.node}
+    assert path.stat().st_size < 0.5 * exported[0].stat().st_size
+    figures = json.loads({prop.key: prop.value for prop in graph.metadata_props}["int8_accuracy"])
+    fp32, int8 = OnnxEmbedder(exported[0]), OnnxEmbedder(path)
+    cosines = np.concatenate([_cosines(fp32.embed(clips, camids).numpy(), int8.embed(clips, camids).numpy())
+                              for clips, camids in _verification_clips()])
+    assert figures["num_clips"] == 5
+    assert figures["min_cosine"] == pytest.approx(cosines.min(), abs=1e-6)
+    assert figures["mean_cosine"] == pytest.approx(cosines.mean(), abs=1e-6)
+    # fp32 retrieval is what `extract` + `evaluate` report for the checkpoint
+    table = tmp_path / "torch.parquet"
+    extract = ["extract", "-c", str(checkpoint), "-m", str(manifest), "--out", str(table), "--workers", "0"]
+    assert CliRunner().invoke(app, extract).exit_code == 0
+    on_torch = evaluate_file(table)
+    assert (figures["fp32"]["mAP"], figures["fp32"]["rank1"]) == pytest.approx((on_torch.mAP, on_torch.rank1),
+                                                                                abs=1e-5)
+    assert figures["check_on"] == str(manifest) and figures["num_query"] == on_torch.num_query
+    assert 0 <= figures["int8"]["mAP"] <= 1 and 0 <= figures["int8"]["rank1"] <= 1
+    printed = re.sub(r"[\s│]", "", output)
+    assert "int8vsfp32" in printed and f"mAPfp32{100 * on_torch.mAP:.2f}%" in printed
+
+
+@torch.inference_mode()
+def test_int8_file_embeds_through_the_onnx_backend_close_to_torch_fp32(int8_exported, model):
+    embedder = OnnxEmbedder(int8_exported[0])  # loaded exactly as an fp32 file is
+    clips = torch.randn(6, 4, 3, 64, 32, generator=torch.Generator().manual_seed(3))
+    camids = torch.tensor([0, 1, 1, 0, 1, 0])
+    found, expected = embedder.embed(clips, camids).numpy(), model.embed(clips, camids).numpy()
+    assert found.shape == (6, 320)
+    # measured 0.99996 on these clips (onnxruntime 1.32); int8 rounding makes it inexact
+    assert 0.999 < _cosines(found, expected).min() < 1 - 1e-7
+
+
+def test_int8_export_refuses_a_map_drop_over_the_limit_unless_forced(exported, checkpoint, manifest, tmp_path,
+                                                                     monkeypatch):
+    # A limit below zero makes any measured drop (even none) too much: the refusal path without a broken model.
+    monkeypatch.setattr(export, "_write_onnx", _copy_of_the_fp32_export(exported))
+    monkeypatch.setattr(quantize, "MAX_MAP_DROP", -1.0)
+    out = tmp_path / "out" / "model-int8.onnx"
+    args = ["export", "-c", str(checkpoint), "--out", str(out), "--int8", "--check-on", str(manifest)]
+    result = CliRunner().invoke(app, args, terminal_width=400)
+    assert result.exit_code == 2 and "points of mAP" in result.output and "not written" in result.output
+    assert "Traceback" not in result.output
+    assert list(out.parent.iterdir()) == []
+    result = CliRunner().invoke(app, args + ["--force"], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    assert read_metadata(out).precision == "int8"
+
+
+def test_int8_options_that_do_not_combine_exit_2(checkpoint, manifest, tmp_path):
+    cases = [
+        (["--check-on", str(manifest)], "--check-on measures an int8 export"),
+        (["--int8", "--fp16"], "leave out --fp16"),
+        (["--int8", "--no-verify"], "leave out --fp16 and --no-verify"),
+    ]
+    for extra, message in cases:
+        result = CliRunner().invoke(app, ["export", "-c", str(checkpoint), "--out", str(tmp_path / "m.onnx"), *extra],
+                                    terminal_width=400)
+        assert result.exit_code == 2 and message in result.output, (extra, result.output)
+    assert list(tmp_path.iterdir()) == []

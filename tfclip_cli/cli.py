@@ -18,9 +18,12 @@ from tfclip_cli import __version__, display
 from tfclip_cli.errors import Terminated, UserError
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from tfclip_cli.datasets import SplitSummary
     from tfclip_cli.datasets.synthetic_footage import FootageOptions
     from tfclip_cli.footage.query import PersonPointer
+    from tfclip_cli.quantize import Int8Export
     from tfclip_cli.tables import Manifest
 
 class _OneLineErrors(TyperGroup):
@@ -802,18 +805,42 @@ def export(
         bool,
         typer.Option("--verify/--no-verify", help="Compare with PyTorch on random clips; keep the file only if equal."),
     ] = True,
-    force: ForceOpt = False,
+    int8: Annotated[
+        bool,
+        typer.Option("--int8", help="int8 weights for CPUs (onnxruntime dynamic quantisation); records its cosine to "
+                     "fp32 and refuses a mAP drop over 1 point on --check-on unless --force."),
+    ] = False,
+    check_on: Annotated[
+        Optional[Path],
+        typer.Option("--check-on", exists=True, dir_okay=False,
+                     help="With --int8: a manifest or embeddings table whose query/gallery tracklets measure the mAP "
+                     "and rank-1 of fp32 and int8."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing output; with --int8, keep it whatever its mAP drop.")
+    ] = False,
 ) -> None:
     """Export a checkpoint's test-time embedding to one ONNX file that carries its metadata, checked against PyTorch.
 
     Example: tfclip export --checkpoint runs/mars-tfclip/best.ckpt --out runs/mars-tfclip/model.onnx
+
+    Example (int8, accuracy measured): tfclip export -c best.ckpt --out model-int8.onnx --int8 --check-on mars.parquet
     """
     from rich.table import Column, Table
 
     from tfclip_cli.export import VerificationError, describe, export_checkpoint
+    from tfclip_cli.quantize import export_int8
 
+    if int8 and (fp16 or not verify):
+        raise typer.BadParameter("--int8 quantises a verified fp32 export: leave out --fp16 and --no-verify")
+    if check_on is not None and not int8:
+        raise typer.BadParameter("--check-on measures an int8 export: add --int8")
     try:
-        result = export_checkpoint(checkpoint, out, precision="fp16" if fp16 else "fp32", verify=verify, force=force)
+        if int8:
+            result = export_int8(checkpoint, out, check_on=check_on, force=force)
+        else:
+            result = export_checkpoint(checkpoint, out, precision="fp16" if fp16 else "fp32", verify=verify,
+                                       force=force)
     except VerificationError as error:
         display.stderr.print(f"[bold red]verification failed:[/] {escape(str(error))}; {out} not written",
                              highlight=False, soft_wrap=True)
@@ -825,7 +852,22 @@ def export(
     table.add_row("verified", "skipped (--no-verify)" if check is None else (
         f"{check.num_clips} random clips: max abs diff {check.max_abs_diff:.2g} (<= {check.tolerance.max_abs_diff:g}),"
         f" min cosine {check.min_cosine:.6f} (>= {check.tolerance.min_cosine:g})"))
+    if int8:
+        _add_int8_rows(table, result)
     display.stdout.print(table)
+
+
+def _add_int8_rows(table: "Table", result: "Int8Export") -> None:
+    """The int8 figures of ``tfclip export --int8``: cosine to fp32, and retrieval of both when checked."""
+    agreement = result.agreement
+    table.add_row("int8 vs fp32", f"{agreement.num_clips} random clips: min cosine {agreement.min_cosine:.6f}, "
+                  f"mean {agreement.mean_cosine:.6f}")
+    check = result.check
+    if check is not None:
+        table.add_row("retrieval", f"{escape(str(check.table))} ({check.num_query} queries, "
+                      f"{check.num_gallery} gallery): mAP fp32 {100 * check.fp32.mAP:.2f}% / int8 "
+                      f"{100 * check.int8.mAP:.2f}%, rank-1 fp32 {100 * check.fp32.rank1:.2f}% / int8 "
+                      f"{100 * check.int8.rank1:.2f}%")
 
 
 @command("track")
