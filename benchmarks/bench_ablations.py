@@ -2,11 +2,14 @@
 
 Every row takes the ``model`` and ``loss`` keys of its recipe in ``recipes/ablations/`` (the switches: ``loss.v2m``,
 ``model.ssp_layers``, ``model.temporal``) and sets them over ``recipes/synthetic-tiny.yaml``; each row is trained
-with 3 seeds (``run.seed`` 1, 2, 3) on the embedded synthetic dataset with default options (``tfclip prepare
-synthetic``: 60 identities, 3 cameras, half of them for training). The table at the end is ``tfclip compare`` of
-the runs (groups of seeds as mean ± std). Finished runs are kept, so running it again only prints the table.
+with 3 seeds (``run.seed`` 1, 2, 3) on the embedded synthetic dataset, drawn small for a shared 2-core machine
+(``--identities`` 36 by default: 18 train, 18 test, 3 cameras, one 8-16-frame tracklet per camera, drawn at the
+64x32 the tiny config reads, no videos; 2 distractors). Data loading runs in the training process
+(``data.workers`` 0) and torch on one thread. The table at the end is ``tfclip compare`` of
+the runs (groups of seeds as mean ± std). Finished runs are kept and stopped ones resumed, so running it again
+continues where it stopped, and only prints the table once all are done.
 
-Run: ``nice -n 10 timeout 3000 python benchmarks/bench_ablations.py --out runs/ablations --epochs 14``
+Run: ``OMP_NUM_THREADS=1 nice -n 10 timeout 2700 python benchmarks/bench_ablations.py --out runs/ablations``
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from tfclip_cli.compare import compare_runs, markdown_table
+from tfclip_cli.compare import compare_runs, markdown_table, read_run
 from tfclip_cli.datasets import prepare
 from tfclip_cli.datasets.synthetic import SyntheticOptions
 from tfclip_cli.recipe import load_recipe
@@ -46,34 +49,39 @@ def run_dir(out: Path, name: str, seed: int) -> Path:
 
 
 def train_row(out: Path, manifest: Path, name: str, seed: int, *, epochs: int) -> None:
-    """Train one row with one seed unless its run folder already holds a finished run."""
+    """Train one row with one seed; a finished run is kept, a stopped one resumed."""
     folder = run_dir(out, name, seed)
-    if (folder / "last.ckpt").exists():
+    is_started = (folder / "last.ckpt").exists()
+    if is_started and read_run(folder).is_finished:
         return
-    overrides = [f"data.manifest={manifest}", f"run.output_dir={folder}", f"run.seed={seed}",
+    overrides = [f"data.manifest={manifest}", f"run.output_dir={folder}", f"run.seed={seed}", "data.workers=0",
                  f"solver.epochs={epochs}", f"solver.milestones=[{max(1, epochs * 3 // 4)}]",
                  f"eval.every={max(1, epochs // 2)}", *switches(name)]
     started = time.perf_counter()
-    train(load_recipe(TINY, overrides))
+    train(load_recipe(TINY, overrides), resume=is_started)
     print(f"{folder.name}: {time.perf_counter() - started:.0f} s", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "ablations")
-    parser.add_argument("--epochs", type=int, default=14)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--identities", type=int, default=36)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     manifest = args.out / "synthetic.parquet"
     if not manifest.exists():
         args.out.mkdir(parents=True, exist_ok=True)
-        write_manifest(prepare("synthetic", args.out / "synthetic", synthetic=SyntheticOptions()), manifest)
+        options = SyntheticOptions(identities=args.identities, distractors=2, image_size=(64, 32), min_frames=8,
+                                   max_frames=16, video_fraction=0.0)
+        write_manifest(prepare("synthetic", args.out / "synthetic", synthetic=options), manifest)
     for name in dict.fromkeys(COMPONENT_STUDY + TEMPORAL_STUDY):
         for seed in SEEDS:
             train_row(args.out, manifest, name, seed, epochs=args.epochs)
     for title, rows in (("component study", COMPONENT_STUDY), ("temporal-fusion study", TEMPORAL_STUDY)):
         runs = [run_dir(args.out, name, seed) for name in rows for seed in SEEDS]
-        print(f"\n{title} ({args.epochs} epochs, seeds {', '.join(map(str, SEEDS))}):\n")
+        print(f"\n{title} ({args.epochs} epochs, {args.identities} identities, seeds "
+              f"{', '.join(map(str, SEEDS))}):\n")
         print(markdown_table(compare_runs(runs)))
 
 

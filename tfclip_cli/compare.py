@@ -177,7 +177,7 @@ def _label(paths: Sequence[Path]) -> str:
     names = [p.name for p in paths]
     if len(names) == 1:
         return names[0]
-    common = re.sub(r"[-_. ]*(seed|s)?[-_. ]*$", "", os.path.commonprefix(names))
+    common = re.sub(r"[-_. ]*(seed)?[-_. ]*$", "", os.path.commonprefix(names))
     return common or f"{names[0]} (+{len(names) - 1})"
 
 
