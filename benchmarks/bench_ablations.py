@@ -75,8 +75,8 @@ def main() -> None:
         options = SyntheticOptions(identities=args.identities, distractors=2, image_size=(64, 32), min_frames=8,
                                    max_frames=16, video_fraction=0.0)
         write_manifest(prepare("synthetic", args.out / "synthetic", synthetic=options), manifest)
-    for name in dict.fromkeys(COMPONENT_STUDY + TEMPORAL_STUDY):
-        for seed in SEEDS:
+    for seed in SEEDS:  # seed by seed, so a study cut short still has every row
+        for name in dict.fromkeys(COMPONENT_STUDY + TEMPORAL_STUDY):
             train_row(args.out, manifest, name, seed, epochs=args.epochs)
     for title, rows in (("component study", COMPONENT_STUDY), ("temporal-fusion study", TEMPORAL_STUDY)):
         runs = [run_dir(args.out, name, seed) for name in rows for seed in SEEDS]

@@ -2,12 +2,14 @@
 lacks (or has) the part: parameter names and counts, the forward pass, the loss parts; and checkpoints, extract,
 export and import keep the switch."""
 
+import csv
 import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from typer.testing import CliRunner
 
 from tfclip_cli.checkpoint import (
     Checkpoint,
@@ -23,6 +25,10 @@ from tfclip_cli.model import ModelConfig, SequenceSpecificPrompt, TemporalMemory
 from tfclip_cli.model.temporal import TemporalAttention
 
 from reference_tfclip import reference_state_dict
+from tiny_training import tiny_manifest, tiny_recipe
+from tfclip_cli import train as training
+from tfclip_cli.cli import app
+from tfclip_cli.recipe import load_recipe
 
 FULL = ModelConfig(backbone="tfclip-tiny", image_size=(64, 32), seq_len=3, num_classes=4, num_cameras=2,
                    ssp_layers=2)
@@ -171,3 +177,37 @@ def test_import_of_a_reference_state_dict_without_tmd_and_ssp_builds_the_ablated
     torch.save(reference, tmp_path / "ablated.pth")
     config = ModelConfig.from_dict(import_reference_checkpoint(tmp_path / "ablated.pth", seq_len=2).model_config)
     assert (config.temporal, config.tmd_layers, config.ssp_layers) == ("mean", 0, 0)
+
+
+# ------------------------------------------------------------------------------------------- training honours them
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    return tiny_manifest(tmp_path_factory.mktemp("tiny"))
+
+
+def test_a_run_without_memory_builds_none_and_logs_no_v2m(manifest, tmp_path: Path) -> None:
+    path = tiny_recipe(tmp_path / "r.yaml", manifest=manifest, output_dir=tmp_path / "run", solver={"epochs": 1},
+                       model={"ssp_layers": 0, "temporal": "attention"}, loss={"v2m": 0})
+    result = training.train(load_recipe(path))
+    assert set(result.history[0].losses) == {"total", "id", "frame_id", "triplet"}
+    assert not (result.run_dir / "memory.pt").exists()
+    checkpoint = load_checkpoint(result.last_checkpoint)
+    assert checkpoint.memory is None and checkpoint.pid_to_label == {0: 0, 1: 1, 2: 2, 3: 3}
+    config = ModelConfig.from_dict(checkpoint.model_config)
+    assert (config.has_memory, config.ssp_layers, config.temporal, config.tmd_layers) == (False, 0, "attention", 0)
+    with (result.run_dir / "metrics.csv").open() as handle:
+        assert all(row["v2m"] == "" for row in csv.DictReader(handle))
+    refused = CliRunner().invoke(app, ["build-memory", str(path)])
+    assert refused.exit_code == 2 and "loss.v2m is 0" in refused.output
+
+
+def test_recipe_switches_are_checked_together(manifest, tmp_path: Path) -> None:
+    path = tiny_recipe(tmp_path / "r.yaml", manifest=manifest, output_dir=tmp_path / "run", loss={"v2m": 0})
+    with pytest.raises(RecipeError, match="model.ssp_layers: found 1.*0 when loss.v2m is 0"):
+        load_recipe(path)
+    with pytest.raises(RecipeError, match="model.temporal: found 'lstm'.*tmd, mean, attention"):
+        load_recipe(path, ["model.temporal=lstm"])
+    fixed = load_recipe(path, ["model.ssp_layers=0", "model.temporal=mean"])
+    assert (fixed.model.ssp_layers, fixed.model.temporal, fixed.loss.v2m) == (0, "mean", 0.0)

@@ -21,9 +21,12 @@ RANK = {
     "export": 7.5,
     "inference": 8,
     "evaluate": 8,
+    "compare": 8,
+    "alignment": 8,
     "train": 9,
     "index": 9,
     "footage": 9.5,
+    "report": 9.7,
     "demo": 10,
     "serve": 10,
     "cli": 11,
@@ -41,6 +44,8 @@ THIRD_PARTY_HOMES = {
     "onnxruntime": {"export"},
     "fastapi": {"serve"},
     "uvicorn": {"serve"},
+    "matplotlib": {"report"},
+    "jinja2": {"report"},
 }
 
 

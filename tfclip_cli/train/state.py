@@ -103,9 +103,10 @@ class MetricsLog:
         self._csv.writerow({key: _format(value) for key, value in row.items()})
         self._file.flush()
         if self._board is not None:
+            group = "/".join(filter(None, (row["kind"], row.get("test_set"))))  # eval/<test set>/mAP
             for key, value in row.items():
                 if isinstance(value, float):
-                    self._board.add_scalar(f"{row['kind']}/{key}", value, step)
+                    self._board.add_scalar(f"{group}/{key}", value, step)
 
     def close(self) -> None:
         self._file.close()
