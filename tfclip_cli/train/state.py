@@ -17,11 +17,11 @@ from torch import nn
 
 from tfclip_cli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from tfclip_cli.clips import ClipDataset, IdentitySampler
-from tfclip_cli.errors import CheckpointError
+from tfclip_cli.errors import CheckpointError, RecipeError
 from tfclip_cli.evaluate import EvalResult
 from tfclip_cli.inference import DistContext
 from tfclip_cli.losses import LossWeights
-from tfclip_cli.model import TFCLIP, ClipMemory
+from tfclip_cli.model import TFCLIP, ClipMemory, ModelConfig
 from tfclip_cli.recipe import Recipe, recipe_to_dict
 from tfclip_cli.tables import Manifest, atomic_output
 
@@ -234,7 +234,7 @@ def restore(run: RunState, path: Path) -> None:
     state = checkpoint.training_state
     if state is None:
         raise CheckpointError(f"{path} holds no training state; expected a last.ckpt written by tfclip train")
-    if checkpoint.model_config != run.model.config.to_dict():
+    if _stored_config(checkpoint.model_config) != run.model.config:
         raise CheckpointError(
             f"{path} was trained with model config {checkpoint.model_config}; this recipe gives "
             f"{run.model.config.to_dict()}", hint="resume with the recipe.yaml saved in the run directory")
@@ -245,6 +245,14 @@ def restore(run: RunState, path: Path) -> None:
                               f"({type(error).__name__}: {error})".splitlines()[0],
                               hint="start the run again without --resume, or in another run.output_dir") from error
     logger.info("resumed from %s at epoch %d, iteration %d", path, run.next_epoch, run.next_iteration)
+
+
+def _stored_config(values: dict) -> ModelConfig | None:
+    """A checkpoint's model config, keys added since it was written taking their defaults; None if invalid."""
+    try:
+        return ModelConfig.from_dict(values)
+    except (TypeError, RecipeError):
+        return None
 
 
 def _restore_state(run: RunState, model_state: dict, state: dict) -> None:
