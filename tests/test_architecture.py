@@ -23,6 +23,8 @@ RANK = {
     "export": 7.5,
     "inference": 8,
     "evaluate": 8,
+    "compare": 8,
+    "alignment": 8,
     "report": 8.5,
     "train": 9,
     "index": 9,

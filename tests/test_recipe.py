@@ -161,3 +161,46 @@ def test_a_recipe_that_is_not_utf8_is_a_recipe_error(tmp_path, manifest):
     result = CliRunner().invoke(app, ["train", str(path)], terminal_width=300)
     assert result.exit_code == 2, result.output
     assert "is not UTF-8 text" in result.output and "Traceback" not in result.output
+
+
+def test_base_recipes_merge_key_by_key_with_paths_relative_to_each_file(tmp_path, manifest):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "studies").mkdir()
+    _write(tmp_path / "base" / "root.yaml", {"data": {"manifest": "../m.parquet", "num_ids": 2, "seq_len": 4},
+                                             "model": {"ssp_layers": 1, "sie": False},
+                                             "run": {"output_dir": "runs/root", "seed": 5}})
+    _write(tmp_path / "base" / "middle.yaml", {"base": "root.yaml", "solver": {"epochs": 7}})
+    child = _write(tmp_path / "studies" / "child.yaml", {"base": "../base/middle.yaml",
+                                                          "model": {"temporal": "mean"},
+                                                          "run": {"output_dir": "out"}})
+    recipe = load_recipe(child, ["run.seed=9"])
+    assert recipe.data.manifest == manifest  # relative to base/root.yaml
+    assert recipe.run.output_dir == tmp_path / "studies" / "out"  # relative to the child
+    assert (recipe.data.seq_len, recipe.model.ssp_layers, recipe.model.sie) == (4, 1, False)  # kept from the base
+    assert (recipe.model.temporal, recipe.solver.epochs, recipe.run.seed) == ("mean", 7, 9)
+    write_recipe(recipe, tmp_path / "saved.yaml")  # what a run saves: resolved, no base
+    saved = yaml.safe_load((tmp_path / "saved.yaml").read_text())
+    assert "base" not in saved and saved["solver"]["epochs"] == 7
+    assert load_recipe(tmp_path / "saved.yaml") == recipe
+
+
+def test_base_cycles_and_missing_bases_are_named(tmp_path, manifest):
+    _write(tmp_path / "a.yaml", {"base": "b.yaml"})
+    _write(tmp_path / "b.yaml", {"base": "a.yaml"})
+    with pytest.raises(RecipeError, match="cycle"):
+        load_recipe(tmp_path / "a.yaml")
+    _write(tmp_path / "c.yaml", {"base": "nowhere.yaml"})
+    with pytest.raises(RecipeError, match="base: .*nowhere.yaml not found"):
+        load_recipe(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize("name", ["baseline", "memory-fixed", "ssp", "tmd", "full", "temporal-attention"])
+def test_ablation_recipes_resolve_over_mars_yaml(name, tmp_path, manifest):
+    path = ROOT / "recipes" / "ablations" / f"{name}.yaml"
+    recipe = load_recipe(path, [f"data.manifest={manifest}", "data.num_ids=2", "data.protocol=none"])
+    mars = yaml.safe_load((ROOT / "recipes" / "mars.yaml").read_text())
+    assert recipe.solver.base_lr == 5e-6 and recipe.model.backbone == mars["model"]["backbone"]
+    assert recipe.run.output_dir == (ROOT / "runs" / f"mars-{'ablation-' if 'temporal' not in name else ''}{name}")
+    expected = {"baseline": ("mean", 0, 0.0), "memory-fixed": ("mean", 0, 1.0), "ssp": ("mean", 2, 1.0),
+                "tmd": ("tmd", 0, 0.0), "full": ("tmd", 2, 1.0), "temporal-attention": ("attention", 2, 1.0)}
+    assert (recipe.model.temporal, recipe.model.ssp_layers, recipe.loss.v2m) == expected[name]

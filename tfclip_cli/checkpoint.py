@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tfclip_cli import __version__
 from tfclip_cli.errors import CheckpointError, RecipeError
 from tfclip_cli.model import TFCLIP, ModelConfig, backbone_names, backbone_spec, build_model
+from tfclip_cli.model.text import TextTransformer, build_text_encoder, text_spec
 from tfclip_cli.tables import atomic_output
 
 logger = logging.getLogger(__name__)
@@ -344,6 +345,27 @@ def _read_clip_file(path: Path) -> dict[str, torch.Tensor]:
     return {key.removeprefix("module."): value for key, value in state.items()}
 
 
+def load_text_encoder(path: Path, *, quick_gelu: bool) -> TextTransformer:
+    """CLIP's text tower from a full CLIP weight file (OpenAI's JIT archive, an open_clip or OpenAI state dict).
+
+    Raises:
+        CheckpointError: the file is unreadable or holds no text tower (e.g. an image-encoder-only file).
+    """
+    path = Path(path)
+    state = {key: value.float() for key, value in _read_clip_file(path).items()
+             if not key.startswith("visual.") and key not in ("logit_scale", "attn_mask", "input_resolution",
+                                                                 "context_length", "vocab_size")}
+    try:
+        spec = text_spec(state)
+    except KeyError as error:
+        raise CheckpointError(f"CLIP weights {path} have no text tower (no {error.args[0]})",
+                              hint="pass the full CLIP weights, e.g. OpenAI's ViT-B-16.pt") from error
+    encoder = build_text_encoder(spec, quick_gelu=quick_gelu)
+    _check_keys(encoder.state_dict(), state, f"the text tower of {path}")
+    encoder.load_state_dict(state)
+    return encoder
+
+
 def _visual_state(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
     """The image encoder's tensors with ``visual.`` removed, in float32 (OpenAI's archive stores float16)."""
     visual = {key.removeprefix("visual."): value.float() for key, value in state.items() if key.startswith("visual.")}
@@ -471,9 +493,8 @@ def _required(state: dict[str, torch.Tensor], key: str, source: Path) -> torch.T
 
 
 def _count_blocks(state: dict[str, torch.Tensor], prefix: str) -> int:
-    """Number of distinct block indices under ``prefix`` (e.g. ``TMD.resblocks.``), at least 1."""
-    indices = {m.group(1) for key in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", key))}
-    return max(1, len(indices))
+    """Number of distinct block indices under ``prefix`` (e.g. ``TMD.resblocks.``); 0 when there are none."""
+    return len({m.group(1) for key in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", key))})
 
 
 def _infer_reference_config(
@@ -485,13 +506,16 @@ def _infer_reference_config(
     proj_dim = _required(state, "image_encoder.proj", source).shape[1]
     layers = _count_blocks(state, "image_encoder.transformer.resblocks.")
     patches = _required(state, "image_encoder.positional_embedding", source).shape[0] - 1
+    tmd_layers = _count_blocks(state, "TMD.resblocks.")
     return ModelConfig(
         backbone=_match_backbone(width, layers, patch, proj_dim, source),
         image_size=image_size or _infer_image_size(patches, patch, source),
         seq_len=seq_len,
         num_classes=_required(state, "classifier2.weight", source).shape[0],
         num_cameras=state["cv_embed"].shape[0] if "cv_embed" in state else 0,
-        tmd_layers=_count_blocks(state, "TMD.resblocks."),
+        # a state dict without TMD or SSP (an ablated model) imports as temporal "mean" or a fixed memory
+        temporal="tmd" if tmd_layers else "mean",
+        tmd_layers=tmd_layers,
         ssp_layers=_count_blocks(state, "SSP.decoder."),
     )
 

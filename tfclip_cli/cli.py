@@ -1056,6 +1056,79 @@ def demo(
     display.stdout.print(display.demo_summary(result))
 
 
+@command("compare")
+def compare(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run folders written by tfclip train (run.output_dir).", exists=True,
+                                   file_okay=False)
+    ],
+    json_output: JsonOpt = False,
+    html: Annotated[
+        Optional[Path], typer.Option("--html", help="Also write an HTML page with a bar chart per score.",
+                                     dir_okay=False)
+    ] = None,
+    force: ForceOpt = False,
+) -> None:
+    """Compare training runs: differing recipe keys, best/last mAP, rank-1, mINP per test set, epochs, time, size.
+
+    Runs that differ only in run.seed are one row (mean ± std); an unfinished run shows its latest evaluation.
+
+    Example: tfclip compare runs/ablations/* --html runs/ablations.html
+    """
+    import json
+
+    from rich.table import Table
+
+    from tfclip_cli.compare import cells, compare_runs, headers
+
+    if html is not None:
+        from tfclip_cli.tables import check_writable
+
+        check_writable(html, force=force)
+    comparison = compare_runs(runs)
+    if html is not None:
+        from tfclip_cli.report.compare import write_compare_html
+
+        write_compare_html(comparison, html, force=force)
+        display.stderr.print(display.plain_text(f"wrote {html}"))
+    if json_output:
+        typer.echo(json.dumps(comparison.to_dict()))
+        return
+    table = Table(*headers(comparison), title="runs (scores in %; * unfinished)", title_justify="left")
+    for row in comparison.rows:
+        table.add_row(*(display.plain_text(cell) for cell in cells(comparison, row)))
+    display.stdout.print(table)
+
+
+@command("inspect-memory")
+def inspect_memory(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A tfclip checkpoint with a CLIP-Memory.", exists=True, dir_okay=False)
+    ],
+    clip_weights: Annotated[
+        Optional[Path],
+        typer.Option("--clip-weights", help="Full CLIP weights with the text tower (e.g. OpenAI's ViT-B-16.pt): "
+                     "also compare the memory with CLIP's text embeddings of person prompts.", exists=True,
+                     dir_okay=False),
+    ] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Measure a checkpoint's CLIP-Memory: norms, cosine between identities, and cosine to CLIP's text embeddings.
+
+    Example: tfclip inspect-memory runs/mars-tfclip/best.ckpt --clip-weights ViT-B-16.pt
+    """
+    import dataclasses
+    import json
+
+    from tfclip_cli.alignment import inspect_memory as inspect
+
+    result = inspect(checkpoint, clip_weights=clip_weights)
+    if json_output:
+        typer.echo(json.dumps(dataclasses.asdict(result), default=str))
+        return
+    display.stdout.print(display.memory_table(result))
+
+
 def main() -> None:
     """Entry point of the `tfclip` console script and of `python -m tfclip_cli`."""
     app()

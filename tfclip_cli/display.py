@@ -358,3 +358,23 @@ def demo_summary(result: Any) -> Group:
         plain_text(f"report: {result.paths.report}"),
         Panel(DEMO_NEXT_STEPS, title="what next", title_align="left", expand=False),
     )
+
+
+def memory_table(inspection: Any) -> Table:
+    """A rich table of an ``alignment.MemoryInspection``: distributions of norms and cosines, one row each."""
+    table = Table("measure", "mean", "std", "min", "5%", "median", "95%", "max", "n",
+                  title=plain_text(f"CLIP-Memory of {inspection.checkpoint}: {inspection.num_identities} identities "
+                                   f"x {inspection.dim}"), title_justify="left")
+    rows = [("memory norm", inspection.norms), ("cosine between identities", inspection.inter_identity_cosine)]
+    rows += [(f"cosine to text {item.prompt!r}", item.cosine) for item in inspection.prompts]
+    if inspection.random_cosine is not None:
+        rows.append(("cosine to random directions", inspection.random_cosine))
+    for name, values in rows:
+        if values is None:
+            table.add_row(plain_text(name), *["-"] * 8)
+            continue
+        table.add_row(plain_text(name), *(f"{getattr(values, f):.3f}" for f in
+                                          ("mean", "std", "min", "p05", "median", "p95", "max")), str(values.count))
+    table.caption = (f"a random direction's cosine with any vector: 0 ± {inspection.random_expected_std:.3f}"
+                     if inspection.prompts else "pass --clip-weights (full CLIP with text tower) for text cosines")
+    return table

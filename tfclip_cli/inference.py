@@ -39,7 +39,7 @@ from tfclip_cli.clips import (
 )
 from tfclip_cli.errors import CheckpointError, DataError, UserError
 from tfclip_cli.export import OnnxEmbedder, load_embedder
-from tfclip_cli.model import TFCLIP, ClipMemory
+from tfclip_cli.model import TFCLIP, ClipMemory, shares_cameras
 from tfclip_cli.recipe import Precision
 from tfclip_cli.tables import (
     SPLITS,
@@ -536,7 +536,7 @@ def extract_to_file(
         shard = extract_embeddings(
             loaded.model, inputs.tracklets[context.rank :: context.world_size], sampling=sampling,
             transform=loaded.transform, device=context.device, batch_size=batch_size, workers=workers,
-            use_camids=manifest is not None or camid is not None, precision=precision,
+            use_camids=_uses_cameras(loaded.model, inputs.info, camid), precision=precision,
         )
         extraction = _gathered(shard, inputs.tracklets, context)
         failures = tuple(inputs.failures) + extraction.failures
@@ -550,6 +550,18 @@ def extract_to_file(
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _uses_cameras(model: Embedder, info: dict, camid: int | None) -> bool:
+    """Camera embedding for a manifest of the dataset the model was trained on, or for videos given a --camid; a
+    manifest of another dataset (cross-dataset evaluation) has cameras the model never saw, so none."""
+    if "dataset" not in info:
+        return camid is not None
+    if not shares_cameras(model.config, info["dataset"]) and model.config.num_cameras:
+        logger.info("%s is not %s, whose cameras the model was trained on: embedding without camera embedding",
+                    info["dataset"], model.config.camera_dataset)
+        return False
+    return True
 
 
 def _provenance(checkpoint: Path, loaded: LoadedModel, sampling: Sampling) -> dict:

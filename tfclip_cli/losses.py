@@ -58,8 +58,8 @@ def compute_losses(
 
     Returns:
         ``id`` (weighted, CLS + projected + temporal classifiers), ``frame_id`` (frame classifier / T, not
-        weighted: docs/fidelity.md#loss), ``triplet`` (weighted, CLS + projected + temporal features), ``v2m``
-        (weighted) and ``total``.
+        weighted: docs/fidelity.md#loss), ``triplet`` (weighted, CLS + projected + temporal features), ``v2m`` (weighted;
+        absent when the model has no CLIP-Memory) and ``total``.
     """
     assert output.frame_scores.shape[0] == labels.shape[0] * seq_len, "frame scores are [B*T, Y]"
     scores = (output.cls_scores, output.proj_scores, output.temporal_scores)
@@ -71,7 +71,8 @@ def compute_losses(
         "id": weights.id * id_loss,
         "frame_id": smoothed_cross_entropy(output.frame_scores, labels.repeat_interleave(seq_len)) / seq_len,
         "triplet": weights.triplet * triplet,
-        "v2m": weights.v2m * smoothed_cross_entropy(output.v2m_logits, labels),
     }
+    if output.v2m_logits is not None:
+        parts["v2m"] = weights.v2m * smoothed_cross_entropy(output.v2m_logits, labels)
     parts["total"] = sum(parts.values())
     return parts

@@ -6,6 +6,10 @@ paths in a recipe (``data.manifest``, ``model.pretrained`` when it is a file, ``
 folder holding the recipe file, so a recipe works from any current directory; paths given with ``--set`` resolve against
 the current directory, like any other command-line path.
 
+A recipe may start with ``base: other.yaml`` (relative to its own folder): it then holds only what differs from that
+recipe. Sections and mappings merge key by key (the inheriting file wins), each file's paths resolve against its own
+folder, and bases may have bases. The recipe a run saves is the resolved one, without ``base``.
+
 Every problem found raises :class:`RecipeError` naming the key path (``solver.base_lr``), what was found and what is
 allowed, before any work starts.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +34,9 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Protocol = Literal["none", "mars", "lsvid", "ilidsvid", "prid2011"]
 PRETRAINED_KEYWORDS = ("openai", "none")
 PATH_KEYS = ("data.manifest", "model.pretrained", "run.output_dir")
+TEST_SET_MAPPING = "eval.manifests"  # test-set name -> manifest path
+BASE_KEY = "base"
+TEST_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def _bundled_recipes() -> Path:
@@ -69,8 +77,11 @@ class ModelSection:
     pretrained: str = "openai"  # initial CLIP weights: "openai", a local file (ViT-B-16.pt / state dict), or "none"
     sie: bool = True  # learn one camera embedding per train camera, added to CLS (docs/fidelity.md#sie)
     sie_coe: float = 1.0  # scale of the camera embedding (yml L13)
-    tmd_layers: int = 1  # Temporal Memory Diffusion blocks (docs/fidelity.md#tmd)
-    ssp_layers: int = 2  # Sequence-Specific Prompt layers (docs/fidelity.md#ssp)
+    temporal: Literal["tmd", "mean", "attention"] = "tmd"  # temporal branch: TMD (the paper; docs/fidelity.md#tmd); mean: the mean of
+    #                                                        frame features (TF-CLIP without TMD); attention: a
+    #                                                        learned softmax over frames (torchreid's `ta`)
+    tmd_layers: int = 1  # Temporal Memory Diffusion blocks (docs/fidelity.md#tmd); read only with temporal: tmd
+    ssp_layers: int = 2  # Sequence-Specific Prompt layers (docs/fidelity.md#ssp); 0: the CLIP-Memory stays fixed (no SSP)
     embedding: Literal["before_bn", "after_bn"] = "before_bn"  # test-time feature (yml NECK_FEAT 'before')
 
 
@@ -80,7 +91,8 @@ class LossSection:
 
     id: float = 0.25  # label-smoothed cross-entropy on the CLS, projected-CLS and temporal classifiers
     triplet: float = 1.0  # batch-hard triplet on the CLS, projected-CLS and temporal features
-    v2m: float = 1.0  # video-to-memory cross-entropy
+    v2m: float = 1.0  # video-to-memory cross-entropy; 0: no CLIP-Memory at all (the image-encoder baseline; then
+    #                   model.ssp_layers must be 0)
 
 
 @dataclass(frozen=True)
@@ -111,6 +123,9 @@ class EvalSection:
     gallery_rule: Literal["manifest", "includes_query", "gallery_only"] = "manifest"  # what queries rank against
     batch_size: int = 30  # tracklets per forward pass (rrs) (reference: make_dataloader_clipreid.py L170-184)
     precision: Precision = "fp32"  # the reference evaluates in fp32 (processor L209-222); fp16, bf16 or auto are faster
+    manifests: dict[str, Path] = dataclasses.field(default_factory=dict)  # more test sets, name -> manifest (each
+    #   evaluated with its own gallery rule and reported under its name; a dataset other than the training one is
+    #   embedded without camera embedding), e.g. {ilidsvid: ../runs/ilidsvid/manifest.parquet}
 
 
 @dataclass(frozen=True)
@@ -145,19 +160,62 @@ def load_recipe(path: Path, overrides: list[str] | None = None) -> Recipe:
         RecipeError: naming the key path, what was found and what is allowed.
     """
     path = Path(path)
-    raw = _read_yaml(path)
+    raw = _read_with_bases(path, chain=())
     for assignment in overrides or []:
         _apply_override(raw, assignment)
-    base = path.resolve().parent
-    recipe = _build(Recipe, raw, "", base=base)
-    pretrained = recipe.model.pretrained
-    if pretrained not in PRETRAINED_KEYWORDS:
-        recipe = dataclasses.replace(
-            recipe, model=dataclasses.replace(recipe.model, pretrained=str((base / pretrained).resolve()))
-        )
+    recipe = _build(Recipe, raw, "", base=path.resolve().parent)
     _check_values(recipe)
     _check_manifest(recipe)
+    _check_test_sets(recipe)
     return recipe
+
+
+def _read_with_bases(path: Path, *, chain: tuple[Path, ...]) -> dict:
+    """The recipe file with its ``base`` chain merged in, every path key made absolute against its own file."""
+    raw = _read_yaml(path)
+    _absolute_paths(raw, path.resolve().parent)
+    base = raw.pop(BASE_KEY, None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base:
+        raise RecipeError(f"{path}: base: found {_describe(base)}; expected the path of a recipe to inherit from")
+    base_path = (path.resolve().parent / Path(base).expanduser()).resolve()
+    if base_path in (*chain, path.resolve()):
+        cycle = " -> ".join(str(p) for p in (*chain, path.resolve(), base_path))
+        raise RecipeError(f"{path}: base: the recipes inherit from each other in a cycle ({cycle})")
+    if not base_path.is_file():
+        raise RecipeError(f"{path}: base: {base_path} not found", hint="base is relative to the recipe's own folder")
+    return _merged(_read_with_bases(base_path, chain=(*chain, path.resolve())), raw)
+
+
+def _merged(base: dict, override: dict) -> dict:
+    """``base`` updated by ``override``; mappings present in both merge key by key."""
+    result = dict(base)
+    for key, value in override.items():
+        both_mappings = isinstance(value, dict) and isinstance(result.get(key), dict)
+        result[key] = _merged(result[key], value) if both_mappings else value
+    return result
+
+
+def _absolute_path(value: Any, folder: Path) -> Any:
+    """A non-empty string path made absolute against ``folder`` (other values are left for validation to name)."""
+    if isinstance(value, str) and value and value not in PRETRAINED_KEYWORDS:
+        return str((folder / Path(value).expanduser()).resolve())
+    return value
+
+
+def _absolute_paths(raw: dict, folder: Path) -> None:
+    """Resolve the path keys of one file's raw mapping against its folder, in place."""
+    for key in (*PATH_KEYS, TEST_SET_MAPPING):
+        section, name = key.split(".")
+        node = raw.get(section)
+        if not isinstance(node, dict) or name not in node:
+            continue
+        value = node[name]
+        if key == TEST_SET_MAPPING and isinstance(value, dict):
+            node[name] = {test_set: _absolute_path(item, folder) for test_set, item in value.items()}
+        elif key != TEST_SET_MAPPING:
+            node[name] = _absolute_path(value, folder)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:
@@ -213,8 +271,11 @@ def _apply_override(raw: dict, assignment: str) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise RecipeError(f"--set {assignment!r}: the value is not valid YAML ({exc})") from exc
-    if ".".join(parts) in PATH_KEYS and isinstance(value, str) and value and value not in PRETRAINED_KEYWORDS:
-        value = str(Path(value).expanduser().resolve())
+    dotted = ".".join(parts)
+    if dotted in PATH_KEYS or dotted.startswith(TEST_SET_MAPPING + "."):
+        value = _absolute_path(value, Path.cwd())
+    elif dotted == TEST_SET_MAPPING and isinstance(value, dict):
+        value = {test_set: _absolute_path(item, Path.cwd()) for test_set, item in value.items()}
     node[parts[-1]] = value
 
 
@@ -245,7 +306,7 @@ def _build(cls: type, raw: Any, prefix: str, *, base: Path) -> Any:
             values[name] = _build(hints[name], raw.get(name), key, base=base)
         elif name in raw:
             values[name] = _convert(raw[name], hints[name], key, base=base)
-        elif spec.default is dataclasses.MISSING:
+        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
             raise RecipeError(f"{key} is required but missing")
     return cls(**values)
 
@@ -260,11 +321,26 @@ def _convert(value: Any, hint: Any, key: str, *, base: Path) -> Any:
         return value
     if origin is tuple:
         return _convert_tuple(value, hint, key)
+    if origin is dict:
+        return _convert_test_sets(value, key, base=base)
     if hint is Path:
         if not isinstance(value, str) or not value:
             raise RecipeError(f"{key}: found {_describe(value)}; expected a path")
         return (base / Path(value).expanduser()).resolve()
     return _convert_scalar(value, hint, key)
+
+
+def _convert_test_sets(value: Any, key: str, *, base: Path) -> dict[str, Path]:
+    """A mapping of test-set names (letters, digits, ``_.-``) to manifest paths."""
+    if not isinstance(value, dict):
+        raise RecipeError(f"{key}: found {_describe(value)}; expected a mapping of test-set names to manifests, "
+                          "e.g. {ilidsvid: ../runs/ilidsvid/manifest.parquet}")
+    result = {}
+    for name, path in value.items():
+        if not isinstance(name, str) or not TEST_SET_NAME.fullmatch(name):
+            raise RecipeError(f"{key}: test-set name {name!r} is not allowed; expected letters, digits, _ . -")
+        result[name] = _convert(path, Path, f"{key}.{name}", base=base)
+    return result
 
 
 def _convert_scalar(value: Any, hint: type, key: str) -> Any:
@@ -316,7 +392,9 @@ def _value_rules(recipe: Recipe) -> list[tuple[str, bool, str]]:
         ("data.erase_p", 0.0 <= data.erase_p <= 1.0, "a probability in [0, 1]"),
         ("model.sie_coe", model.sie_coe > 0, "a number > 0"),
         ("model.tmd_layers", model.tmd_layers >= 1, "an integer >= 1"),
-        ("model.ssp_layers", model.ssp_layers >= 1, "an integer >= 1"),
+        ("model.ssp_layers", model.ssp_layers >= 0, "an integer >= 0 (0: a fixed CLIP-Memory)"),
+        ("model.ssp_layers", model.ssp_layers == 0 or loss.v2m > 0,
+         "0 when loss.v2m is 0 (no CLIP-Memory for SSP to update)"),
         ("loss.id", loss.id >= 0, "a weight >= 0"),
         ("loss.triplet", loss.triplet >= 0, "a weight >= 0"),
         ("loss.v2m", loss.v2m >= 0, "a weight >= 0"),
@@ -374,3 +452,21 @@ def _check_manifest(recipe: Recipe) -> None:
             f"a P×K batch ({recipe.data.num_ids}×{recipe.data.num_instances}) needs P distinct identities; "
             f"allowed: 1..{num_pids}"
         )
+
+
+def _check_test_sets(recipe: Recipe) -> None:
+    """Every extra test set is a readable manifest with query and gallery rows, named apart from the training
+    manifest's own test set (reported under its dataset name)."""
+    own = read_manifest(recipe.data.manifest).info.dataset
+    for name, path in recipe.eval.manifests.items():
+        key = f"{TEST_SET_MAPPING}.{name}"
+        if name == own:
+            raise RecipeError(f"{key}: the training manifest's own test set is already reported as {own!r}",
+                              hint=f"give this test set another name than {own!r}")
+        try:
+            counts = read_manifest(path).split_counts()
+        except UserError as exc:
+            raise RecipeError(f"{key}: {exc.message}", hint="write one with `tfclip prepare`") from exc
+        if not counts["query"] or not counts["gallery"]:
+            raise RecipeError(f"{key}: {path} has {counts['query']} query and {counts['gallery']} gallery tracklets; "
+                              "allowed: a manifest with both")

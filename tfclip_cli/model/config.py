@@ -22,6 +22,8 @@ MODEL_CONFIG_DIR = Path(__file__).resolve().parents[1] / "model_configs"
 HEAD_WIDTH = 64  # every attention in TF-CLIP uses width // 64 heads (docs/fidelity.md#ssp, #tmd)
 Embedding = Literal["before_bn", "after_bn"]
 EMBEDDINGS: tuple[Embedding, ...] = ("before_bn", "after_bn")
+Temporal = Literal["tmd", "mean", "attention"]
+TEMPORALS: tuple[Temporal, ...] = ("tmd", "mean", "attention")
 
 
 @dataclass(frozen=True)
@@ -49,16 +51,28 @@ class ModelConfig:
     num_classes: int  # training identities: rows of the classifiers and of the CLIP-Memory
     num_cameras: int = 0  # train cameras with a learned SIE embedding; 0 = no camera embedding
     sie_coe: float = 1.0  # scale of the camera embedding (reference yml L13)
-    tmd_layers: int = 1  # Temporal Memory Diffusion blocks
-    ssp_layers: int = 2  # Sequence-Specific Prompt layers
-    embedding: Embedding = "before_bn"  # test-time feature: concat(CLS, proj CLS, TMD) or concat(BN(CLS), BN(proj))
+    camera_dataset: str = ""  # the dataset (manifest ``dataset``) whose camera ids the SIE rows belong to; tracklets
+    #                           of another dataset get no camera embedding; "" = not recorded (any ids in range)
+    temporal: Temporal = "tmd"  # temporal branch: TMD (the paper), the mean of frame features, or temporal attention
+    tmd_layers: int = 1  # Temporal Memory Diffusion blocks (temporal "tmd"); 0 for the other fusions
+    has_memory: bool = True  # trained against a CLIP-Memory (video-to-memory loss); False: the image-encoder baseline
+    ssp_layers: int = 2  # Sequence-Specific Prompt layers; 0: the CLIP-Memory stays fixed (no SSP module)
+    embedding: Embedding = "before_bn"  # test-time feature: concat(CLS, proj CLS, temporal) or concat(BN(CLS), BN(proj))
 
     def __post_init__(self) -> None:
         if self.embedding not in EMBEDDINGS:
             raise RecipeError(f"model.embedding is {self.embedding!r}: expected one of {', '.join(EMBEDDINGS)}")
-        for key in ("seq_len", "num_classes", "tmd_layers", "ssp_layers"):
+        if self.temporal not in TEMPORALS:
+            raise RecipeError(f"model.temporal is {self.temporal!r}: expected one of {', '.join(TEMPORALS)}")
+        for key in ("seq_len", "num_classes"):
             if getattr(self, key) < 1:
                 raise RecipeError(f"model {key} is {getattr(self, key)}: expected an integer >= 1")
+        if (self.tmd_layers >= 1) != (self.temporal == "tmd") or self.tmd_layers < 0:
+            raise RecipeError(f"model tmd_layers is {self.tmd_layers} with temporal {self.temporal!r}: expected >= 1 "
+                              "for tmd, 0 for the other fusions")
+        if self.ssp_layers < 0 or (self.ssp_layers and not self.has_memory):
+            raise RecipeError(f"model ssp_layers is {self.ssp_layers} with has_memory {self.has_memory}: expected "
+                              ">= 0, and 0 without a CLIP-Memory (SSP updates the memory)")
         if self.num_cameras < 0:
             raise RecipeError(f"model num_cameras is {self.num_cameras}: expected 0 (no SIE) or more")
 
@@ -72,6 +86,12 @@ class ModelConfig:
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`; raises TypeError on unknown or missing keys."""
         return cls(**{**values, "image_size": tuple(values.get("image_size", (256, 128)))})
+
+
+def shares_cameras(config: ModelConfig, dataset: str) -> bool:
+    """Whether tracklets of ``dataset`` may use the model's camera embedding: their camera ids are the ones it was
+    trained on (same dataset, or the training dataset was not recorded). Cross-dataset evaluation uses none."""
+    return config.num_cameras > 0 and config.camera_dataset in ("", dataset)
 
 
 def backbone_names() -> list[str]:

@@ -1,6 +1,8 @@
 """TF-CLIP: the CLIP image encoder with SIE, TMD, SSP over a fixed CLIP-Memory, and BNNeck heads.
 
-reference: model/make_model_clipreid.py ``build_transformer``; docs/fidelity.md#loss to #sie.
+reference: model/make_model_clipreid.py ``build_transformer``; docs/fidelity.md#loss to #sie. The ablations of the paper
+are switches of :class:`ModelConfig`: no CLIP-Memory (``has_memory``), a fixed memory (``ssp_layers`` 0), and
+another temporal fusion than TMD (``temporal``); a part switched off is not built, so it has no parameters.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from torch import nn
 from tfclip_cli.model.backbone import FrameTokens, VisionBackbone
 from tfclip_cli.model.config import ModelConfig, attention_heads, backbone_dims, backbone_spec
 from tfclip_cli.model.ssp import SequenceSpecificPrompt
+from tfclip_cli.model.temporal import TemporalAttention, TemporalFeatures, temporal_mean
 from tfclip_cli.model.tmd import TemporalMemoryDiffusion
 
 CLASSIFIER_STD = 0.001  # reference: weights_init_classifier
@@ -48,8 +51,9 @@ class ModelOutput:
     frame_scores: torch.Tensor  # [B*T, Y] the same temporal classifier on BN(frame TMD features)
     cls_features: torch.Tensor  # [B, width] CLS after ln_post, mean over T
     proj_features: torch.Tensor  # [B, proj_dim] projected CLS, mean over T
-    temporal_features: torch.Tensor  # [B, width] TMD frame features, mean over T
-    v2m_logits: torch.Tensor  # [B, Y] projected feature . (M + SSP(M, V))^T, no normalisation or temperature
+    temporal_features: torch.Tensor  # [B, width] the temporal fusion of the frame features (TMD: mean over T)
+    v2m_logits: torch.Tensor | None  # [B, Y] projected feature . (M + SSP(M, V))^T, no normalisation or
+    #                                  temperature; M^T alone with ssp_layers 0; None without a CLIP-Memory
 
 
 def _bnneck(dim: int) -> nn.BatchNorm1d:
@@ -81,8 +85,11 @@ class TFCLIP(nn.Module):
         self.camera_embedding = nn.Parameter(torch.zeros(config.num_cameras, width)) if config.num_cameras else None
         if self.camera_embedding is not None:
             nn.init.trunc_normal_(self.camera_embedding, std=CAMERA_STD)
-        self.tmd = TemporalMemoryDiffusion(width, attention_heads(width), config.tmd_layers)
-        self.ssp = SequenceSpecificPrompt(proj_dim, attention_heads(proj_dim), config.ssp_layers)
+        self.tmd = (TemporalMemoryDiffusion(width, attention_heads(width), config.tmd_layers)
+                    if config.temporal == "tmd" else None)
+        self.temporal_attention = TemporalAttention(width) if config.temporal == "attention" else None
+        self.ssp = (SequenceSpecificPrompt(proj_dim, attention_heads(proj_dim), config.ssp_layers)
+                    if config.ssp_layers else None)
         self.neck_cls, self.neck_proj = _bnneck(width), _bnneck(proj_dim)
         self.neck_frame, self.neck_temporal = _bnneck(width), _bnneck(width)
         self.classifier_cls = _classifier(width, config.num_classes)
@@ -125,19 +132,40 @@ class TFCLIP(nn.Module):
         per_frame = None if camera_rows is None else camera_rows.repeat_interleave(seq_len, dim=0)  # [B*T, width]
         return self.backbone(clips.flatten(0, 1), per_frame)
 
-    def _temporal(self, tokens: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """TMD on detached tokens (reference L266) -> (frame features [B*T, width], temporal features [B, width])."""
-        frames = self.tmd(tokens.detach(), self.config.seq_len)
-        return frames, frames.view(batch, self.config.seq_len, -1).mean(dim=1)
+    def _temporal(self, tokens: torch.Tensor) -> TemporalFeatures:
+        """The temporal branch on detached tokens [B*T, L, width] (reference L266: TMD's losses do not reach the
+        ViT; the other fusions keep that, so only the fusion differs) -> frame [B*T, width] and clip [B, width]."""
+        seq_len, tokens = self.config.seq_len, tokens.detach()
+        if self.tmd is not None:
+            frames = self.tmd(tokens, seq_len)
+            return TemporalFeatures(frames, frames.view(-1, seq_len, frames.shape[-1]).mean(dim=1))
+        if self.temporal_attention is not None:
+            return self.temporal_attention(tokens, seq_len)
+        return temporal_mean(tokens, seq_len)
+
+    def _v2m_logits(self, proj_features: torch.Tensor, video_tokens: torch.Tensor,
+                    memory: torch.Tensor | None) -> torch.Tensor | None:
+        """Projected features [B, proj_dim] . memory rows: M' = M + SSP(M, V) per sequence [B, Y, proj_dim], or the
+        fixed M [Y, proj_dim] without SSP; None without a CLIP-Memory."""
+        if (memory is None) == self.config.has_memory:
+            raise ValueError("this model was built with a CLIP-Memory: pass memory" if self.config.has_memory
+                             else "this model was built without a CLIP-Memory (loss.v2m 0): pass memory=None")
+        if memory is None:
+            return None
+        if self.ssp is None:
+            return proj_features @ memory.T
+        updated_memory = memory + self.ssp(memory, video_tokens)  # [B, Y, proj_dim]
+        return torch.einsum("bd,byd->by", proj_features, updated_memory)
 
     def forward(
-        self, clips: torch.Tensor, *, memory: torch.Tensor, camids: torch.Tensor | None = None
+        self, clips: torch.Tensor, *, memory: torch.Tensor | None, camids: torch.Tensor | None = None
     ) -> ModelOutput:
         """Training forward (reference ``build_transformer.forward``, training branch; docs/fidelity.md#loss to #tmd).
 
         Args:
             clips: [B, T, 3, H, W] normalised frames.
-            memory: the CLIP-Memory features [Y, proj_dim]; kept fixed, refined per sequence by SSP.
+            memory: the CLIP-Memory features [Y, proj_dim], kept fixed (refined per sequence by SSP when the model
+                has it); None exactly when the model was built without a memory (``has_memory`` false).
             camids: [B] 0-based train cameras for SIE; None leaves the camera embedding out.
         """
         batch, seq_len = clips.shape[:2]
@@ -146,27 +174,25 @@ class TFCLIP(nn.Module):
         length = frames.tokens.shape[1]
         cls_features = frames.tokens[:, 0].view(batch, seq_len, -1).mean(dim=1)
         proj_features = frames.projected[:, 0].view(batch, seq_len, -1).mean(dim=1)
-        frame_features, temporal_features = self._temporal(frames.tokens, batch)
+        temporal = self._temporal(frames.tokens)
         video_tokens = frames.projected.view(batch, seq_len, length, -1).mean(dim=1)  # [B, L, proj_dim]
-        updated_memory = memory + self.ssp(memory, video_tokens)  # [B, Y, proj_dim]
         return ModelOutput(
             cls_scores=self.classifier_cls(self.neck_cls(cls_features)),
             proj_scores=self.classifier_proj(self.neck_proj(proj_features)),
-            temporal_scores=self.classifier_temporal(self.neck_temporal(temporal_features)),
-            frame_scores=self.classifier_temporal(self.neck_frame(frame_features)),
+            temporal_scores=self.classifier_temporal(self.neck_temporal(temporal.clips)),
+            frame_scores=self.classifier_temporal(self.neck_frame(temporal.frames)),
             cls_features=cls_features,
             proj_features=proj_features,
-            temporal_features=temporal_features,
-            v2m_logits=torch.einsum("bd,byd->by", proj_features, updated_memory),
+            temporal_features=temporal.clips,
+            v2m_logits=self._v2m_logits(proj_features, video_tokens, memory),
         )
 
     def embed(self, clips: torch.Tensor, camids: torch.Tensor | None = None) -> torch.Tensor:
         """The test-time embedding of clips [B, T, 3, H, W] -> [B, embedding_dim] (call in eval mode).
 
-        ``before_bn``: concat(CLS, projected CLS, temporal TMD feature); ``after_bn``: concat(BN(CLS), BN(projected
-        CLS)), as the reference's ``TEST.NECK_FEAT`` (model L298-302; docs/fidelity.md#test-time-features). SSP,
-        classifiers and the memory are not computed. ``camids`` None leaves the camera embedding out (a camera unknown
-        to the model).
+        ``before_bn``: concat(CLS, projected CLS, temporal feature); ``after_bn``: concat(BN(CLS), BN(projected
+        CLS)), as the reference's ``TEST.NECK_FEAT`` (model L298-302; docs/fidelity.md#test-time-features). SSP, classifiers and the
+        memory are not computed. ``camids`` None leaves the camera embedding out (a camera unknown to the model).
         """
         self.check_camids(camids)
         return self.embed_with_camera(clips, self.camera_rows(camids))
@@ -180,8 +206,7 @@ class TFCLIP(nn.Module):
         proj_features = frames.projected[:, 0].view(batch, seq_len, -1).mean(dim=1)
         if self.config.embedding == "after_bn":
             return torch.cat([self.neck_cls(cls_features), self.neck_proj(proj_features)], dim=1)
-        _, temporal_features = self._temporal(frames.tokens, batch)
-        return torch.cat([cls_features, proj_features, temporal_features], dim=1)
+        return torch.cat([cls_features, proj_features, self._temporal(frames.tokens).clips], dim=1)
 
     def memory_features(self, clips: torch.Tensor) -> torch.Tensor:
         """Projected CLS averaged over the T frames, without camera embedding [B, proj_dim] (reference L201-216)."""

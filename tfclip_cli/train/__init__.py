@@ -6,8 +6,9 @@ metrics.csv, the resumable sampler, checkpoints), ``memory`` (the initial model 
 (parameter groups, warm-up multi-step schedule), ``protocol`` (the recipe/manifest protocol check and the summary
 logged at the start) and ``launch`` (torchrun relaunch, barriers).
 
-A run directory holds ``recipe.yaml`` (the effective recipe), ``memory.pt`` (the CLIP-Memory), ``last.ckpt``
-(written after every epoch and on Ctrl-C), ``best.ckpt`` (best mAP + rank-1 so far) and ``metrics.csv``.
+A run directory holds ``recipe.yaml`` (the effective recipe), ``memory.pt`` (the CLIP-Memory; none with
+``loss.v2m`` 0), ``last.ckpt`` (written after every epoch and on Ctrl-C), ``best.ckpt`` (best mAP + rank-1 so far,
+on the first test set) and ``metrics.csv`` (an ``eval`` row per test set and evaluation, named in ``test_set``).
 Determinism: batches and augmentations are functions of (seed, epoch, index) (see clips.py), and the torch RNG
 state (dropout) is saved in every checkpoint, so a run resumed from ``last.ckpt`` repeats the losses of an
 uninterrupted run on CPU.

@@ -23,10 +23,18 @@ from tfclip_cli import display
 from tfclip_cli.clips import ClipDataset, ClipTransform, IdentitySampler, build_loader
 from tfclip_cli.errors import Terminated, UserError
 from tfclip_cli.evaluate import EvalResult, evaluate
-from tfclip_cli.inference import DistContext, extract_embeddings, resolve_precision, start_distributed
+from tfclip_cli.inference import DistContext, extract_embeddings, label_map, resolve_precision, start_distributed
 from tfclip_cli.losses import compute_losses
+from tfclip_cli.model import shares_cameras
 from tfclip_cli.recipe import Recipe, write_recipe
-from tfclip_cli.tables import Tracklet, atomic_output, check_writable, read_manifest, reporting_write_errors
+from tfclip_cli.tables import (
+    Manifest,
+    Tracklet,
+    atomic_output,
+    check_writable,
+    read_manifest,
+    reporting_write_errors,
+)
 from tfclip_cli.train.launch import barrier
 from tfclip_cli.train.memory import ensure_memory, initial_model, model_config, eval_transform
 from tfclip_cli.train.protocol import check_protocol, log_protocol
@@ -122,19 +130,24 @@ def _setup(recipe: Recipe, context: DistContext, *, resume: bool) -> RunState:
     autocast_dtype = resolve_precision(recipe.solver.precision, context.device)
     train = manifest.tracklets("train")
     model = initial_model(recipe, model_config(recipe, manifest), context.device)
-    memory = ensure_memory(recipe, model, train, context=context)
-    memory = dataclasses.replace(memory, features=memory.features.to(context.device))
+    memory = None
+    if model.config.has_memory:
+        memory = ensure_memory(recipe, model, train, context=context)
+        memory = dataclasses.replace(memory, features=memory.features.to(context.device))
+    pid_to_label = memory.pid_to_label if memory is not None else label_map(train)
     optimizer, scheduler = build_optimizer(recipe.solver, model)
-    dataset, sampler, loader = _train_data(recipe, train, memory.pid_to_label, context=context)
+    dataset, sampler, loader = _train_data(recipe, train, pid_to_label, context=context)
     engine: nn.Module = model
     if context.world_size > 1:
         engine = nn.parallel.DistributedDataParallel(model, device_ids=[context.device] if context.device.type ==
                                                      "cuda" else None)
     run = RunState(
-        recipe=recipe, context=context, model=model, engine=engine, memory=memory, optimizer=optimizer,
+        recipe=recipe, context=context, model=model, engine=engine, memory=memory, pid_to_label=pid_to_label,
+        optimizer=optimizer,
         scheduler=scheduler, scaler=torch.amp.GradScaler(context.device.type,
                                                          enabled=autocast_dtype == torch.float16),
         autocast_dtype=autocast_dtype, dataset=dataset, sampler=sampler, loader=loader, manifest=manifest,
+        test_sets=_test_sets(recipe, manifest),
         metrics=MetricsLog(recipe.run.output_dir) if context.is_main else None,
     )
     if resume:
@@ -166,7 +179,8 @@ def _step(run: RunState, batch, *, is_update: bool) -> dict[str, torch.Tensor]:
     is_synced = is_update or not isinstance(run.engine, nn.parallel.DistributedDataParallel)
     with contextlib.nullcontext() if is_synced else run.engine.no_sync():
         with _autocast(run):
-            output = run.engine(frames, memory=run.memory.features, camids=camids)
+            memory = run.memory.features if run.memory is not None else None
+            output = run.engine(frames, memory=memory, camids=camids)
             parts = compute_losses(output, labels, run.loss_weights, seq_len=frames.shape[1])
         run.scaler.scale(parts["total"] / run.recipe.solver.grad_accumulation).backward()
     if is_update:
@@ -301,9 +315,10 @@ def _epoch_losses(run: RunState) -> dict[str, float]:
     """Mean loss parts of the epoch, averaged over the ranks."""
     losses = run.meters.means()
     if run.context.world_size > 1:
-        values = torch.tensor([losses[name] for name in LOSS_PARTS], device=run.context.device)
+        names = [name for name in LOSS_PARTS if name in losses]  # no v2m without a CLIP-Memory
+        values = torch.tensor([losses[name] for name in names], device=run.context.device)
         dist.all_reduce(values)
-        losses = dict(zip(LOSS_PARTS, (values / run.context.world_size).tolist()))
+        losses = dict(zip(names, (values / run.context.world_size).tolist()))
     return losses
 
 
@@ -315,33 +330,51 @@ def _is_eval_epoch(recipe: Recipe, epoch: int) -> bool:
     return epoch == recipe.solver.epochs or (every > 0 and epoch % every == 0)
 
 
-def _evaluate(run: RunState) -> EvalResult | None:
-    """Embed query and gallery with the current model and score them (rank 0); None without a query split."""
-    recipe, manifest = run.recipe, run.manifest
-    tracklets = manifest.tracklets("query") + manifest.tracklets("gallery")
-    if not manifest.split_counts()["query"]:
-        logger.warning("%s has no query split: no evaluation", recipe.data.manifest)
-        return None
-    extraction = extract_embeddings(
-        run.model, tracklets, sampling="rrs" if recipe.eval.sampling == "rrs_test" else "dense",
-        transform=eval_transform(recipe), device=run.context.device, batch_size=recipe.eval.batch_size,
-        workers=recipe.data.workers, precision=recipe.eval.precision,
-    )
-    rule = manifest.info.gallery_rule if recipe.eval.gallery_rule == "manifest" else recipe.eval.gallery_rule
-    return evaluate(extraction.embeddings, gallery_rule=rule)
+def _test_sets(recipe: Recipe, manifest: Manifest) -> dict[str, Manifest]:
+    """What each evaluation scores, by name: the training manifest's own query/gallery (under its dataset name)
+    when it has queries, then the recipe's ``eval.manifests`` in order."""
+    test_sets = {manifest.info.dataset: manifest} if manifest.split_counts()["query"] else {}
+    test_sets.update({name: read_manifest(path) for name, path in recipe.eval.manifests.items()})
+    if not test_sets:
+        logger.warning("%s has no query split and eval.manifests is empty: no evaluation", recipe.data.manifest)
+    return test_sets
 
 
-def _record_evaluation(run: RunState, epoch: int, result: EvalResult) -> None:
-    """Keep best.ckpt by mAP + rank-1, strictly better (reference: processor L226-234); log the row."""
+def _evaluate(run: RunState) -> dict[str, EvalResult]:
+    """Embed query and gallery of every test set with the current model and score them (rank 0).
+
+    A test set of another dataset than the training one is embedded without camera embedding: its camera ids
+    are not the cameras the model learned (cross-dataset evaluation).
+    """
+    recipe, results = run.recipe, {}
+    for name, manifest in run.test_sets.items():
+        extraction = extract_embeddings(
+            run.model, manifest.tracklets("query") + manifest.tracklets("gallery"),
+            sampling="rrs" if recipe.eval.sampling == "rrs_test" else "dense", transform=eval_transform(recipe),
+            device=run.context.device, batch_size=recipe.eval.batch_size, workers=recipe.data.workers,
+            precision=recipe.eval.precision, use_camids=shares_cameras(run.model.config, manifest.info.dataset),
+        )
+        rule = manifest.info.gallery_rule if recipe.eval.gallery_rule == "manifest" else recipe.eval.gallery_rule
+        results[name] = evaluate(extraction.embeddings, gallery_rule=rule)
+    return results
+
+
+def _record_evaluation(run: RunState, epoch: int, results: dict[str, EvalResult]) -> EvalResult:
+    """Keep best.ckpt by mAP + rank-1 of the first test set, strictly better (reference: processor L226-234); log
+    a row per test set. Returns the first test set's result."""
+    name, result = next(iter(results.items()))
     score = result.mAP + result.rank1
     if run.best is None or score > run.best.mAP + run.best.rank1:
         run.best, run.best_epoch = result, epoch
         save(run, "best.ckpt", is_resumable=False)
-    logger.info("epoch %d: mAP %.1f%% rank-1 %.1f%% rank-5 %.1f%% (best: epoch %d)", epoch, 100 * result.mAP,
-                100 * result.rank1, 100 * result.rank5, run.best_epoch)
-    if run.metrics is not None:
-        run.metrics.write({"kind": "eval", "epoch": epoch, **{f: float(getattr(result, f)) for f in EVAL_FIELDS}},
-                          step=epoch)
+    for test_set, scores in results.items():
+        logger.info("epoch %d, %s: mAP %.1f%% rank-1 %.1f%% rank-5 %.1f%%%s", epoch, test_set, 100 * scores.mAP,
+                    100 * scores.rank1, 100 * scores.rank5,
+                    f" (best: epoch {run.best_epoch})" if test_set == name else "")
+        if run.metrics is not None:
+            run.metrics.write({"kind": "eval", "epoch": epoch, "test_set": test_set,
+                               **{f: float(getattr(scores, f)) for f in EVAL_FIELDS}}, step=epoch)
+    return result
 
 
 def _finish_epoch(run: RunState, epoch: int) -> EpochSummary:
@@ -350,12 +383,11 @@ def _finish_epoch(run: RunState, epoch: int) -> EpochSummary:
     clips_per_s, data_share = run.meters.speed()
     run.scheduler.step()
     run.next_epoch, run.next_iteration, run.meters = epoch + 1, 0, Meters()
-    evaluation = _evaluate(run) if run.context.is_main and _is_eval_epoch(run.recipe, epoch) else None
-    if evaluation is not None:
-        _record_evaluation(run, epoch, evaluation)
+    results = _evaluate(run) if run.context.is_main and _is_eval_epoch(run.recipe, epoch) else {}
+    evaluation = _record_evaluation(run, epoch, results) if results else None
     if run.metrics is not None:  # before last.ckpt, which then covers every row of the epoch (see cut_back)
         run.metrics.write({"kind": "epoch", "epoch": epoch, "lr": lr, **losses, "clips_per_s": clips_per_s,
-                           "data_share": data_share}, step=epoch)
+                           "data_share": data_share, "elapsed_s": run.elapsed_s}, step=epoch)
     save(run, "last.ckpt", is_resumable=True)
     _draw_report(run, epoch, evaluation)
     barrier(run.context)

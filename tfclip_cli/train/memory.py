@@ -56,7 +56,10 @@ def model_config(recipe: Recipe, manifest: Manifest) -> ModelConfig:
         num_classes=int(train["pid"].nunique()),
         num_cameras=int(manifest.table["camid"].max()) + 1 if model.sie else 0,
         sie_coe=model.sie_coe,
-        tmd_layers=model.tmd_layers,
+        camera_dataset=manifest.info.dataset if model.sie else "",
+        temporal=model.temporal,
+        tmd_layers=model.tmd_layers if model.temporal == "tmd" else 0,
+        has_memory=recipe.loss.v2m > 0,
         ssp_layers=model.ssp_layers,
         embedding=model.embedding,
     )
@@ -128,6 +131,9 @@ def build_memory_file(recipe: Recipe, *, force: bool = False) -> MemoryResult:
         UserError: when memory.pt exists and ``force`` is false; OutputError: when it cannot be written.
     """
     path = recipe.run.output_dir / "memory.pt"
+    if recipe.loss.v2m == 0:
+        raise UserError("loss.v2m is 0: this recipe trains without a CLIP-Memory, so there is none to build",
+                        hint="set loss.v2m above 0 to train against a CLIP-Memory")
     if path.exists() and not force:
         raise UserError(f"{path} already exists", hint="pass --force to rebuild it")
     check_writable(path, force=True)

@@ -87,6 +87,9 @@ def _precision_text(precision: Precision, device: torch.device, *, is_training: 
     return f"{name} autocast{scaler}" + ("" if precision == name else f" ({precision})")
 
 
+TEMPORAL_TEXT = {"mean": "the mean of frame features", "attention": "temporal attention over the frames"}
+
+
 def describe_protocol(recipe: Recipe, manifest: Manifest, device: torch.device) -> list[tuple[str, str]]:
     """(topic, what this run does) rows: the protocol, data and cut, sampling, erasing, precision, evaluation."""
     data, solver, evaluation = recipe.data, recipe.solver, recipe.eval
@@ -102,11 +105,21 @@ def describe_protocol(recipe: Recipe, manifest: Manifest, device: torch.device) 
                            f"{data.num_instances} items per batch, whole-clip flip p={data.flip_p}"),
         ("erasing", ERASING_TEXT[data.erase].format(p=data.erase_p) if data.erase_p > 0 else "off"),
         ("training precision", _precision_text(solver.precision, device, is_training=True)),
-        ("CLIP-Memory", f"every train item as dense clips, {memory_precision}"),
+        ("CLIP-Memory", "none (loss.v2m 0): ID and triplet losses only" if recipe.loss.v2m == 0 else
+         f"every train item as dense clips, {memory_precision}"),
         ("evaluation", f"every {evaluation.every} epochs, {evaluation.sampling} sampling, "
                        f"{_precision_text(evaluation.precision, device, is_training=False)}"),
         ("gallery rule", f"{rule}: {GALLERY_RULE_TEXT[rule]}"),
     ]
+    ablated = [text for is_ablated, text in (
+        (recipe.loss.v2m > 0 and recipe.model.ssp_layers == 0, "CLIP-Memory fixed (no SSP)"),
+        (recipe.model.temporal != "tmd", f"temporal branch: {TEMPORAL_TEXT.get(recipe.model.temporal)} instead of TMD"),
+    ) if is_ablated]
+    if ablated:
+        rows.append(("ablation", "; ".join(ablated)))
+    if evaluation.manifests:
+        rows.append(("more test sets", ", ".join(evaluation.manifests) + " (a dataset other than the training one "
+                                                                       "without camera embedding)"))
     if evaluation.sampling == "rrs_test":
         rows.append(("paper figures", "dense sampling: `tfclip extract --sampling dense`, then `tfclip evaluate` "
                                       "(in-training rrs_test is the official loop's model selection)"))

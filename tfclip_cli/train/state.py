@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import itertools
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -16,11 +17,11 @@ from torch import nn
 
 from tfclip_cli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from tfclip_cli.clips import ClipDataset, IdentitySampler
-from tfclip_cli.errors import CheckpointError
+from tfclip_cli.errors import CheckpointError, RecipeError
 from tfclip_cli.evaluate import EvalResult
 from tfclip_cli.inference import DistContext
 from tfclip_cli.losses import LossWeights
-from tfclip_cli.model import TFCLIP, ClipMemory
+from tfclip_cli.model import TFCLIP, ClipMemory, ModelConfig
 from tfclip_cli.recipe import Recipe, recipe_to_dict
 from tfclip_cli.tables import Manifest, atomic_output
 
@@ -28,7 +29,10 @@ logger = logging.getLogger(__name__)
 
 LOSS_PARTS = ("total", "id", "frame_id", "triplet", "v2m")
 EVAL_FIELDS = ("mAP", "rank1", "rank5", "rank10", "rank20", "mINP")
-METRICS_FIELDS = ("kind", "epoch", "iteration", "lr", *LOSS_PARTS, "clips_per_s", "data_share", *EVAL_FIELDS)
+# test_set names the test set of an eval row; elapsed_s (epoch rows) is the run's wall-clock time so far, resumes
+# included (time spent stopped excluded)
+METRICS_FIELDS = ("kind", "epoch", "iteration", "lr", *LOSS_PARTS, "clips_per_s", "data_share", "test_set",
+                  *EVAL_FIELDS, "elapsed_s")
 
 
 class Meters:
@@ -99,9 +103,10 @@ class MetricsLog:
         self._csv.writerow({key: _format(value) for key, value in row.items()})
         self._file.flush()
         if self._board is not None:
+            group = "/".join(filter(None, (row["kind"], row.get("test_set"))))  # eval/<test set>/mAP
             for key, value in row.items():
                 if isinstance(value, float):
-                    self._board.add_scalar(f"{row['kind']}/{key}", value, step)
+                    self._board.add_scalar(f"{group}/{key}", value, step)
 
     def close(self) -> None:
         self._file.close()
@@ -152,7 +157,8 @@ class RunState:
     context: DistContext
     model: TFCLIP  # the bare model (evaluation, checkpoints)
     engine: nn.Module  # the model under DistributedDataParallel, or the model itself
-    memory: ClipMemory
+    memory: ClipMemory | None  # None when the recipe trains without a CLIP-Memory (loss.v2m 0)
+    pid_to_label: dict[int, int]  # train pid -> classifier label (the memory's rows when there is one)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
@@ -161,6 +167,7 @@ class RunState:
     sampler: ResumableSampler
     loader: torch.utils.data.DataLoader
     manifest: Manifest
+    test_sets: dict[str, Manifest]  # what each evaluation scores, by name: the manifest's own, then eval.manifests
     metrics: MetricsLog | None
     next_epoch: int = 1
     next_iteration: int = 0  # batches of ``next_epoch`` already done (after a Ctrl-C)
@@ -169,10 +176,17 @@ class RunState:
     best: EvalResult | None = None
     stop_requested: bool = False
     stop_signal: int = 0  # the signal that asked to stop (SIGINT or SIGTERM); 0 when another rank asked
+    elapsed_before: float = 0.0  # wall-clock seconds of the run before this process took over (resumes)
+    started_at: float = dataclasses.field(default_factory=time.perf_counter)
 
     @property
     def run_dir(self) -> Path:
         return self.recipe.run.output_dir
+
+    @property
+    def elapsed_s(self) -> float:
+        """Wall-clock seconds of the whole run so far, earlier processes of a resumed run included."""
+        return self.elapsed_before + time.perf_counter() - self.started_at
 
     @property
     def loss_weights(self) -> LossWeights:
@@ -198,12 +212,13 @@ def _checkpoint(run: RunState, *, is_resumable: bool) -> Checkpoint:
             "meters": run.meters.state(),
             "best_epoch": run.best_epoch,
             "best": dataclasses.asdict(run.best) if run.best is not None else None,
+            "elapsed_s": run.elapsed_s,
         }
     return Checkpoint(
         model_config=run.model.config.to_dict(),
         model_state=run.model.state_dict(),
-        pid_to_label=dict(run.memory.pid_to_label),
-        memory=run.memory.features.cpu(),
+        pid_to_label=dict(run.pid_to_label),
+        memory=run.memory.features.cpu() if run.memory is not None else None,
         recipe=recipe_to_dict(run.recipe),
         training_state=training_state,
     )
@@ -219,7 +234,7 @@ def restore(run: RunState, path: Path) -> None:
     state = checkpoint.training_state
     if state is None:
         raise CheckpointError(f"{path} holds no training state; expected a last.ckpt written by tfclip train")
-    if checkpoint.model_config != run.model.config.to_dict():
+    if _stored_config(checkpoint.model_config) != run.model.config:
         raise CheckpointError(
             f"{path} was trained with model config {checkpoint.model_config}; this recipe gives "
             f"{run.model.config.to_dict()}", hint="resume with the recipe.yaml saved in the run directory")
@@ -230,6 +245,14 @@ def restore(run: RunState, path: Path) -> None:
                               f"({type(error).__name__}: {error})".splitlines()[0],
                               hint="start the run again without --resume, or in another run.output_dir") from error
     logger.info("resumed from %s at epoch %d, iteration %d", path, run.next_epoch, run.next_iteration)
+
+
+def _stored_config(values: dict) -> ModelConfig | None:
+    """A checkpoint's model config, keys added since it was written taking their defaults; None if invalid."""
+    try:
+        return ModelConfig.from_dict(values)
+    except (TypeError, RecipeError):
+        return None
 
 
 def _restore_state(run: RunState, model_state: dict, state: dict) -> None:
@@ -244,6 +267,7 @@ def _restore_state(run: RunState, model_state: dict, state: dict) -> None:
     run.meters = Meters(state["meters"])
     run.best_epoch = state["best_epoch"]
     run.best = EvalResult(**state["best"]) if state["best"] is not None else None
+    run.elapsed_before, run.started_at = float(state.get("elapsed_s", 0.0)), time.perf_counter()
 
 
 def save(run: RunState, name: str, *, is_resumable: bool) -> Path:
