@@ -253,8 +253,9 @@ def test_error_rates_count_impostors_at_or_above_and_genuines_below_each_thresho
     assert list(rates.thresholds) == sorted(rates.thresholds)
 
 
-def test_calibrate_report_draws_the_det_curve_and_histograms_at_the_stored_threshold(tmp_path):
-    rng = np.random.default_rng(4)
+def _calibration_gallery(tmp_path, seed: int) -> Embeddings:
+    """12 identities seen 3 times each, written as val.parquet and indexed as g.faiss."""
+    rng = np.random.default_rng(seed)
     pids = np.repeat(np.arange(12), 3)
     vectors = (rng.standard_normal((12, 8))[pids] + 0.8 * rng.standard_normal((36, 8))).astype(np.float32)
     info = {"checkpoint": "/runs/a.ckpt", "checkpoint_sha256": "a" * 64, "sampling": "dense"}
@@ -262,6 +263,11 @@ def test_calibrate_report_draws_the_det_curve_and_histograms_at_the_stored_thres
     table = Embeddings(table.rows, table.vectors, info)
     write_embeddings(table, tmp_path / "val.parquet")
     build_index(table, tmp_path / "g.faiss")
+    return table
+
+
+def test_calibrate_report_draws_the_det_curve_and_histograms_at_the_stored_threshold(tmp_path):
+    table = _calibration_gallery(tmp_path, 4)
     out = tmp_path / "calibration.html"
     result = CliRunner().invoke(app, ["calibrate", str(tmp_path / "val.parquet"), "--gallery",
                                       str(tmp_path / "g.faiss"), "--fmr", "0.05", "--report", str(out)],
@@ -278,14 +284,7 @@ def test_calibrate_report_draws_the_det_curve_and_histograms_at_the_stored_thres
 
 
 def test_calibrate_report_of_the_per_search_rule_draws_fnir_against_fpir_at_the_stored_threshold(tmp_path):
-    rng = np.random.default_rng(5)
-    pids = np.repeat(np.arange(12), 3)
-    vectors = (rng.standard_normal((12, 8))[pids] + 0.8 * rng.standard_normal((36, 8))).astype(np.float32)
-    info = {"checkpoint": "/runs/a.ckpt", "checkpoint_sha256": "a" * 64, "sampling": "dense"}
-    table = _table(pids, pids % 3, ["gallery"] * 36, vectors)
-    table = Embeddings(table.rows, table.vectors, info)
-    write_embeddings(table, tmp_path / "val.parquet")
-    build_index(table, tmp_path / "g.faiss")
+    _calibration_gallery(tmp_path, 5)
     out = tmp_path / "calibration.html"
     result = CliRunner().invoke(app, ["calibrate", str(tmp_path / "val.parquet"), "--gallery",
                                       str(tmp_path / "g.faiss"), "--fpir", "0.1", "--report", str(out)],
