@@ -783,6 +783,13 @@ def track(
     workers: Annotated[
         int, typer.Option("--workers", min=1, help="Videos processed at once, one process each.")
     ] = 1,
+    start_time: Annotated[
+        Optional[list[str]],
+        typer.Option("--start-time", metavar="[VIDEO=]TIME",
+                     help="When a video's first frame was filmed (ISO 8601, UTC unless a zone is given), repeatable; "
+                     "default: a YYYYMMDDTHHMMSS stamp in its name (cam2_20261203T120000.mp4), else the file's "
+                     "creation time. Linking people across cameras needs it."),
+    ] = None,
     json_output: JsonOpt = False,
     force: ForceOpt = False,
 ) -> None:
@@ -793,9 +800,11 @@ def track(
     import dataclasses
     import json
 
+    from tfclip_cli.footage.clock import parse_start_options
     from tfclip_cli.footage.tracklets import TrackOptions, track_videos
 
-    options = TrackOptions(detector=detector, every=every, min_frames=min_frames, checkpoint=checkpoint)
+    options = TrackOptions(detector=detector, every=every, min_frames=min_frames, checkpoint=checkpoint,
+                           start_times=parse_start_options(start_time or [], videos))
     summary = track_videos(videos, out, options=options, camid=camid, workers=workers, force=force)
     if not display.is_main_process():
         return

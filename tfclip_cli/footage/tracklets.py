@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from PIL import Image
 from tfclip_cli import display
 from tfclip_cli.datasets.footage import TRACK_FILE, crop_name
 from tfclip_cli.errors import UserError
+from tfclip_cli.footage.clock import resolve_start_times, tracklet_times, video_start_time
 from tfclip_cli.footage.detect import (
     DEFAULT_DETECTOR,
     Detector,
@@ -61,6 +62,7 @@ class TrackOptions:
     checkpoint: Path | None = None  # a TF-CLIP checkpoint: relink tracks by appearance
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     relink: RelinkConfig = field(default_factory=RelinkConfig)
+    start_times: Mapping[str, float] = field(default_factory=dict)  # video path -> start (footage.clock), as given
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,7 @@ def _write_tracklet(link: Linked, crops: Path, target: Path, *, record: dict) ->
         "frame_indices": list(track.frame_indices),
         "boxes": [[round(float(v), 2) for v in box] for box in track.boxes],
         "scores": [round(float(s), 4) for s in track.scores],
+        **tracklet_times(record["start_time"], track.frame_indices, record["fps"]),
     }
     (target / TRACK_FILE).write_text(json.dumps(payload) + "\n")
 
@@ -210,7 +213,9 @@ def track_one_video(
         crops, building = Path(work) / "crops", Path(work) / "tracklets"
         write_crops(video, tracks, crops)
         kept = [link for link in _linked(tracks, crops, options) if link.track.num_frames >= options.min_frames]
-        record = {"source_video": str(Path(video).resolve()), "fps": info.fps}
+        start = video_start_time(video, options.start_times.get(str(video)))
+        record = {"source_video": str(Path(video).resolve()), "fps": info.fps,
+                  "start_time": None if start is None else start.time}
         building.mkdir()
         for number, link in enumerate(kept, start=1):
             _write_tracklet(link, crops, building / f"{number:04d}", record=record)
@@ -342,6 +347,7 @@ def track_videos(
         if not video.is_file():
             raise UserError(f"{video} not found: expected a video file")
     folders = plan_outputs(videos, out, camid=camid, force=force)
+    resolve_start_times(videos, options.start_times)  # warns, before any work, for each video without a start
     if isinstance(options.detector, str):  # resolve "auto" once, here, so workers and the summary agree
         options = dataclasses.replace(options, detector=resolve_detector(options.detector))
     jobs = [(video, folder, _camid(video, camid)) for video, folder in zip(videos, folders)]
