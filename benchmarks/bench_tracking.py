@@ -31,7 +31,7 @@ import json
 from tfclip_cli.datasets import prepare
 from tfclip_cli.datasets.footage import crop_name
 from tfclip_cli.datasets.mot import read_gt
-from tfclip_cli.datasets.synthetic_footage import FootageOptions, generate_footage
+from tfclip_cli.datasets.synthetic_footage import FootageOptions, camera_video, generate_footage
 from tfclip_cli.demo import RECIPE, TRAINING_OVERRIDES
 from tfclip_cli.footage.metrics import MotScores, TrackedVideo, score_tracks
 from tfclip_cli.footage.relink import RelinkConfig, model_window_embedder, relink
@@ -96,7 +96,7 @@ def _checkpoint(args: argparse.Namespace) -> Path:
 def _track_camera(video: Path, crops: Path, args: argparse.Namespace, checkpoint: Path) -> tuple[list, list]:
     """One camera's tracks, motion only and relinked by appearance, each kept from ``min_frames`` frames."""
     noise = ReplayNoise(miss=args.miss, false_positives=args.false_positives, jitter=args.jitter, seed=args.seed)
-    camid = int(video.stem.removeprefix("cam"))
+    camid = int(video.parent.name.removeprefix("cam"))
     tracks = track_video(video, ReplayDetector(read_gt(video.parent / "gt.txt"), noise), camid=camid)
     write_crops(video, tracks, crops)
 
@@ -123,7 +123,7 @@ def main() -> None:
         generate_footage(Path(work) / "scene", options)
         motion, appearance = [], []
         for camid in range(args.cameras):
-            video = Path(work) / "scene" / "footage" / f"cam{camid}" / f"cam{camid}.mp4"
+            video = camera_video(Path(work) / "scene", camid)
             truth = read_gt(video.parent / "gt.txt")
             kept, linked = _track_camera(video, Path(work) / "crops" / str(camid), args, checkpoint)
             motion.append(TrackedVideo(kept, truth))

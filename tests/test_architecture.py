@@ -24,6 +24,7 @@ RANK = {
     "train": 9,
     "index": 9,
     "footage": 9.5,
+    "people": 9.7,
     "demo": 10,
     "serve": 10,
     "cli": 11,

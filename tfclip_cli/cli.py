@@ -237,11 +237,12 @@ def prepare(
         typer.Option(
             "--footage",
             rich_help_panel=SYNTHETIC_PANEL,
-            help="Draw camera footage instead: ROOT/footage/cam<N>/cam<N>.mp4 with a MOTChallenge gt.txt beside "
-            "each, and the ground-truth crops as the manifest's tracklets. Here --identities sets the walkers "
-            "(3-10; 6 unless given), --max-frames the frames per video (120 at 10 frames/s unless given), "
-            "--image-size the video size (288 384 unless given), --cameras the cameras (2 unless given), --seed as "
-            "above; other options do not apply.",
+            help="Draw a camera network's footage instead: ROOT/footage/cam<N>/cam<N>_<start>.mp4 with a MOTChallenge "
+            "gt.txt beside each, ROOT/footage/mtmc_gt.txt (AI City layout) and cameras.yaml (the camera graph for "
+            "tfclip link), and the ground-truth crops as the manifest's tracklets. Here --identities sets the "
+            "walkers (3-20; 8 unless given), --max-frames the frames per video (160 at 10 frames/s unless given), "
+            "--image-size the video size (288 384 unless given), --cameras the cameras (4 unless given), --seed as "
+            "above (a new seed, a new network); other options do not apply.",
         ),
     ] = False,
 ) -> None:
@@ -814,6 +815,75 @@ def track(
     display.stdout.print(display.tracking_table(summary))
     manifest = out.with_name(f"{out.name}.parquet")
     display.stderr.print(f"next: tfclip prepare footage {out} --out {manifest}", highlight=False)
+
+
+class ExportLayout(str, Enum):
+    aicity = "aicity"
+    mot = "mot"
+
+
+@command("link")
+def link(
+    embeddings: Annotated[
+        Path, typer.Argument(help="Embeddings of footage tracklets (tfclip extract).", exists=True, dir_okay=False)
+    ],
+    out: OutOpt,
+    cameras: Annotated[
+        Optional[Path],
+        typer.Option("--cameras", exists=True, dir_okay=False,
+                     help="Camera graph (cameras.yaml): links between cameras, transit seconds min_s/max_s, which "
+                     "views overlap. Without it only the same-camera and one-place-at-a-time rules apply."),
+    ] = None,
+    gallery: Annotated[
+        Optional[Path],
+        typer.Option("--gallery", "-g", exists=True, dir_okay=False,
+                     help="Also write the person ids into this gallery's rows (tfclip query then answers with people)."),
+    ] = None,
+    threshold: Annotated[
+        Optional[float],
+        typer.Option("--threshold", help="Mean cosine similarity two groups need to become one person "
+                     "(default 0.5, or calibrated with --labelled)."),
+    ] = None,
+    labelled: Annotated[
+        Optional[Path],
+        typer.Option("--labelled", exists=True, dir_okay=False,
+                     help="Labelled embeddings to calibrate the threshold on (at a false-match rate of 1%)."),
+    ] = None,
+    onto: Annotated[
+        Optional[Path],
+        typer.Option("--onto", exists=True, dir_okay=False,
+                     help="An earlier output of tfclip link: keep its people and link only the new tracklets onto "
+                     "them (or start new people), without re-clustering."),
+    ] = None,
+    export_path: Annotated[
+        Optional[Path],
+        typer.Option("--export", help="Also write every linked box with its person id: one file (aicity) or a "
+                     "folder of cam<N>.txt (mot)."),
+    ] = None,
+    export_format: Annotated[
+        ExportLayout, typer.Option("--format", help="Layout of --export: aicity or mot (MOTChallenge).")
+    ] = ExportLayout.aicity,
+    json_output: JsonOpt = False,
+    force: ForceOpt = False,
+) -> None:
+    """Link footage tracklets into people across cameras and time, each with a timeline of camera visits.
+
+    Example: tfclip link tracked-emb.parquet --cameras data/net/footage/cameras.yaml --gallery tracked.faiss --out people.parquet
+    """
+    import dataclasses
+    import json
+
+    from tfclip_cli.people.link import LinkRequest, link_file
+
+    summary = link_file(LinkRequest(
+        embeddings=embeddings, out=out, cameras=cameras, gallery=gallery, threshold=threshold, labelled=labelled,
+        onto=onto, export=export_path, export_format=export_format.value, force=force,
+    ))
+    if json_output:
+        typer.echo(json.dumps(dataclasses.asdict(summary)))
+        return
+    display.stdout.print(display.link_table(summary))
+    display.stderr.print(display.plain_text(f"wrote {out}"))
 
 
 @command("demo")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime
 import html
 import io
 import logging
@@ -260,6 +261,32 @@ def tracking_table(summary: Any) -> Table:
             os.path.basename(video.video), str(video.camid), f"{video.frames:,}", str(video.tracks),
             str(video.tracklets), f"{video.speed:.1f}",
         )
+    return table
+
+
+def clock_time(seconds: float | None) -> str:
+    """Seconds since the epoch as a UTC time of day, ``12:03:05``; ``?`` when unknown."""
+    if seconds is None:
+        return "?"
+    return datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc).strftime("%H:%M:%S")
+
+
+def visits_text(person: Any) -> str:
+    """A person's timeline on one line: ``cam2 12:03:05-12:03:20 → cam4 12:04:10-12:04:31``."""
+    return " → ".join(f"cam{v.camid} {clock_time(v.start_time)}-{clock_time(v.end_time)}" for v in person.visits)
+
+
+def link_table(summary: Any) -> Table:
+    """One row per person of ``tfclip link``'s :class:`~tfclip_cli.people.link.LinkSummary`, seen by several
+    cameras first."""
+    people = sorted(summary.people, key=lambda p: (-len(p.cameras), p.person_id))
+    table = Table("person", "cameras", "tracklets", "timeline (UTC)",
+                  title=plain_text(f"{len(people)} people from {summary.tracklets} tracklets in {summary.out} "
+                                   f"(threshold {summary.threshold:.3f}, {summary.threshold_from}; camera graph: "
+                                   f"{summary.graph or 'none'})"), title_justify="left")
+    for person in people:
+        table.add_row(str(person.person_id), str(len(person.cameras)),
+                      str(sum(len(v.tracklet_ids) for v in person.visits)), plain_text(visits_text(person)))
     return table
 
 

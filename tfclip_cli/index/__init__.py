@@ -36,6 +36,7 @@ from tfclip_cli.index.store import (
     lock_path,
     normalized,
     remove_from_index,
+    set_person_ids,
     writer_lock,
 )
 
@@ -44,5 +45,5 @@ __all__ = [
     "NO_FRAMES", "QueryResult", "SearchOptions", "append_to_index", "build_index", "calibrate_gallery", "calibrate_threshold",
     "ivfpq_params", "load_query_embedder", "load_index", "lock_path", "normalized", "parse_min_score", "query",
     "query_tracklets", "read_key_frames", "read_source_key_frame", "remove_from_index", "resolve_min_score", "search", "threshold_in_force",
-    "tracklet_key_frames", "writer_lock",
+    "set_person_ids", "tracklet_key_frames", "writer_lock",
 ]
