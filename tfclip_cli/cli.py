@@ -633,9 +633,9 @@ def query(
     """
     import json
 
-    from tfclip_cli.footage.query import query_clips
     from tfclip_cli.index import SearchOptions, parse_min_score
     from tfclip_cli.inference import process_device
+    from tfclip_cli.people.answer import query_people
     from tfclip_cli.tables import atomic_output, check_writable
 
     if html_out is not None:
@@ -643,20 +643,23 @@ def query(
     search = SearchOptions(checkpoint=checkpoint, top_k=top_k, device=process_device(),
                            with_hit_frames=html_out is not None, min_score=parse_min_score(min_score),
                            backend=backend.value)
-    results = query_clips(gallery, clips, detector=detector, search=search, person=person,
+    answer = query_people(gallery, clips, detector=detector, search=search, person=person,
                           pointer=_person_pointer(box, frame, person))
-    per_query = [r for result in results for r in getattr(result, "results", (result,))]  # a person each
+    per_query = answer.per_query  # a person each
     if html_out is not None:
+        page = display.render_query_report(per_query, gallery=str(gallery), people=answer.people,
+                                           visit_frames=answer.visit_frames)
         with atomic_output(html_out, force=force) as temp:
-            temp.write_text(display.render_query_report(per_query, gallery=str(gallery)), encoding="utf-8")
+            temp.write_text(page, encoding="utf-8")
         display.stderr.print(display.plain_text(f"wrote {html_out}"))
     if json_output:
-        dicts = [result.to_dict() for result in results]
-        is_one_footage = len(results) == 1 and "persons" in dicts[0]
+        dicts = answer.to_dicts()
+        is_one_footage = len(dicts) == 1 and "persons" in dicts[0]
         typer.echo(json.dumps(dicts[0] if is_one_footage else dicts))
         return
     for result in per_query:
-        display.stdout.print(display.query_table(result))
+        table = display.people_query_table(result, answer.people) if answer.people else display.query_table(result)
+        display.stdout.print(table)
 
 
 @command("serve")

@@ -9,7 +9,7 @@ import html
 import io
 import logging
 import os
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -215,6 +215,27 @@ def query_table(result: Any) -> Table:
     return table
 
 
+def people_query_table(result: Any, people: Mapping[int, Any]) -> Table:
+    """A rich table of one ``index.QueryResult`` on a linked gallery: the hits grouped by person (best rank first),
+    each group headed by the person's timeline; hits of no person stand alone."""
+    table = Table("person", "rank", "score", "camid", "tracklet_id", "footage / timeline (UTC)",
+                  title=plain_text(f"query {result.source} ({result.num_frames} frames): people"),
+                  title_justify="left")
+    groups: dict[object, list] = {}
+    for hit in result.hits:
+        groups.setdefault(hit.person if hit.person is not None else ("hit", hit.rank), []).append(hit)
+    for key, hits in groups.items():
+        person = people.get(key) if isinstance(key, int) else None
+        if person is not None:
+            table.add_row(plain_text(str(key), "bold"), "", "", "", f"{len(hits)} hit(s)",
+                          plain_text(visits_text(person), "bold"))
+        for hit in hits:
+            table.add_row("" if person is not None else "-", str(hit.rank), f"{hit.score:.4f}", str(hit.camid),
+                          plain_text(hit.tracklet_id), plain_text(footage_label(hit.origin)))
+        table.add_section()
+    return table
+
+
 def footage_label(origin: Any) -> str:
     """Where a ``tables.FootageOrigin`` is: video name, time range, key frame and its box; "-" for None."""
     if origin is None:
@@ -330,18 +351,78 @@ def _query_section(number: int, result: Any) -> str:
     )
 
 
+TIMELINE_WIDTH = 760  # pixels of the time axis in the HTML report
+TIMELINE_ROW = 84  # pixels per camera row
+
+
+def timeline_html(person: Any, frames: Mapping[int, np.ndarray]) -> str:
+    """A person's timeline as HTML: a row per camera, time across, each visit a bar with its key frame (box drawn)
+    and its time range; ``frames`` maps a visit's number to its key frame ``[1, H, W, 3]``."""
+    timed = [v for v in person.visits if v.start_time is not None and v.end_time is not None]
+    if not timed:
+        return f'<p class="source">person {person.person_id}: no visit with a known time</p>'
+    first, last = min(v.start_time for v in timed), max(v.end_time for v in timed)
+    span = max(last - first, 1.0)
+    cameras = sorted({v.camid for v in person.visits})
+    parts = []
+    for number, visit in enumerate(person.visits):
+        if visit.start_time is None or visit.end_time is None:
+            continue
+        left = (visit.start_time - first) / span * TIMELINE_WIDTH
+        width = max(4.0, (visit.end_time - visit.start_time) / span * TIMELINE_WIDTH)
+        top = cameras.index(visit.camid) * TIMELINE_ROW
+        frame = frames.get(number, np.zeros((0, 1, 1, 3), np.uint8))
+        image = ""
+        if len(frame) and visit.key_frame is not None:
+            image = f'<img src="{_jpeg_data_uri(draw_box(frame[0], visit.key_frame.box))}" alt="cam{visit.camid}">'
+        parts.append(
+            f'<div class="visit" style="left:{left:.0f}px;top:{top}px"><div class="bar" style="width:{width:.0f}px">'
+            f'</div>{image}<div class="when">{clock_time(visit.start_time)}-{clock_time(visit.end_time)}</div></div>')
+    labels = "".join(f'<div class="cam" style="top:{i * TIMELINE_ROW}px">cam{c}</div>' for i, c in enumerate(cameras))
+    height = len(cameras) * TIMELINE_ROW
+    return (f'<div class="timeline"><h3>person {person.person_id}: {html.escape(visits_text(person))}</h3>'
+            f'<div class="axis" style="height:{height}px;width:{TIMELINE_WIDTH + 160}px">{labels}'
+            f'<div class="lane" style="left:60px">{"".join(parts)}</div></div></div>')
+
+
+TIMELINE_STYLE = """
+.timeline .axis { position: relative; border-left: 1px solid #999; margin: 0.5em 0 1.5em; }
+.timeline .cam { position: absolute; left: 4px; font-weight: bold; }
+.timeline .lane { position: absolute; top: 0; }
+.timeline .visit { position: absolute; }
+.timeline .bar { height: 6px; background: #c0392b; margin-bottom: 2px; }
+.timeline .visit img { height: 56px; display: block; }
+.timeline .when { font-size: 0.75em; color: #555; white-space: nowrap; }
+"""
+
+
+def _people_html(result: Any, people: Mapping[int, Any], frames: Mapping[tuple[int, int], np.ndarray]) -> str:
+    """The timelines of the people a result's hits name, in order of their best hit."""
+    named = list(dict.fromkeys(hit.person for hit in result.hits if hit.person in people))
+    if not named:
+        return ""
+    timelines = "".join(
+        timeline_html(people[p], {n: f for (q, n), f in frames.items() if q == p}) for p in named)
+    return f"<h3>People among the hits, across cameras</h3>{timelines}"
+
+
 def _footage_html(origin: Any) -> str:
     return "" if origin is None else f'<div class="source">{html.escape(plain(footage_label(origin)))}</div>'
 
 
-def render_query_report(results: Sequence[Any], *, gallery: str) -> str:
+def render_query_report(results: Sequence[Any], *, gallery: str, people: Mapping[int, Any] | None = None,
+                        visit_frames: Mapping[tuple[int, int], np.ndarray] | None = None) -> str:
     """One self-contained HTML page (thumbnails embedded as base64 JPEG, no external resources) for the
-    ``index.QueryResult`` values of a ``tfclip query --html`` call against the index ``gallery``."""
+    ``index.QueryResult`` values of a ``tfclip query --html`` call against the index ``gallery``; on a linked
+    gallery, ``people`` (person id → ``people.timeline.Person``) adds each named person's timeline, with the
+    visits' key frames from ``visit_frames`` ((person id, visit number) → frame)."""
     title = f"tfclip query against {html.escape(plain(gallery))}"
-    sections = "".join(_query_section(number, result) for number, result in enumerate(results, start=1))
+    sections = "".join(
+        _query_section(number, result) + _people_html(result, people or {}, visit_frames or {})
+        for number, result in enumerate(results, start=1))
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-        f"<style>{REPORT_STYLE}</style></head><body><h1>{title}</h1>{sections}</body></html>\n"
+        f"<style>{REPORT_STYLE}{TIMELINE_STYLE}</style></head><body><h1>{title}</h1>{sections}</body></html>\n"
     )
 
 

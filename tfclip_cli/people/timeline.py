@@ -21,8 +21,10 @@ UNLINKED = -1
 
 @dataclass(frozen=True)
 class KeyFrame:
-    """The frame that shows a visit: a frame of a source video and the person's box in it."""
+    """The frame that shows a visit: a frame of a source video, the person's box in it, and the tracklet it is the
+    key frame of."""
 
+    tracklet_id: str
     source_video: str
     frame: int
     box: tuple[float, float, float, float]
@@ -42,8 +44,8 @@ class CameraVisit:
         key = self.key_frame
         return {"camid": self.camid, "start_time": self.start_time, "end_time": self.end_time,
                 "tracklet_ids": list(self.tracklet_ids),
-                "key_frame": None if key is None else {"source_video": key.source_video, "frame": key.frame,
-                                                       "box": list(key.box)}}
+                "key_frame": None if key is None else {"tracklet_id": key.tracklet_id, "source_video": key.source_video,
+                                                       "frame": key.frame, "box": list(key.box)}}
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,8 @@ class _Seen:
 def _seen(record: pd.Series) -> _Seen:
     tracklet = row_to_tracklet(record)
     origin = tracklet.origin if tracklet is not None else None
-    key = None if origin is None else KeyFrame(origin.source_video, origin.key_frame, origin.key_box)
+    key = None if origin is None else KeyFrame(tracklet.tracklet_id, origin.source_video, origin.key_frame,
+                                               origin.key_box)
     return _Seen(str(record["tracklet_id"]), int(record["camid"]), origin and origin.start_time,
                  origin and origin.end_time, int(record["num_frames"]), key)
 
@@ -115,3 +118,11 @@ def build_people(rows: pd.DataFrame) -> dict[int, Person]:
         mine = rows[(ids == person_id).to_numpy()]
         people[int(person_id)] = Person(int(person_id), _visits(_seen(r) for _, r in mine.iterrows()))
     return people
+
+
+def person_of(rows: pd.DataFrame, person_id: int) -> Person | None:
+    """The person ``person_id`` of tracklet rows with a ``person_id`` column, or None when no row is theirs."""
+    if PERSON_COLUMN not in rows:
+        return None
+    ids = pd.to_numeric(rows[PERSON_COLUMN], errors="coerce").fillna(UNLINKED)
+    return build_people(rows[(ids == person_id).to_numpy()]).get(person_id)

@@ -2,7 +2,8 @@
 
 Errors are JSON ``{"error": ..., "hint": ...}``: 400 for input that does not decode, 401 for a missing or wrong
 bearer token on a write endpoint, 403 for a server-side path outside ``--allow-dir``, 404 for an unknown
-tracklet, 413 over the upload limits. The OpenAPI page is at ``/docs``.
+tracklet or person, 413 over the upload limits. ``GET /people/{id}`` answers a linked person's timeline. The
+OpenAPI page is at ``/docs``.
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ def _add_routes(app: FastAPI) -> None:
     @app.delete("/gallery/{tracklet_id:path}")
     def remove(service: WriterDep, tracklet_id: str) -> dict:
         return service.remove(tracklet_id)
+
+    @app.get("/people/{person_id}")
+    def person(service: ServiceDep, person_id: int) -> dict:
+        return service.person(person_id)
 
     @app.get("/tracklets/{tracklet_id:path}/frames/{number}")
     def key_frame(service: ServiceDep, tracklet_id: str, number: int) -> Response:

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from tfclip_cli.index import (
     tracklet_key_frames,
 )
 from tfclip_cli.inference import tracklet_from_path
+from tfclip_cli.people.timeline import person_of
 from tfclip_cli.serve.uploads import UploadLimits, allowed_path, clip_from_upload, save_upload
 from tfclip_cli.tables import Embeddings, Tracklet, tracklet_table
 
@@ -207,6 +209,25 @@ class Service:
         if not 0 <= number < len(frames):
             raise NotFound(f"tracklet {tracklet_id} has {len(frames)} key frame(s); asked for frame {number}")
         return jpeg(frames[number])
+
+    def person(self, person_id: int) -> dict:
+        """A linked person's timeline (``GET /people/{id}``): the visits in time order, each with its key frame
+        and the URL of that frame's thumbnail.
+
+        Raises:
+            NotFound: when no live gallery row belongs to that person (or the gallery was never linked).
+        """
+        gallery = self.gallery()
+        found = person_of(gallery.rows[gallery.live], person_id)
+        if found is None:
+            raise NotFound(f"{self.config.gallery} holds no person {person_id}",
+                           hint="people are linked with: tfclip link E.parquet --gallery GALLERY --out P.parquet")
+        answer = found.to_dict()
+        for visit in answer["visits"]:
+            key = visit["key_frame"]
+            visit["key_frame_url"] = None if key is None else (
+                f"/tracklets/{urllib.parse.quote(key['tracklet_id'], safe='/')}/frames/0")
+        return answer
 
     def stats(self) -> dict:
         """Rows, dimension, checkpoint, threshold, queries served and latency percentiles (milliseconds)."""
