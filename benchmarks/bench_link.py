@@ -94,10 +94,11 @@ def _network(args: argparse.Namespace, seed: int, checkpoint: Path) -> Path:
     folder = args.work / f"net{seed}"
     if (folder / "e.parquet").exists():
         return folder
-    prepare("synthetic", folder / "scene", synthetic_footage=_options(args, seed))
-    videos = [camera_video(folder / "scene", camid) for camid in range(args.cameras)]
-    track_videos(videos, folder / "tracked", options=TrackOptions(detector="gt"), force=True)
-    write_manifest(prepare("footage", folder / "tracked"), folder / "tracked.parquet", force=True)
+    if not (folder / "tracked.parquet").exists():  # tracks do not depend on the model: reused by a new one
+        prepare("synthetic", folder / "scene", synthetic_footage=_options(args, seed))
+        videos = [camera_video(folder / "scene", camid) for camid in range(args.cameras)]
+        track_videos(videos, folder / "tracked", options=TrackOptions(detector="gt"), force=True)
+        write_manifest(prepare("footage", folder / "tracked"), folder / "tracked.parquet", force=True)
     extract_to_file(checkpoint, folder / "e.parquet", manifest=folder / "tracked.parquet", workers=0, force=True)
     return folder
 

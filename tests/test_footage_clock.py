@@ -9,7 +9,9 @@ import av
 import numpy as np
 import pytest
 from fake_footage import STANDING, write_video, yolo_model
+from typer.testing import CliRunner
 
+from tfclip_cli.cli import app
 from tfclip_cli.datasets import prepare
 from tfclip_cli.errors import UserError
 from tfclip_cli.footage.clock import (
@@ -118,5 +120,18 @@ def test_track_takes_a_start_time_option(tmp_path):
     write_video(video, 12)
     options = TrackOptions(detector=detector, start_times=parse_start_options(["2026-12-03T12:00:00"], [video]))
     track_videos([video], tmp_path / "out", options=options)
+    record = json.loads((tmp_path / "out" / "2" / "cam2_lobby" / "0001" / "track.json").read_text())
+    assert record["start_time"] == NOON
+
+
+def test_cli_track_takes_start_times_and_refuses_an_unreadable_one(tmp_path):
+    detector = str(yolo_model(tmp_path / "standing.onnx", STANDING))
+    video = tmp_path / "cam2_lobby.avi"
+    write_video(video, 12)
+    base = ["track", str(video), "--out", str(tmp_path / "out"), "--detector", detector]
+    bad = CliRunner().invoke(app, base + ["--start-time", "noon"])
+    assert bad.exit_code == 2 and "time 'noon'" in bad.output and not (tmp_path / "out").exists()
+    result = CliRunner().invoke(app, base + ["--start-time", f"{video}=2026-12-03T13:00:00+01:00"])
+    assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "out" / "2" / "cam2_lobby" / "0001" / "track.json").read_text())
     assert record["start_time"] == NOON

@@ -2,7 +2,6 @@
 hits by person, the HTML report draws timelines, and `tfclip serve` answers GET /people/{id}."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

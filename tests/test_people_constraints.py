@@ -42,11 +42,14 @@ def test_rule_one_without_absolute_times_compares_times_within_one_video():
 
 
 def test_rule_two_one_place_at_a_time_unless_the_views_overlap():
-    times = _times((0, 100, 110), (1, 105, 120), (2, 118, 125))
-    assert cannot_link(times)[0, 1] and cannot_link(times)[1, 2]  # without a graph no views overlap
+    times = _times((0, 100, 110), (1, 105, 120), (2, 118, 125), (3, 100.5, 101.5), (3, 104, 120))
+    without = cannot_link(times)
+    assert without[0, 1] and without[0, 4]  # 5 and 6 s at once: longer than a hand-over
+    assert not without[1, 2] and not without[0, 3]  # 2 s and 1 s: a hand-over between views that may overlap
     with_graph = cannot_link(times, GRAPH)
     assert with_graph[0, 1]  # 0 and 1 do not overlap
-    assert not with_graph[1, 2]  # 1 and 2 do
+    assert not with_graph[1, 2]  # 1 and 2 do, for as long as it takes
+    assert with_graph[0, 3]  # 3 overlaps no view
 
 
 def test_rule_three_travel_takes_the_graph_s_shortest_path():

@@ -2,8 +2,10 @@
 
 1. **One camera, one time**: two tracklets of one camera that overlap in time are two people (when their absolute
    times are unknown, two tracklets of one video that overlap in its frame times).
-2. **One place at a time**: one person is never in two cameras at once, unless the graph says those views overlap
-   (without a graph no views overlap).
+2. **One place at a time**: one person is never in two cameras at once, unless the graph says those views overlap.
+   Without a graph any two views may overlap, but only for a hand-over: tracklets of two cameras that overlap in
+   time by more than ``HANDOVER_S`` are two people (a person walking from one view into an overlapping one is in
+   both for a few seconds, not for the length of a visit).
 3. **Travel takes time** (with a graph): a move from camera ``a`` to camera ``b`` takes at least the shortest
    path of ``min_s`` over the graph's links (negative ``min_s`` of overlapping views counting as 0); a gap shorter
    than that is two people. Cameras the graph does not connect have no minimum: the way between them is unseen.
@@ -33,6 +35,9 @@ import pandas as pd
 import yaml
 
 from tfclip_cli.errors import DataError
+
+HANDOVER_S = 4.0
+"""Longest time one person is taken to be in two cameras at once when no graph says which views overlap."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,12 @@ def gaps_s(times: TrackletTimes) -> np.ndarray:
     return np.maximum(start[None, :] - end[:, None], start[:, None] - end[None, :])
 
 
+def overlaps_s(times: TrackletTimes) -> np.ndarray:
+    """``[N, N]``: seconds two tracklets are seen at once (negative when they are not; NaN where unknown)."""
+    start, end = times.start_time, times.end_time
+    return np.minimum(end[:, None], end[None, :]) - np.maximum(start[:, None], start[None, :])
+
+
 def cannot_link(times: TrackletTimes, graph: CameraGraph | None = None) -> np.ndarray:
     """``[N, N]`` bool: pairs the rules (module docstring) say are two people; the diagonal is False."""
     same_camera = times.camids[:, None] == times.camids[None, :]
@@ -168,10 +179,12 @@ def cannot_link(times: TrackletTimes, graph: CameraGraph | None = None) -> np.nd
                 a, b = link.cameras
                 allowed_at_once |= ((times.camids[:, None] == a) & (times.camids[None, :] == b)) | (
                     (times.camids[:, None] == b) & (times.camids[None, :] == a))
-    forbidden |= ~same_camera & at_once & ~allowed_at_once  # rule 2
-    if graph is not None:  # rule 3
-        gaps = gaps_s(times)
-        travel = _travel_matrix(times.camids, graph)
+    if graph is None:
+        with np.errstate(invalid="ignore"):
+            forbidden |= ~same_camera & (overlaps_s(times) > HANDOVER_S)  # rule 2, hand-overs allowed
+    else:
+        forbidden |= ~same_camera & at_once & ~allowed_at_once  # rule 2
+        gaps, travel = gaps_s(times), _travel_matrix(times.camids, graph)  # rule 3
         with np.errstate(invalid="ignore"):
             forbidden |= ~same_camera & (gaps >= 0) & (gaps < travel)
     np.fill_diagonal(forbidden, False)
