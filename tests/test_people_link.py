@@ -134,3 +134,15 @@ def test_cli_link_prints_people_and_json(scene):
     assert again.exit_code == 2 and "already exists" in again.output
     both = runner.invoke(app, base + ["--out", str(scene / "x.parquet"), "--labelled", str(scene / "e.parquet")])
     assert both.exit_code == 2 and "pass one of them" in both.output
+
+
+def test_the_threshold_is_calibrated_on_labelled_tracklets_when_given(scene, tmp_path):
+    labelled = _table()
+    labelled.rows["pid"] = [0 if s[5] == "A" else 1 for s in SCENE]
+    labelled = Embeddings(labelled.rows, labelled.vectors + np.float32(0.05) * np.eye(6, 3, dtype=np.float32), INFO)
+    write_embeddings(labelled, tmp_path / "labelled.parquet")
+    summary = link_file(LinkRequest(scene / "e.parquet", scene / "p.parquet", labelled=tmp_path / "labelled.parquet"))
+    assert summary.threshold == index.calibrate_threshold(labelled, 0.01).threshold
+    assert summary.threshold_from == "--labelled"
+    default = link_file(LinkRequest(scene / "e.parquet", scene / "d.parquet"))
+    assert (default.threshold, default.threshold_from) == (0.5, "default")

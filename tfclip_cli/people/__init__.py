@@ -3,5 +3,6 @@
 ``constraints`` holds the rules (one camera at one time, one place at a time, travel takes time) and the camera
 graph; ``cluster`` the constrained agglomerative clustering and the incremental assignment; ``timeline`` the
 ``Person`` and ``CameraVisit`` values; ``export`` the AI City / MOTChallenge box files; ``link`` the ``tfclip
-link`` command's work. Knows embeddings and times, not pixels.
+link`` command's work; ``answer`` adds people and timelines to ``tfclip query``'s hits. Knows embeddings and
+times; the only pixels it touches are the key frames ``answer`` reads for the HTML report.
 """
