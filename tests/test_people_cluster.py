@@ -6,7 +6,8 @@ import itertools
 import numpy as np
 import pytest
 
-from tfclip_cli.people.cluster import assign, cluster, pair_scores
+from tfclip_cli.people.cluster import assign, cluster, cluster_people, pair_scores, refine
+from tfclip_cli.people.constraints import TrackletTimes
 
 
 def _oracle(scores: np.ndarray, cannot: np.ndarray, threshold: float) -> list[set[int]]:
@@ -24,6 +25,14 @@ def _oracle(scores: np.ndarray, cannot: np.ndarray, threshold: float) -> list[se
             return groups
         a, b = pair
         groups[a] |= groups.pop(b)
+
+
+def _times(camids, starts=None) -> TrackletTimes:
+    """Tracklets of 1 s at ``starts`` (default 0, 10, 20 ...) in cameras ``camids``."""
+    starts = np.arange(len(camids)) * 10.0 if starts is None else np.asarray(starts, dtype=float)
+    unknown = np.full(len(camids), np.nan)
+    return TrackletTimes(np.asarray(camids), starts, starts + 1.0, np.full(len(camids), "", dtype=object), unknown,
+                         unknown)
 
 
 def _groups(labels: np.ndarray) -> list[set[int]]:
@@ -70,3 +79,34 @@ def test_new_tracklets_join_the_best_allowed_person_or_start_one():
     cannot[3, 0] = cannot[0, 3] = True  # 3 looks like person 0 but was beside them
     labels = assign(scores, cannot, np.array([0, 1, -1, -1, -1]), order=np.array([2, 3, 4]), threshold=0.5)
     assert labels.tolist() == [0, 1, 0, 2, 3]  # 2 joins person 0; 3 may not; 4 is like no one
+
+
+def test_the_hungarian_pass_moves_a_tracklet_to_the_person_it_matches_best():
+    scores = np.array([[1, 0.2, 0.1], [0.2, 1, 0.9], [0.1, 0.9, 1]])  # r (camera 1) is like q, not p
+    times = _times([0, 0, 1])
+    labels = refine(scores, np.zeros((3, 3), bool), np.array([0, 1, 0]), times=times, threshold=0.5)
+    assert labels.tolist() == [0, 1, 1]
+
+
+def test_the_hungarian_pass_gives_each_person_one_tracklet_of_a_camera_and_respects_the_rules():
+    scores = np.array([[1, 0.8, 0.7], [0.8, 1, 0.1], [0.7, 0.1, 1]])  # p (camera 0); q, r (camera 1) both like p
+    times = _times([0, 1, 1], starts=[0, 10, 30])  # q and r: two visits to camera 1
+    labels = refine(scores, np.zeros((3, 3), bool), np.array([0, 0, 0]), times=times, threshold=0.5)
+    assert labels.tolist() == [0, 0, 1]  # q, the closer, stays with p; r starts its own person
+    fragments = _times([0, 1, 1], starts=[0, 10, 11.5])  # q and r: one visit, cut in two
+    assert refine(scores, np.zeros((3, 3), bool), np.array([0, 0, 0]), times=fragments, threshold=0.5).tolist() == [
+        0, 0, 0]
+    cannot = np.zeros((3, 3), bool)
+    cannot[0, 1] = cannot[1, 0] = True
+    labels = refine(scores, cannot, np.array([0, 1, 2]), times=times, threshold=0.5)
+    assert labels[0] != labels[1] and labels[0] == labels[2]
+
+
+def test_cluster_people_is_clustering_then_the_pass():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(12, 6))
+    scores = pair_scores(vectors, None, 0.0)
+    cannot = np.zeros((12, 12), bool)
+    times = _times(np.arange(12) % 3, starts=np.arange(12) * 10.0)
+    expected = refine(scores, cannot, cluster(scores, cannot, 0.2), times=times, threshold=0.2)
+    assert cluster_people(scores, cannot, times=times, threshold=0.2).tolist() == expected.tolist()

@@ -17,15 +17,15 @@ from tfclip_cli.tables import Embeddings, read_embeddings, write_embeddings
 
 T0 = 1796299200.0  # 2026-12-03T12:00:00Z
 INFO = {"checkpoint": "/runs/a.ckpt", "checkpoint_sha256": "a" * 64, "sampling": "dense"}
-# (tracklet id, camid, first frame, frames, start second after T0, look): two people, A and B, over two cameras;
-# A walks cam0 → cam1 and comes back to cam0; B is in cam0 beside A, then in cam1; a fragment of A in cam0
+# (tracklet id, camid, first frame, frames, start second after T0, look): two people, A and B, over three cameras;
+# A walks cam0 → cam1 → cam2; B is in cam0 beside A, then in cam1; a fragment of A in cam0
 SCENE = [
     ("0/v/0001", 0, 10, 20, 1.0, "A"),
     ("0/v/0002", 0, 12, 20, 1.2, "B"),
     ("0/v/0003", 0, 35, 5, 3.5, "A"),  # A again after an occlusion: the same visit
     ("1/v/0001", 1, 100, 30, 10.0, "A"),
     ("1/v/0002", 1, 120, 30, 12.0, "B"),
-    ("0/v/0004", 0, 300, 10, 30.0, "A"),
+    ("2/v/0001", 2, 300, 10, 30.0, "A"),
 ]
 LOOKS = {"A": [1.0, 0.1, 0.0], "B": [0.1, 1.0, 0.0], "C": [0.0, 0.0, 1.0]}
 
@@ -59,12 +59,12 @@ def test_link_writes_a_person_per_tracklet_and_each_person_s_timeline(scene):
     assert (summary.tracklets, summary.new_tracklets, summary.threshold_from) == (6, 6, "--threshold")
     a = summary.people[0]
     assert [(v.camid, v.tracklet_ids) for v in a.visits] == [
-        (0, ("0/v/0001", "0/v/0003")), (1, ("1/v/0001",)), (0, ("0/v/0004",))]
+        (0, ("0/v/0001", "0/v/0003")), (1, ("1/v/0001",)), (2, ("2/v/0001",))]
     first = a.visits[0]
     assert (first.start_time, first.end_time) == (T0 + 1.0, pytest.approx(T0 + 3.9))
     assert first.key_frame.source_video == "/cams/cam0_20261203T120000.mp4"
     assert (first.key_frame.frame, first.key_frame.box) == (20, (20.0, 1.0, 30.0, 31.0))  # the longer one's middle
-    assert a.cameras == (0, 1)
+    assert a.cameras == (0, 1, 2)
 
 
 def test_a_person_in_one_camera_beside_another_stays_two_people_however_alike(scene, tmp_path):
@@ -102,7 +102,7 @@ def test_exports_hold_every_linked_box_with_global_ids(scene):
     assert first.tolist() == [[0, 1, 11, 10.0, 1.0, 10.0, 30.0, -1, -1]]  # person 0 is id 1
     link_file(LinkRequest(scene / "e.parquet", scene / "q.parquet", threshold=0.8, export=scene / "mot",
                           export_format="mot"))
-    assert sorted(p.name for p in (scene / "mot").iterdir()) == ["cam0.txt", "cam1.txt"]
+    assert sorted(p.name for p in (scene / "mot").iterdir()) == ["cam0.txt", "cam1.txt", "cam2.txt"]
     cam1 = np.loadtxt(scene / "mot" / "cam1.txt", delimiter=",", ndmin=2)
     assert set(cam1[:, 1].astype(int)) == {1, 2} and len(cam1) == 60
     assert cam1[0].tolist() == [101, 1, 100, 1, 10, 30, 1, -1, -1, -1]
@@ -111,13 +111,13 @@ def test_exports_hold_every_linked_box_with_global_ids(scene):
 def test_incremental_linking_keeps_earlier_people_and_links_new_tracklets_onto_them(scene, tmp_path):
     write_embeddings(_table(SCENE[:4]), tmp_path / "early.parquet")
     link_file(LinkRequest(tmp_path / "early.parquet", tmp_path / "p1.parquet", threshold=0.8))
-    later = SCENE[4:] + [("2/v/0001", 2, 0, 10, 40.0, "C")]
+    later = SCENE[4:] + [("3/v/0001", 3, 0, 10, 40.0, "C")]
     write_embeddings(_table(later), tmp_path / "late.parquet")
     summary = link_file(LinkRequest(tmp_path / "late.parquet", tmp_path / "p2.parquet", threshold=0.8,
                                     onto=tmp_path / "p1.parquet"))
     ids = read_embeddings(tmp_path / "p2.parquet").rows.set_index("tracklet_id")["person_id"]
     assert ids[:4].tolist() == [0, 1, 0, 0]  # kept
-    assert (ids["1/v/0002"], ids["0/v/0004"], ids["2/v/0001"]) == (1, 0, 2)  # joined B, joined A, new person
+    assert (ids["1/v/0002"], ids["2/v/0001"], ids["3/v/0001"]) == (1, 0, 2)  # joined B, joined A, new person
     assert (summary.tracklets, summary.new_tracklets) == (7, 3)
 
 
@@ -145,4 +145,13 @@ def test_the_threshold_is_calibrated_on_labelled_tracklets_when_given(scene, tmp
     assert summary.threshold == index.calibrate_threshold(labelled, 0.01).threshold
     assert summary.threshold_from == "--labelled"
     default = link_file(LinkRequest(scene / "e.parquet", scene / "d.parquet"))
-    assert (default.threshold, default.threshold_from) == (0.5, "default")
+    assert (default.threshold, default.threshold_from) == (0.4, "default")
+
+
+def test_a_timeline_splits_visits_at_a_visit_elsewhere_and_keeps_fragments_together():
+    rows = _table().rows.assign(person_id=0)  # everyone one person: cam0 (two fragments), cam0, cam1, cam1, cam2
+    (person,) = build_people(rows).values()
+    assert [v.camid for v in person.visits] == [0, 1, 2]  # 0/v/0002 overlaps the fragments: the same visit
+    rows.loc[5, "camid"], rows.loc[5, "start_time"], rows.loc[5, "end_time"] = 0, T0 + 30.0, T0 + 31.0
+    (person,) = build_people(rows).values()
+    assert [v.camid for v in person.visits] == [0, 1, 0]  # a return to camera 0 is a visit of its own

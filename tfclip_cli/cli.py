@@ -845,7 +845,7 @@ def link(
     threshold: Annotated[
         Optional[float],
         typer.Option("--threshold", help="Mean cosine similarity two groups need to become one person "
-                     "(default 0.5, or calibrated with --labelled)."),
+                     "(default 0.4, or calibrated with --labelled)."),
     ] = None,
     labelled: Annotated[
         Optional[Path],

@@ -17,7 +17,7 @@ import pandas as pd
 
 from tfclip_cli.errors import GalleryError, UserError
 from tfclip_cli.index import calibrate_threshold, set_person_ids
-from tfclip_cli.people.cluster import DEFAULT_THRESHOLD, ClusterOptions, assign, cluster, pair_scores
+from tfclip_cli.people.cluster import DEFAULT_THRESHOLD, ClusterOptions, assign, cluster_people, pair_scores
 from tfclip_cli.people.constraints import CameraGraph, TrackletTimes, cannot_link, plausible_moves, read_camera_graph
 from tfclip_cli.people.export import ExportFormat, export_boxes
 from tfclip_cli.people.timeline import UNLINKED, Person, build_people
@@ -42,9 +42,10 @@ def _scores_and_rules(embeddings: Embeddings, graph: CameraGraph | None, options
 def link_people(embeddings: Embeddings, *, graph: CameraGraph | None = None,
                 options: ClusterOptions = ClusterOptions()) -> np.ndarray:
     """A person id ``[N]`` (0, 1, ...) for every row of ``embeddings``: constrained agglomerative clustering of
-    their scores under the rules (``people.constraints``)."""
+    their scores under the rules (``people.constraints``), refined by a Hungarian pass per camera."""
     scores, cannot = _scores_and_rules(embeddings, graph, options)
-    return cluster(scores, cannot, options.threshold)
+    times = TrackletTimes.from_rows(embeddings.rows)
+    return cluster_people(scores, cannot, times=times, threshold=options.threshold)
 
 
 def link_onto(embeddings: Embeddings, known: np.ndarray, *, graph: CameraGraph | None = None,
