@@ -1,4 +1,5 @@
-"""Group tracklets into people: constrained agglomerative clustering, and incremental assignment onto known people.
+"""Group tracklets into people: constrained agglomerative clustering refined by a Hungarian pass per camera, and
+incremental assignment onto known people.
 
 Scores are cosine similarities of the L2-normalised embeddings (the gallery's score). A pair that is a plausible
 move in the camera graph (``constraints.plausible_moves``) scores ``move_bonus`` more: a walker who leaves one view
@@ -23,8 +24,9 @@ tracklets of one visit (less than ``timeline.VISIT_GAP_S`` apart: fragments of o
 visits of one person to one camera (a return) are split by the one-to-one assignment, which is the pass's prior:
 one visit per camera per person. Measured with ``benchmarks/bench_link.py`` (camera graph, threshold 0.4): on the
 tuning networks (seeds 500-503) the pass raised multi-camera IDF1 from 59.5 % to 61.0 %, so it is part of
-linking; on held-out networks 0-3, 56.5 % → 59.6 %. Its cost: a person who comes back to a camera is split at the
-return unless the other cameras' people leave that visit nowhere better to go.
+linking; on held-out networks 0-3, 56.5 % → 59.6 %. It gains where clustering merged two walkers who passed one
+camera at different times; its cost is the same split for a person who comes back to a camera, unless the other
+cameras' people leave that visit nowhere better to go.
 """
 
 from __future__ import annotations
