@@ -32,7 +32,7 @@ import json
 
 from tfclip_cli.datasets import prepare
 from tfclip_cli.datasets.mot import read_gt
-from tfclip_cli.datasets.synthetic_footage import FootageOptions, generate_footage
+from tfclip_cli.datasets.synthetic_footage import FootageOptions, camera_video, generate_footage
 from tfclip_cli.demo import RECIPE, TRAINING_OVERRIDES
 from tfclip_cli.footage.metrics import MotScores, TrackedVideo, score_tracks
 from tfclip_cli.footage.pipeline import PipelineOptions, run_video
@@ -106,7 +106,7 @@ def _track_camera(video: Path, args: argparse.Namespace, checkpoint: Path, *,
                   seed: int) -> tuple[list[Track], list[Track]]:
     """One camera's tracklets from the footage pipeline, motion only and relinked by appearance."""
     noise = ReplayNoise(miss=args.miss, false_positives=args.false_positives, jitter=args.jitter, seed=seed)
-    camid = int(video.stem.removeprefix("cam"))
+    camid = int(video.parent.name.removeprefix("cam"))
     relinking = RelinkConfig(cut_similarity=args.cut_similarity, merge_similarity=args.merge_similarity)
     options = PipelineOptions(min_frames=args.min_frames, relink=relinking)
     runs = [run_video(video, ReplayDetector(read_gt(video.parent / "gt.txt"), noise), camid=camid, options=options,
@@ -127,7 +127,7 @@ def _score_scene(args: argparse.Namespace, seed: int, checkpoint: Path) -> tuple
         generate_footage(Path(work) / "scene", options)
         motion, appearance = [], []
         for camid in range(args.cameras):
-            video = Path(work) / "scene" / "footage" / f"cam{camid}" / f"cam{camid}.mp4"
+            video = camera_video(Path(work) / "scene", camid)
             truth = read_gt(video.parent / "gt.txt")
             kept, linked = _track_camera(video, args, checkpoint, seed=seed)
             motion.append(TrackedVideo(kept, truth))

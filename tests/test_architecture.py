@@ -30,6 +30,7 @@ RANK = {
     "index": 9,
     "quantize": 9,
     "footage": 9.5,
+    "people": 9.7,
     "demo": 10,
     "serve": 10,
     "cli": 11,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tfclip_cli.datasets.mot import GroundTruth, read_gt, write_gt
-from tfclip_cli.datasets.synthetic_footage import FootageOptions, generate_footage
+from tfclip_cli.datasets.synthetic_footage import FootageOptions, camera_video, generate_footage
 from tfclip_cli.errors import UserError
 from tfclip_cli.footage.detect import build_detector
 from tfclip_cli.footage.metrics import TrackedVideo, score_tracks
@@ -83,8 +83,8 @@ def test_build_detector_takes_gt_with_a_path_or_beside_the_video(tmp_path):
 @pytest.fixture(scope="module")
 def footage(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("replay") / "root"
-    generate_footage(root, FootageOptions(walkers=4, cameras=1, image_size=(96, 128), frames=48, seed=2))
-    return root / "footage" / "cam0" / "cam0.mp4"
+    generate_footage(root, FootageOptions(walkers=4, cameras=1, image_size=(96, 128), frames=48, seed=3))
+    return camera_video(root, 0)
 
 
 def test_tracking_the_replayed_truth_of_synthetic_footage_finds_the_walkers(footage):

@@ -240,11 +240,12 @@ def prepare(
         typer.Option(
             "--footage",
             rich_help_panel=SYNTHETIC_PANEL,
-            help="Draw camera footage instead: ROOT/footage/cam<N>/cam<N>.mp4 with a MOTChallenge gt.txt beside "
-            "each, and the ground-truth crops as the manifest's tracklets. Here --identities sets the walkers "
-            "(3-10; 6 unless given), --max-frames the frames per video (120 at 10 frames/s unless given), "
-            "--image-size the video size (288 384 unless given), --cameras the cameras (2 unless given), --seed as "
-            "above; other options do not apply.",
+            help="Draw a camera network's footage instead: ROOT/footage/cam<N>/cam<N>_<start>.mp4 with a MOTChallenge "
+            "gt.txt beside each, ROOT/footage/mtmc_gt.txt (AI City layout) and cameras.yaml (the camera graph for "
+            "tfclip link), and the ground-truth crops as the manifest's tracklets. Here --identities sets the "
+            "walkers (3-20; 8 unless given), --max-frames the frames per video (160 at 10 frames/s unless given), "
+            "--image-size the video size (288 384 unless given), --cameras the cameras (4 unless given), --seed as "
+            "above (a new seed, a new network); other options do not apply.",
         ),
     ] = False,
 ) -> None:
@@ -708,9 +709,9 @@ def query(
     """
     import json
 
-    from tfclip_cli.footage.query import query_clips, query_json
     from tfclip_cli.index import SearchOptions, parse_min_score
     from tfclip_cli.inference import process_device
+    from tfclip_cli.people.answer import query_people
     from tfclip_cli.tables import check_writable
 
     if html_out is not None:
@@ -718,20 +719,23 @@ def query(
     search = SearchOptions(checkpoint=checkpoint, top_k=top_k, device=process_device(),
                            with_hit_frames=html_out is not None, min_score=parse_min_score(min_score),
                            backend=backend.value)
-    results = query_clips(gallery, clips, detector=detector, search=search, person=person,
+    answer = query_people(gallery, clips, detector=detector, search=search, person=person,
                           pointer=_person_pointer(box, frame, person))
-    per_query = [r for result in results for r in getattr(result, "results", (result,))]  # a person each
+    per_query = answer.per_query  # a person each
     if html_out is not None:
         from tfclip_cli.report.query import render_query_report
         from tfclip_cli.report.render import write_page
 
-        write_page(render_query_report(per_query, gallery=str(gallery)), html_out, force=force)
+        page = render_query_report(per_query, gallery=str(gallery), people=answer.people,
+                                   visit_frames=answer.visit_frames)
+        write_page(page, html_out, force=force)
         display.stderr.print(display.plain_text(f"wrote {html_out}"))
     if json_output:
-        typer.echo(json.dumps(query_json(results)))
+        typer.echo(json.dumps(answer.to_json()))
         return
     for result in per_query:
-        display.stdout.print(display.query_table(result))
+        table = display.people_query_table(result, answer.people) if answer.people else display.query_table(result)
+        display.stdout.print(table)
 
 
 @command("serve")
@@ -910,6 +914,13 @@ def track(
         bool, typer.Option("--keep-static", help="Keep tracklets whose box never moves (a person standing still the "
                            "whole time); by default they are dropped as detector false positives, and counted.")
     ] = False,
+    start_time: Annotated[
+        Optional[list[str]],
+        typer.Option("--start-time", metavar="[VIDEO=]TIME",
+                     help="When a video's first frame was filmed (ISO 8601, UTC unless a zone is given), repeatable; "
+                     "default: a YYYYMMDDTHHMMSS stamp in its name (cam2_20261203T120000.mp4), else the file's "
+                     "creation time. Linking people across cameras needs it."),
+    ] = None,
     json_output: JsonOpt = False,
     force: ForceOpt = False,
     annotate: Annotated[
@@ -925,13 +936,15 @@ def track(
     import dataclasses
     import json
 
+    from tfclip_cli.footage.clock import parse_start_options
     from tfclip_cli.footage.pipeline import PipelineOptions
     from tfclip_cli.footage.tracklets import TrackOptions, track_videos
 
     if annotate is not None:
         _check_annotation(videos, annotate, force=force)
     pipeline = PipelineOptions(every=every, min_frames=min_frames, keep_static=keep_static)
-    options = TrackOptions(detector=detector, checkpoint=checkpoint, pipeline=pipeline)
+    options = TrackOptions(detector=detector, checkpoint=checkpoint, pipeline=pipeline,
+                           start_times=parse_start_options(start_time or [], videos))
     summary = track_videos(videos, out, options=options, camid=camid, workers=workers, force=force)
     if not display.is_main_process():
         return
@@ -1029,6 +1042,75 @@ def _annotate_tracking(video: Path, folder: Path, annotate: Path, *, force: bool
 
     result = annotate_video(video, read_written_tracks(folder), annotate, force=force)
     display.stderr.print(display.plain_text(f"wrote {result.path} ({result.frames} frames, {result.codec})"))
+
+
+class ExportLayout(str, Enum):
+    aicity = "aicity"
+    mot = "mot"
+
+
+@command("link")
+def link(
+    embeddings: Annotated[
+        Path, typer.Argument(help="Embeddings of footage tracklets (tfclip extract).", exists=True, dir_okay=False)
+    ],
+    out: OutOpt,
+    cameras: Annotated[
+        Optional[Path],
+        typer.Option("--cameras", exists=True, dir_okay=False,
+                     help="Camera graph (cameras.yaml): links between cameras, transit seconds min_s/max_s, which "
+                     "views overlap. Without it only the same-camera and one-place-at-a-time rules apply."),
+    ] = None,
+    gallery: Annotated[
+        Optional[Path],
+        typer.Option("--gallery", "-g", exists=True, dir_okay=False,
+                     help="Also write the person ids into this gallery's rows (tfclip query then answers with people)."),
+    ] = None,
+    threshold: Annotated[
+        Optional[float],
+        typer.Option("--threshold", help="Mean cosine similarity two groups need to become one person "
+                     "(default 0.4, or calibrated with --labelled)."),
+    ] = None,
+    labelled: Annotated[
+        Optional[Path],
+        typer.Option("--labelled", exists=True, dir_okay=False,
+                     help="Labelled embeddings to calibrate the threshold on (at a false-match rate of 1%)."),
+    ] = None,
+    onto: Annotated[
+        Optional[Path],
+        typer.Option("--onto", exists=True, dir_okay=False,
+                     help="An earlier output of tfclip link: keep its people and link only the new tracklets onto "
+                     "them (or start new people), without re-clustering."),
+    ] = None,
+    export_path: Annotated[
+        Optional[Path],
+        typer.Option("--export", help="Also write every linked box with its person id: one file (aicity) or a "
+                     "folder of cam<N>.txt (mot)."),
+    ] = None,
+    export_format: Annotated[
+        ExportLayout, typer.Option("--format", help="Layout of --export: aicity or mot (MOTChallenge).")
+    ] = ExportLayout.aicity,
+    json_output: JsonOpt = False,
+    force: ForceOpt = False,
+) -> None:
+    """Link footage tracklets into people across cameras and time, each with a timeline of camera visits.
+
+    Example: tfclip link tracked-emb.parquet --cameras data/net/footage/cameras.yaml --gallery tracked.faiss --out people.parquet
+    """
+    import dataclasses
+    import json
+
+    from tfclip_cli.people.link import LinkRequest, link_file
+
+    summary = link_file(LinkRequest(
+        embeddings=embeddings, out=out, cameras=cameras, gallery=gallery, threshold=threshold, labelled=labelled,
+        onto=onto, export=export_path, export_format=export_format.value, force=force,
+    ))
+    if json_output:
+        typer.echo(json.dumps(dataclasses.asdict(summary)))
+        return
+    display.stdout.print(display.link_table(summary))
+    display.stderr.print(display.plain_text(f"wrote {out}"))
 
 
 @command("demo")

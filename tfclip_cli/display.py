@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 from rich.console import Console, ConsoleDimensions, Group
@@ -243,6 +244,27 @@ def det_table(calibration: Any, *, gallery: str) -> Table:
     return table
 
 
+def people_query_table(result: Any, people: Mapping[int, Any]) -> Table:
+    """A rich table of one ``index.QueryResult`` on a linked gallery: the hits grouped by person (best rank first),
+    each group headed by the person's timeline; hits of no person stand alone."""
+    table = Table("person", "rank", "score", "camid", "tracklet_id", "footage / timeline (UTC)",
+                  title=plain_text(f"query {result.source} ({result.num_frames} frames): people"),
+                  title_justify="left")
+    groups: dict[object, list] = {}
+    for hit in result.hits:
+        groups.setdefault(hit.person if hit.person is not None else ("hit", hit.rank), []).append(hit)
+    for key, hits in groups.items():
+        person = people.get(key) if isinstance(key, int) else None
+        if person is not None:
+            table.add_row(plain_text(str(key), "bold"), "", "", "", f"{len(hits)} hit(s)",
+                          plain_text(visits_text(person), "bold"))
+        for hit in hits:
+            table.add_row("" if person is not None else "-", str(hit.rank), f"{hit.score:.4f}", str(hit.camid),
+                          plain_text(hit.tracklet_id), plain_text(footage_label(hit.origin)))
+        table.add_section()
+    return table
+
+
 def footage_label(origin: Any) -> str:
     """Where a ``tables.FootageOrigin`` is: video name, time range, key frame and its box; "-" for None."""
     if origin is None:
@@ -292,6 +314,32 @@ def track_scores_table(evaluation: Any, title: str) -> Table:
     table.add_section()
     table.add_row("network", "", *(f"{100 * getattr(network, name):.1f}%" for name in ("idf1", "hota", "deta",
                   "assa")), "", style="bold")
+    return table
+
+
+def clock_time(seconds: float | None) -> str:
+    """Seconds since the epoch as a UTC time of day, ``12:03:05``; ``?`` when unknown."""
+    if seconds is None:
+        return "?"
+    return datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc).strftime("%H:%M:%S")
+
+
+def visits_text(person: Any) -> str:
+    """A person's timeline on one line: ``cam2 12:03:05-12:03:20 → cam4 12:04:10-12:04:31``."""
+    return " → ".join(f"cam{v.camid} {clock_time(v.start_time)}-{clock_time(v.end_time)}" for v in person.visits)
+
+
+def link_table(summary: Any) -> Table:
+    """One row per person of ``tfclip link``'s :class:`~tfclip_cli.people.link.LinkSummary`, seen by several
+    cameras first."""
+    people = sorted(summary.people, key=lambda p: (-len(p.cameras), p.person_id))
+    table = Table("person", "cameras", "tracklets", "timeline (UTC)",
+                  title=plain_text(f"{len(people)} people from {summary.tracklets} tracklets in {summary.out} "
+                                   f"(threshold {summary.threshold:.3f}, {summary.threshold_from}; camera graph: "
+                                   f"{summary.graph or 'none'})"), title_justify="left")
+    for person in people:
+        table.add_row(str(person.person_id), str(len(person.cameras)),
+                      str(sum(len(v.tracklet_ids) for v in person.visits)), plain_text(visits_text(person)))
     return table
 
 

@@ -49,8 +49,10 @@ MANIFEST_SCHEMA = pa.schema(
     ]
 )
 
-# Optional columns of tracklets cut from raw footage by `tfclip track`: where in which source video each one is.
-ORIGIN_COLUMNS = ("source_video", "first_frame", "last_frame", "start_s", "end_s", "boxes", "frame_indices")
+# Optional columns of tracklets cut from raw footage by `tfclip track`: where in which source video each one is,
+# and (start_time, end_time) when it was filmed, in seconds since the epoch (absent in tables of older tfclip).
+ORIGIN_COLUMNS = ("source_video", "first_frame", "last_frame", "start_s", "end_s", "boxes", "frame_indices",
+                  "start_time", "end_time")
 ORIGIN_FIELDS = {
     "source_video": pa.string(),
     "first_frame": pa.int64(),
@@ -59,7 +61,11 @@ ORIGIN_FIELDS = {
     "end_s": pa.float64(),
     "boxes": pa.list_(pa.list_(pa.float64(), 4)),
     "frame_indices": pa.list_(pa.int64()),
+    "start_time": pa.float64(),
+    "end_time": pa.float64(),
 }
+PERSON_COLUMN = "person_id"
+"""Optional column written by `tfclip link`: the person (across cameras) a tracklet belongs to, -1 for none."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,10 @@ class FootageOrigin:
     boxes: tuple[tuple[float, float, float, float], ...]
     frame_indices: tuple[int, ...] | None = None
     """None only in tables written before tfclip recorded them."""
+    start_time: float | None = None
+    """When the first frame was filmed, in seconds since the epoch; None when the video's start is unknown."""
+    end_time: float | None = None
+    """When the last frame was filmed, in seconds since the epoch."""
 
     @property
     def _key(self) -> int:
@@ -219,6 +229,8 @@ def _row_origin(row: object) -> FootageOrigin | None:
         end_s=float(row.end_s),
         boxes=tuple(tuple(float(v) for v in box) for box in row.boxes),
         frame_indices=_frame_indices(getattr(row, "frame_indices", None)),
+        start_time=optional_time(getattr(row, "start_time", None)),
+        end_time=optional_time(getattr(row, "end_time", None)),
     )
 
 
@@ -229,16 +241,23 @@ def _frame_indices(values: object) -> tuple[int, ...] | None:
     return tuple(int(v) for v in values)
 
 
+def optional_time(value: object) -> float | None:
+    """A time column's value as a float, None where it is missing (None or NaN)."""
+    return None if value is None or pd.isna(value) else float(value)
+
+
 def row_columns(names: Iterable[str]) -> list[str]:
     """The tracklet-row columns to keep of a table with column ``names``: the manifest columns, then any origin
-    columns it has."""
+    columns it has, then its person column."""
     present = set(names)
-    return list(MANIFEST_COLUMNS) + [name for name in ORIGIN_COLUMNS if name in present]
+    optional = (*ORIGIN_COLUMNS, PERSON_COLUMN)
+    return list(MANIFEST_COLUMNS) + [name for name in optional if name in present]
 
 
 def row_schema(columns: Sequence[str]) -> pa.Schema:
     """The Arrow schema of tracklet rows with ``columns`` (from :func:`row_columns`)."""
-    extra = [pa.field(name, ORIGIN_FIELDS[name]) for name in columns if name in ORIGIN_FIELDS]
+    fields = {**ORIGIN_FIELDS, PERSON_COLUMN: pa.int64()}
+    extra = [pa.field(name, fields[name]) for name in columns if name in fields]
     return pa.schema(list(MANIFEST_SCHEMA) + extra)
 
 
@@ -250,6 +269,8 @@ def _origin_table(tracklets: Sequence[Tracklet]) -> dict[str, list]:
     }
     columns["first_frame"] = pd.array(columns["first_frame"], dtype="Int64")
     columns["last_frame"] = pd.array(columns["last_frame"], dtype="Int64")
+    for name in ("start_time", "end_time"):
+        columns[name] = pd.array(columns[name], dtype="Float64")
     return columns
 
 

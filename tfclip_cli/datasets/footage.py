@@ -4,14 +4,17 @@ Layout::
 
     ROOT/<camid>/<video>/<track>/          one tracklet: the person's cropped frames and where they came from
         000123.jpg ...                      one crop per source frame, named by the 0-based frame index
-        track.json                          {"source_video", "camid", "fps", "frame_indices", "boxes", "scores"}
+        track.json                          {"source_video", "camid", "fps", "frame_indices", "boxes", "scores",
+                                             "start_time", "end_time"}
 
 ``boxes`` holds one ``[x1, y1, x2, y2]`` pixel box per frame index; ``scores`` the detector's confidence, 0 where
 the tracker predicted the box. Every tracklet gets pid -1 (unknown identity) and the ``gallery`` split: it can be
 extracted, indexed and queried, not trained on or evaluated. Its :class:`FootageOrigin` keeps the source video,
 first/last frame, start/end time (start = first frame index / fps; end = (last frame index + 1) / fps, when the
 last frame ends), the boxes and the frame index of each, so every search result leads back to the moment and place
-it was filmed. The tracklet id is the path below ROOT (``2/lobby/0007``).
+it was filmed. ``start_time``/``end_time`` (optional: null or absent when the video's start was unknown to
+``tfclip track``) are when its first and last frame were filmed, in seconds since the epoch; linking
+people across cameras needs them. The tracklet id is the path below ROOT (``2/lobby/0007``).
 Gallery rule: ``gallery_only``.
 """
 
@@ -21,7 +24,7 @@ import json
 from pathlib import Path
 
 from tfclip_cli.datasets.common import Layout, Parsed, Problems
-from tfclip_cli.tables import UNKNOWN_PID, FootageOrigin, Tracklet
+from tfclip_cli.tables import UNKNOWN_PID, FootageOrigin, Tracklet, optional_time
 
 TRACK_FILE = "track.json"
 CROP_SUFFIX = ".jpg"
@@ -71,6 +74,8 @@ def _tracklet(folder: Path, root: Path, problems: Problems) -> list[Tracklet]:
         end_s=end_s,
         boxes=tuple(tuple(float(v) for v in box) for box in record["boxes"]),
         frame_indices=tuple(indices),
+        start_time=optional_time(record.get("start_time")),
+        end_time=optional_time(record.get("end_time")),
     )
     tracklet_id = folder.relative_to(root).as_posix()
     camid = int(record["camid"])

@@ -1,28 +1,42 @@
-"""Synthetic camera footage with ground truth: walkers enter, cross, occlude each other and leave.
+"""Synthetic camera footage with ground truth: a network of cameras that walkers cross, one after another.
 
-Each camera films a static scene (the camera looks of :mod:`synthetic`) for ``frames`` frames at 10 frames/s. Every
-walker (an identity drawn by :mod:`pedestrian`, the same person in every camera) walks once through every camera's
-view, across it (seen from the side) or towards or away from the camera, at a depth that sets its size, some of
-them stopping for a while on the way; walkers nearer the camera are drawn over farther ones, so crossings
-occlude. The tree::
+Each camera films a static scene (the camera looks of :mod:`synthetic`) for ``frames`` frames at 10 frames/s,
+starting at its own known time (whole seconds after ``NETWORK_START``). The cameras form a network: neighbours on a
+line (closed into a ring from four cameras) are linked, each link with a range of transit seconds between leaving
+one view and entering the next; some links join overlapping views (the walker enters the next view before leaving
+the last: a negative transit). Every walker (an identity drawn by :mod:`pedestrian`) starts in one camera and
+walks from camera to linked camera, up to ``MAX_VISITS`` views, so some visit only some cameras and some come back
+to a camera later; a route ends where a view would outlast its camera's video. In a view, a walk goes across it
+(seen from the side) or towards or away from the camera, at a depth that sets its size, some walkers stopping for
+a while; walkers nearer the camera are drawn over farther ones, so crossings occlude. The tree::
 
-    ROOT/footage/cam<N>/cam<N>.mp4   the video (MPEG-4, byte-identical for a seed, as synthetic.py writes them)
-    ROOT/footage/cam<N>/gt.txt       MOTChallenge ground truth: frame,id,x,y,w,h,1,-1,-1,-1 (id = the walker's pid)
-    ROOT/tracklets/<split>/<pid>/<camid>/t00/000000.jpg ...   the ground-truth crops, in the folder layout
+    ROOT/footage/cam<N>/cam<N>_<YYYYMMDDTHHMMSS>.mp4   the video, named by its start (the file-name rule of
+                                     footage.clock); MPEG-4, byte-identical for a seed, as synthetic.py writes them
+    ROOT/footage/cam<N>/gt.txt       MOTChallenge ground truth: frame,id,x,y,w,h,1,-1,-1,-1 (id = the walker's pid,
+                                     global over the network)
+    ROOT/footage/mtmc_gt.txt         the whole network in the AI City Challenge multi-camera layout: space-separated
+                                     ``camera_id obj_id frame_id xmin ymin width height xworld yworld`` (frames
+                                     1-based, camera ids as the folder numbers, world coordinates -1: unknown)
+    ROOT/footage/cameras.yaml        the camera graph, as ``tfclip link --cameras`` reads it (people.constraints)
+    ROOT/tracklets/<split>/<pid>/<camid>/t<NN>/000000.jpg ...   the ground-truth crops, in the folder layout
 
 Ground-truth boxes are the drawn person's exact extent, clipped to the frame; a walker counts as in view while at
-least a quarter of its box is inside the frame. Its crops form one tracklet per camera: the tracklet of the camera
-``pid % cameras`` is the query, the others are gallery (with one camera every tracklet is gallery).
+least a quarter of its box is inside the frame. Its crops form one tracklet per visit (``t00``, ``t01`` for a
+return), with absolute start and end times; the first visit of a walker seen more than once is the query, the
+others are gallery. cameras.yaml gives each link's transit as the drawn range widened by ``EDGE_MARGIN_S`` at the
+top: a walk starts and ends just outside the view, so the visible gap runs a little longer than the drawn transit.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image, ImageDraw, ImageFilter
 
 from tfclip_cli import display
@@ -40,7 +54,7 @@ from tfclip_cli.datasets.synthetic import (
     write_video,
 )
 from tfclip_cli.errors import DataError
-from tfclip_cli.tables import FootageOrigin, Tracklet
+from tfclip_cli.tables import FootageOrigin, Tracklet, atomic_output
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +62,24 @@ FOOTAGE_FPS = 10  # a typical surveillance frame rate
 DEPTH_FORESHORTENING = 3.0  # walking towards the camera moves the feet this many times less on screen than across
 MIN_INSIDE = 0.25  # share of a walker's box inside the frame for it to count as in view
 PAUSE_SHARE = 0.4  # walkers who stop for 0.5-2 s on their way: people do, and constant-velocity tracking misses it
+NETWORK_START = datetime(2026, 12, 3, 12, 0, 0, tzinfo=timezone.utc).timestamp()  # every network's first moment
+MAX_START_OFFSET_S = 3  # cameras start recording 0..3 whole seconds after NETWORK_START (whole: file names say it)
+MAX_VISITS = 4  # views a walker's route passes through at most
+OVERLAP_SHARE = 0.3  # links between overlapping views (at least one from three cameras)
+EDGE_MARGIN_S = 2.0  # cameras.yaml's max transit over the drawn one: walks begin and end just outside the view
+CAMERA_GRAPH = "cameras.yaml"
+MTMC_GT = "mtmc_gt.txt"
 
 
 @dataclass(frozen=True)
 class FootageOptions:
-    """What footage to draw; the defaults give two cameras of 12 s each in a few seconds."""
+    """What footage to draw; the defaults give four cameras of 16 s each in a few seconds."""
 
-    walkers: int = 6  # identities; each walks once through every camera (3-10, so scenes stay readable)
-    cameras: int = 2  # cameras, each one video
+    walkers: int = 8  # identities, each routed through the network (3-20, so scenes stay readable)
+    cameras: int = 4  # cameras, each one video
     image_size: tuple[int, int] = (288, 384)  # (height, width) of the videos, both even
-    frames: int = 120  # frames per video, at 10 frames/s
-    seed: int = 0  # one seed fixes every pixel
+    frames: int = 160  # frames per video, at 10 frames/s
+    seed: int = 0  # one seed fixes every pixel, the camera graph and the routes
 
 
 @dataclass(frozen=True)
@@ -123,19 +144,79 @@ def _sample_walk(rng: np.random.Generator, pid: int, camid: int, *, enter: int) 
                 pause=pause)
 
 
-def plan_walks(options: FootageOptions) -> list[Walk]:
-    """Every walker's walk through every camera, deterministic for ``options.seed``.
+@dataclass(frozen=True)
+class CameraLink:
+    """Two linked cameras and the transit drawn between their views, either way."""
 
-    Each camera lets the walkers in one after another, in its own order, at about even intervals over the first 60%
-    of the video, so several are in view at once and their ways cross.
-    """
-    walks = []
-    for camid in range(options.cameras):
-        rng = np.random.default_rng([options.seed, 6, camid])
-        for slot, pid in enumerate(rng.permutation(options.walkers)):
-            enter = round((slot + rng.random()) * 0.6 * options.frames / options.walkers)
-            walks.append(_sample_walk(rng, int(pid), camid, enter=enter))
-    return sorted(walks, key=lambda walk: (walk.camid, walk.pid))
+    cameras: tuple[int, int]
+    overlap: bool  # the views overlap: a walker enters the next one before leaving the last
+    min_s: float  # seconds from leaving one view to entering the other (negative: in both at once)
+    max_s: float
+
+
+@dataclass(frozen=True)
+class Network:
+    """A drawn camera network: when each camera starts, how cameras are linked, and every walk through a view."""
+
+    starts: tuple[float, ...]  # start of each camera's video, seconds since the epoch
+    links: tuple[CameraLink, ...]
+    walks: tuple[Walk, ...]  # by camera, then pid, then time
+
+
+def _plan_links(cameras: int, rng: np.random.Generator) -> list[CameraLink]:
+    """Neighbours on a line (a ring from four cameras), about ``OVERLAP_SHARE`` of them overlapping views."""
+    pairs = [(c, c + 1) for c in range(cameras - 1)] + ([(0, cameras - 1)] if cameras >= 4 else [])
+    overlapping = rng.random(len(pairs)) < OVERLAP_SHARE
+    if cameras >= 3 and not overlapping.any():
+        overlapping[rng.integers(len(pairs))] = True
+    links = []
+    for pair, overlap in zip(pairs, overlapping):
+        low = -float(rng.uniform(2.0, 3.5)) if overlap else float(rng.uniform(1.0, 3.0))
+        high = low + (1.5 if overlap else float(rng.uniform(2.0, 4.0)))
+        links.append(CameraLink(pair, bool(overlap), round(low, 1), round(high, 1)))
+    return links
+
+
+def _route(rng: np.random.Generator, pid: int, *, links: list[CameraLink], offsets: list[int],
+           options: FootageOptions) -> list[Walk]:
+    """One walker's walks: from a random camera along random links, until ``MAX_VISITS`` views, a view that outlasts
+    its video, or one that would begin less than a second before the video ends."""
+    camid = int(rng.integers(options.cameras))
+    walk = _sample_walk(rng, pid, camid, enter=0)
+    walks = [replace(walk, enter=int(rng.integers(0, max(1, options.frames // 3))))]
+    for _ in range(int(rng.integers(1, MAX_VISITS + 1)) - 1):
+        last = walks[-1]
+        if last.enter + last.duration + last.pause >= options.frames:  # still in view when the video ends
+            break
+        leave_s = offsets[last.camid] + (last.enter + last.duration + last.pause) / FOOTAGE_FPS
+        choices = [link for link in links if last.camid in link.cameras]
+        if not choices:
+            break
+        link = choices[int(rng.integers(len(choices)))]
+        camid = link.cameras[1] if link.cameras[0] == last.camid else link.cameras[0]
+        enter = round((leave_s + float(rng.uniform(link.min_s, link.max_s)) - offsets[camid]) * FOOTAGE_FPS)
+        if enter >= options.frames - FOOTAGE_FPS:  # the camera stops before the walker would be seen
+            break
+        if any(w.camid == camid and w.enter + w.duration + w.pause + FOOTAGE_FPS > enter for w in walks):
+            break  # back through two overlapping views to one still showing them: no one is in a view twice
+        walks.append(_sample_walk(rng, pid, camid, enter=enter))  # before 0: in view when recording starts
+    return walks
+
+
+def plan_network(options: FootageOptions) -> Network:
+    """The camera graph, the cameras' start times and every walker's route, deterministic for ``options.seed``."""
+    rng = np.random.default_rng([options.seed, 6])
+    offsets = [int(v) for v in rng.integers(0, MAX_START_OFFSET_S + 1, size=options.cameras)]
+    links = _plan_links(options.cameras, rng)
+    walks = [walk for pid in range(options.walkers) for walk in _route(
+        np.random.default_rng([options.seed, 8, pid]), pid, links=links, offsets=offsets, options=options)]
+    return Network(starts=tuple(NETWORK_START + offset for offset in offsets), links=tuple(links),
+                   walks=tuple(sorted(walks, key=lambda walk: (walk.camid, walk.pid, walk.enter))))
+
+
+def plan_walks(options: FootageOptions) -> list[Walk]:
+    """Every walk of every walker through a camera's view (see :func:`plan_network`)."""
+    return list(plan_network(options).walks)
 
 
 def _draw_walker(canvas: Image.Image, walk: Walk, look: Appearance, *, frame_index: int
@@ -235,34 +316,99 @@ def _crop(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
     return frame[y1:max(y2, y1 + 1), x1:max(x2, x1 + 1)]
 
 
-def _write_tracklets(footage: CameraFootage, camid: int, *, into: Path, root: Path, options: FootageOptions
-                     ) -> list[Tracklet]:
-    """Cut each walker's ground-truth crops into ``into/tracklets``, one tracklet per walker with its origin in the
+def _visits(rows: np.ndarray, frame_indices: np.ndarray) -> list[np.ndarray]:
+    """``rows`` (one walker in one camera, in frame order) cut into visits: unbroken stretches of frames."""
+    breaks = np.flatnonzero(np.diff(frame_indices[rows]) > 1) + 1
+    return np.split(rows, breaks)
+
+
+def query_visits(network: Network) -> set[tuple[int, int, int]]:
+    """The query tracklets as (pid, camid, visit number in that camera): the first visit of each walker with more."""
+    queries = set()
+    for pid in {walk.pid for walk in network.walks}:
+        mine = [w for w in network.walks if w.pid == pid]
+        if len(mine) > 1:
+            first = min(mine, key=lambda w: network.starts[w.camid] + w.enter / FOOTAGE_FPS)
+            number = sorted(w.enter for w in mine if w.camid == first.camid).index(first.enter)
+            queries.add((pid, first.camid, number))
+    return queries
+
+
+def _write_tracklets(footage: CameraFootage, camid: int, *, into: Path, root: Path, start: float,
+                     queries: set[tuple[int, int, int]]) -> list[Tracklet]:
+    """Cut each walker's ground-truth crops into ``into/tracklets``, one tracklet per visit with its origin in the
     video, described with the paths they will have under ``root`` (the drawing folder ``into`` becomes ``root``)."""
     written = []
-    for pid in np.unique(footage.truth.pids):
-        rows = np.flatnonzero(footage.truth.pids == pid)
-        split = "query" if options.cameras > 1 and pid % options.cameras == camid else "gallery"
-        relative = Path("tracklets", split, f"{pid:04d}", str(camid), "t00")
-        indices = [int(i) for i in footage.truth.frame_indices[rows]]
-        write_frames([_crop(footage.frames[i], footage.truth.boxes[r]) for i, r in zip(indices, rows)],
-                     into / relative)
-        frames = tuple(str(root / relative / f"{t:06d}.jpg") for t in range(len(rows)))
-        origin = FootageOrigin(
-            source_video=str(root / "footage" / f"cam{camid}" / f"cam{camid}.mp4"),
-            first_frame=indices[0], last_frame=indices[-1], start_s=indices[0] / FOOTAGE_FPS,
-            end_s=(indices[-1] + 1) / FOOTAGE_FPS,
-            boxes=tuple(tuple(float(v) for v in footage.truth.boxes[r]) for r in rows), frame_indices=tuple(indices),
-        )
-        written.append(Tracklet(str(relative), int(pid), camid, split, len(rows), frames=frames, origin=origin))
+    truth = footage.truth
+    for pid in np.unique(truth.pids):
+        ordered = np.flatnonzero(truth.pids == pid)
+        ordered = ordered[np.argsort(truth.frame_indices[ordered], kind="stable")]
+        for number, rows in enumerate(_visits(ordered, truth.frame_indices)):
+            split = "query" if (int(pid), camid, number) in queries else "gallery"
+            relative = Path("tracklets", split, f"{pid:04d}", str(camid), f"t{number:02d}")
+            indices = [int(i) for i in truth.frame_indices[rows]]
+            write_frames([_crop(footage.frames[i], truth.boxes[r]) for i, r in zip(indices, rows)], into / relative)
+            frames = tuple(str(root / relative / f"{t:06d}.jpg") for t in range(len(rows)))
+            origin = FootageOrigin(
+                source_video=str(root / video_path(camid, start)),
+                first_frame=indices[0], last_frame=indices[-1], start_s=indices[0] / FOOTAGE_FPS,
+                end_s=(indices[-1] + 1) / FOOTAGE_FPS,
+                boxes=tuple(tuple(float(v) for v in truth.boxes[r]) for r in rows), frame_indices=tuple(indices),
+                start_time=start + indices[0] / FOOTAGE_FPS, end_time=start + indices[-1] / FOOTAGE_FPS,
+            )
+            written.append(Tracklet(str(relative), int(pid), camid, split, len(rows), frames=frames, origin=origin))
     return written
+
+
+def video_path(camid: int, start: float) -> Path:
+    """A camera's video below ROOT, named by the file-name time rule: ``footage/cam2/cam2_20261203T120002.mp4``."""
+    stamp = datetime.fromtimestamp(start, tz=timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return Path("footage", f"cam{camid}", f"cam{camid}_{stamp}.mp4")
+
+
+def camera_video(root: Path, camid: int) -> Path:
+    """The video of camera ``camid`` in a drawn tree (its name carries its start time).
+
+    Raises:
+        DataError: when ROOT holds no video for that camera.
+    """
+    found = sorted((Path(root) / "footage" / f"cam{camid}").glob(f"cam{camid}_*.mp4"))
+    if not found:
+        raise DataError(f"{root}/footage/cam{camid}/ holds no cam{camid}_<time>.mp4: not a synthetic footage tree")
+    return found[0]
+
+
+def write_camera_graph(network: Network, path: Path) -> None:
+    """``cameras.yaml``: each camera's video and start, and every link with its transit range in seconds."""
+    graph = {
+        "cameras": [{"id": camid, "video": video_path(camid, start).relative_to("footage").as_posix(),
+                     "start_time": datetime.fromtimestamp(start, tz=timezone.utc).isoformat().replace("+00:00", "Z")}
+                    for camid, start in enumerate(network.starts)],
+        "links": [{"cameras": list(link.cameras), "overlap": link.overlap, "min_s": link.min_s,
+                   "max_s": round(link.max_s + EDGE_MARGIN_S, 1)} for link in network.links],
+    }
+    header = "# camera graph of a synthetic network (tfclip prepare synthetic --footage); tfclip link --cameras\n"
+    with atomic_output(path) as temp:
+        temp.write_text(header + yaml.safe_dump(graph, sort_keys=False))
+
+
+def write_mtmc_gt(truths: dict[int, GroundTruth], path: Path) -> None:
+    """The network's ground truth in the AI City Challenge layout (module docstring), by camera, frame, id."""
+    lines = []
+    for camid, truth in sorted(truths.items()):
+        for row in np.lexsort((truth.pids, truth.frame_indices)):
+            x1, y1, x2, y2 = (float(v) for v in truth.boxes[row])
+            lines.append(f"{camid} {int(truth.pids[row])} {int(truth.frame_indices[row]) + 1} "
+                         f"{x1:.2f} {y1:.2f} {x2 - x1:.2f} {y2 - y1:.2f} -1 -1\n")
+    with atomic_output(path) as temp:
+        temp.write_text("".join(lines))
 
 
 def check_options(options: FootageOptions) -> None:
     """Raises DataError naming the first option that cannot give usable footage."""
     height, width = options.image_size
     problems = [
-        (not 3 <= options.walkers <= 10, f"walkers={options.walkers}: expected 3 to 10 walkers per scene"),
+        (not 3 <= options.walkers <= 20, f"walkers={options.walkers}: expected 3 to 20 walkers per network"),
         (options.cameras < 1, f"cameras={options.cameras}: expected at least 1"),
         (options.frames < 8, f"frames={options.frames}: expected at least 8 frames per video"),
         (height % 2 or width % 2 or height < 64 or width < 64,
@@ -274,7 +420,8 @@ def check_options(options: FootageOptions) -> None:
 
 
 def generate_footage(root: Path, options: FootageOptions = FootageOptions()) -> list[Tracklet]:
-    """Draw the footage, its ground truth and the ground-truth tracklets into ``root`` (see the module docstring).
+    """Draw the camera network, its ground truth, camera graph and ground-truth tracklets into ``root`` (see the
+    module docstring).
 
     Returns:
         The ground-truth tracklets, with absolute paths under ``root``.
@@ -285,14 +432,20 @@ def generate_footage(root: Path, options: FootageOptions = FootageOptions()) -> 
     check_options(options)
     check_empty(root)
     looks = sample_appearances(options.walkers, options.seed)
-    walks = plan_walks(options)
+    network = plan_network(options)
+    queries = query_visits(network)
     written: list[Tracklet] = []
+    truths: dict[int, GroundTruth] = {}
     with drawing_into(root) as temp:
         for camid in display.progress(range(options.cameras), "Drawing synthetic footage", unit="cameras"):
-            footage = render_camera(camid, [w for w in walks if w.camid == camid], looks, options=options)
-            folder = Path("footage", f"cam{camid}")
-            write_video(footage.frames, temp / folder / f"cam{camid}.mp4", fps=FOOTAGE_FPS)
-            write_gt(footage.truth, temp / folder / "gt.txt")
-            written += _write_tracklets(footage, camid, into=temp, root=root, options=options)
+            footage = render_camera(camid, [w for w in network.walks if w.camid == camid], looks, options=options)
+            video = video_path(camid, network.starts[camid])
+            write_video(footage.frames, temp / video, fps=FOOTAGE_FPS)
+            write_gt(footage.truth, temp / video.parent / "gt.txt")
+            truths[camid] = footage.truth
+            written += _write_tracklets(footage, camid, into=temp, root=root, start=network.starts[camid],
+                                        queries=queries)
+        write_mtmc_gt(truths, temp / "footage" / MTMC_GT)
+        write_camera_graph(network, temp / "footage" / CAMERA_GRAPH)
     logger.info("drew %d cameras and %d ground-truth tracklets into %s", options.cameras, len(written), root)
     return written

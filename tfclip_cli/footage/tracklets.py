@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from PIL import Image
 from tfclip_cli import display
 from tfclip_cli.datasets.footage import TRACK_FILE, crop_name
 from tfclip_cli.errors import UserError
+from tfclip_cli.footage.clock import resolve_start_times, tracklet_times, video_start_time
 from tfclip_cli.footage.detect import (
     DEFAULT_DETECTOR,
     detector_for_video,
@@ -59,6 +60,7 @@ class TrackOptions:
     detector: str | Detector = DEFAULT_DETECTOR  # "ssdlite", "hog", a YOLO .onnx path, or a Detector
     checkpoint: Path | None = None  # a TF-CLIP checkpoint: relink tracks by appearance
     pipeline: PipelineOptions = field(default_factory=PipelineOptions)  # frame step, minimum length, thresholds
+    start_times: Mapping[str, float] = field(default_factory=dict)  # video path -> start (footage.clock), as given
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,7 @@ def _write_tracklet(tracklet: CutTracklet, target: Path, *, record: dict) -> Non
         "frame_indices": list(track.frame_indices),
         "boxes": [[round(float(v), 2) for v in box] for box in track.boxes],
         "scores": [round(float(s), 4) for s in track.scores],
+        **tracklet_times(record["start_time"], track.frame_indices, record["fps"]),
     }
     (target / TRACK_FILE).write_text(json.dumps(payload) + "\n")
 
@@ -172,7 +175,9 @@ def track_one_video(
     with tempfile.TemporaryDirectory(prefix=f".{folder.name}.", dir=folder.parent) as work:
         building = Path(work) / "tracklets"
         building.mkdir()
-        record = {"source_video": str(Path(video).resolve()), "fps": fps}
+        start = video_start_time(video, options.start_times.get(str(video)))
+        record = {"source_video": str(Path(video).resolve()), "fps": fps,
+                  "start_time": None if start is None else start.time}
         for tracklet in done.tracklets:
             _write_tracklet(tracklet, building / f"{tracklet.track.track_id:04d}", record=record)
         if folder.exists():  # --force was checked by plan_outputs
@@ -302,6 +307,7 @@ def track_videos(
         if not video.is_file():
             raise UserError(f"{video} not found: expected a video file")
     folders = plan_outputs(videos, out, camid=camid, force=force)
+    resolve_start_times(videos, options.start_times)  # warns, before any work, for each video without a start
     if isinstance(options.detector, str):  # resolve "auto" once, here, so workers and the summary agree
         options = dataclasses.replace(options, detector=resolve_detector(options.detector))
     jobs = [(video, folder, _camid(video, camid)) for video, folder in zip(videos, folders)]

@@ -55,6 +55,7 @@ from tfclip_cli.index.store import (
     lock_path,
     normalized,
     remove_from_index,
+    set_person_ids,
     writer_lock,
 )
 
@@ -65,6 +66,6 @@ __all__ = [
     "load_index", "load_query_embedder", "lock_path", "MinScore", "NO_FRAMES", "normalized", "parse_min_score",
     "query", "query_results", "query_tracklets", "QueryClip", "QueryEmbedder", "QueryResult", "read_key_frames",
     "read_source_key_frame", "remove_from_index", "resolve_min_score", "search", "search_scores",
-    "SearchCalibration", "SearchOptions", "SearchScores", "stale_calibration", "STALE_GROWTH", "threshold_in_force",
-    "tracklet_key_frames", "warn_if_stale", "writer_lock",
+    "SearchCalibration", "SearchOptions", "SearchScores", "set_person_ids", "stale_calibration", "STALE_GROWTH",
+    "threshold_in_force", "tracklet_key_frames", "warn_if_stale", "writer_lock",
 ]

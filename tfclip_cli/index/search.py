@@ -23,7 +23,7 @@ from tfclip_cli.errors import DataError, GalleryError, UserError
 from tfclip_cli.index.calibrate import warn_if_stale
 from tfclip_cli.index.store import Gallery, load_index, normalized
 from tfclip_cli.inference import Backend, Embedder, embed_tracklets, load_model, tracklet_from_path
-from tfclip_cli.tables import FootageOrigin, Tracklet, row_to_tracklet
+from tfclip_cli.tables import PERSON_COLUMN, FootageOrigin, Tracklet, row_to_tracklet
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ class Hit:
     """The tracklet's time range in its source video, when its row records one (footage tracklets)."""
     origin: FootageOrigin | None = None
     """Where in which video, for a gallery tracklet cut from footage."""
+    person: int | None = None
+    """The person (across cameras) ``tfclip link`` put this tracklet in; None in an unlinked gallery or row."""
 
     def to_dict(self) -> dict:
         """JSON-ready; a footage origin as its video, frames, times and key frame with its box (not every box),
@@ -222,7 +224,14 @@ def _hit(rows: pd.DataFrame, row: int, rank: int, score: float, threshold: float
         start_s=_optional_float(record, "start_s"),
         end_s=_optional_float(record, "end_s"),
         origin=tracklet.origin if tracklet is not None else None,
+        person=_person(record),
     )
+
+
+def _person(record: pd.Series) -> int | None:
+    """The row's linked person id (``tables.PERSON_COLUMN``), None when unlinked (absent, NaN or -1)."""
+    value = record.get(PERSON_COLUMN)
+    return None if value is None or pd.isna(value) or int(value) < 0 else int(value)
 
 
 NO_FRAMES = np.zeros((0, 1, 1, 3), dtype=np.uint8)

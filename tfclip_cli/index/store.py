@@ -40,7 +40,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Literal, NamedTuple, Sequence, get_args
+from typing import Any, Iterator, Literal, Mapping, NamedTuple, Sequence, get_args
 
 import faiss
 import numpy as np
@@ -53,6 +53,7 @@ from tfclip_cli.errors import GalleryError, UserError
 from tfclip_cli.tables import (
     EMBEDDING_ROW_COLUMNS,
     MANIFEST_SCHEMA,
+    PERSON_COLUMN,
     Embeddings,
     atomic_output,
     check_writable,
@@ -417,6 +418,32 @@ def update_header(path: Path, **changes: Any) -> IndexInfo:
         gallery = load_index(path)
         info = replace(gallery.info, **changes, tfclip_version=__version__)
         _write_gallery(replace(gallery, info=info), force=True)
+    return info
+
+
+def set_person_ids(path: Path, person_ids: Mapping[str, int]) -> IndexInfo:
+    """Write ``tfclip link``'s person id of each tracklet into the ``person_id`` column of the gallery's rows
+    (-1 for rows not given, e.g. tracklets appended since), locked and atomic.
+
+    Raises:
+        GalleryError: naming the tracklet ids the gallery does not hold live (nothing is written then).
+    """
+    with writer_lock(path):
+        gallery = load_index(path)
+        rows = {tracklet_id: gallery.row_of(tracklet_id) for tracklet_id in person_ids}
+        unknown = [tracklet_id for tracklet_id, row in rows.items() if row is None]
+        if unknown:
+            raise GalleryError(f"{gallery.path} holds no tracklet {', '.join(unknown[:5])}"
+                               + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""),
+                               hint="link the embeddings table the gallery was indexed from")
+        column = np.full(len(gallery.rows), -1, dtype=np.int64)
+        if PERSON_COLUMN in gallery.rows:
+            column = gallery.rows[PERSON_COLUMN].fillna(-1).to_numpy(dtype=np.int64)
+        for tracklet_id, row in rows.items():
+            column[row] = int(person_ids[tracklet_id])
+        linked = gallery.rows.assign(**{PERSON_COLUMN: column})
+        info = replace(gallery.info, tfclip_version=__version__)
+        _write_gallery(replace(gallery, rows=linked, info=info), force=True)
     return info
 
 

@@ -2,8 +2,9 @@
 
 Errors are JSON ``{"error": ..., "hint": ...}``: 400 for input that does not decode, 401 for a missing or wrong
 bearer token on a write endpoint, 403 for a server-side path outside ``--allow-dir`` or a write from another
-site, 404 for an unknown tracklet, 413 over the upload limits, 421 for a host name the server was not started for
-(:mod:`~tfclip_cli.serve.guard`). The OpenAPI page is at ``/docs``.
+site, 404 for an unknown tracklet or person, 413 over the upload limits, 421 for a host name the server was not
+started for (:mod:`~tfclip_cli.serve.guard`). ``GET /people/{id}`` answers a linked person's timeline. The OpenAPI
+page is at ``/docs``.
 """
 
 from __future__ import annotations
@@ -100,6 +101,10 @@ def _add_routes(app: FastAPI) -> None:
     @app.delete("/gallery/{tracklet_id:path}")
     def remove(service: WriterDep, tracklet_id: str) -> dict:
         return service.remove(tracklet_id)
+
+    @app.get("/people/{person_id}")
+    def person(service: ServiceDep, person_id: int) -> dict:
+        return service.person(person_id)
 
     @app.get("/tracklets/{tracklet_id:path}/frames/{number}")
     def key_frame(service: ServiceDep, tracklet_id: str, number: int) -> Response:

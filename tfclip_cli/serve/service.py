@@ -15,10 +15,11 @@ import shutil
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Collection
+from typing import BinaryIO, Collection, Mapping
 
 import numpy as np
 import torch
@@ -43,6 +44,8 @@ from tfclip_cli.index import (
     warn_if_stale,
 )
 from tfclip_cli.inference import tracklet_from_path
+from tfclip_cli.people.answer import add_timelines, hit_people
+from tfclip_cli.people.timeline import Person, person_of
 from tfclip_cli.serve.uploads import UploadLimits, allowed_path, clip_from_upload, save_upload
 from tfclip_cli.tables import Embeddings, Tracklet, reporting_write_errors, tracklet_table
 
@@ -102,10 +105,13 @@ def _data_uris(result: QueryResult) -> list[str]:
     return ["data:image/jpeg;base64," + base64.b64encode(jpeg(frame)).decode() for frame in result.key_frames]
 
 
-def _footage_answer(footage: FootageQuery, threshold: float | None, num_frames: int) -> dict:
+def _footage_answer(footage: FootageQuery, threshold: float | None, num_frames: int,
+                    people: Mapping[int, Person]) -> dict:
     """``tfclip query --json``'s answer for footage (its ``query``, a temporary path, left out), each person with
-    the key frames of their crops."""
+    the key frames of their crops, each hit with its linked person's ``timeline``."""
     persons = [{**found.to_dict(), "key_frames": _data_uris(found.result)} for found in footage.persons]
+    for found in persons:
+        add_timelines(found["hits"], people)
     return {"num_frames": num_frames, "threshold": threshold, "persons": persons}
 
 
@@ -164,10 +170,13 @@ class Service:
             self._latencies.append(time.perf_counter() - started)
             self.queries_served += 1
         threshold = threshold_in_force(gallery, floor)
+        people = hit_people(gallery, getattr(result, "results", (result,)))
         if isinstance(result, FootageQuery):
-            return _footage_answer(result, threshold, clip.num_frames)
+            return _footage_answer(result, threshold, clip.num_frames, people)
+        hits = [hit.to_dict() for hit in result.hits]
+        add_timelines(hits, people)
         return {"num_frames": clip.num_frames, "key_frames": _data_uris(result), "threshold": threshold,
-                "match": result.is_match, "hits": [hit.to_dict() for hit in result.hits]}
+                "match": result.is_match, "hits": hits}
 
     def _kept_clip(self, upload: BinaryIO) -> Tracklet:
         """Save an upload into the store for good (the gallery row points at it) and read it as a tracklet."""
@@ -231,6 +240,25 @@ class Service:
         if not 0 <= number < len(frames):
             raise NotFound(f"tracklet {tracklet_id} has {len(frames)} key frame(s); asked for frame {number}")
         return jpeg(frames[number])
+
+    def person(self, person_id: int) -> dict:
+        """A linked person's timeline (``GET /people/{id}``): the visits in time order, each with its key frame
+        and the URL of that frame's thumbnail.
+
+        Raises:
+            NotFound: when no live gallery row belongs to that person (or the gallery was never linked).
+        """
+        gallery = self.gallery()
+        found = person_of(gallery.rows[gallery.live], person_id)
+        if found is None:
+            raise NotFound(f"{self.config.gallery} holds no person {person_id}",
+                           hint="people are linked with: tfclip link E.parquet --gallery GALLERY --out P.parquet")
+        answer = found.to_dict()
+        for visit in answer["visits"]:
+            key = visit["key_frame"]
+            visit["key_frame_url"] = None if key is None else (
+                f"/tracklets/{urllib.parse.quote(key['tracklet_id'], safe='/')}/frames/0")
+        return answer
 
     def stats(self) -> dict:
         """Rows, dimension, checkpoint, threshold (and whether the gallery outgrew it), queries served and latency
