@@ -87,8 +87,8 @@ def test_start_options_name_their_video_unless_there_is_one():
         parse_start_options(["c.mp4=10"], videos)
 
 
-def test_tracklet_times_are_the_first_and_last_frame_after_the_start():
-    assert tracklet_times(NOON, [5, 6, 9], 10.0) == {"start_time": NOON + 0.5, "end_time": NOON + 0.9}
+def test_tracklet_times_run_from_the_first_frame_to_the_end_of_the_last():
+    assert tracklet_times(NOON, [5, 6, 9], 10.0) == {"start_time": NOON + 0.5, "end_time": NOON + 1.0}
     assert tracklet_times(None, [5, 6], 10.0) == {}
 
 

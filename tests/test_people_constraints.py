@@ -102,3 +102,17 @@ def test_a_malformed_graph_is_one_error_naming_the_file(tmp_path, text, message)
     assert "g.yaml" in raised.value.message
     with pytest.raises(DataError, match="not found"):
         read_camera_graph(tmp_path / "none.yaml")
+
+
+def test_a_track_cut_at_one_frame_and_continued_at_the_next_may_be_one_person():
+    # a tracklet ends when its last frame does, (last + 1) / fps: frames 0-10 end at 1.1 s, frames 11-20 start there
+    cut = _times((0, 100.0, 101.1, "a.mp4", 0.0, 1.1), (0, 101.1, 102.1, "a.mp4", 1.1, 2.1))
+    assert not cut_forbidden(cut)
+    unknown = _times((0, NAN, NAN, "a.mp4", 0.0, 1.1), (0, NAN, NAN, "a.mp4", 1.1, 2.1))
+    assert not cut_forbidden(unknown)
+    shared_frame = _times((0, 100.0, 101.1, "a.mp4", 0.0, 1.1), (0, 101.0, 102.1, "a.mp4", 1.0, 2.1))
+    assert cut_forbidden(shared_frame)
+
+
+def cut_forbidden(times: TrackletTimes) -> bool:
+    return bool(cannot_link(times)[0, 1])

@@ -354,7 +354,7 @@ def _write_tracklets(footage: CameraFootage, camid: int, *, into: Path, root: Pa
                 first_frame=indices[0], last_frame=indices[-1], start_s=indices[0] / FOOTAGE_FPS,
                 end_s=(indices[-1] + 1) / FOOTAGE_FPS,
                 boxes=tuple(tuple(float(v) for v in truth.boxes[r]) for r in rows), frame_indices=tuple(indices),
-                start_time=start + indices[0] / FOOTAGE_FPS, end_time=start + indices[-1] / FOOTAGE_FPS,
+                start_time=start + indices[0] / FOOTAGE_FPS, end_time=start + (indices[-1] + 1) / FOOTAGE_FPS,
             )
             written.append(Tracklet(str(relative), int(pid), camid, split, len(rows), frames=frames, origin=origin))
     return written

@@ -150,8 +150,8 @@ def resolve_start_times(videos: Sequence[Path], given: Mapping[str, float]) -> d
 
 
 def tracklet_times(start: float | None, frame_indices: Sequence[int], fps: float) -> dict[str, float]:
-    """``{"start_time", "end_time"}`` of a tracklet's first and last frame, or ``{}`` when the video's start is
-    unknown."""
+    """``{"start_time", "end_time"}`` of a tracklet: when its first frame starts and its last frame ends
+    (``(last + 1) / fps``, as ``end_s``), or ``{}`` when the video's start is unknown."""
     if start is None:
         return {}
-    return {"start_time": start + frame_indices[0] / fps, "end_time": start + frame_indices[-1] / fps}
+    return {"start_time": start + frame_indices[0] / fps, "end_time": start + (frame_indices[-1] + 1) / fps}

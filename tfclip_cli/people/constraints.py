@@ -145,9 +145,11 @@ class TrackletTimes:
 
 
 def _overlapping(start: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """``[N, N]``: the closed intervals overlap (False where either is unknown)."""
+    """``[N, N]``: the intervals ``[start, end)`` share a moment (False where either is unknown). A tracklet ends
+    when its last frame does (``(last + 1) / fps``), so a track cut at one frame and continued at the next touch
+    without overlapping."""
     with np.errstate(invalid="ignore"):
-        return (start[:, None] <= end[None, :]) & (start[None, :] <= end[:, None])
+        return (start[:, None] < end[None, :]) & (start[None, :] < end[:, None])
 
 
 def gaps_s(times: TrackletTimes) -> np.ndarray:
