@@ -371,6 +371,18 @@ class _DevTools:
         os.close(self._answers)
 
 
+def _upload_on_page(devtools, url: str, video: Path) -> str:
+    """Open the page at ``url`` in headless Chromium and choose ``video`` in its file box; the page's session id."""
+    target = devtools.call("Target.createTarget", url=f"{url}/")["targetId"]
+    session = devtools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+    _wait_for(devtools, session, "document.readyState === 'complete' && !!document.getElementById('file')")
+    devtools.call("DOM.enable", session)
+    root = devtools.call("DOM.getDocument", session)["root"]["nodeId"]
+    node = devtools.call("DOM.querySelector", session, nodeId=root, selector="#file")["nodeId"]
+    devtools.call("DOM.setFileInputFiles", session, nodeId=node, files=[str(video)])
+    return session
+
+
 def _wait_for(devtools: _DevTools, session: str, expression: str, timeout: float = 60):
     deadline = time.monotonic() + timeout
     while not (value := devtools.evaluate(session, expression)):
@@ -389,13 +401,7 @@ def test_the_page_shows_the_query_frames_ranked_hits_with_thumbnails_and_a_plain
     devtools = _DevTools()
     try:
         with _Server(_config(path, tmp_path)) as server:
-            target = devtools.call("Target.createTarget", url=f"{server.url}/")["targetId"]
-            session = devtools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-            _wait_for(devtools, session, "document.readyState === 'complete' && !!document.getElementById('file')")
-            devtools.call("DOM.enable", session)
-            root = devtools.call("DOM.getDocument", session)["root"]["nodeId"]
-            node = devtools.call("DOM.querySelector", session, nodeId=root, selector="#file")["nodeId"]
-            devtools.call("DOM.setFileInputFiles", session, nodeId=node, files=[str(video)])
+            session = _upload_on_page(devtools, server.url, video)
             verdict = _wait_for(devtools, session, "document.getElementById('verdict').className === 'nomatch' && "
                                 "document.getElementById('verdict').textContent")
             assert verdict == "no match: no gallery tracklet scores >= 1.0100"
@@ -539,13 +545,7 @@ def test_the_page_shows_each_person_of_uploaded_footage_with_their_hits(gallery_
     devtools = _DevTools()
     try:
         with _Server(_config(path, tmp_path, detector=str(detector))) as server:
-            target = devtools.call("Target.createTarget", url=f"{server.url}/")["targetId"]
-            session = devtools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-            _wait_for(devtools, session, "document.readyState === 'complete' && !!document.getElementById('file')")
-            devtools.call("DOM.enable", session)
-            root = devtools.call("DOM.getDocument", session)["root"]["nodeId"]
-            node = devtools.call("DOM.querySelector", session, nodeId=root, selector="#file")["nodeId"]
-            devtools.call("DOM.setFileInputFiles", session, nodeId=node, files=[str(video)])
+            session = _upload_on_page(devtools, server.url, video)
             verdict = _wait_for(devtools, session, "document.querySelectorAll('.person').length === 2 && "
                                 "document.getElementById('verdict').textContent")
             assert verdict == "footage: 2 person(s) found in 12 frames, each searched for"
