@@ -229,7 +229,8 @@ def test_calibrate_cli_stores_the_per_search_threshold_with_the_gallery_size_and
     assert [set(point) for point in answer["det"]] == [{"target_fpir", "threshold", "fpir", "fnir", "is_resolved"}] * 3
     assert [point["target_fpir"] for point in answer["det"]] == [0.1, 0.01, 0.001]
     stored = index.load_index(path).info.calibration
-    assert stored == answer and 0.45 < stored["threshold"] < 0.45 + 1e-6
+    assert {key: stored[key] for key in answer} == answer and 0.45 < stored["threshold"] < 0.45 + 1e-6
+    assert set(stored) - set(answer) == {"curve", "histograms"}  # what draws its pictures, kept beside it
 
     gallery = index.load_index(path)  # --min-score auto and the match verdict use it
     assert index.resolve_min_score(gallery, "auto") == stored["threshold"]
@@ -240,6 +241,44 @@ def test_calibrate_cli_stores_the_per_search_threshold_with_the_gallery_size_and
     assert result.exit_code == 0, result.output
     assert "threshold" in result.stdout and "FNIR (rank 2)" in result.stdout and "too few searches" in result.stdout
     assert index.load_index(path).info.calibration["fpir"] == 0.01
+
+
+def test_the_header_keeps_the_det_curve_and_the_best_score_histograms_of_a_hand_worked_case(tmp_path):
+    path, table = _gallery_and_table(tmp_path)
+    result = index.calibrate_gallery(path, table, fpir=0.25)
+    stored = index.load_index(path).info.calibration
+    curve = index.det_curve(index.search_scores(_hand_table()))  # 9 points: kept whole, under CURVE_POINTS
+    assert stored["curve"] == {"threshold": pytest.approx(curve.threshold.tolist()),
+                               "fpir": curve.fpir.tolist(), "fnir": curve.fnir.tolist()}
+    assert stored["curve"]["fpir"] == [1.0, 7 / 8, 4 / 8, 4 / 8, 2 / 8, 0.0, 0.0, 0.0, 0.0]  # at .1 .3 .4 .45 .55 ...
+    operating = stored["curve"]["threshold"].index(pytest.approx(0.55))  # the first point above the threshold
+    assert (stored["curve"]["fpir"][operating], stored["curve"]["fnir"][operating]) == (0.25, result.fnir)
+    histograms = stored["histograms"]  # best scores from .1 (a2's non-mated search) to .9: 50 bins of .016
+    assert len(histograms["edges"]) == index.HISTOGRAM_BINS + 1
+    assert (histograms["edges"][0], histograms["edges"][-1]) == (pytest.approx(0.1), pytest.approx(0.9))
+    mated, nonmated = np.array(histograms["mated"]), np.array(histograms["nonmated"])
+    assert np.flatnonzero(mated).tolist() == [18, 31, 37, 49] and mated[mated > 0].tolist() == [2, 1, 2, 2]
+    assert np.flatnonzero(nonmated).tolist() == [0, 12, 21, 28] and nonmated[nonmated > 0].tolist() == [1, 3, 2, 2]
+
+
+def test_a_long_det_curve_is_thinned_to_points_spread_over_every_decade_of_fpir():
+    rng = np.random.default_rng(3)
+    scores = index.SearchScores(mate_score=rng.normal(0.7, 0.1, 3000).astype(np.float32),
+                                mate_rank=rng.integers(1, 3, 3000), nonmated_score=rng.normal(0.4, 0.1, 20_000)
+                                .astype(np.float32))
+    curve = index.det_curve(scores)
+    chosen = float(np.nextafter(np.sort(scores.nonmated_score)[-201], 1))  # just above the 201st: FPIR 0.01
+    thin = index.thinned_curve(curve, chosen)
+    assert len(curve.threshold) > 20_000 and len(thin.threshold) <= index.CURVE_POINTS
+    kept = np.searchsorted(curve.threshold, thin.threshold)  # points of the curve, in its order
+    assert np.array_equal(curve.threshold[kept], thin.threshold) and np.all(np.diff(kept) > 0)
+    assert np.array_equal(curve.fpir[kept], thin.fpir) and np.array_equal(curve.fnir[kept], thin.fnir)
+    assert kept[0] == 0 and kept[-1] == len(curve.threshold) - 1
+    operating = np.flatnonzero(curve.threshold >= chosen)[0]  # the rates of the chosen threshold
+    assert operating in kept and curve.fpir[operating] == pytest.approx(0.01)
+    for low in (1e-4, 1e-3, 1e-2, 1e-1):  # FPIR 1/20000 to 1: every decade drawn with several points
+        assert ((thin.fpir >= low) & (thin.fpir < 10 * low)).sum() >= 5, low
+    assert index.thinned_curve(curve, chosen, points=len(curve.threshold)) is curve
 
 
 def test_calibrate_cli_keeps_the_per_pair_rule_under_fmr(tmp_path):
@@ -348,3 +387,27 @@ def test_stats_and_the_service_log_say_when_the_gallery_has_outgrown_its_calibra
     old = _calibrated_at(tiny_gallery, tmp_path, 1)
     index.store.update_header(old, calibration={"threshold": 0.5, "fmr": 0.01})  # before galleries recorded size
     assert index.stale_calibration(index.load_index(old)) is None
+
+
+def test_get_calibration_answers_the_stored_curve_and_histograms_and_stats_leaves_them_out(
+    tiny_gallery, tmp_path  # noqa: F811
+):
+    path = tmp_path / "g.faiss"
+    shutil.copy(tiny_gallery[0], path)
+    config = ServeConfig(gallery=path, checkpoint=None, device=torch.device("cpu"),
+                         limits=UploadLimits(max_bytes=1_000_000, max_frames=100), allow_dirs=(),
+                         store=tmp_path / "store", detector="hog")
+    client = TestClient(create_app(Service(config), token=None, hosts=allowed_hosts("127.0.0.1")),
+                        base_url="http://127.0.0.1:8000")
+    missing = client.get("/calibration")
+    assert missing.status_code == 404 and "has no calibration" in missing.json()["error"]
+    assert "tfclip calibrate" in missing.json()["hint"] and client.get("/stats").json()["calibration"] is None
+    result = index.calibrate_search_threshold(_hand_table(), 0.25)  # stored as calibrate_gallery stores it
+    index.store.update_header(path, calibration={**result.to_dict(), **index.calibration_figures(result)})
+    answer = client.get("/calibration").json()
+    assert answer["threshold"] == result.threshold and answer["measured_fpir"] == 0.25
+    assert answer["curve"]["fpir"] == [1.0, 7 / 8, 4 / 8, 4 / 8, 2 / 8, 0.0, 0.0, 0.0, 0.0]
+    assert sum(answer["histograms"]["mated"]) == 7 and sum(answer["histograms"]["nonmated"]) == 8
+    assert answer["stale_message"] is None
+    stats = client.get("/stats").json()
+    assert stats["calibration"] == result.to_dict() and stats["threshold"] == result.threshold

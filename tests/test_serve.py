@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 import uvicorn
+from PIL import Image
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -34,6 +35,7 @@ from tfclip_cli.serve.app import MULTIPART_SLACK, create_app, serve
 from tfclip_cli.serve.guard import allowed_hosts
 from tfclip_cli.serve.service import ServeConfig, Service
 from tfclip_cli.serve.uploads import UploadLimits
+from tfclip_cli.tables import Embeddings, read_embeddings
 
 LIMITS = UploadLimits(max_bytes=2_000_000, max_frames=100)
 
@@ -569,3 +571,100 @@ def test_an_upload_to_a_store_that_cannot_be_written_is_a_json_error_and_the_gal
     assert response.status_code == 400
     assert response.json()["error"] == f"cannot write {tmp_path}/file/store: a part of the path is a file, not a folder"
     assert path.read_bytes() == before
+
+
+# ------------------------------------------------------------------ the camera view: latest tracklets, search with one
+
+T0 = 1796299200.0  # 2026-12-03T12:00:00Z
+
+
+def _footage_rows(table, ids: list[str], *, camids, starts, video: str):
+    """``table``'s rows renamed ``ids`` and made footage of camera ``camids[i]`` filmed from ``starts[i]`` for 5 s,
+    key frame 0 of ``video`` with the person in box (1, 2, 20, 40)."""
+    rows = table.rows.iloc[:len(ids)].copy()
+    rows["tracklet_id"], rows["camid"] = ids, camids
+    rows["source_video"], rows["first_frame"], rows["last_frame"] = video, 0, 1
+    rows["start_s"], rows["end_s"] = 0.0, 0.1
+    rows["boxes"] = [[[1.0, 2.0, 20.0, 40.0]] * 2] * len(ids)
+    rows["start_time"] = np.asarray(starts, dtype=float)
+    rows["end_time"] = rows["start_time"] + 5.0
+    return Embeddings(rows.reset_index(drop=True), table.vectors[:len(ids)], table.info)
+
+
+@pytest.fixture()
+def live_gallery(tiny_gallery, tmp_path):  # noqa: F811
+    """The tiny gallery's first 9 tracklets as footage of cameras 0-2: tracklet ``c<i % 3>-<i>`` filmed from T0 + 10 i
+    s; c0-0 and c1-4 linked to person 7. The gallery, its embeddings table and its video."""
+    path, _, sources = tiny_gallery
+    table = read_embeddings(path.parent / "e.parquet")
+    video = _video(sources)
+    ids = [f"c{i % 3}-{i}" for i in range(9)]
+    live = tmp_path / "live.faiss"
+    index.build_index(_footage_rows(table, ids, camids=[i % 3 for i in range(9)],
+                                    starts=[T0 + 10 * i for i in range(9)], video=str(video)), live)
+    index.set_person_ids(live, {"c0-0": 7, "c1-4": 7})
+    return live, table, video
+
+
+def test_cameras_answers_each_camera_s_latest_tracklets_newest_first_and_sees_appends(live_gallery, tmp_path):
+    path, table, video = live_gallery
+    client = _client(path, tmp_path)
+    answer = client.get("/cameras", params={"latest": 2}).json()
+    assert answer["rows"] == 9 and [c["camid"] for c in answer["cameras"]] == [0, 1, 2]
+    assert [c["tracklets"] for c in answer["cameras"]] == [3, 3, 3]
+    assert [[t["tracklet_id"] for t in c["latest"]] for c in answer["cameras"]] == [
+        ["c0-6", "c0-3"], ["c1-7", "c1-4"], ["c2-8", "c2-5"]]
+    card = answer["cameras"][1]["latest"][1]
+    assert card == {"tracklet_id": "c1-4", "camid": 1, "num_frames": card["num_frames"], "person": 7,
+                    "start_time": T0 + 40, "end_time": T0 + 45, "start_s": 0.0, "end_s": 0.1,
+                    "source": table.rows["tracklet_id"][4],  # extracted from paths: the id is the source
+                    "crop_url": "/tracklets/c1-4/crop", "search_url": "/tracklets/c1-4/search"}
+    assert answer["cameras"][0]["latest"][0]["person"] is None
+    index.append_to_index(_footage_rows(table, ["c1-new", "c5-new"], camids=[1, 5], starts=[T0 + 100, T0 + 1],
+                                        video=str(video)), path)
+    answer = client.get("/cameras", params={"latest": 2}).json()  # the service reloads the grown gallery
+    assert answer["rows"] == 11 and [c["camid"] for c in answer["cameras"]] == [0, 1, 2, 5]
+    assert [t["tracklet_id"] for t in answer["cameras"][1]["latest"]] == ["c1-new", "c1-7"]
+    assert client.delete("/gallery/c1-new").status_code == 200
+    assert [t["tracklet_id"] for t in client.get("/cameras").json()["cameras"][1]["latest"]] == ["c1-7", "c1-4", "c1-1"]
+    assert client.get("/cameras", params={"latest": 0}).status_code == 400
+
+
+def test_rows_without_wall_clock_times_are_latest_by_the_order_they_were_added(gallery_copy, tmp_path):
+    path, sources = gallery_copy
+    rows = index.load_index(path).rows
+    answer = _client(path, tmp_path).get("/cameras", params={"latest": 3}).json()
+    (camera,) = answer["cameras"]  # extracted from paths: every camid -1
+    assert camera["camid"] == -1 and camera["tracklets"] == len(rows)
+    assert [t["tracklet_id"] for t in camera["latest"]] == list(rows["tracklet_id"][::-1][:3])
+    assert camera["latest"][0]["start_time"] is None and camera["latest"][0]["person"] is None
+
+
+def test_a_click_on_a_tracklet_searches_with_its_own_embedding_and_finds_it_first(live_gallery, tmp_path):
+    path, _, _ = live_gallery
+    client = _client(path, tmp_path)
+    answer = client.get("/tracklets/c1-4/search", params={"top_k": 3}).json()
+    assert answer["query"] == "c1-4" and [h["rank"] for h in answer["hits"]] == [1, 2, 3]
+    first = answer["hits"][0]
+    assert first["tracklet_id"] == "c1-4" and first["score"] == pytest.approx(1.0, abs=1e-5)
+    assert first["person"] == 7 and [v["tracklet_ids"] for v in first["timeline"]] == [["c0-0"], ["c1-4"]]
+    assert len(answer["key_frames"]) == 1 and answer["key_frames"][0].startswith("data:image/jpeg;base64,")
+    assert answer["threshold"] is None and answer["match"] is None
+    vectors = index.load_index(path).index.reconstruct_n(0, 9)  # the same ranking as a search with the vector
+    (expected,) = index.search(index.load_index(path), vectors[4:5], 3)
+    assert [h["tracklet_id"] for h in answer["hits"]] == [h.tracklet_id for h in expected]
+    others = client.get("/tracklets/c1-4/search", params={"cameras": "0,2", "top_k": 20}).json()
+    assert {h["camid"] for h in others["hits"]} == {0, 2} and len(others["hits"]) == 6
+    missing = client.get("/tracklets/nobody/search")
+    assert missing.status_code == 404 and "holds no tracklet nobody" in missing.json()["error"]
+    assert client.get("/tracklets/c1-4/search", params={"min_score": "auto"}).status_code == 400
+
+
+def test_a_footage_tracklet_s_crop_is_its_key_frame_cut_to_the_person(live_gallery, tmp_path):
+    path, _, video = live_gallery
+    client = _client(path, tmp_path)
+    crop = client.get("/tracklets/c1-4/crop")
+    assert crop.status_code == 200 and crop.headers["content-type"] == "image/jpeg"
+    # box (1, 2, 20, 40) and 15% of its 38 px height (5.7 px) around it, cut at the frame's top and left edges
+    assert Image.open(io.BytesIO(crop.content)).size == (26, 46)
+    assert client.get("/tracklets/nobody/crop").status_code == 404

@@ -6,7 +6,10 @@ read key frames). The names below are the package's API.
 """
 
 from tfclip_cli.index.calibrate import (
+    CURVE_POINTS,
     DET_FPIRS,
+    FIGURE_KEYS,
+    HISTOGRAM_BINS,
     STALE_GROWTH,
     Calibration,
     DetCurve,
@@ -17,10 +20,12 @@ from tfclip_cli.index.calibrate import (
     calibrate_gallery_per_pair,
     calibrate_search_threshold,
     calibrate_threshold,
+    calibration_figures,
     det_curve,
     det_point,
     search_scores,
     stale_calibration,
+    thinned_curve,
     warn_if_stale,
 )
 from tfclip_cli.index.search import (
@@ -40,6 +45,7 @@ from tfclip_cli.index.search import (
     read_source_key_frame,
     resolve_min_score,
     search,
+    search_with_tracklet,
     threshold_in_force,
     tracklet_key_frames,
 )
@@ -61,11 +67,13 @@ from tfclip_cli.index.store import (
 
 __all__ = [
     "append_to_index", "build_index", "calibrate_gallery", "calibrate_gallery_per_pair",
-    "calibrate_search_threshold", "calibrate_threshold", "Calibration", "det_curve", "DET_FPIRS", "det_point",
+    "calibrate_search_threshold", "calibrate_threshold", "Calibration", "calibration_figures", "CURVE_POINTS",
+    "det_curve", "DET_FPIRS", "det_point", "FIGURE_KEYS", "HISTOGRAM_BINS",
     "DetCurve", "DetPoint", "Gallery", "Hit", "IndexInfo", "IndexType", "IVFPQ_MIN_ROWS", "ivfpq_params",
     "load_index", "load_query_embedder", "lock_path", "MinScore", "NO_FRAMES", "normalized", "parse_min_score",
     "query", "query_results", "query_tracklets", "QueryClip", "QueryEmbedder", "QueryResult", "read_key_frames",
     "read_source_key_frame", "remove_from_index", "resolve_min_score", "search", "search_scores",
-    "SearchCalibration", "SearchOptions", "SearchScores", "set_person_ids", "stale_calibration", "STALE_GROWTH",
-    "threshold_in_force", "tracklet_key_frames", "warn_if_stale", "writer_lock",
+    "search_with_tracklet", "SearchCalibration", "SearchOptions", "SearchScores", "set_person_ids",
+    "stale_calibration", "STALE_GROWTH", "thinned_curve", "threshold_in_force", "tracklet_key_frames",
+    "warn_if_stale", "writer_lock",
 ]

@@ -22,6 +22,8 @@ non-mated searches return a candidate: just above the ``(floor(f · P) + 1)``-th
 0.001 with the threshold of each; :class:`DetCurve` is the whole curve. Probes are searched in blocks of
 ``BLOCK_ROWS`` rows against every labelled row (``[BLOCK_ROWS, N]`` scores at a time, 20 MB at 20k rows) and
 keep three numbers each, so memory stays small at 20k rows.
+The gallery header keeps the curve thinned to ``CURVE_POINTS`` points and the best scores binned
+(:func:`calibration_figures`), so ``tfclip serve``'s page draws both without the table.
 
 A stranger meets more look-alikes in a larger gallery, so a threshold holds for galleries about the size of the
 one it was measured for: calibrating a gallery more than ``STALE_GROWTH`` times larger than the galleries the
@@ -58,6 +60,12 @@ DET_FPIRS = (0.1, 0.01, 0.001)
 """The FPIRs of the DET table."""
 STALE_GROWTH = 2.0
 """A calibration is stale once the gallery holds more than this many times the live rows it was calibrated at."""
+CURVE_POINTS = 200
+"""The most DET points a gallery header keeps for the pictures of ``tfclip serve``'s page."""
+HISTOGRAM_BINS = 50
+"""Bins of the best-score histograms a gallery header keeps, shared by both search kinds."""
+FIGURE_KEYS = ("curve", "histograms")
+"""The keys of a stored calibration that only draw its pictures (:func:`calibration_figures`)."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +132,7 @@ class DetCurve:
 @dataclass(frozen=True)
 class SearchCalibration:
     """The per-search (1:N) rule: the threshold at a target FPIR and the DET table; stored in the gallery header
-    without ``scores`` and ``curve`` (:meth:`to_dict`)."""
+    as :meth:`to_dict` with :func:`calibration_figures` (the curve thinned, the scores binned)."""
 
     threshold: float
     fpir: float
@@ -233,6 +241,43 @@ def det_curve(scores: SearchScores, *, rank: int = 1) -> DetCurve:
     )
 
 
+def thinned_curve(curve: DetCurve, keep: float, *, points: int = CURVE_POINTS) -> DetCurve:
+    """At most ``points`` points of ``curve`` spread evenly along it as a DET plot draws it (FPIR on a log axis,
+    FNIR linear, both spans scaled to 1), its two ends and the operating point of threshold ``keep`` always among
+    them: the first point at or above ``keep``, whose rates are those of ``keep`` (no score lies between them).
+    FPIR 0 counts as half the smallest FPIR above 0 when measuring the spread."""
+    count = len(curve.threshold)
+    if count <= points:
+        return curve
+    positive = curve.fpir[curve.fpir > 0]
+    log_fpir = np.log10(np.maximum(curve.fpir, positive.min() / 2 if len(positive) else 1e-12))
+    x = (log_fpir - log_fpir.min()) / max(float(np.ptp(log_fpir)), 1e-12)
+    along = np.concatenate([[0.0], np.cumsum(np.hypot(np.diff(x), np.diff(curve.fnir)))])
+    spread = np.searchsorted(along, np.linspace(0.0, along[-1], points - 3)).clip(max=count - 1)
+    operating = min(int(np.searchsorted(curve.threshold, keep, side="left")), count - 1)
+    kept = np.unique(np.concatenate([spread, [0, count - 1, operating]]))
+    return DetCurve(threshold=curve.threshold[kept], fpir=curve.fpir[kept], fnir=curve.fnir[kept])
+
+
+def calibration_figures(calibration: SearchCalibration) -> dict:
+    """What the gallery header keeps to draw a per-search calibration without its table: the DET curve thinned to
+    ``CURVE_POINTS`` (``curve``: threshold, FPIR, FNIR lists, thresholds ascending) and the best scores of the
+    mated and non-mated searches counted in ``HISTOGRAM_BINS`` equal bins over both (``histograms``: ``edges``,
+    ``mated``, ``nonmated``)."""
+    curve = thinned_curve(calibration.curve, calibration.threshold)
+    scores = calibration.scores
+    both = np.concatenate([scores.mate_score, scores.nonmated_score]).astype(np.float64)
+    low, high = float(both.min()), float(both.max())
+    edges = np.linspace(low, high if high > low else low + 1e-3, HISTOGRAM_BINS + 1)
+    return {
+        "curve": {"threshold": curve.threshold.astype(float).tolist(), "fpir": curve.fpir.astype(float).tolist(),
+                  "fnir": curve.fnir.astype(float).tolist()},
+        "histograms": {"edges": edges.tolist(),
+                       "mated": np.histogram(scores.mate_score, edges)[0].tolist(),
+                       "nonmated": np.histogram(scores.nonmated_score, edges)[0].tolist()},
+    }
+
+
 def calibrate_search_threshold(embeddings: Embeddings, fpir: float, *, rank: int = 1) -> SearchCalibration:
     """The per-search (1:N) threshold at FPIR ``fpir`` and the DET table at rank ``rank``, from ``embeddings``.
 
@@ -330,7 +375,8 @@ def _calibration_table(gallery: Gallery, embeddings_path: Path) -> Embeddings:
 def calibrate_gallery(gallery_path: Path, embeddings_path: Path, *, fpir: float = 0.01,
                       rank: int = 1) -> SearchCalibration:
     """Calibrate the gallery at ``gallery_path`` per search (1:N) on a labelled table; store the result, with the
-    gallery's live row count, in its header.
+    gallery's live row count and what draws its DET curve and score histograms (:func:`calibration_figures`), in
+    its header.
 
     Raises:
         GalleryError: as :func:`_calibration_table` or :func:`calibrate_search_threshold`.
@@ -345,7 +391,7 @@ def calibrate_gallery(gallery_path: Path, embeddings_path: Path, *, fpir: float 
                     "look-alikes in the gallery, so its FPIR will be higher than measured; calibrate on a larger "
                     "labelled table", gallery_path, gallery.info.live_count, searched)
     calibration = replace(calibration, embeddings=str(embeddings_path), gallery_rows=gallery.info.live_count)
-    update_header(gallery_path, calibration=calibration.to_dict())
+    update_header(gallery_path, calibration={**calibration.to_dict(), **calibration_figures(calibration)})
     return calibration
 
 

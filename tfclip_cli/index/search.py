@@ -399,3 +399,22 @@ def query_results(
         results.append(QueryResult(clip.source, clip.num_frames, clip.key_frames, tuple(hits), frames,
                                    threshold_in_force(gallery, floor)))
     return results
+
+
+def search_with_tracklet(gallery: Gallery, tracklet_id: str, options: SearchOptions = SearchOptions()) -> QueryResult:
+    """Search ``gallery`` with the embedding it holds for its own live tracklet ``tracklet_id``: nothing is embedded
+    again, so the tracklet itself comes first (score 1) unless ``options`` filter it out. The result's source and
+    key frames are the tracklet's.
+
+    Raises:
+        GalleryError: when the gallery holds no such tracklet, or as :func:`query_results`.
+    """
+    row = gallery.row_of(tracklet_id)
+    if row is None:
+        raise GalleryError(f"{gallery.path} holds no tracklet {tracklet_id}")
+    record = gallery.rows.iloc[row]
+    tracklet = row_to_tracklet(record)
+    clip = QueryClip(tracklet.source if tracklet is not None else tracklet_id, int(record["num_frames"]),
+                     _row_key_frames(gallery, row))
+    (result,) = query_results(gallery, gallery.index.reconstruct(row)[None, :], [clip], options)
+    return result

@@ -182,10 +182,14 @@ def det_curve(fpir: Sequence[float], fnir: Sequence[float], thresholds: Sequence
               chosen_threshold: float, names: tuple[str, str] = ("FPIR", "FNIR"),
               title: str = "Detection error trade-off (DET)") -> Figure:
     """FNIR (%) against FPIR on a log x axis, one point per entry of ``thresholds``, the operating point of
-    ``chosen_threshold`` (the listed threshold nearest to it) marked. Points with FPIR 0 cannot sit on a log axis
-    and are left out of the curve. ``names`` relabels the two rates (e.g. per-pair FMR and FNMR)."""
+    ``chosen_threshold`` marked: the point of the lowest listed threshold at or above it, whose rates are the
+    chosen threshold's when every score reached is listed (a score just below it is not: it counts one more false
+    positive). Points with FPIR 0 cannot sit on a log axis and are left out of the curve. ``names`` relabels the
+    two rates (e.g. per-pair FMR and FNMR)."""
     fpir, fnir = np.asarray(fpir, dtype=float), np.asarray(fnir, dtype=float)
-    chosen = int(np.argmin(np.abs(np.asarray(thresholds, dtype=float) - chosen_threshold)))
+    listed = np.asarray(thresholds, dtype=float)
+    chosen = int(np.argmin(np.where(listed >= chosen_threshold, listed, np.inf))) if (
+        listed >= chosen_threshold).any() else int(np.argmax(listed))
     shown = fpir > 0
     figure, (axes,) = _figure(height=3.8)
     axes.plot(fpir[shown], 100 * fnir[shown], color=SERIES_COLOURS[0], linewidth=2, label="one point per threshold")

@@ -3,8 +3,10 @@
 Errors are JSON ``{"error": ..., "hint": ...}``: 400 for input that does not decode, 401 for a missing or wrong
 bearer token on a write endpoint, 403 for a server-side path outside ``--allow-dir`` or a write from another
 site, 404 for an unknown tracklet or person, 413 over the upload limits, 421 for a host name the server was not
-started for (:mod:`~tfclip_cli.serve.guard`). ``GET /people/{id}`` answers a linked person's timeline. The OpenAPI
-page is at ``/docs``.
+started for (:mod:`~tfclip_cli.serve.guard`). ``GET /people/{id}`` answers a linked person's timeline,
+``GET /cameras`` each camera's latest tracklets (the page polls it), ``GET /tracklets/{id}/search`` a search with a
+gallery tracklet, ``GET /calibration`` the stored calibration with its DET curve and score histograms (the page
+draws them; nothing here draws a figure). The OpenAPI page is at ``/docs``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ log = logging.getLogger(__name__)
 
 MULTIPART_SLACK = 64 * 1024
 """Bytes a multipart body may exceed the upload limit by: boundaries and the other form fields."""
+LATEST_PER_CAMERA = 8
+"""Tracklets per camera ``GET /cameras`` answers unless asked for another number."""
 
 
 class Unauthorized(UserError):
@@ -81,8 +85,7 @@ def _add_routes(app: FastAPI) -> None:
         min_score: Annotated[str, Query(description="A number, 'auto' (calibrated) or 'off'.")] = "off",
         cameras: Annotated[str | None, Query(description="Only these camids, comma-separated.")] = None,
     ) -> dict:
-        camids = None if cameras is None else {_camid(text) for text in cameras.split(",") if text.strip()}
-        return service.query(file.file, top_k=top_k, min_score=parse_min_score(min_score), camids=camids)
+        return service.query(file.file, top_k=top_k, min_score=parse_min_score(min_score), camids=_camids(cameras))
 
     @app.post("/gallery")
     def add(
@@ -106,9 +109,36 @@ def _add_routes(app: FastAPI) -> None:
     def person(service: ServiceDep, person_id: int) -> dict:
         return service.person(person_id)
 
+    @app.get("/calibration")
+    def calibration(service: ServiceDep) -> dict:
+        return service.calibration()
+
+    @app.get("/cameras")
+    def cameras(service: ServiceDep, latest: Annotated[int, Query(ge=1, le=100)] = LATEST_PER_CAMERA) -> dict:
+        return service.cameras(latest)
+
+    @app.get("/tracklets/{tracklet_id:path}/search")
+    def search_tracklet(
+        service: ServiceDep,
+        tracklet_id: str,
+        top_k: Annotated[int, Query(ge=1, le=1000)] = 10,
+        min_score: Annotated[str, Query(description="A number, 'auto' (calibrated) or 'off'.")] = "off",
+        cameras: Annotated[str | None, Query(description="Only these camids, comma-separated.")] = None,
+    ) -> dict:
+        return service.search_tracklet(tracklet_id, top_k=top_k, min_score=parse_min_score(min_score),
+                                       camids=_camids(cameras))
+
+    @app.get("/tracklets/{tracklet_id:path}/crop")
+    def key_crop(service: ServiceDep, tracklet_id: str) -> Response:
+        return Response(service.key_crop(tracklet_id), media_type="image/jpeg")
+
     @app.get("/tracklets/{tracklet_id:path}/frames/{number}")
     def key_frame(service: ServiceDep, tracklet_id: str, number: int) -> Response:
         return Response(service.key_frame(tracklet_id, number), media_type="image/jpeg")
+
+
+def _camids(cameras: str | None) -> set[int] | None:
+    return None if cameras is None else {_camid(text) for text in cameras.split(",") if text.strip()}
 
 
 def _camid(text: str) -> int:

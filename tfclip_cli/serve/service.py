@@ -2,7 +2,8 @@
 
 Searches read an immutable snapshot of the gallery; writes go through ``index``'s locked, atomic functions and
 then swap the snapshot, so a search never sees a half-written gallery. The snapshot is also reloaded when the
-file changes on disk (``tfclip index --append`` while serving).
+file changes on disk (``tfclip index --append`` while serving), which is how the page's camera view sees a growing
+gallery: :meth:`Service.cameras` answers the latest tracklets of each camera of the current snapshot.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from pathlib import Path
 from typing import BinaryIO, Collection, Mapping
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 
 from tfclip_cli.errors import GalleryError, UserError
 from tfclip_cli.footage.query import FootageQuery, query_gallery
 from tfclip_cli.index import (
+    FIGURE_KEYS,
     Gallery,
     MinScore,
     QueryEmbedder,
@@ -38,6 +41,7 @@ from tfclip_cli.index import (
     load_query_embedder,
     remove_from_index,
     resolve_min_score,
+    search_with_tracklet,
     stale_calibration,
     threshold_in_force,
     tracklet_key_frames,
@@ -47,13 +51,22 @@ from tfclip_cli.inference import tracklet_from_path
 from tfclip_cli.people.answer import add_timelines, hit_people
 from tfclip_cli.people.timeline import Person, person_of
 from tfclip_cli.serve.uploads import UploadLimits, allowed_path, clip_from_upload, save_upload
-from tfclip_cli.tables import Embeddings, Tracklet, reporting_write_errors, tracklet_table
+from tfclip_cli.tables import (
+    PERSON_COLUMN,
+    Embeddings,
+    Tracklet,
+    reporting_write_errors,
+    row_to_tracklet,
+    tracklet_table,
+)
 
 log = logging.getLogger(__name__)
 
 LATENCY_WINDOW = 1000
 """Recent queries the latency percentiles are computed over."""
 THUMBNAIL_HEIGHT = 128
+CROP_MARGIN = 0.15
+"""The share of a person's box height added around it when a footage key frame is cut to the person."""
 
 
 class NotFound(UserError):
@@ -95,6 +108,47 @@ def jpeg(frame: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _optional(value: object) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
+def _url(tracklet_id: str, tail: str) -> str:
+    return f"/tracklets/{urllib.parse.quote(tracklet_id, safe='/')}/{tail}"
+
+
+def _card(record: pd.Series) -> dict:
+    """One tracklet of the camera view: its id, camera, linked person, times (wall clock and in its video) and the
+    URLs of its person crop and of a search with it."""
+    tracklet_id = str(record["tracklet_id"])
+    person = record.get(PERSON_COLUMN)
+    tracklet = row_to_tracklet(record)
+    return {
+        "tracklet_id": tracklet_id, "camid": int(record["camid"]), "num_frames": int(record["num_frames"]),
+        "person": None if person is None or pd.isna(person) or int(person) < 0 else int(person),
+        **{name: _optional(record.get(name)) for name in ("start_time", "end_time", "start_s", "end_s")},
+        "source": "" if tracklet is None else tracklet.source,
+        "crop_url": _url(tracklet_id, "crop"), "search_url": _url(tracklet_id, "search"),
+    }
+
+
+def latest_per_camera(gallery: Gallery, count: int) -> dict:
+    """Per camera (camid ascending) its live tracklet count and its ``count`` latest tracklets, newest first:
+    latest by wall-clock end (``end_time``), then by the order they entered the gallery (rows without an end time
+    after those with one)."""
+    rows = gallery.rows
+    live = np.flatnonzero(gallery.live)
+    camids = rows["camid"].to_numpy()[live]
+    ends = rows["end_time"].to_numpy(dtype=float)[live] if "end_time" in rows else np.full(len(live), np.nan)
+    by_camera = np.lexsort((live, np.nan_to_num(ends, nan=-np.inf), camids))  # by camera, then oldest first
+    order = live[by_camera]
+    cameras, starts, sizes = np.unique(camids[by_camera], return_index=True, return_counts=True)
+    return {"rows": len(live), "cameras": [
+        {"camid": int(camid), "tracklets": int(size),
+         "latest": [_card(rows.iloc[row]) for row in order[start:start + size][::-1][:count]]}
+        for camid, start, size in zip(cameras, starts, sizes)
+    ]}
+
+
 def _file_identity(path: Path) -> tuple[int, int, int]:
     stat = path.stat()
     return stat.st_ino, stat.st_mtime_ns, stat.st_size
@@ -127,6 +181,7 @@ class Service:
         self.embedder: QueryEmbedder = load_query_embedder(self._gallery, config.checkpoint, config.device)
         self._latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.queries_served = 0
+        self._latest: tuple[Gallery, int, dict] | None = None  # the camera view of one snapshot, for polling pages
 
     def gallery(self) -> Gallery:
         """The current gallery, reloaded first if its file was replaced since it was read."""
@@ -177,6 +232,50 @@ class Service:
         add_timelines(hits, people)
         return {"num_frames": clip.num_frames, "key_frames": _data_uris(result), "threshold": threshold,
                 "match": result.is_match, "hits": hits}
+
+    def search_tracklet(self, tracklet_id: str, *, top_k: int, min_score: MinScore,
+                        camids: Collection[int] | None) -> dict:
+        """Search the gallery with one of its own tracklets (``GET /tracklets/{id}/search``, a click in the camera
+        view): ``POST /query``'s answer for a person crop, with ``query`` the tracklet's id; its stored embedding is
+        searched, so it comes first.
+
+        Raises:
+            NotFound: for an unknown tracklet; GalleryError for ``auto`` when uncalibrated.
+        """
+        gallery = self.gallery()
+        if gallery.row_of(tracklet_id) is None:
+            raise NotFound(f"{self.config.gallery} holds no tracklet {tracklet_id}")
+        floor = resolve_min_score(gallery, min_score)
+        result = search_with_tracklet(gallery, tracklet_id, SearchOptions(
+            top_k=top_k, min_score=floor, camids=None if camids is None else frozenset(camids)))
+        hits = [hit.to_dict() for hit in result.hits]
+        add_timelines(hits, hit_people(gallery, (result,)))
+        return {"query": tracklet_id, "num_frames": result.num_frames, "key_frames": _data_uris(result),
+                "threshold": result.threshold, "match": result.is_match, "hits": hits}
+
+    def cameras(self, count: int) -> dict:
+        """``GET /cameras``: :func:`latest_per_camera` of the current gallery, computed once per snapshot."""
+        gallery = self.gallery()
+        with self._swap:
+            if self._latest is not None and self._latest[0] is gallery and self._latest[1] == count:
+                return self._latest[2]
+        answer = latest_per_camera(gallery, count)
+        with self._swap:
+            self._latest = (gallery, count, answer)
+        return answer
+
+    def calibration(self) -> dict:
+        """``GET /calibration``: the calibration stored in the gallery header, with what draws its DET curve and
+        score histograms when ``tfclip calibrate`` stored them (per search), and whether it is stale.
+
+        Raises:
+            NotFound: when the gallery was never calibrated.
+        """
+        gallery = self.gallery()
+        if gallery.info.calibration is None:
+            raise NotFound(f"{self.config.gallery} has no calibration",
+                           hint=f"calibrate it: tfclip calibrate VAL.parquet --gallery {self.config.gallery}")
+        return {**gallery.info.calibration, "stale_message": stale_calibration(gallery)}
 
     def _kept_clip(self, upload: BinaryIO) -> Tracklet:
         """Save an upload into the store for good (the gallery row points at it) and read it as a tracklet."""
@@ -241,6 +340,30 @@ class Service:
             raise NotFound(f"tracklet {tracklet_id} has {len(frames)} key frame(s); asked for frame {number}")
         return jpeg(frames[number])
 
+    def key_crop(self, tracklet_id: str) -> bytes:
+        """The person of a gallery tracklet as a JPEG thumbnail: a footage tracklet's key frame cut to its box (with
+        a ``CROP_MARGIN``), another tracklet's middle key frame (already a crop).
+
+        Raises:
+            NotFound: for an unknown tracklet or an unreadable source.
+        """
+        gallery = self.gallery()
+        try:
+            frames = tracklet_key_frames(gallery, tracklet_id)
+        except GalleryError as exc:
+            raise NotFound(exc.message) from exc
+        if not len(frames):
+            raise NotFound(f"the source of tracklet {tracklet_id} cannot be read")
+        tracklet = row_to_tracklet(gallery.rows.iloc[gallery.row_of(tracklet_id)])
+        if tracklet is None or tracklet.origin is None:
+            return jpeg(frames[len(frames) // 2])
+        x1, y1, x2, y2 = tracklet.origin.key_box
+        margin = CROP_MARGIN * (y2 - y1)
+        height, width = frames[0].shape[:2]
+        top, bottom = max(0, int(y1 - margin)), min(height, int(np.ceil(y2 + margin)))
+        left, right = max(0, int(x1 - margin)), min(width, int(np.ceil(x2 + margin)))
+        return jpeg(np.ascontiguousarray(frames[0][top:max(bottom, top + 1), left:max(right, left + 1)]))
+
     def person(self, person_id: int) -> dict:
         """A linked person's timeline (``GET /people/{id}``): the visits in time order, each with its key frame
         and the URL of that frame's thumbnail.
@@ -256,13 +379,12 @@ class Service:
         answer = found.to_dict()
         for visit in answer["visits"]:
             key = visit["key_frame"]
-            visit["key_frame_url"] = None if key is None else (
-                f"/tracklets/{urllib.parse.quote(key['tracklet_id'], safe='/')}/frames/0")
+            visit["key_frame_url"] = None if key is None else _url(key["tracklet_id"], "frames/0")
         return answer
 
     def stats(self) -> dict:
-        """Rows, dimension, checkpoint, threshold (and whether the gallery outgrew it), queries served and latency
-        percentiles (milliseconds)."""
+        """Rows, dimension, checkpoint, calibration (without what draws its pictures) and threshold (and whether the
+        gallery outgrew it), queries served and latency percentiles (milliseconds)."""
         gallery = self.gallery()
         info, stale = gallery.info, stale_calibration(gallery)
         with self._swap:
@@ -270,7 +392,9 @@ class Service:
         percentiles = {f"p{p}": float(np.percentile(latencies, p)) if len(latencies) else None for p in (50, 95, 99)}
         return {
             "gallery": str(self.config.gallery), "rows": info.live_count, "dim": info.dim, "type": info.type,
-            "checkpoint": str(self.embedder.checkpoint), "calibration": info.calibration,
+            "checkpoint": str(self.embedder.checkpoint),
+            "calibration": None if info.calibration is None else {  # its pictures: GET /calibration
+                key: value for key, value in info.calibration.items() if key not in FIGURE_KEYS},
             "threshold": threshold_in_force(gallery, None), "calibration_stale": stale is not None,
             "calibration_message": stale, "queries_served": self.queries_served,
             "latency_ms": percentiles,
