@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import uvicorn
@@ -668,3 +669,119 @@ def test_a_footage_tracklet_s_crop_is_its_key_frame_cut_to_the_person(live_galle
     # box (1, 2, 20, 40) and 15% of its 38 px height (5.7 px) around it, cut at the frame's top and left edges
     assert Image.open(io.BytesIO(crop.content)).size == (26, 46)
     assert client.get("/tracklets/nobody/crop").status_code == 404
+
+
+INGEST = {"sources": [
+    {"name": "lobby", "camera": 1, "state": "running", "frames_read": 400, "frames_processed": 380,
+     "frames_dropped": 20, "reconnects": 1, "open_tracks": 2, "tracklets_appended": 3, "lag_p50_s": 1.25,
+     "lag_p95_s": 4.5},
+    {"name": "door", "camera": 2, "state": "reconnecting", "frames_read": 0, "frames_processed": 0,
+     "frames_dropped": 0, "reconnects": 3, "open_tracks": 0, "tracklets_appended": 0, "lag_p50_s": None,
+     "lag_p95_s": None},
+]}
+
+
+def _text(devtools, session: str, selector: str) -> list[str]:
+    return devtools.evaluate(session, f"[...document.querySelectorAll({json.dumps(selector)})].map(e => e.textContent)")
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="Debian's chromium is not installed (apt-get install chromium)"
+)
+def test_the_page_shows_each_camera_s_latest_tracklets_live_and_a_click_searches_with_one(
+    live_gallery, tmp_path, monkeypatch
+):
+    path, table, video = live_gallery
+    ingest = {}  # what /stats adds: nothing at first, then the figures of `serve --watch`
+    stats = Service.stats
+    monkeypatch.setattr(Service, "stats", lambda self: {**stats(self), **ingest})
+    devtools = _DevTools()
+    try:
+        with _Server(_config(path, tmp_path)) as server:
+            target = devtools.call("Target.createTarget", url=f"{server.url}/")["targetId"]
+            session = devtools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+            _wait_for(devtools, session, "document.querySelectorAll('.card').length === 9")
+            assert _text(devtools, session, ".camera-title") == [
+                "camera 03 tracklet(s)", "camera 13 tracklet(s)", "camera 23 tracklet(s)"]
+            assert _text(devtools, session, "[data-camid='1'] .card") == [
+                "12:01:10 UTC", "12:00:40 UTCperson 7", "12:00:10 UTC"]  # c1-7, c1-4, c1-1: newest first
+            drawn = "[...document.querySelectorAll('.card img')].filter(i => i.complete && i.naturalWidth > 0).length"
+            _wait_for(devtools, session, f"{drawn} === 9")  # every person crop loaded
+            assert devtools.evaluate(session, "document.getElementById('ingest-view').hidden") is True
+
+            index.append_to_index(_footage_rows(table, ["c1-new"], camids=[1], starts=[T0 + 100], video=str(video)),
+                                  path)  # while the page is open
+            _wait_for(devtools, session, "!!document.querySelector('[data-tracklet=\"c1-new\"]')")
+            assert devtools.evaluate(session, "[...document.querySelectorAll('[data-camid=\"1\"] .card')]"
+                                     ".map(c => c.dataset.tracklet)") == ["c1-new", "c1-7", "c1-4", "c1-1"]
+            assert devtools.evaluate(session, "document.querySelector('[data-tracklet=\"c1-new\"]').className") == \
+                "card fresh"  # marked as new; the others not
+            assert devtools.evaluate(session, "document.querySelectorAll('.card.fresh').length") == 1
+            assert _text(devtools, session, ".camera-title")[1] == "camera 14 tracklet(s)"
+
+            ingest["ingest"] = INGEST
+            _wait_for(devtools, session, "!document.getElementById('ingest-view').hidden")
+            rows = _text(devtools, session, "#ingest tr")
+            assert rows[1:] == ["lobby1running40038020 (5.0%)1231.3 s4.5 s", "door2reconnecting000300--"]
+            _wait_for(devtools, session, "document.querySelector('[data-camid=\"1\"] .camera-title')"
+                      ".textContent.includes('lobby')")
+
+            devtools.evaluate(session, "document.querySelector('[data-tracklet=\"c1-4\"]').click()")
+            _wait_for(devtools, session, "document.querySelectorAll('#hits tr').length === 11")
+            first = _text(devtools, session, "#hits tr:nth-child(2) td")
+            assert first[:4] == ["1", "1.0000", "-", "7"] and first[6].startswith("c1-4")
+            assert _text(devtools, session, "#query-frames")[0].startswith(
+                "tracklet c1-4 (camera 1, 12:00:40 UTC)")
+            timeline = _wait_for(devtools, session, "document.querySelector('#person h2') && "
+                                 "document.querySelector('#person h2').textContent")
+            assert timeline == "person 7: cam0 12:00:00-12:00:05 \u2192 cam1 12:00:40-12:00:45 (UTC)"
+    finally:
+        devtools.close()
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="Debian's chromium is not installed (apt-get install chromium)"
+)
+def test_the_stats_view_draws_the_stored_det_curve_and_score_histograms(live_gallery, tmp_path):
+    path, _, _ = live_gallery
+    devtools = _DevTools()
+    try:
+        with _Server(_config(path, tmp_path)) as server:
+            target = devtools.call("Target.createTarget", url=f"{server.url}/")["targetId"]
+            session = devtools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+            message = _wait_for(devtools, session, "document.getElementById('calibration-empty').textContent")
+            assert message == f"not calibrated: no match verdicts; calibrate with tfclip calibrate VAL.parquet " \
+                              f"--gallery {path}"
+            assert devtools.evaluate(session, "document.getElementById('det').hidden") is True
+
+            rng = np.random.default_rng(0)  # 60 people seen 3 times: best scores with some overlap
+            vectors = np.repeat(rng.standard_normal((60, 16)), 3, axis=0) + 0.7 * rng.standard_normal((180, 16))
+            rows = pd.DataFrame({"tracklet_id": [f"v{i}" for i in range(180)], "pid": np.repeat(np.arange(60), 3),
+                                 "camid": 0, "split": "query", "num_frames": 4, "frames": None, "video": "v.mp4"})
+            result = index.calibrate_search_threshold(Embeddings(rows, vectors.astype(np.float32), {}), 0.1)
+            figures = index.calibration_figures(result)
+            index.store.update_header(path, calibration={**result.to_dict(), **figures})  # as calibrate stores it
+
+            _wait_for(devtools, session, "!document.getElementById('det').hidden")
+            summary = _text(devtools, session, "#calibration-summary")[0]
+            assert summary.startswith(f"threshold {result.threshold:.4f} at FPIR 0.1 (measured "
+                                      f"{result.measured_fpir:.4f}), FNIR {100 * result.fnir:.1f}% at rank 1")
+            points = devtools.evaluate(session, "document.querySelector('#det polyline.det')"
+                                       ".getAttribute('points').split(' ').length")
+            assert points == sum(fpir > 0 for fpir in figures["curve"]["fpir"])  # FPIR 0 is off a log axis
+            marker = devtools.evaluate(session, "(() => { const b = document.querySelector('#det .operating')"
+                                       ".getBBox(); return [b.x + b.width / 2, b.y + b.height / 2]; })()")
+            low = min(min(f for f in figures["curve"]["fpir"] if f > 0), result.measured_fpir) / 1.5
+            share = (np.log10(result.measured_fpir) - np.log10(low)) / (np.log10(1.5) - np.log10(low))
+            assert marker == pytest.approx([64 + share * 430, 30 + (1 - 100 * result.fnir / 101) * 230], abs=0.5)
+            assert "chosen threshold" in _text(devtools, session, "#det")[0]
+            bins = devtools.evaluate(session, "[document.querySelectorAll('#histograms rect.mated').length, "
+                                     "document.querySelectorAll('#histograms rect.nonmated').length]")
+            histograms = figures["histograms"]
+            assert bins == [sum(c > 0 for c in histograms["mated"]), sum(c > 0 for c in histograms["nonmated"])]
+            line = devtools.evaluate(session, "Number(document.querySelector('#histograms line.threshold')"
+                                     ".getAttribute('x1'))")
+            edges = histograms["edges"]
+            assert line == pytest.approx(64 + (result.threshold - edges[0]) / (edges[-1] - edges[0]) * 430, abs=0.01)
+    finally:
+        devtools.close()
