@@ -735,6 +735,12 @@ def test_the_page_shows_each_camera_s_latest_tracklets_live_and_a_click_searches
             timeline = _wait_for(devtools, session, "document.querySelector('#person h2') && "
                                  "document.querySelector('#person h2').textContent")
             assert timeline == "person 7: cam0 12:00:00-12:00:05 \u2192 cam1 12:00:40-12:00:45 (UTC)"
+            devtools.evaluate(session, "document.getElementById('person').replaceChildren(); "
+                              "document.querySelector('#hits tr.linked').click()")  # a linked hit: its timeline
+            again = _wait_for(devtools, session, "document.querySelector('#person h2') && "
+                              "document.querySelector('#person h2').textContent")
+            assert again == timeline
+            assert devtools.evaluate(session, "document.querySelectorAll('#person img').length") == 2
     finally:
         devtools.close()
 
