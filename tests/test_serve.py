@@ -646,6 +646,8 @@ def test_a_click_on_a_tracklet_searches_with_its_own_embedding_and_finds_it_firs
     client = _client(path, tmp_path)
     answer = client.get("/tracklets/c1-4/search", params={"top_k": 3}).json()
     assert answer["query"] == "c1-4" and [h["rank"] for h in answer["hits"]] == [1, 2, 3]
+    card = next(c for c in client.get("/cameras").json()["cameras"][1]["latest"] if c["tracklet_id"] == "c1-4")
+    assert answer["tracklet"] == card  # what was searched with, as the camera view shows it
     first = answer["hits"][0]
     assert first["tracklet_id"] == "c1-4" and first["score"] == pytest.approx(1.0, abs=1e-5)
     assert first["person"] == 7 and [v["tracklet_ids"] for v in first["timeline"]] == [["c0-0"], ["c1-4"]]
@@ -752,9 +754,11 @@ def test_the_stats_view_draws_the_stored_det_curve_and_score_histograms(live_gal
     path, _, _ = live_gallery
     devtools = _DevTools()
     try:
-        with _Server(_config(path, tmp_path)) as server:
-            target = devtools.call("Target.createTarget", url=f"{server.url}/")["targetId"]
+        with _Server(_config(path, tmp_path)) as server:  # a link to a tracklet's search opens with its hits
+            target = devtools.call("Target.createTarget", url=f"{server.url}/#tracklet=c2-5")["targetId"]
             session = devtools.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+            _wait_for(devtools, session, "document.querySelectorAll('#hits tr').length === 10")  # 9 hits
+            assert _text(devtools, session, "#hits tr:nth-child(2) td")[6].startswith("c2-5")
             message = _wait_for(devtools, session, "document.getElementById('calibration-empty').textContent")
             assert message == f"not calibrated: no match verdicts; calibrate with tfclip calibrate VAL.parquet " \
                               f"--gallery {path}"

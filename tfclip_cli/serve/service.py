@@ -236,21 +236,23 @@ class Service:
     def search_tracklet(self, tracklet_id: str, *, top_k: int, min_score: MinScore,
                         camids: Collection[int] | None) -> dict:
         """Search the gallery with one of its own tracklets (``GET /tracklets/{id}/search``, a click in the camera
-        view): ``POST /query``'s answer for a person crop, with ``query`` the tracklet's id; its stored embedding is
-        searched, so it comes first.
+        view): ``POST /query``'s answer for a person crop, with ``query`` the tracklet's id and ``tracklet`` its
+        card (as ``GET /cameras`` answers it); its stored embedding is searched, so it comes first.
 
         Raises:
             NotFound: for an unknown tracklet; GalleryError for ``auto`` when uncalibrated.
         """
         gallery = self.gallery()
-        if gallery.row_of(tracklet_id) is None:
+        row = gallery.row_of(tracklet_id)
+        if row is None:
             raise NotFound(f"{self.config.gallery} holds no tracklet {tracklet_id}")
         floor = resolve_min_score(gallery, min_score)
         result = search_with_tracklet(gallery, tracklet_id, SearchOptions(
             top_k=top_k, min_score=floor, camids=None if camids is None else frozenset(camids)))
         hits = [hit.to_dict() for hit in result.hits]
         add_timelines(hits, hit_people(gallery, (result,)))
-        return {"query": tracklet_id, "num_frames": result.num_frames, "key_frames": _data_uris(result),
+        return {"query": tracklet_id, "tracklet": _card(gallery.rows.iloc[row]), "num_frames": result.num_frames,
+                "key_frames": _data_uris(result),
                 "threshold": result.threshold, "match": result.is_match, "hits": hits}
 
     def cameras(self, count: int) -> dict:
