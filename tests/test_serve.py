@@ -34,7 +34,7 @@ from tfclip_cli.cli import app as cli_app
 from tfclip_cli.errors import UserError
 from tfclip_cli.serve.app import MULTIPART_SLACK, create_app, serve
 from tfclip_cli.serve.guard import allowed_hosts
-from tfclip_cli.serve.service import ServeConfig, Service
+from tfclip_cli.serve.service import ServeConfig, Service, latest_rows
 from tfclip_cli.serve.uploads import UploadLimits
 from tfclip_cli.tables import Embeddings, read_embeddings
 
@@ -639,6 +639,15 @@ def test_rows_without_wall_clock_times_are_latest_by_the_order_they_were_added(g
     assert camera["camid"] == -1 and camera["tracklets"] == len(rows)
     assert [t["tracklet_id"] for t in camera["latest"]] == list(rows["tracklet_id"][::-1][:3])
     assert camera["latest"][0]["start_time"] is None and camera["latest"][0]["person"] is None
+
+
+def test_the_latest_rows_of_a_camera_are_those_a_sort_of_every_row_puts_first():
+    for seed in range(200):  # ends with many ties and unknowns (-inf), against sorting (end, row) descending
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.choice(1000, rng.integers(1, 30), replace=False))
+        ends, count = rng.choice([-np.inf, 1.0, 2.0, 3.0], len(rows)), int(rng.integers(1, 10))
+        expected = [row for _, row in sorted(zip(ends, rows), reverse=True)[:count]]
+        assert latest_rows(rows, ends, count).tolist() == expected, seed
 
 
 def test_a_click_on_a_tracklet_searches_with_its_own_embedding_and_finds_it_first(live_gallery, tmp_path):
