@@ -714,8 +714,8 @@ def test_the_page_shows_each_camera_s_latest_tracklets_live_and_a_click_searches
             _wait_for(devtools, session, "document.querySelectorAll('.card').length === 9")
             assert _text(devtools, session, ".camera-title") == [
                 "camera 03 tracklet(s)", "camera 13 tracklet(s)", "camera 23 tracklet(s)"]
-            assert _text(devtools, session, "[data-camid='1'] .card") == [
-                "12:01:10 UTC", "12:00:40 UTCperson 7", "12:00:10 UTC"]  # c1-7, c1-4, c1-1: newest first
+            assert _text(devtools, session, "[data-camid='1'] .card") == [  # c1-7, c1-4, c1-1: newest first
+                "12:01:10\u201312:01:15", "12:00:40\u201312:00:45person 7", "12:00:10\u201312:00:15"]
             drawn = "[...document.querySelectorAll('.card img')].filter(i => i.complete && i.naturalWidth > 0).length"
             _wait_for(devtools, session, f"{drawn} === 9")  # every person crop loaded
             assert devtools.evaluate(session, "document.getElementById('ingest-view').hidden") is True
@@ -742,7 +742,7 @@ def test_the_page_shows_each_camera_s_latest_tracklets_live_and_a_click_searches
             first = _text(devtools, session, "#hits tr:nth-child(2) td")
             assert first[:4] == ["1", "1.0000", "-", "7"] and first[6].startswith("c1-4")
             assert _text(devtools, session, "#query-frames")[0].startswith(
-                "tracklet c1-4 (camera 1, 12:00:40 UTC)")
+                "tracklet c1-4 (camera 1, 12:00:40\u201312:00:45 UTC)")
             timeline = _wait_for(devtools, session, "document.querySelector('#person h2') && "
                                  "document.querySelector('#person h2').textContent")
             assert timeline == "person 7: cam0 12:00:00-12:00:05 \u2192 cam1 12:00:40-12:00:45 (UTC)"

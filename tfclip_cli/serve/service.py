@@ -264,8 +264,8 @@ class Service:
         hits = [hit.to_dict() for hit in result.hits]
         add_timelines(hits, hit_people(gallery, (result,)))
         return {"query": tracklet_id, "tracklet": _card(gallery.rows.iloc[row]), "num_frames": result.num_frames,
-                "key_frames": _data_uris(result),
-                "threshold": result.threshold, "match": result.is_match, "hits": hits}
+                "key_frames": _data_uris(result), "threshold": result.threshold, "match": result.is_match,
+                "hits": hits}
 
     def cameras(self, count: int) -> dict:
         """``GET /cameras``: :func:`latest_per_camera` of the current gallery, computed once per snapshot."""
