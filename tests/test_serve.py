@@ -28,10 +28,10 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from fake_footage import write_video, yolo_model
-from test_index import tiny_gallery  # noqa: F401  (the module-scoped gallery fixture, reused)
+from test_index import _clustered, _embeddings, tiny_gallery  # noqa: F401  (tiny_gallery: a module fixture)
 from tfclip_cli import index
 from tfclip_cli.cli import app as cli_app
-from tfclip_cli.errors import UserError
+from tfclip_cli.errors import GalleryError, UserError
 from tfclip_cli.serve.app import MULTIPART_SLACK, create_app, serve
 from tfclip_cli.serve.guard import allowed_hosts
 from tfclip_cli.serve.service import ServeConfig, Service, latest_rows
@@ -670,6 +670,21 @@ def test_a_click_on_a_tracklet_searches_with_its_own_embedding_and_finds_it_firs
     missing = client.get("/tracklets/nobody/search")
     assert missing.status_code == 404 and "holds no tracklet nobody" in missing.json()["error"]
     assert client.get("/tracklets/c1-4/search", params={"min_score": "auto"}).status_code == 400
+
+
+@pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivfpq"])
+def test_a_search_with_a_gallery_tracklet_finds_it_first_in_every_index_type(tmp_path, index_type):
+    vectors, _ = _clustered(700, 16, seed=2)  # ivfpq needs 624 rows or more
+    path = tmp_path / f"{index_type}.faiss"
+    index.build_index(_embeddings(vectors), path, index_type=index_type)
+    index.remove_from_index(path, ["t5"])
+    gallery = index.load_index(path)
+    for tracklet_id in ("t0", "t123", "t699"):
+        result = index.search_with_tracklet(gallery, tracklet_id, index.SearchOptions(top_k=5))
+        assert result.hits[0].tracklet_id == tracklet_id and result.hits[0].score == pytest.approx(1.0, abs=1e-4)
+        assert result.source == f"/videos/{tracklet_id}.mp4" and len(result.hits) == 5
+    with pytest.raises(GalleryError, match="holds no tracklet t5"):  # removed
+        index.search_with_tracklet(gallery, "t5")
 
 
 def test_a_footage_tracklet_s_crop_is_its_key_frame_cut_to_the_person(live_gallery, tmp_path):
