@@ -413,6 +413,10 @@ def test_the_page_shows_the_query_frames_ranked_hits_with_thumbnails_and_a_plain
             assert rows == 11 and str(video) in first and "1.0000" in first
             drawn = "[...document.images].filter(i => i.complete && i.naturalWidth > 0).length"
             _wait_for(devtools, session, f"{drawn} >= 3 + 3 * 10")  # the query's 3 frames, 3 per hit
+            assert _text(devtools, session, "#calibration-summary") == [  # a per-pair threshold: no pictures
+                "threshold 1.0100 by the per-pair rule at false-match rate 0.01 (pictures are drawn for per-search "
+                "calibrations)"]
+            assert devtools.evaluate(session, "document.getElementById('det').hidden") is True
     finally:
         devtools.close()
 
