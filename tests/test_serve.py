@@ -34,6 +34,7 @@ from tfclip_cli.serve.app import MULTIPART_SLACK, create_app, serve
 from tfclip_cli.serve.guard import allowed_hosts
 from tfclip_cli.serve.service import ServeConfig, Service
 from tfclip_cli.serve.uploads import UploadLimits
+from tfclip_cli.tables import Embeddings
 
 LIMITS = UploadLimits(max_bytes=2_000_000, max_frames=100)
 
@@ -569,3 +570,19 @@ def test_an_upload_to_a_store_that_cannot_be_written_is_a_json_error_and_the_gal
     assert response.status_code == 400
     assert response.json()["error"] == f"cannot write {tmp_path}/file/store: a part of the path is a file, not a folder"
     assert path.read_bytes() == before
+
+
+def test_the_service_sees_tracklets_appended_to_the_log_by_another_process_without_a_restart(
+        gallery_copy, tmp_path, monkeypatch):
+    path, _ = gallery_copy
+    monkeypatch.setattr(index.store, "COMPACT_SHARE", 1e9)  # the append stays in the log
+    client = _client(path, tmp_path)
+    rows = client.get("/stats").json()["rows"]
+    gallery = index.load_index(path)
+    vector = np.random.default_rng(0).standard_normal((1, gallery.info.dim)).astype(np.float32)
+    new = gallery.rows.iloc[:1].assign(tracklet_id="cam7/live-1")
+    info = {"checkpoint": gallery.info.checkpoint, "checkpoint_sha256": gallery.info.checkpoint_sha256}
+    index.append_to_index(Embeddings(rows=new, vectors=vector, info=info), path)  # as `tfclip watch` does
+    base = path.read_bytes()
+    assert client.get("/stats").json()["rows"] == rows + 1 and path.read_bytes() == base
+    assert client.get("/tracklets/cam7/live-1/frames/0").status_code == 200
