@@ -1,5 +1,6 @@
-"""FAISS gallery: exact and approximate search, the documented ivfpq rule, append, sidecar checks, the --gpu
-error path, `tfclip index` / `tfclip query` (tiny random-init model), and the HTML report (also in Chromium)."""
+"""FAISS gallery: exact and approximate search, the documented ivfpq rule, append (the log, its torn records and
+generations, the ids cache, compaction), damaged files, writers killed at every step, the --gpu error path,
+`tfclip index` / `tfclip query` (tiny random-init model), and the HTML report (also in Chromium)."""
 
 import base64
 import dataclasses
@@ -7,11 +8,10 @@ import io
 import json
 import os
 import signal
-import struct
 import re
 import shutil
+import struct
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor

@@ -16,15 +16,37 @@ used by ``evaluate``. Three types, row ``i`` of the index is row ``i`` of the ro
 - ``hnsw``: ``IndexHNSWFlat`` with ``M = 32`` links per node, ``efConstruction = 40`` (faiss's default; higher
   doubles build time for little recall on clustered data), ``efSearch = 64``.
 
-On disk (format 1): ``MAGIC``, three little-endian uint64 section lengths, then the JSON header
-(:class:`IndexInfo`), the rows table (Parquet: every column of the indexed embeddings rows, footage columns
-included) and the serialised FAISS index. One file renamed into place by ``tables.atomic_output`` is the whole
-update, so a crash or ``kill -9`` at any moment leaves the old gallery or the new one, and a reader that opened
-the old file keeps reading it whole. Writers (build, append, remove, calibrate) hold ``fcntl.flock`` on
-``G.lock`` beside the gallery for their whole read-modify-write, so concurrent appends wait for each other
-instead of losing a batch; holding it, a writer deletes the temporary files a killed writer left.
-Removing a tracklet marks its row in the header (a tombstone); searches exclude tombstoned rows with a FAISS id
-selector, and ``tfclip index`` rebuilds a compact gallery.
+On disk, a gallery ``G`` is a base file and an append log beside it:
+
+- ``G``, the base (format 1): ``MAGIC``, three little-endian uint64 section lengths, then the JSON header
+  (:class:`IndexInfo`, whose ``generation`` is a uuid4 hex drawn each time a base is written), the rows table
+  (Parquet: every column of the indexed embeddings rows, footage columns included) and the serialised FAISS
+  index. A base is never modified: a rewrite (build, compaction, removal, calibration, ``set_person_ids``) writes
+  a new file, ``fsync``s it and renames it into place with ``tables.atomic_output``.
+- ``G.<generation>.log``, the append log of that base (``appendlog``): one record per append, each with its
+  length, the base's generation and a CRC-32; it holds the appended rows (Parquet) and their normalised float32
+  vectors. An append writes one record and ``fsync``s it: O(k) for k tracklets, whatever the gallery's size.
+- ``G.<generation>.ids``, the writers' cache (``known_ids``): the live tracklet ids and the rows' schema, so an
+  append checks for duplicates without reading the rows; rebuilt from ``G`` and its log whenever it is missing
+  or out of date. ``G.lock``: the writers' lock.
+
+A reader (:func:`load_index`) opens the base, then its generation's log, and checks that ``G`` still names the
+base it opened (else it starts again): the snapshot is the base plus the log records committed at that moment,
+the log's vectors added to the index (``add`` to the trained ivfpq, the HNSW graph, the flat index). A record
+cut short by ``kill -9`` fails its checksum: readers stop before it and the next writer truncates it. A rewrite
+folds the log into the new base, of a new generation, and deletes the old log only after the new base is renamed
+and synced: a ``kill -9`` before the rename leaves the old base and its log, after it the new base (whose readers
+ignore the old log). So at any instant the gallery on disk is the old state or the new one, and an append that
+returned is never lost. :func:`compact_index` (``tfclip index --compact G``) is that rewrite alone; an append
+runs it too once the log holds more than ``COMPACT_SHARE`` of the base's rows or ``COMPACT_RECORDS`` records, so
+readers never decode an unbounded log and the O(N) rewrite is amortised over the appends that grew the log.
+A gallery written before append logs (no ``generation``) opens as it is; its first append rewrites it once.
+
+Writers (build, append, compaction, remove, calibrate, link) hold ``fcntl.flock`` on ``G.lock`` for their whole
+read-modify-write, so concurrent writers wait for each other instead of losing a batch; holding it, a writer
+deletes the temporary files a killed writer left. Removing a tracklet marks its row in the header (a
+tombstone); searches exclude tombstoned rows with a FAISS id selector, and ``tfclip index`` rebuilds a compact
+gallery.
 """
 
 from __future__ import annotations
@@ -35,8 +57,8 @@ import json
 import logging
 import math
 import os
-import struct
 import re
+import struct
 import threading
 import time
 import uuid
@@ -402,6 +424,7 @@ def append_to_index(embeddings: Embeddings, path: Path) -> IndexInfo:
         if not info.generation:
             log.info("%s was written before append logs: rewriting it once with a generation", path)
             info = _write_gallery(load_index(path), force=True)
+        base_rows = info.count
         _check_appendable(info, path, embeddings)
         table = _rows_table(rows, path)
         with _known_ids(path, info) as known:
@@ -413,8 +436,8 @@ def append_to_index(embeddings: Embeddings, path: Path) -> IndexInfo:
             end = append_record(log_path(path, info.generation), record, at=known.log.end)
             position = LogPosition(end, known.log.rows + len(rows), known.log.records + 1, last=known.log.end)
             known.add(new_ids, schema=schema, log=position)
-        info = replace(info, count=info.count + position.rows, tfclip_version=__version__)
-        if position.rows > COMPACT_SHARE * (info.count - position.rows) or position.records > COMPACT_RECORDS:
+        info = replace(info, count=base_rows + position.rows, tfclip_version=__version__)
+        if position.rows > COMPACT_SHARE * base_rows or position.records > COMPACT_RECORDS:
             return _compact_after_append(path, info)
     return info
 
