@@ -109,6 +109,7 @@ def write_known_ids(file: Path, tracklet_ids: Iterable[str], *, base: str, schem
         temp.unlink()
         connection = sqlite3.connect(temp)
         try:
+            connection.execute("PRAGMA journal_mode=OFF")  # a new file: a failed write is discarded whole
             with connection:
                 connection.execute("CREATE TABLE ids (tracklet_id TEXT PRIMARY KEY) WITHOUT ROWID")
                 connection.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value)")

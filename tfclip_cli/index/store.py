@@ -620,8 +620,9 @@ def _write_gallery(gallery: Gallery, *, force: bool) -> IndexInfo:
 
 
 def _delete_other_generations(path: Path, generation: str) -> None:
-    """Delete the append logs and ids caches beside ``path`` of generations other than ``generation``."""
-    pattern = re.compile(re.escape(path.name) + r"\.([0-9a-f]{32})\.(?:log|ids)")
+    """Delete the append logs and ids caches (and their SQLite journals) beside ``path`` of generations other than
+    ``generation``."""
+    pattern = re.compile(re.escape(path.name) + r"\.([0-9a-f]{32})\.(?:log|ids|ids-journal)")
     for file in path.parent.iterdir():
         found = pattern.fullmatch(file.name)
         if found and found.group(1) != generation:
