@@ -7,9 +7,10 @@ import dataclasses
 import io
 import json
 import os
-import signal
 import re
 import shutil
+import signal
+import sqlite3
 import struct
 import subprocess
 import threading
@@ -711,6 +712,24 @@ def test_duplicates_are_refused_across_base_and_log_even_without_the_ids_cache(t
 
 def _one(tracklet_id: str) -> Embeddings:
     return Embeddings(rows=_rows([tracklet_id]), vectors=np.eye(8, dtype=np.float32)[:1], info=CHECKPOINT_INFO)
+
+
+def test_a_full_disk_under_the_ids_cache_neither_fails_nor_loses_an_append(tmp_path, no_compaction, monkeypatch,
+                                                                            caplog):
+    path = tmp_path / "g.faiss"
+    index.build_index(_embeddings(np.eye(8)[:4]), path)
+
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    for write in (lambda: index.append_to_index(_one("a1"), path), lambda: index.compact_index(path)):
+        with monkeypatch.context() as patched:
+            patched.setattr(index.known_ids, "_write_meta", full)
+            assert write().count == 5  # committed: the record to the log, or the new base; not the cache
+        with pytest.raises(GalleryError, match="already indexed or repeated: a1"):  # caught up, or rebuilt
+            index.append_to_index(_one("a1"), path)
+    assert caplog.text.count("was not written (database or disk is full)") == 2
+    assert _ids(index.load_index(path)) == ["t0", "t1", "t2", "t3", "a1"]
 
 
 def test_an_append_whose_columns_clash_with_the_gallery_is_refused_at_once(tmp_path, no_compaction):

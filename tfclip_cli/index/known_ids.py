@@ -11,6 +11,7 @@ committed to the log after it was last written are read into it before the next 
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,10 @@ from typing import Iterable, Sequence
 
 import pyarrow as pa
 
+from tfclip_cli.errors import OutputError
 from tfclip_cli.tables import atomic_output
+
+log = logging.getLogger(__name__)
 
 QUERY_CHUNK = 500
 """Ids per ``IN (...)`` query, below SQLite's limit on bound parameters."""
@@ -44,8 +48,8 @@ class LogPosition:
 class KnownIds:
     """An open ids cache; :meth:`add` commits a batch in one transaction."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._connection = connection
+    def __init__(self, connection: sqlite3.Connection, file: Path) -> None:
+        self._connection, self.file = connection, file
         meta = dict(connection.execute("SELECT key, value FROM meta"))
         self.base = str(meta["base"])
         self.schema = pa.ipc.read_schema(pa.py_buffer(meta["schema"]))
@@ -62,10 +66,18 @@ class KnownIds:
         return sorted(found)
 
     def add(self, tracklet_ids: Iterable[str], *, schema: pa.Schema, log: LogPosition) -> None:
-        """Record a batch appended to the log (its ids, the widened schema, the log's new end), committed."""
-        with self._connection:
-            self._connection.executemany("INSERT INTO ids VALUES (?)", ((i,) for i in tracklet_ids))
-            _write_meta(self._connection, base=self.base, schema=schema, log=log)
+        """Record a batch appended to the log (its ids, the widened schema, the log's new end), committed.
+
+        The batch is already committed to the log: when the cache cannot be written (a full disk), a warning says
+        so and the next writer reads the batch from the log into the cache.
+        """
+        try:
+            with self._connection:
+                self._connection.executemany("INSERT INTO ids VALUES (?)", ((i,) for i in tracklet_ids))
+                _write_meta(self._connection, base=self.base, schema=schema, log=log)
+        except sqlite3.Error as error:
+            _warn_not_written(self.file, error)
+            return
         self.schema, self.log = schema, log
 
     def close(self) -> None:
@@ -92,7 +104,7 @@ def open_known_ids(file: Path, *, base: str) -> KnownIds | None:
         return None
     connection = sqlite3.connect(file)
     try:
-        known = KnownIds(connection)
+        known = KnownIds(connection, file)
     except (sqlite3.DatabaseError, KeyError, ValueError, pa.ArrowInvalid):
         connection.close()
         return None
@@ -104,16 +116,24 @@ def open_known_ids(file: Path, *, base: str) -> KnownIds | None:
 
 def write_known_ids(file: Path, tracklet_ids: Iterable[str], *, base: str, schema: pa.Schema,
                     log: LogPosition) -> None:
-    """Write a new cache at ``file`` (atomically: a killed writer leaves the old one or none)."""
-    with atomic_output(file, force=True) as temp:
-        temp.unlink()
-        connection = sqlite3.connect(temp)
-        try:
-            connection.execute("PRAGMA journal_mode=OFF")  # a new file: a failed write is discarded whole
-            with connection:
-                connection.execute("CREATE TABLE ids (tracklet_id TEXT PRIMARY KEY) WITHOUT ROWID")
-                connection.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value)")
-                connection.executemany("INSERT OR IGNORE INTO ids VALUES (?)", ((i,) for i in tracklet_ids))
-                _write_meta(connection, base=base, schema=schema, log=log)
-        finally:
-            connection.close()
+    """Write a new cache at ``file`` (atomically: a killed writer leaves the old one or none). A cache that cannot
+    be written (a full disk) is only a warning: the gallery is whole without it, and the next append rebuilds it."""
+    try:
+        with atomic_output(file, force=True) as temp:
+            temp.unlink()
+            connection = sqlite3.connect(temp)
+            try:
+                connection.execute("PRAGMA journal_mode=OFF")  # a new file: a failed write is discarded whole
+                with connection:
+                    connection.execute("CREATE TABLE ids (tracklet_id TEXT PRIMARY KEY) WITHOUT ROWID")
+                    connection.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value)")
+                    connection.executemany("INSERT OR IGNORE INTO ids VALUES (?)", ((i,) for i in tracklet_ids))
+                    _write_meta(connection, base=base, schema=schema, log=log)
+            finally:
+                connection.close()
+    except (sqlite3.Error, OutputError) as error:
+        _warn_not_written(file, error)
+
+
+def _warn_not_written(file: Path, error: Exception) -> None:
+    log.warning("%s was not written (%s): the next append brings this cache up to date", file, error)
