@@ -605,6 +605,8 @@ def test_an_append_writes_one_record_beside_an_untouched_base_and_readers_see_it
     assert path.read_bytes() == base and (appended.count, again.count) == (703, 705)
     assert appended.generation == again.generation == info.generation
     log_file = tmp_path / f"g.faiss.{info.generation}.log"
+    assert [file.name for file in index.gallery_files(path)] == [  # what to copy, or delete, with the gallery
+        "g.faiss", "g.faiss.lock", f"g.faiss.{info.generation}.ids", f"g.faiss.{info.generation}.log"]
     records = log_file.read_bytes()
     assert records.startswith(b"TFCLIPA1" + info.generation.encode()) and records.count(b"TFCLIPA1") == 2
     gallery = index.load_index(path)

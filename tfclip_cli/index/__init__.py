@@ -52,6 +52,7 @@ from tfclip_cli.index.store import (
     append_to_index,
     build_index,
     compact_index,
+    gallery_files,
     gallery_stamp,
     ivfpq_params,
     load_index,
@@ -65,7 +66,7 @@ from tfclip_cli.index.store import (
 __all__ = [
     "append_to_index", "build_index", "calibrate_gallery", "calibrate_gallery_per_pair",
     "calibrate_search_threshold", "calibrate_threshold", "Calibration", "compact_index", "det_curve", "DET_FPIRS", "det_point",
-    "DetCurve", "DetPoint", "Gallery", "gallery_stamp", "Hit", "IndexInfo", "IndexType", "IVFPQ_MIN_ROWS", "ivfpq_params",
+    "DetCurve", "DetPoint", "Gallery", "gallery_files", "gallery_stamp", "Hit", "IndexInfo", "IndexType", "IVFPQ_MIN_ROWS", "ivfpq_params",
     "load_index", "load_query_embedder", "lock_path", "MinScore", "NO_FRAMES", "normalized", "parse_min_score",
     "query", "query_results", "query_tracklets", "QueryClip", "QueryEmbedder", "QueryResult", "read_key_frames",
     "read_source_key_frame", "remove_from_index", "resolve_min_score", "search", "search_scores",

@@ -619,14 +619,27 @@ def _write_gallery(gallery: Gallery, *, force: bool) -> IndexInfo:
     return info
 
 
-def _delete_other_generations(path: Path, generation: str) -> None:
-    """Delete the append logs and ids caches (and their SQLite journals) beside ``path`` of generations other than
-    ``generation``."""
+def _generation_files(path: Path) -> Iterator[tuple[Path, str]]:
+    """The append logs and ids caches (and their SQLite journals) beside ``path``, each with its generation."""
     pattern = re.compile(re.escape(path.name) + r"\.([0-9a-f]{32})\.(?:log|ids|ids-journal)")
-    for file in path.parent.iterdir():
+    for file in path.parent.iterdir() if path.parent.is_dir() else ():
         found = pattern.fullmatch(file.name)
-        if found and found.group(1) != generation:
+        if found:
+            yield file, found.group(1)
+
+
+def _delete_other_generations(path: Path, generation: str) -> None:
+    """Delete the append logs and ids caches beside ``path`` of generations other than ``generation``."""
+    for file, owner in _generation_files(path):
+        if owner != generation:
             file.unlink(missing_ok=True)
+
+
+def gallery_files(path: Path) -> list[Path]:
+    """The files of the gallery at ``path`` on disk: the base, its lock, its append logs and ids caches."""
+    path = Path(path)
+    files = [file for file in (path, lock_path(path)) if file.exists()]
+    return files + sorted(file for file, _ in _generation_files(path))
 
 
 class _Sections(NamedTuple):
