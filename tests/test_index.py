@@ -912,7 +912,7 @@ def test_a_writer_killed_at_random_moments_never_loses_a_committed_append(tmp_pa
             finally:
                 os._exit(0)
         os.close(write_end)
-        time.sleep(float(rng.uniform(0.2, 1.5)))
+        time.sleep(float(rng.uniform(0.5, 1.5)))
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
         with os.fdopen(read_end, "rb") as pipe:
