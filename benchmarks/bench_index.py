@@ -14,12 +14,24 @@ flat, ivfpq and hnsw are comparable. Recall@10 = overlap of the top-10 ids with 
     python benchmarks/bench_index.py                      # 100k and 1M rows, 256-d; the 1M hnsw build dominates
     python benchmarks/bench_index.py --sizes 1000000 --types ivfpq   # ~3 minutes on 2 cores
     python benchmarks/bench_index.py --sizes 100000 --dim 512
+
+``--appends`` measures the gallery's append log instead: for each size and for flat and ivfpq, the time of one
+append of ``--batch`` (100) tracklets through ``append_to_index`` (a record appended to the log, O(batch)) beside
+the format-1 read-modify-write it replaced (load the whole gallery, add, serialise, write a new file, rename:
+O(N)), both on the same gallery in the same run; then the time to load the gallery with its log, and the time and
+peak memory of ``compact_index`` (in a fresh process, so its peak RSS is its own).
+
+    nice -n 10 timeout 3600 python benchmarks/bench_index.py --appends --sizes 10000 100000 1000000 --dim 512
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,8 +40,9 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from tfclip_cli.index import build_index, load_index, normalized
-from tfclip_cli.tables import Embeddings
+from tfclip_cli.index import append_to_index, build_index, load_index, normalized, writer_lock
+from tfclip_cli.index.store import MAGIC, SECTION_LENGTHS, _parquet_bytes, _rows_table
+from tfclip_cli.tables import Embeddings, atomic_output
 
 TOP_K = 10
 ROWS_PER_IDENTITY = 16
@@ -139,6 +152,90 @@ def bench_size(count: int, args: argparse.Namespace, folder: Path) -> None:
             file.unlink()
 
 
+def _batch(number: int, vectors: np.ndarray) -> Embeddings:
+    """``vectors`` as a batch of new tracklets ``a<number>-<i>``, of the synthetic galleries' (empty) checkpoint."""
+    count = len(vectors)
+    rows = pd.DataFrame({
+        "tracklet_id": [f"a{number}-{i}" for i in range(count)], "pid": np.zeros(count, dtype=np.int64),
+        "camid": np.zeros(count, dtype=np.int64), "split": "gallery", "num_frames": np.ones(count, dtype=np.int64),
+        "frames": [None] * count, "video": [None] * count,
+    })
+    return Embeddings(rows=rows, vectors=vectors, info={})
+
+
+def rewrite_append(embeddings: Embeddings, path: Path) -> None:
+    """The format-1 append this log replaced: load everything, add, write a whole new file, rename it in."""
+    with writer_lock(path):
+        gallery = load_index(path)
+        gallery.index.add(normalized(embeddings.vectors))
+        rows = pd.concat([gallery.rows, embeddings.rows], ignore_index=True)
+        header = b"{}"  # the header's few hundred bytes do not change the figure
+        table, blob = _parquet_bytes(_rows_table(rows, path)), faiss.serialize_index(gallery.index)
+        rewritten = path.with_name("rewritten.faiss")  # beside the gallery, which the log appends go on to use
+        with atomic_output(rewritten, force=True) as temp, open(temp, "wb") as handle:
+            handle.write(MAGIC + SECTION_LENGTHS.pack(len(header), len(table), blob.nbytes))
+            for section in (header, table, blob.data):
+                handle.write(section)
+
+
+COMPACT_SCRIPT = """
+import re, sys, time
+from pathlib import Path
+from tfclip_cli.index import compact_index
+def peak():  # VmHWM starts afresh at exec, where ru_maxrss keeps the forking parent's
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
+imported = peak()
+start = time.perf_counter()
+compact_index(sys.argv[1])
+print(time.perf_counter() - start, imported, peak())
+"""
+
+
+def timed_compaction(path: Path) -> tuple[float, float, float]:
+    """Seconds of ``compact_index(path)`` run alone in a fresh Python process, and its peak RSS (GiB) after its
+    imports and at the end."""
+    done = subprocess.run([sys.executable, "-c", COMPACT_SCRIPT, str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"compaction of {path} failed:\n{done.stderr}")
+    seconds, imported, peak = map(float, done.stdout.split())
+    return seconds, imported / 2**20, peak / 2**20  # kB
+
+
+def bench_appends(count: int, index_type: str, args: argparse.Namespace, folder: Path) -> None:
+    """One line: median seconds of an append of ``args.batch`` rows, new and old path; load; compaction."""
+    embeddings, queries = synthetic_gallery(count, args)
+    path = folder / f"{index_type}-{count}.faiss"
+    start = time.perf_counter()
+    build_index(embeddings, path, index_type=index_type, force=True)
+    build_s = time.perf_counter() - start
+    del embeddings
+    batches = [synthetic_gallery(args.batch, args)[0].vectors for _ in range(args.repeats)]
+    new, old = [], []
+    for number, vectors in enumerate(batches):
+        start = time.perf_counter()
+        append_to_index(_batch(number, vectors), path)
+        new.append(time.perf_counter() - start)
+        if number < args.old_repeats:
+            start = time.perf_counter()
+            rewrite_append(_batch(number, vectors), path)
+            old.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    gallery = load_index(path)
+    load_s = time.perf_counter() - start
+    assert gallery.info.count == count + args.batch * args.repeats, gallery.info.count
+    del gallery
+    compact_s, imported_gib, compact_gib = timed_compaction(path)
+    print(
+        f"{count:>9,} {index_type:>6} build {build_s:7.1f} s   append of {args.batch}: "
+        f"log {1000 * statistics.median(new):8.1f} ms (max {1000 * max(new):7.1f})   "
+        f"rewrite {1000 * statistics.median(old):9.1f} ms   load with log {load_s:6.2f} s   "
+        f"compact {compact_s:6.1f} s, peak RSS {compact_gib:5.2f} GiB ({imported_gib:.2f} after imports)",
+        flush=True,
+    )
+    for file in (*folder.glob(f"{index_type}-{count}.faiss*"), folder / "rewritten.faiss"):
+        file.unlink(missing_ok=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="gallery sizes")
@@ -148,7 +245,20 @@ def main() -> None:
     parser.add_argument("--latent-dim", type=int, default=32, help="intrinsic dimension; 0 = isotropic")
     parser.add_argument("--queries", type=int, default=1000, help="queries per batch")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--appends", action="store_true",
+                        help="time appends (log vs whole rewrite), load and compaction of flat and ivfpq galleries")
+    parser.add_argument("--batch", type=int, default=100, help="--appends: tracklets per append")
+    parser.add_argument("--repeats", type=int, default=5, help="--appends: appends through the log per gallery")
+    parser.add_argument("--old-repeats", type=int, default=2, help="--appends: whole rewrites per gallery")
     args = parser.parse_args()
+    if args.appends:
+        print(f"appends of {args.batch} synthetic clustered {args.dim}-d tracklets; faiss on {os.cpu_count()} cores")
+        with tempfile.TemporaryDirectory() as folder:
+            for count in args.sizes:
+                for index_type in ("flat", "ivfpq"):
+                    bench_appends(count, index_type, args, Path(folder))
+        print(f"peak RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+        return
     print(
         f"synthetic clustered embeddings: {args.dim}-d float32 (latent dim {args.latent_dim or 'isotropic'}), "
         f"{ROWS_PER_IDENTITY} rows per identity, "

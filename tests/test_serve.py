@@ -823,3 +823,17 @@ def test_the_stats_view_draws_the_stored_det_curve_and_score_histograms(live_gal
             assert line == pytest.approx(64 + (result.threshold - edges[0]) / (edges[-1] - edges[0]) * 430, abs=0.01)
     finally:
         devtools.close()
+def test_the_service_sees_tracklets_appended_to_the_log_by_another_process_without_a_restart(
+        gallery_copy, tmp_path, monkeypatch):
+    path, _ = gallery_copy
+    monkeypatch.setattr(index.store, "COMPACT_SHARE", 1e9)  # the append stays in the log
+    client = _client(path, tmp_path)
+    rows = client.get("/stats").json()["rows"]
+    gallery = index.load_index(path)
+    vector = np.random.default_rng(0).standard_normal((1, gallery.info.dim)).astype(np.float32)
+    new = gallery.rows.iloc[:1].assign(tracklet_id="cam7/live-1")
+    info = {"checkpoint": gallery.info.checkpoint, "checkpoint_sha256": gallery.info.checkpoint_sha256}
+    index.append_to_index(Embeddings(rows=new, vectors=vector, info=info), path)  # as `tfclip watch` does
+    base = path.read_bytes()
+    assert client.get("/stats").json()["rows"] == rows + 1 and path.read_bytes() == base
+    assert client.get("/tracklets/cam7/live-1/frames/0").status_code == 200

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from tfclip_cli.datasets import SplitSummary
     from tfclip_cli.datasets.synthetic_footage import FootageOptions
     from tfclip_cli.footage.query import PersonPointer
+    from tfclip_cli.index import IndexInfo
     from tfclip_cli.quantize import Int8Export
     from tfclip_cli.tables import Manifest
 
@@ -512,9 +513,10 @@ class IndexKind(str, Enum):
 @command("index")
 def index(
     embeddings: Annotated[
-        Path, typer.Argument(help="An embeddings table written by tfclip extract.", exists=True, dir_okay=False)
-    ],
-    out: OutOpt,
+        Optional[Path],
+        typer.Argument(help="An embeddings table written by tfclip extract.", exists=True, dir_okay=False),
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="The gallery to write.", dir_okay=False)] = None,
     index_type: Annotated[
         Optional[IndexKind],
         typer.Option("--type", help="flat: exact; ivfpq / hnsw: approximate, for large galleries. [default: flat]"),
@@ -523,15 +525,28 @@ def index(
     append: Annotated[
         bool, typer.Option("--append", help="Add the table's tracklets to the existing index at --out.")
     ] = False,
+    compact: Annotated[
+        Optional[Path],
+        typer.Option("--compact", help="Fold the append log of this gallery into its base file (alone).",
+                     exists=True, dir_okay=False),
+    ] = None,
     force: ForceOpt = False,
 ) -> None:
-    """Build a FAISS gallery (index, rows and header in one file) from an embeddings table, or --append to one.
+    """Build a FAISS gallery (index, rows and header) from an embeddings table, --append to one, or --compact one.
 
     Example: tfclip index runs/mars/emb.parquet --out runs/mars/gallery.faiss --type hnsw
     """
-    from tfclip_cli.index import append_to_index, build_index
+    from tfclip_cli.index import append_to_index, build_index, compact_index
     from tfclip_cli.tables import read_embeddings
 
+    if compact is not None:
+        if embeddings is not None or out is not None or index_type is not None or gpu or append or force:
+            raise UserError("--compact takes the gallery alone", hint=f"run: tfclip index --compact {compact}")
+        _print_index_summary("compacted", compact, compact_index(compact))
+        return
+    if embeddings is None or out is None:
+        raise UserError("give an embeddings table and --out (or --compact GALLERY)",
+                        hint="tfclip index E.parquet --out gallery.faiss")
     if append and (index_type is not None or gpu or force):
         raise UserError("--append keeps the index's type and rewrites it on the CPU; drop --type, --gpu and --force")
     table = read_embeddings(embeddings)
@@ -540,10 +555,13 @@ def index(
     else:
         kind = (index_type or IndexKind.flat).value
         info = build_index(table, out, index_type=kind, use_gpu=gpu, force=force)
+    _print_index_summary("appended to" if append else "wrote", out, info)
+
+
+def _print_index_summary(verb: str, path: Path, info: IndexInfo) -> None:
     params = ", ".join(f"{key}={value}" for key, value in info.params.items())
     display.stdout.print(display.plain_text(
-        f"{'appended to' if append else 'wrote'} {out}: {info.type} index of {info.live_count:,} tracklets "
-        f"x {info.dim}-d"
+        f"{verb} {path}: {info.type} index of {info.live_count:,} tracklets x {info.dim}-d"
         + (f" ({params})" if params else "")
     ))
 

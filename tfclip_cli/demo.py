@@ -33,7 +33,7 @@ from tfclip_cli.checkpoint import Checkpoint, save_checkpoint
 from tfclip_cli.datasets.synthetic import SyntheticOptions
 from tfclip_cli.errors import DataError, UserError
 from tfclip_cli.evaluate import EvalResult, evaluate
-from tfclip_cli.index import QueryResult, SearchOptions, build_index, lock_path, query
+from tfclip_cli.index import QueryResult, SearchOptions, build_index, gallery_files, lock_path, query
 from tfclip_cli.inference import extract_to_file, label_map, process_device
 from tfclip_cli.recipe import BUNDLED_RECIPES, Recipe, load_recipe, recipe_to_dict
 from tfclip_cli.tables import (
@@ -132,9 +132,9 @@ class DemoPaths:
         )
 
     def entries(self) -> set[str]:
-        """The names a demo writes directly under ``root``."""
+        """The names a demo writes directly under ``root`` (its gallery's files as they are on disk)."""
         files = [self.plan, self.data, self.manifest, self.initial_checkpoint, self.run, self.before, self.after,
-                 self.index, lock_path(self.index), self.report]
+                 self.index, lock_path(self.index), *gallery_files(self.index), self.report]
         return {path.name for path in files}
 
 

@@ -1,6 +1,7 @@
 """FAISS gallery: build, append, add and remove under a lock, load, calibrate, search; ``query`` = embed + search.
 
-``store`` owns the one-file gallery format and every write to it, ``calibrate`` the "no match" threshold (per
+``store`` owns the gallery format (a base file and its append log, ``appendlog``; the writers' ids cache,
+``known_ids``) and every write to it, ``calibrate`` the "no match" threshold (per
 search at an FPIR, or per pair at a false-match rate) and when it has gone stale, ``search`` the search itself and ``query`` (embed clips with the gallery's checkpoint, search,
 read key frames). The names below are the package's API.
 """
@@ -56,6 +57,9 @@ from tfclip_cli.index.store import (
     IndexType,
     append_to_index,
     build_index,
+    compact_index,
+    gallery_files,
+    gallery_stamp,
     ivfpq_params,
     load_index,
     lock_path,
@@ -67,9 +71,10 @@ from tfclip_cli.index.store import (
 
 __all__ = [
     "append_to_index", "build_index", "calibrate_gallery", "calibrate_gallery_per_pair",
-    "calibrate_search_threshold", "calibrate_threshold", "Calibration", "calibration_figures", "CURVE_POINTS",
-    "det_curve", "DET_FPIRS", "det_point", "FIGURE_KEYS", "HISTOGRAM_BINS",
-    "DetCurve", "DetPoint", "Gallery", "Hit", "IndexInfo", "IndexType", "IVFPQ_MIN_ROWS", "ivfpq_params",
+    "calibrate_search_threshold", "calibrate_threshold", "Calibration", "calibration_figures", "compact_index",
+    "CURVE_POINTS", "det_curve", "DET_FPIRS", "det_point", "FIGURE_KEYS", "HISTOGRAM_BINS",
+    "DetCurve", "DetPoint", "Gallery", "gallery_files", "gallery_stamp", "Hit", "IndexInfo", "IndexType",
+    "IVFPQ_MIN_ROWS", "ivfpq_params",
     "load_index", "load_query_embedder", "lock_path", "MinScore", "NO_FRAMES", "normalized", "parse_min_score",
     "query", "query_results", "query_tracklets", "QueryClip", "QueryEmbedder", "QueryResult", "read_key_frames",
     "read_source_key_frame", "remove_from_index", "resolve_min_score", "search", "search_scores",

@@ -16,15 +16,37 @@ used by ``evaluate``. Three types, row ``i`` of the index is row ``i`` of the ro
 - ``hnsw``: ``IndexHNSWFlat`` with ``M = 32`` links per node, ``efConstruction = 40`` (faiss's default; higher
   doubles build time for little recall on clustered data), ``efSearch = 64``.
 
-On disk (format 1): ``MAGIC``, three little-endian uint64 section lengths, then the JSON header
-(:class:`IndexInfo`), the rows table (Parquet: every column of the indexed embeddings rows, footage columns
-included) and the serialised FAISS index. One file renamed into place by ``tables.atomic_output`` is the whole
-update, so a crash or ``kill -9`` at any moment leaves the old gallery or the new one, and a reader that opened
-the old file keeps reading it whole. Writers (build, append, remove, calibrate) hold ``fcntl.flock`` on
-``G.lock`` beside the gallery for their whole read-modify-write, so concurrent appends wait for each other
-instead of losing a batch; holding it, a writer deletes the temporary files a killed writer left.
-Removing a tracklet marks its row in the header (a tombstone); searches exclude tombstoned rows with a FAISS id
-selector, and ``tfclip index`` rebuilds a compact gallery.
+On disk, a gallery ``G`` is a base file and an append log beside it:
+
+- ``G``, the base (format 1): ``MAGIC``, three little-endian uint64 section lengths, then the JSON header
+  (:class:`IndexInfo`, whose ``generation`` is a uuid4 hex drawn each time a base is written), the rows table
+  (Parquet: every column of the indexed embeddings rows, footage columns included) and the serialised FAISS
+  index. A base is never modified: a rewrite (build, compaction, removal, calibration, ``set_person_ids``) writes
+  a new file, ``fsync``s it and renames it into place with ``tables.atomic_output``.
+- ``G.<generation>.log``, the append log of that base (``appendlog``): one record per append, each with its
+  length, the base's generation and a CRC-32; it holds the appended rows (Parquet) and their normalised float32
+  vectors. An append writes one record and ``fsync``s it: O(k) for k tracklets, whatever the gallery's size.
+- ``G.<generation>.ids``, the writers' cache (``known_ids``): the live tracklet ids and the rows' schema, so an
+  append checks for duplicates without reading the rows; rebuilt from ``G`` and its log whenever it is missing
+  or out of date. ``G.lock``: the writers' lock.
+
+A reader (:func:`load_index`) opens the base, then its generation's log, and checks that ``G`` still names the
+base it opened (else it starts again): the snapshot is the base plus the log records committed at that moment,
+the log's vectors added to the index (``add`` to the trained ivfpq, the HNSW graph, the flat index). A record
+cut short by ``kill -9`` fails its checksum: readers stop before it and the next writer truncates it. A rewrite
+folds the log into the new base, of a new generation, and deletes the old log only after the new base is renamed
+and synced: a ``kill -9`` before the rename leaves the old base and its log, after it the new base (whose readers
+ignore the old log). So at any instant the gallery on disk is the old state or the new one, and an append that
+returned is never lost. :func:`compact_index` (``tfclip index --compact G``) is that rewrite alone; an append
+runs it too once the log holds more than ``COMPACT_SHARE`` of the base's rows or ``COMPACT_RECORDS`` records, so
+readers never decode an unbounded log and the O(N) rewrite is amortised over the appends that grew the log.
+A gallery written before append logs (no ``generation``) opens as it is; its first append rewrites it once.
+
+Writers (build, append, compaction, remove, calibrate, link) hold ``fcntl.flock`` on ``G.lock`` for their whole
+read-modify-write, so concurrent writers wait for each other instead of losing a batch; holding it, a writer
+deletes the temporary files a killed writer left. Removing a tracklet marks its row in the header (a
+tombstone); searches exclude tombstoned rows with a FAISS id selector, and ``tfclip index`` rebuilds a compact
+gallery.
 """
 
 from __future__ import annotations
@@ -35,12 +57,14 @@ import json
 import logging
 import math
 import os
+import re
 import struct
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, NamedTuple, Sequence, get_args
+from typing import Any, BinaryIO, Iterator, Literal, Mapping, NamedTuple, Sequence, get_args
 
 import faiss
 import numpy as np
@@ -50,6 +74,8 @@ import pyarrow.parquet as pq
 
 from tfclip_cli import __version__
 from tfclip_cli.errors import GalleryError, UserError
+from tfclip_cli.index.appendlog import LogScan, append_record, encode_record, log_path, read_records, sync_folder
+from tfclip_cli.index.known_ids import KnownIds, LogPosition, ids_path, open_known_ids, write_known_ids
 from tfclip_cli.tables import (
     EMBEDDING_ROW_COLUMNS,
     MANIFEST_SCHEMA,
@@ -78,6 +104,12 @@ SECTION_LENGTHS = struct.Struct("<QQQ")
 LOCK_WAIT_S = 300.0
 """How long a writer waits for another writer of the same gallery before refusing."""
 REBUILD_HINT = "rebuild it: tfclip index E.parquet --out {path} --force"
+COMPACT_SHARE = 0.25
+"""An append compacts the gallery when its log holds more rows than this share of the base's."""
+COMPACT_RECORDS = 1000
+"""... or more records than this (each costs a reader a Parquet decode)."""
+LOAD_ATTEMPTS = 20
+"""How many times a reader starts again when the base is replaced while it opens base and log."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +130,9 @@ class IndexInfo:
     calibration: dict | None = None
     """The "no match" threshold, the rule and rate it was calibrated for and the live rows then
     (``calibrate.SearchCalibration.to_dict()``, or ``calibrate.Calibration`` for the per-pair rule)."""
+    generation: str = ""
+    """uuid4 hex, new each time the base file is written; its append log is ``G.<generation>.log``
+    (empty in galleries written before append logs: their first append rewrites them with one)."""
     tfclip_version: str = __version__
 
     @property
@@ -353,45 +388,139 @@ def build_index(
     info = _header_from(embeddings, index_type, params)
     with writer_lock(out):
         _check_output(out, force=force)  # another writer may have created it while this one built
-        _write_gallery(Gallery(out, index, rows, info), force=force)
-    return info
+        return _write_gallery(Gallery(out, index, rows, info), force=force)
 
 
-def _check_appendable(gallery: Gallery, embeddings: Embeddings) -> None:
-    """Same dimension, same checkpoint, no live tracklet id twice; raises GalleryError naming the gallery."""
-    if embeddings.dim != gallery.info.dim:
-        raise GalleryError(
-            f"{gallery.path} holds {gallery.info.dim}-d embeddings; the new table has {embeddings.dim}-d"
-        )
-    theirs, ours = embeddings.info.get("checkpoint_sha256"), gallery.info.checkpoint_sha256
+def _check_appendable(info: IndexInfo, path: Path, embeddings: Embeddings) -> None:
+    """Same dimension and checkpoint as the gallery's header; raises GalleryError naming the gallery."""
+    if embeddings.dim != info.dim:
+        raise GalleryError(f"{path} holds {info.dim}-d embeddings; the new table has {embeddings.dim}-d")
+    theirs, ours = embeddings.info.get("checkpoint_sha256"), info.checkpoint_sha256
     if theirs != ours:
         raise GalleryError(
-            f"{gallery.path} holds embeddings of checkpoint sha256 {ours}; the new table's came from {theirs}",
-            hint=f"extract the new tracklets with {gallery.info.checkpoint}, or build a new index",
+            f"{path} holds embeddings of checkpoint sha256 {ours}; the new table's came from {theirs}",
+            hint=f"extract the new tracklets with {info.checkpoint}, or build a new index",
         )
-    new_ids = embeddings.rows["tracklet_id"].astype(str)
-    known = set(gallery.rows["tracklet_id"].astype(str)[gallery.live])
-    repeated = sorted(set(new_ids[new_ids.duplicated()]) | (set(new_ids) & known))
-    if repeated:
-        raise GalleryError(f"{gallery.path}: tracklet ids already indexed or repeated: {', '.join(repeated[:5])}")
 
 
 def append_to_index(embeddings: Embeddings, path: Path) -> IndexInfo:
-    """Add new tracklets to the gallery at ``path``: one locked, atomic read-modify-write.
+    """Add new tracklets to the gallery at ``path``: one checksummed record appended to its log, in O(k).
+
+    Under the writer lock it reads the base's header (never its rows or index) and the ids cache, appends the
+    record and ``fsync``s it: the tracklets are committed when this returns. When the log has grown past
+    ``COMPACT_SHARE`` of the base's rows or ``COMPACT_RECORDS`` records, the same call then compacts the gallery
+    (:func:`compact_index`: O(N), amortised over the appends that grew the log).
 
     Raises:
-        GalleryError: on a missing/corrupt gallery, another dimension or checkpoint, a known tracklet id,
-            non-finite vectors, or another writer holding the lock too long.
+        GalleryError: on a missing/corrupt gallery, another dimension or checkpoint, a known tracklet id, rows
+            whose columns cannot be stored with the gallery's, non-finite vectors, or another writer holding the
+            lock too long.
     """
+    path = Path(path)
     rows = _checked_rows(embeddings)
+    new_ids = rows["tracklet_id"].astype(str)
     with writer_lock(path):
-        gallery = load_index(path)
-        _check_appendable(gallery, embeddings)
-        gallery.index.add(normalized(embeddings.vectors))
-        all_rows = pd.concat([gallery.rows, rows], ignore_index=True)
-        info = replace(gallery.info, count=len(all_rows), tfclip_version=__version__)
-        _write_gallery(Gallery(gallery.path, gallery.index, all_rows, info), force=True)
+        info = _read_base_header(path)
+        if not info.generation:
+            log.info("%s was written before append logs: rewriting it once with a generation", path)
+            info = _write_gallery(load_index(path), force=True)
+        base_rows = info.count
+        _check_appendable(info, path, embeddings)
+        table = _rows_table(rows, path)
+        with _known_ids(path, info) as known:
+            repeated = known.repeated(list(new_ids))
+            if repeated:
+                raise GalleryError(f"{path}: tracklet ids already indexed or repeated: {', '.join(repeated[:5])}")
+            schema = _widened(known.schema, table.schema, path)
+            record = encode_record(info.generation, _parquet_bytes(table), normalized(embeddings.vectors))
+            end = append_record(log_path(path, info.generation), record, at=known.log.end)
+            position = LogPosition(end, known.log.rows + len(rows), known.log.records + 1, last=known.log.end)
+            known.add(new_ids, schema=schema, log=position)
+        info = replace(info, count=base_rows + position.rows, tfclip_version=__version__)
+        if position.rows > COMPACT_SHARE * base_rows or position.records > COMPACT_RECORDS:
+            return _compact_after_append(path, info)
     return info
+
+
+def _compact_after_append(path: Path, appended: IndexInfo) -> IndexInfo:
+    """Compact under the lock already held; the append is committed, so a failure here is logged, not raised."""
+    try:
+        return _write_gallery(load_index(path), force=True)
+    except UserError as error:
+        log.warning("%s: the append is committed, compacting its log failed: %s", path, error.message)
+        return appended
+
+
+def compact_index(path: Path) -> IndexInfo:
+    """Rewrite the gallery at ``path`` as one base holding its append log, of a new generation, then delete the
+    log; locked, and atomic as every rewrite (a ``kill -9`` leaves the base and log before it, or the new base).
+
+    Raises:
+        GalleryError: on a missing or damaged gallery, or another writer holding the lock too long.
+    """
+    path = Path(path)
+    with writer_lock(path):
+        return _write_gallery(load_index(path), force=True)
+
+
+def _widened(known: pa.Schema, new: pa.Schema, path: Path) -> pa.Schema:
+    """The schema of the gallery's rows with the new rows' added; a GalleryError when a column's types clash."""
+    try:
+        return pa.unify_schemas([known, new.remove_metadata()], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise GalleryError(f"{path}: the new rows cannot be stored with the gallery's ({exc}); a column changed "
+                           "its type", hint="give the column the type it has in the gallery") from exc
+
+
+def _base_identity(path: Path) -> str:
+    """The identity of the base file now at ``path``: a rewrite (a new file) or an edit in place changes it."""
+    stat = os.stat(path)
+    return f"{stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _known_ids(path: Path, info: IndexInfo) -> KnownIds:
+    """The ids cache of the gallery's current generation, up to date with its log (rebuilt when it must be).
+
+    Called under the writer lock. A cache of another base file, or covering more of the log than the log holds,
+    is rebuilt from the whole gallery (O(N), once: after a crash between a rewrite and its cache, or a copy).
+    """
+    file, base = ids_path(path, info.generation), _base_identity(path)
+    known = open_known_ids(file, base=base)
+    if known is not None and _caught_up(known, path, info.generation):
+        return known
+    if known is not None:
+        known.close()
+    snapshot = _load_snapshot(path)
+    gallery = snapshot.gallery
+    live_ids = gallery.rows["tracklet_id"].astype(str)[gallery.live]
+    position = LogPosition(snapshot.log_end, gallery.info.count - info.count, snapshot.records, snapshot.log_last)
+    write_known_ids(file, live_ids, base=base, schema=_rows_table(gallery.rows, path).schema.remove_metadata(),
+                    log=position)
+    known = open_known_ids(file, base=base)
+    assert known is not None
+    return known
+
+
+def _caught_up(known: KnownIds, path: Path, generation: str) -> bool:
+    """Add to ``known`` the batches committed to the log after it. False when the log does not hold what it
+    says: the last record it read is no longer whole, or the log is shorter."""
+    try:
+        handle = open(log_path(path, generation), "rb")
+    except FileNotFoundError:
+        return known.log.end == 0
+    with handle:
+        scan = read_records(handle, generation, start=known.log.last)
+    if scan.end < known.log.end:
+        return False
+    new = [batch for batch in scan.batches if batch.offset >= known.log.end]
+    if new:
+        tables = [pq.read_table(pa.BufferReader(batch.rows)) for batch in new]
+        schema = pa.unify_schemas([known.schema, *(t.schema.remove_metadata() for t in tables)],
+                                  promote_options="permissive")
+        ids = [str(i) for table in tables for i in table.column("tracklet_id").to_pylist()]
+        rows = known.log.rows + sum(len(table) for table in tables)
+        known.add(ids, schema=schema, log=LogPosition(scan.end, rows, known.log.records + len(new), new[-1].offset))
+    return True
 
 
 def remove_from_index(path: Path, tracklet_ids: Sequence[str]) -> IndexInfo:
@@ -408,8 +537,7 @@ def remove_from_index(path: Path, tracklet_ids: Sequence[str]) -> IndexInfo:
             raise GalleryError(f"{gallery.path} holds no tracklet {', '.join(unknown[:5])}")
         removed = tuple(sorted({*gallery.info.removed, *rows.values()}))
         info = replace(gallery.info, removed=removed, tfclip_version=__version__)
-        _write_gallery(replace(gallery, info=info), force=True)
-    return info
+        return _write_gallery(replace(gallery, info=info), force=True)
 
 
 def update_header(path: Path, **changes: Any) -> IndexInfo:
@@ -417,8 +545,7 @@ def update_header(path: Path, **changes: Any) -> IndexInfo:
     with writer_lock(path):
         gallery = load_index(path)
         info = replace(gallery.info, **changes, tfclip_version=__version__)
-        _write_gallery(replace(gallery, info=info), force=True)
-    return info
+        return _write_gallery(replace(gallery, info=info), force=True)
 
 
 def set_person_ids(path: Path, person_ids: Mapping[str, int]) -> IndexInfo:
@@ -443,12 +570,11 @@ def set_person_ids(path: Path, person_ids: Mapping[str, int]) -> IndexInfo:
             column[row] = int(person_ids[tracklet_id])
         linked = gallery.rows.assign(**{PERSON_COLUMN: column})
         info = replace(gallery.info, tfclip_version=__version__)
-        _write_gallery(replace(gallery, rows=linked, info=info), force=True)
-    return info
+        return _write_gallery(replace(gallery, rows=linked, info=info), force=True)
 
 
-def _rows_bytes(rows: pd.DataFrame, path: Path) -> bytes:
-    """The rows as Parquet bytes: manifest columns with their schema types, any other column as pandas has it."""
+def _rows_table(rows: pd.DataFrame, path: Path) -> pa.Table:
+    """The rows as an Arrow table: manifest columns with their schema types, any other column as pandas has it."""
     try:
         table = pa.Table.from_pandas(rows, preserve_index=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -456,22 +582,64 @@ def _rows_bytes(rows: pd.DataFrame, path: Path) -> bytes:
     for name in EMBEDDING_ROW_COLUMNS:
         position = table.schema.get_field_index(name)
         table = table.set_column(position, name, table.column(name).cast(MANIFEST_SCHEMA.field(name).type))
+    return table
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()
 
 
-def _write_gallery(gallery: Gallery, *, force: bool) -> None:
-    """Write header, rows and index into one temporary file, renamed onto ``gallery.path`` in one step."""
-    info, rows = gallery.info, gallery.rows
+def _write_gallery(gallery: Gallery, *, force: bool) -> IndexInfo:
+    """Write ``gallery`` as a new base of a new generation: header, rows and index in one temporary file, synced,
+    renamed onto ``gallery.path`` in one step. Then delete the append logs and ids caches of other generations
+    (the gallery holds their rows: every writer loads base and log under the lock) and write the new ids cache.
+
+    Returns:
+        The header written, with its new ``generation``.
+    """
+    path, rows = gallery.path, gallery.rows
+    info = replace(gallery.info, generation=uuid.uuid4().hex)
     assert gallery.index.ntotal == len(rows) == info.count, (gallery.index.ntotal, len(rows), info.count)
     header = json.dumps(asdict(info), indent=2, sort_keys=True).encode()
-    table = _rows_bytes(rows, gallery.path)
-    blob = faiss.serialize_index(gallery.index)
-    with atomic_output(gallery.path, force=force) as temp, open(temp, "wb") as handle:
-        handle.write(MAGIC + SECTION_LENGTHS.pack(len(header), len(table), blob.nbytes))
-        for section in (header, table, blob.data):
+    table = _rows_table(rows, path)
+    table_bytes, blob = _parquet_bytes(table), faiss.serialize_index(gallery.index)
+    with atomic_output(path, force=force) as temp, open(temp, "wb") as handle:
+        handle.write(MAGIC + SECTION_LENGTHS.pack(len(header), len(table_bytes), blob.nbytes))
+        for section in (header, table_bytes, blob.data):
             handle.write(section)
+        handle.flush()
+        os.fsync(handle.fileno())  # the new base is on disk before the old log is deleted
+    sync_folder(path.parent)
+    _delete_other_generations(path, info.generation)
+    live_ids = rows["tracklet_id"].astype(str)[replace(gallery, info=info).live]
+    write_known_ids(ids_path(path, info.generation), live_ids, base=_base_identity(path),
+                    schema=table.schema.remove_metadata(), log=LogPosition(0, 0, 0, 0))
+    return info
+
+
+def _generation_files(path: Path) -> Iterator[tuple[Path, str]]:
+    """The append logs and ids caches (and their SQLite journals) beside ``path``, each with its generation."""
+    pattern = re.compile(re.escape(path.name) + r"\.([0-9a-f]{32})\.(?:log|ids|ids-journal)")
+    for file in path.parent.iterdir() if path.parent.is_dir() else ():
+        found = pattern.fullmatch(file.name)
+        if found:
+            yield file, found.group(1)
+
+
+def _delete_other_generations(path: Path, generation: str) -> None:
+    """Delete the append logs and ids caches beside ``path`` of generations other than ``generation``."""
+    for file, owner in _generation_files(path):
+        if owner != generation:
+            file.unlink(missing_ok=True)
+
+
+def gallery_files(path: Path) -> list[Path]:
+    """The files of the gallery at ``path`` on disk: the base, its lock, its append logs and ids caches."""
+    path = Path(path)
+    files = [file for file in (path, lock_path(path)) if file.exists()]
+    return files + sorted(file for file, _ in _generation_files(path))
 
 
 class _Sections(NamedTuple):
@@ -480,29 +648,60 @@ class _Sections(NamedTuple):
     index: bytes
 
 
-def _read_sections(path: Path) -> _Sections:
-    """The three sections of a gallery file, their lengths checked against the file's size before reading.
+def _section_lengths(handle: BinaryIO, path: Path) -> tuple[int, int, int]:
+    """The lengths of the three sections of the gallery file open as ``handle``, checked against its size.
 
     The size is that of the open file (``fstat``), never of ``path``: a writer may rename a new gallery onto
     ``path`` after the open, and this reader keeps reading the old file whole.
     """
     prefix = len(MAGIC) + SECTION_LENGTHS.size
+    head = handle.read(prefix)
+    if not head.startswith(MAGIC) or len(head) < prefix:
+        raise GalleryError(
+            f"{path} is not a tfclip gallery (format 1): an index written by an older tfclip (with "
+            ".meta.parquet/.json files beside it), another tool, or a damaged file",
+            hint=REBUILD_HINT.format(path=path),
+        )
+    lengths = SECTION_LENGTHS.unpack(head[len(MAGIC):])
+    size = os.fstat(handle.fileno()).st_size
+    if prefix + sum(lengths) != size:
+        raise GalleryError(
+            f"{path} is damaged: its sections claim {prefix + sum(lengths):,} bytes, the file holds {size:,}",
+            hint=REBUILD_HINT.format(path=path),
+        )
+    return lengths
+
+
+def _read_sections(handle: BinaryIO, path: Path) -> _Sections:
+    """The three sections of the gallery file open as ``handle``."""
+    return _Sections(*(handle.read(length) for length in _section_lengths(handle, path)))
+
+
+def _read_base_header(path: Path) -> IndexInfo:
+    """The header of the base file at ``path`` alone, without reading its rows or index."""
+    if not path.is_file():
+        raise GalleryError(
+            f"{path} not found: expected a gallery written by tfclip index",
+            hint=f"build it with: tfclip index E.parquet --out {path}",
+        )
     with open(path, "rb") as handle:
-        head = handle.read(prefix)
-        if not head.startswith(MAGIC) or len(head) < prefix:
-            raise GalleryError(
-                f"{path} is not a tfclip gallery (format 1): an index written by an older tfclip (with "
-                ".meta.parquet/.json files beside it), another tool, or a damaged file",
-                hint=REBUILD_HINT.format(path=path),
-            )
-        lengths = SECTION_LENGTHS.unpack(head[len(MAGIC):])
-        size = os.fstat(handle.fileno()).st_size
-        if prefix + sum(lengths) != size:
-            raise GalleryError(
-                f"{path} is damaged: its sections claim {prefix + sum(lengths):,} bytes, the file holds {size:,}",
-                hint=REBUILD_HINT.format(path=path),
-            )
-        return _Sections(*(handle.read(length) for length in lengths))
+        return _read_header(handle.read(_section_lengths(handle, path)[0]), path)
+
+
+def gallery_stamp(path: Path) -> tuple[int, ...]:
+    """What changes whenever the gallery at ``path`` does: its base file's identity and its append log's size.
+
+    Raises:
+        GalleryError: when ``path`` is missing or not a gallery.
+    """
+    path = Path(path)
+    generation = _read_base_header(path).generation
+    stat = path.stat()
+    try:
+        log_size = log_path(path, generation).stat().st_size if generation else -1
+    except FileNotFoundError:
+        log_size = -1
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size, log_size
 
 
 INDEX_TYPES = get_args(IndexType)
@@ -570,21 +769,72 @@ def _read_faiss(data: bytes, path: Path) -> Any:
             faiss.set_deserialization_vector_byte_limit(previous)
 
 
+class _Snapshot(NamedTuple):
+    gallery: Gallery
+    log_end: int
+    """Offset just past the last log record the gallery holds."""
+    log_last: int
+    """Where that record starts (0 without records)."""
+    records: int
+
+
 def load_index(path: Path) -> Gallery:
-    """Load the gallery file at ``path``, its index, rows and header checked against each other.
+    """Load the gallery at ``path``: its base (index, rows and header checked against each other) and the records
+    of its append log committed when it was opened, one consistent snapshot.
 
     Raises:
         GalleryError: naming the file, when it is missing, of another format, damaged, empty, or its counts,
             dimensions or tombstones disagree.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise GalleryError(
-            f"{path} not found: expected a gallery written by tfclip index",
-            hint=f"build it with: tfclip index E.parquet --out {path}",
-        )
-    sections = _read_sections(path)
-    info, rows = _read_header(sections.header, path), _read_rows(sections.rows, path)
+    return _load_snapshot(Path(path)).gallery
+
+
+def _load_snapshot(path: Path) -> _Snapshot:
+    """The gallery and how much of its log it read. The base is opened first, then its generation's log; if the
+    base was replaced meanwhile (a compaction renames the new base, then deletes the old log), start again."""
+    for _ in range(LOAD_ATTEMPTS):
+        if not path.is_file():
+            raise GalleryError(
+                f"{path} not found: expected a gallery written by tfclip index",
+                hint=f"build it with: tfclip index E.parquet --out {path}",
+            )
+        try:
+            with open(path, "rb") as base:
+                sections = _read_sections(base, path)
+                info = _read_header(sections.header, path)
+                scan = _read_log(path, info.generation)
+                if _is_current(base, path):
+                    return _assembled(path, sections, info, scan)
+        except FileNotFoundError:  # replaced between the check and the open
+            continue
+    raise GalleryError(f"{path} was rewritten {LOAD_ATTEMPTS} times while it was being read", hint="try again")
+
+
+def _read_log(path: Path, generation: str) -> LogScan:
+    """The committed records of ``generation``'s log (none for a gallery without one)."""
+    try:
+        handle = open(log_path(path, generation), "rb") if generation else None
+    except FileNotFoundError:
+        handle = None
+    if handle is None:
+        return LogScan(batches=(), end=0, size=0)
+    with handle:
+        return read_records(handle, generation)
+
+
+def _is_current(base: BinaryIO, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``base``."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(base.fileno())
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+def _assembled(path: Path, sections: _Sections, info: IndexInfo, scan: LogScan) -> _Snapshot:
+    """The base's index, rows and header checked against each other, then the log's batches added to them."""
+    rows = _read_rows(sections.rows, path)
     index = _read_faiss(sections.index, path)
     if index.ntotal == 0:
         raise GalleryError(f"{path} is an empty index: nothing to search", hint="index some embeddings first")
@@ -596,4 +846,12 @@ def load_index(path: Path) -> Gallery:
         )
     if any(not 0 <= row < info.count for row in info.removed):
         raise GalleryError(f"{path}: the header removes rows outside 0..{info.count - 1}")
-    return Gallery(path=path, index=index, rows=rows, info=info)
+    if scan.batches:
+        log_file = log_path(path, info.generation)
+        if any(batch.vectors.shape[1] != info.dim for batch in scan.batches):
+            raise GalleryError(f"{log_file}: a record holds vectors of another width than the gallery's {info.dim}")
+        rows = pd.concat([rows, *(_read_rows(batch.rows, log_file) for batch in scan.batches)], ignore_index=True)
+        index.add(np.concatenate([batch.vectors for batch in scan.batches]))
+        info = replace(info, count=len(rows))
+    last = scan.batches[-1].offset if scan.batches else 0
+    return _Snapshot(Gallery(path=path, index=index, rows=rows, info=info), scan.end, last, len(scan.batches))

@@ -2,8 +2,9 @@
 
 Searches read an immutable snapshot of the gallery; writes go through ``index``'s locked, atomic functions and
 then swap the snapshot, so a search never sees a half-written gallery. The snapshot is also reloaded when the
-file changes on disk (``tfclip index --append`` while serving), which is how the page's camera view sees a growing
-gallery: :meth:`Service.cameras` answers the latest tracklets of each camera of the current snapshot.
+gallery changes on disk (its base file replaced, or records appended to its log by ``tfclip index --append`` or
+``tfclip watch`` while serving), which is how the page's camera view sees a growing gallery: :meth:`Service.cameras`
+answers the latest tracklets of each camera of the current snapshot.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from tfclip_cli.index import (
     QueryResult,
     SearchOptions,
     append_to_index,
+    gallery_stamp,
     load_index,
     load_query_embedder,
     remove_from_index,
@@ -161,11 +163,6 @@ def latest_per_camera(gallery: Gallery, count: int) -> dict:
     return {"rows": len(live), "cameras": cameras}
 
 
-def _file_identity(path: Path) -> tuple[int, int, int]:
-    stat = path.stat()
-    return stat.st_ino, stat.st_mtime_ns, stat.st_size
-
-
 def _data_uris(result: QueryResult) -> list[str]:
     """A query's key frames as JPEG ``data:`` URIs for the page."""
     return ["data:image/jpeg;base64," + base64.b64encode(jpeg(frame)).decode() for frame in result.key_frames]
@@ -188,7 +185,8 @@ class Service:
         self.config = config
         self._swap = threading.Lock()
         self._model = threading.Lock()  # one forward pass at a time: predictable memory on a shared machine
-        self._gallery, self._identity = load_index(config.gallery), _file_identity(config.gallery)
+        self._identity = gallery_stamp(config.gallery)  # before the load: a change in between reloads later
+        self._gallery = load_index(config.gallery)
         warn_if_stale(self._gallery)
         self.embedder: QueryEmbedder = load_query_embedder(self._gallery, config.checkpoint, config.device)
         self._latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
@@ -196,9 +194,9 @@ class Service:
         self._latest: tuple[Gallery, int, dict] | None = None  # the camera view of one snapshot, for polling pages
 
     def gallery(self) -> Gallery:
-        """The current gallery, reloaded first if its file was replaced since it was read."""
+        """The current gallery, reloaded first if its file was replaced or its log grew since it was read."""
         with self._swap:
-            identity = _file_identity(self.config.gallery)
+            identity = gallery_stamp(self.config.gallery)
             if identity != self._identity:
                 was_stale = stale_calibration(self._gallery) is not None
                 self._gallery, self._identity = load_index(self.config.gallery), identity
