@@ -18,10 +18,10 @@ from tiny_training import TINY_CONFIG as CONFIG, save_tiny_checkpoint
 from tfclip_cli import __version__, export, quantize
 from tfclip_cli.checkpoint import Checkpoint, file_sha256, save_checkpoint
 from tfclip_cli.cli import app
-from tfclip_cli.clips import CLIP_MEAN, CLIP_STD
+from tfclip_cli.frames import CLIP_MEAN, CLIP_STD
 from tfclip_cli.errors import UserError
 from tfclip_cli.evaluate import evaluate_file
-from tfclip_cli.export import OnnxEmbedder, available_providers, onnx_session, read_metadata
+from tfclip_cli.runtime import OnnxEmbedder, available_providers, onnx_session, read_metadata
 from tfclip_cli.index import SearchOptions, build_index, query
 from tfclip_cli.model import ModelConfig
 from tfclip_cli.tables import read_embeddings, read_manifest

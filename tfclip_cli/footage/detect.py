@@ -26,9 +26,9 @@ import cv2
 import numpy as np
 
 from tfclip_cli.errors import DataError, UserError
-from tfclip_cli.export import onnx_session
 from tfclip_cli.footage.detection import Detection, Detector
 from tfclip_cli.footage.replay import replay_detector
+from tfclip_cli.runtime import onnx_session
 
 log = logging.getLogger(__name__)
 
