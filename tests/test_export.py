@@ -211,8 +211,8 @@ def test_bad_inputs_are_one_line_errors_with_exit_2(exported, checkpoint, manife
           "--backend", "onnx"], "has no tfclip metadata"),
         (["extract", "-c", str(resized), "-m", str(manifest), "--out", str(tmp_path / "e.parquet"),
           "--backend", "onnx"], "input size does not match"),
-        (["extract", "-c", str(exported[0]), "-m", str(manifest), "--out", str(tmp_path / "e.parquet")],
-         "is an ONNX model"),
+        (["extract", "-c", str(exported[0]), "-m", str(manifest), "--out", str(tmp_path / "e.parquet"),
+          "--backend", "torch"], "is an ONNX model"),
     ]
     for args, message in cases:
         result = runner.invoke(app, args, terminal_width=400)

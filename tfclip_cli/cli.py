@@ -831,8 +831,9 @@ def export(
     """
     from rich.table import Column, Table
 
-    from tfclip_cli.export import VerificationError, describe, export_checkpoint
+    from tfclip_cli.export import VerificationError, export_checkpoint
     from tfclip_cli.quantize import export_int8
+    from tfclip_cli.runtime import describe
 
     if int8 and (fp16 or not verify):
         raise typer.BadParameter("--int8 quantises a verified fp32 export: leave out --fp16 and --no-verify")
