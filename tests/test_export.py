@@ -13,17 +13,18 @@ import torch
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
+from fresh_tfclip import run_fresh_tfclip
 from test_inference import manifest, model  # noqa: F401  (the module-scoped tiny data and model, reused)
 from tiny_training import TINY_CONFIG as CONFIG, save_tiny_checkpoint
 from tfclip_cli import __version__, export, quantize
 from tfclip_cli.checkpoint import Checkpoint, file_sha256, save_checkpoint
 from tfclip_cli.cli import app
-from tfclip_cli.frames import CLIP_MEAN, CLIP_STD
 from tfclip_cli.errors import UserError
 from tfclip_cli.evaluate import evaluate_file
-from tfclip_cli.runtime import OnnxEmbedder, available_providers, onnx_session, read_metadata
+from tfclip_cli.frames import CLIP_MEAN, CLIP_STD
 from tfclip_cli.index import SearchOptions, build_index, query
 from tfclip_cli.model import ModelConfig
+from tfclip_cli.runtime import OnnxEmbedder, available_providers, onnx_session, read_metadata
 from tfclip_cli.tables import read_embeddings, read_manifest
 
 
@@ -158,6 +159,28 @@ def test_query_onnx_backend_finds_the_hits_of_torch_and_exports_a_recorded_check
     for found in (hits(checkpoint=exported[0], backend="onnx"), hits(backend="onnx")):
         assert [tracklet for tracklet, _ in found] == [tracklet for tracklet, _ in expected]
         assert np.allclose([score for _, score in found], [score for _, score in expected], atol=1e-5)
+
+
+def test_query_with_an_exported_file_never_imports_torch_and_finds_the_torch_hits(
+    exported, checkpoint, manifest, tmp_path
+):
+    table = tmp_path / "gallery.parquet"
+    extract = ["extract", "-c", str(checkpoint), "-m", str(manifest), "--out", str(table), "--workers", "0"]
+    assert CliRunner().invoke(app, extract).exit_code == 0
+    build_index(read_embeddings(table), tmp_path / "g.faiss")
+    queries = read_manifest(manifest).tracklets("query")
+    clips = [next(Path(t.source) for t in queries if t.is_video), next(Path(t.source) for t in queries if t.frames)]
+    # no --backend: the .onnx file says onnxruntime; the default detector tells crop from footage (OpenCV)
+    answer, status = run_fresh_tfclip("query", *clips, "-c", exported[0], "--gallery", tmp_path / "g.faiss", "-k", "5")
+    assert status["loaded"] == []
+    on_torch = CliRunner().invoke(app, ["query", *map(str, clips), "--gallery", str(tmp_path / "g.faiss"), "-k", "5",
+                                        "--json"])
+    assert on_torch.exit_code == 0, on_torch.output
+    for onnx_query, torch_query in zip(answer["queries"], json.loads(on_torch.stdout)["queries"], strict=True):
+        (onnx_person,), (torch_person,) = onnx_query["persons"], torch_query["persons"]
+        assert [h["tracklet_id"] for h in onnx_person["hits"]] == [h["tracklet_id"] for h in torch_person["hits"]]
+        np.testing.assert_allclose([h["score"] for h in onnx_person["hits"]],
+                                   [h["score"] for h in torch_person["hits"]], atol=1e-4)
 
 
 def test_failed_verification_exits_1_and_keeps_no_file_unless_not_verifying(
