@@ -4,10 +4,13 @@ are embedded as many as the sampling takes, and the backend follows the file."""
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
 from tfclip_cli.frames import FrameTransform, sample_dense
-from tfclip_cli.runtime import backend_for, embed_clip_sets, embed_crop_tracklets
+from tfclip_cli.errors import UserError
+from tfclip_cli.runtime import _metadata_props, backend_for, embed_clip_sets, embed_crop_tracklets, read_metadata
 
 SEQ_LEN = 4
 SIZE = (8, 4)
@@ -65,3 +68,25 @@ def test_the_backend_follows_the_file_unless_given() -> None:
     assert backend_for(Path("m.onnx")) == "onnx" and backend_for(Path("M.ONNX")) == "onnx"
     assert backend_for(Path("best.ckpt")) == "torch"
     assert backend_for(Path("best.ckpt"), "onnx") == "onnx" and backend_for(Path("m.onnx"), "torch") == "torch"
+
+
+def test_metadata_props_are_read_as_onnx_reads_them_whatever_else_the_file_holds(tmp_path: Path) -> None:
+    weights = helper.make_tensor("w", TensorProto.FLOAT, [300, 300], np.ones(90000, np.float32))  # a 360 kB field
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 300])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 300])], [weights])
+    model = helper.make_model(graph, producer_name="tfclip test")
+    helper.set_model_props(model, {"format": "tfclip-embedding", "note": "ünïcode", "empty": ""})
+    onnx.save(model, tmp_path / "m.onnx")
+    expected = {prop.key: prop.value for prop in onnx.load(tmp_path / "m.onnx").metadata_props}
+    with (tmp_path / "m.onnx").open("rb") as file:
+        assert _metadata_props(file) == expected
+    with pytest.raises(UserError, match="m.onnx has no tfclip metadata"):  # the format, but no other field
+        read_metadata(tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("content", [b"not a model", b"\x08", b"\x72\x05ab", b"\x3a\x7f"])
+def test_bytes_that_are_not_onnx_are_one_user_error(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "bad.onnx").write_bytes(content)
+    with pytest.raises(UserError, match="bad.onnx is not a loadable ONNX model"):
+        read_metadata(tmp_path / "bad.onnx")

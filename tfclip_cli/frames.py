@@ -21,7 +21,6 @@ import warnings
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
-import av
 import decord
 import numpy as np
 from PIL import Image
@@ -250,6 +249,8 @@ def _read_video_at_padded_width(path: str, frames: list[int], error: Exception) 
     decord 0.6.0 fails on some narrow widths (8, 12, 16, 24, 48 and 72 pixels seen) with "The size must exactly
     match": its RGB copy expects padded rows. A video that fails here too is unreadable.
     """
+    import av  # PyAV, only for this rare retry: a query reads most videos without it
+
     try:
         with av.open(path) as container:
             stream = container.streams.video[0].codec_context

@@ -11,16 +11,15 @@ interface (``config``, ``embed``) for the passes of :mod:`tfclip_cli.inference`,
 from __future__ import annotations
 
 import functools
+import io
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 import onnxruntime
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf.message import DecodeError
 
 from tfclip_cli.errors import DataError, UserError
 from tfclip_cli.frames import EmbedSampling, FrameTransform, crop_clips, tracklet_clips
@@ -107,6 +106,11 @@ def describe(metadata: OnnxMetadata) -> dict[str, str]:
     }
 
 
+def has_cuda() -> bool:
+    """Whether this onnxruntime has its CUDA provider (the gpu extra)."""
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
 def available_providers(*, use_gpu: bool) -> list[str]:
     """The onnxruntime execution providers to try, CUDA first when asked for and present, CPU always last."""
     present = onnxruntime.get_available_providers()
@@ -155,33 +159,63 @@ def embedding_session(
                         optimization="extended" if precision == "fp16" else "all")
 
 
-MODEL_PROPS_FIELD = 14  # ModelProto.metadata_props in onnx/onnx.proto
-_ENTRY = descriptor_pb2.FieldDescriptorProto
+MODEL_PROPS_FIELD = 14  # ModelProto.metadata_props in onnx/onnx.proto: repeated StringStringEntryProto {1: key, 2: value}
 
 
-@functools.lru_cache(maxsize=1)
-def _model_props_message() -> type:
-    """A protobuf class reading only ``ModelProto.metadata_props`` (repeated key/value entries) of an ONNX file.
+def _varint(file: BinaryIO, first: bytes) -> int:
+    """A protobuf base-128 varint whose first byte is ``first``, the rest read from ``file``."""
+    value = shift = 0
+    byte = first
+    while True:
+        if not byte:
+            raise ValueError("truncated protobuf data")
+        value |= (byte[0] & 0x7F) << shift
+        if not byte[0] & 0x80:
+            return value
+        byte, shift = file.read(1), shift + 7
 
-    Not the onnx package: importing it loads ml_dtypes, 1.4 s here, most of a torch-free query's start; every
-    other field of the file is skipped as unknown.
+
+def _fields(file: BinaryIO, wanted: set[int]) -> Iterator[tuple[int, bytes]]:
+    """The (field number, bytes) of a protobuf message's length-delimited fields numbered in ``wanted``, read in the
+    wire format up to the end of ``file``; every other field is skipped by seeking (a gigabyte graph costs nothing).
+
+    Raises:
+        ValueError: bytes that are not a protobuf message.
     """
-    file = descriptor_pb2.FileDescriptorProto(name="tfclip_onnx_props.proto", package="tfclip_onnx_props",
-                                              syntax="proto2")
-    entry = file.message_type.add(name="StringStringEntryProto")
-    for name, number in (("key", 1), ("value", 2)):
-        entry.field.add(name=name, number=number, type=_ENTRY.TYPE_STRING, label=_ENTRY.LABEL_OPTIONAL)
-    model = file.message_type.add(name="ModelProto")
-    model.field.add(name="metadata_props", number=MODEL_PROPS_FIELD, type=_ENTRY.TYPE_MESSAGE,
-                    label=_ENTRY.LABEL_REPEATED, type_name=".tfclip_onnx_props.StringStringEntryProto")
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tfclip_onnx_props.ModelProto"))
+    while first := file.read(1):
+        key = _varint(file, first)
+        number, wire = key >> 3, key & 7
+        if number == 0 or wire not in (0, 1, 2, 5):
+            raise ValueError(f"wire type {wire} of field {number} is not protobuf's")
+        if wire == 0:
+            _varint(file, file.read(1))
+            continue
+        size = _varint(file, file.read(1)) if wire == 2 else (8 if wire == 1 else 4)
+        if wire == 2 and number in wanted:
+            value = file.read(size)
+            if len(value) < size:
+                raise ValueError("truncated protobuf data")
+            yield number, value
+        else:
+            file.seek(size, io.SEEK_CUR)
+
+
+def _metadata_props(file: BinaryIO) -> dict[str, str]:
+    """``ModelProto.metadata_props`` of an ONNX file.
+
+    Read in the wire format, not with the onnx package: importing onnx loads ml_dtypes (1.4 s here), most of a
+    torch-free query's start, for two strings per entry.
+    """
+    props = {}
+    for _, entry in _fields(file, {MODEL_PROPS_FIELD}):
+        texts = {number: text.decode() for number, text in _fields(io.BytesIO(entry), {1, 2})}
+        props[texts.get(1, "")] = texts.get(2, "")
+    return props
 
 
 def read_metadata(path: Path) -> OnnxMetadata:
-    """The tfclip metadata of an exported file, read without building a session (only the graph file, never an
-    external ``.data`` weights file).
+    """The tfclip metadata of an exported file, read without building a session (the weights are skipped, an
+    external ``.data`` weights file never opened).
 
     Raises:
         UserError: the file is missing, not ONNX, or has no tfclip metadata.
@@ -189,12 +223,14 @@ def read_metadata(path: Path) -> OnnxMetadata:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} not found: expected an ONNX model written by `tfclip export`")
-    model = _model_props_message()()
     try:
-        model.ParseFromString(path.read_bytes())
-    except DecodeError as error:
+        with path.open("rb") as file:
+            props = _metadata_props(file)
+            if file.tell() > path.stat().st_size:  # a skipped field claimed more bytes than the file holds
+                raise ValueError("truncated protobuf data")
+    except (ValueError, UnicodeDecodeError) as error:
         raise UserError(f"{path} is not a loadable ONNX model: {error}") from error
-    return OnnxMetadata.from_props({prop.key: prop.value for prop in model.metadata_props}, path)
+    return OnnxMetadata.from_props(props, path)
 
 
 class OnnxEmbedder:

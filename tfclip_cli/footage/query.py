@@ -8,7 +8,8 @@ track`` does (:mod:`~tfclip_cli.footage.pipeline`, same defaults, relinked with 
 person's crops, held in memory, are embedded and searched for; the people are numbered 1, 2, ... by the frame they
 first appear in; ``person`` picks one by number, ``pointer`` (a frame and a box) picks the one whose box there
 overlaps it most. The model is loaded once per call (or passed in), and whatever the inputs, ``--json`` prints one
-shape (:func:`query_json`).
+shape (:func:`query_json`). The tracking code (and scipy under it) is imported only when footage is queried: a
+person crop's query starts without it.
 """
 
 from __future__ import annotations
@@ -16,15 +17,13 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from tfclip_cli.errors import UserError
 from tfclip_cli.footage.detect import detector_for_video
 from tfclip_cli.footage.detection import Detector, clipped
-from tfclip_cli.footage.pipeline import CutTracklet, PipelineOptions, run_video
-from tfclip_cli.footage.track import Track, iou_matrix
 from tfclip_cli.frames import read_frames, stack_crops, tracklet_from_path
 from tfclip_cli.index import (
     Gallery,
@@ -38,6 +37,10 @@ from tfclip_cli.index import (
     read_key_frames,
     warn_if_stale,
 )
+
+if TYPE_CHECKING:
+    from tfclip_cli.footage.pipeline import CutTracklet
+    from tfclip_cli.footage.track import Track
 
 CROP_SHARE = 0.4  # one confident person covering this share of the frame: the input is a person crop
 CONFIDENT = 0.5  # detections at least this confident count when deciding crop or footage
@@ -145,6 +148,8 @@ def pick_persons(tracks: list[Track], *, person: int | None = None, pointer: Per
         return [tracks[person - 1]]
     if pointer is None:
         return tracks
+    from tfclip_cli.footage.track import iou_matrix
+
     here = [(t, t.boxes[t.frame_indices.index(pointer.frame)]) for t in tracks if pointer.frame in t.frame_indices]
     overlaps = iou_matrix(np.array([pointer.box]), np.array([box for _, box in here]).reshape(-1, 4))[0]
     if len(here) == 0 or overlaps.max() < MIN_POINTER_IOU:
@@ -177,6 +182,8 @@ def query_footage(gallery: Gallery, video: Path, detector: Detector, embedder: Q
     if Path(video).is_dir():
         raise UserError(f"{video} is a folder of frames holding several people (or none): tracking them needs a "
                         "video file", hint="query a video of the scene, or a folder holding one person's crops")
+    from tfclip_cli.footage.pipeline import PipelineOptions, run_video
+
     # a query searches for everyone the user filmed, one standing still too: the static filter keeps galleries free
     # of signs and cones, and a false person in a query only adds a row of weak hits; relinking embeds one clip
     # (the model's seq_len crops) per window, every track's windows in the same batches

@@ -32,6 +32,7 @@ from tfclip_cli.runtime import (
     backend_for,
     embed_crop_tracklets,
     embed_tracklet_files,
+    has_cuda,
 )
 from tfclip_cli.tables import PERSON_COLUMN, FootageOrigin, Tracklet, row_to_tracklet
 
@@ -338,7 +339,7 @@ class _Loaded:
 def _load_embedder(path: Path, backend: Backend | None, device: torch.device | str | None) -> _Loaded:
     """The model of :func:`load_query_embedder`; an ``.onnx`` file with the onnx backend loads without torch."""
     if backend_for(path, backend) == "onnx" and path.suffix.lower() == ".onnx":
-        embedder = OnnxEmbedder(path, use_gpu=device is None or str(device).startswith("cuda"))
+        embedder = OnnxEmbedder(path, use_gpu=has_cuda() if device is None else str(device).startswith("cuda"))
         metadata = embedder.metadata
         return _Loaded(embedder, metadata.checkpoint_sha256, embedder.transform, metadata.seq_len, None)
     import torch
