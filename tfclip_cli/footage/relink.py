@@ -292,14 +292,14 @@ WINDOW_SAMPLING = "rrs"  # a window is one clip of the model's seq_len crops (it
 
 
 @functools.lru_cache(maxsize=1)  # one load per process, however many videos it tracks
-def _load_crop_embedder(checkpoint: Path) -> CropEmbedder:
+def _load_crop_embedder(checkpoint: Path, threads: int) -> CropEmbedder:
     # the model stack (open_clip and the model code: seconds to import) loads only when relinking, and an exported
     # .onnx file never loads it: onnxruntime runs it on the numpy crops
     from tfclip_cli.frames import FrameTransform
     from tfclip_cli.runtime import OnnxEmbedder, backend_for, embed_crop_tracklets
 
     if backend_for(checkpoint) == "onnx":
-        embedder = OnnxEmbedder(checkpoint)
+        embedder = OnnxEmbedder(checkpoint, threads=threads)
         return functools.partial(embed_crop_tracklets, embedder.embed_array, seq_len=embedder.seq_len,
                                  transform=embedder.transform, dim=embedder.embedding_dim)
     from tfclip_cli.inference import batch_embedder, load_model, process_device
@@ -312,13 +312,16 @@ def _load_crop_embedder(checkpoint: Path) -> CropEmbedder:
                              dim=loaded.model.embedding_dim)
 
 
-def model_crop_embedder(checkpoint: Path, *, batch: int = 32) -> CropEmbedder:
+def model_crop_embedder(checkpoint: Path, *, batch: int = 32, threads: int = 0) -> CropEmbedder:
     """An embedder that runs the TF-CLIP model of ``checkpoint`` (a checkpoint on PyTorch, or an exported ``.onnx``
     file on onnxruntime) on clips of crops, without camera embedding, ``batch`` clips at a time: one clip of the
     model's ``seq_len`` crops per window (:data:`WINDOW_SAMPLING`), never every crop of a longer one.
 
+    Args:
+        threads: onnxruntime's intra-op threads for an ``.onnx`` file; 0 lets it choose (PyTorch keeps its own).
+
     Raises:
         CheckpointError: when the checkpoint does not load; UserError: an ONNX file that is not a tfclip export.
     """
-    embed = _load_crop_embedder(Path(checkpoint).resolve())
+    embed = _load_crop_embedder(Path(checkpoint).resolve(), threads)
     return functools.partial(embed, sampling=WINDOW_SAMPLING, batch_size=batch)
