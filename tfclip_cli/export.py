@@ -44,7 +44,6 @@ from tfclip_cli.runtime import (
     UNKNOWN_CAMERA,
     OnnxEmbedder,
     OnnxMetadata,
-    Weights,
     embedding_session,
     read_metadata,
 )

@@ -43,7 +43,6 @@ from tfclip_cli.recipe import Precision
 from tfclip_cli.tables import (
     SPLITS,
     Embeddings,
-    Split,
     Tracklet,
     NON_UTF8_REASON,
     check_writable,
