@@ -329,6 +329,8 @@ class QueryEmbedder:
 
 @dataclass(frozen=True)
 class _Loaded:
+    """A query model as :func:`_load_embedder` found it, before the gallery checks."""
+
     model: Embedder
     checkpoint_sha256: str
     transform: FrameTransform
