@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tfclip_cli.clips import ClipDataset, ClipTransform, read_frames, sample_rrs_test
+from tfclip_cli.clips import ClipDataset, ClipTransform, read_frames
+from tfclip_cli.frames import sample_rrs_test
 from tfclip_cli.tables import Tracklet
 
 HEIGHT, WIDTH, SEQ_LEN = 256, 128, 8

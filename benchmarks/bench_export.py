@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from tfclip_cli.checkpoint import Checkpoint, save_checkpoint
-from tfclip_cli.export import OnnxEmbedder, export_checkpoint, quantize_int8
+from tfclip_cli.export import export_checkpoint, quantize_int8
 from tfclip_cli.model import ModelConfig, backbone_spec, build_model
+from tfclip_cli.runtime import OnnxEmbedder
 
 SEQ_LEN = 8
 

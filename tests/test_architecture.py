@@ -15,8 +15,10 @@ RANK = {
     "display": 1,
     "tables": 2,
     "recipe": 3,
+    "frames": 3.5,
     "clips": 4,
     "model": 4,
+    "runtime": 4.5,
     "losses": 5,
     "datasets": 6,
     "checkpoint": 7,
@@ -37,7 +39,7 @@ RANK = {
     "__main__": 12,
 }
 THIRD_PARTY_HOMES = {
-    "decord": {"clips"},
+    "decord": {"frames"},
     "faiss": {"index"},
     "open_clip": {"model", "checkpoint"},
     "rich": {"cli", "display"},
@@ -45,7 +47,7 @@ THIRD_PARTY_HOMES = {
     "click": set(),
     "cv2": {"footage"},
     "onnx": {"export"},
-    "onnxruntime": {"export"},
+    "onnxruntime": {"export", "runtime"},
     "fastapi": {"serve"},
     "uvicorn": {"serve"},
     "matplotlib": {"report"},

@@ -13,20 +13,22 @@ import torch
 from PIL import Image
 
 from tfclip_cli.clips import (
-    CLIP_MEAN,
-    CLIP_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     ClipDataset,
     ClipSample,
     ClipTransform,
     DenseClipDataset,
     IdentitySampler,
     build_loader,
-    chunk_indices,
-    count_video_frames,
     read_frames,
     reference_erase_rect,
+)
+from tfclip_cli.frames import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    chunk_indices,
+    count_video_frames,
     sample_dense,
     sample_evenly,
     sample_rrs_test,

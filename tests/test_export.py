@@ -4,6 +4,8 @@ onnx backend of `extract` and `query` checked against the torch backend on the t
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,17 +15,18 @@ import torch
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
+from fresh_tfclip import run_fresh_tfclip
 from test_inference import manifest, model  # noqa: F401  (the module-scoped tiny data and model, reused)
 from tiny_training import TINY_CONFIG as CONFIG, save_tiny_checkpoint
 from tfclip_cli import __version__, export, quantize
 from tfclip_cli.checkpoint import Checkpoint, file_sha256, save_checkpoint
 from tfclip_cli.cli import app
-from tfclip_cli.clips import CLIP_MEAN, CLIP_STD
 from tfclip_cli.errors import UserError
 from tfclip_cli.evaluate import evaluate_file
-from tfclip_cli.export import OnnxEmbedder, available_providers, onnx_session, read_metadata
+from tfclip_cli.frames import CLIP_MEAN, CLIP_STD
 from tfclip_cli.index import SearchOptions, build_index, query
 from tfclip_cli.model import ModelConfig
+from tfclip_cli.runtime import OnnxEmbedder, available_providers, onnx_session, read_metadata
 from tfclip_cli.tables import read_embeddings, read_manifest
 
 
@@ -141,23 +144,75 @@ def test_export_then_onnx_extract_gives_the_embeddings_and_map_of_torch(exported
                                                                           on_torch.mINP), abs=1e-6)
 
 
-def test_query_onnx_backend_finds_the_hits_of_torch_and_exports_a_recorded_checkpoint(
-    exported, checkpoint, manifest, tmp_path
-):
-    table = tmp_path / "gallery.parquet"
-    extract = ["extract", "-c", str(checkpoint), "-m", str(manifest), "--out", str(table), "--workers", "0"]
+@pytest.fixture(scope="module")
+def torch_gallery(checkpoint, manifest, tmp_path_factory) -> Path:
+    """A gallery of the tiny dataset's tracklets embedded by the checkpoint (PyTorch)."""
+    folder = tmp_path_factory.mktemp("gallery")
+    extract = ["extract", "-c", str(checkpoint), "-m", str(manifest), "--out", str(folder / "e.parquet"),
+               "--workers", "0"]
     assert CliRunner().invoke(app, extract).exit_code == 0
-    build_index(read_embeddings(table), tmp_path / "g.faiss")
+    build_index(read_embeddings(folder / "e.parquet"), folder / "g.faiss")
+    return folder / "g.faiss"
+
+
+def test_query_onnx_backend_finds_the_hits_of_torch_and_exports_a_recorded_checkpoint(
+    exported, torch_gallery, manifest
+):
     clip = [next(Path(t.source) for t in read_manifest(manifest).tracklets("query") if t.frames)]
 
     def hits(**options) -> list[tuple[str, float]]:
-        (result,) = query(tmp_path / "g.faiss", clip, SearchOptions(top_k=5, **options))
+        (result,) = query(torch_gallery, clip, SearchOptions(top_k=5, **options))
         return [(hit.tracklet_id, hit.score) for hit in result.hits]
 
     expected = hits()
     for found in (hits(checkpoint=exported[0], backend="onnx"), hits(backend="onnx")):
         assert [tracklet for tracklet, _ in found] == [tracklet for tracklet, _ in expected]
         assert np.allclose([score for _, score in found], [score for _, score in expected], atol=1e-5)
+
+
+def test_query_with_an_exported_file_never_imports_torch_and_finds_the_torch_hits(exported, torch_gallery, manifest):
+    queries = read_manifest(manifest).tracklets("query")
+    clips = [next(Path(t.source) for t in queries if t.is_video), next(Path(t.source) for t in queries if t.frames)]
+    # no --backend: the .onnx file says onnxruntime; the default detector tells crop from footage (OpenCV)
+    answer, status = run_fresh_tfclip("query", *clips, "-c", exported[0], "--gallery", torch_gallery, "-k", "5")
+    assert status["loaded"] == []
+    on_torch = CliRunner().invoke(app, ["query", *map(str, clips), "--gallery", str(torch_gallery), "-k", "5",
+                                        "--json"])
+    assert on_torch.exit_code == 0, on_torch.output
+    for onnx_query, torch_query in zip(answer["queries"], json.loads(on_torch.stdout)["queries"], strict=True):
+        (onnx_person,), (torch_person,) = onnx_query["persons"], torch_query["persons"]
+        assert [h["tracklet_id"] for h in onnx_person["hits"]] == [h["tracklet_id"] for h in torch_person["hits"]]
+        np.testing.assert_allclose([h["score"] for h in onnx_person["hits"]],
+                                   [h["score"] for h in torch_person["hits"]], atol=1e-4)
+
+
+SERVE_ONNX = """
+import json, sys
+from pathlib import Path
+from tfclip_cli.serve.service import ServeConfig, Service
+from tfclip_cli.serve.uploads import UploadLimits
+gallery, model, clip, store = map(Path, sys.argv[1:])
+service = Service(ServeConfig(gallery=gallery, checkpoint=model, device=None, allow_dirs=(), store=store,
+                              limits=UploadLimits(max_bytes=2**26, max_frames=1000), detector="hog"))
+with clip.open("rb") as upload:
+    answer = service.query(upload, top_k=5, min_score=None, camids=None)
+loaded = sorted(name for name in ("torch", "open_clip", "torchvision") if name in sys.modules)
+print(json.dumps({"hits": [[hit["tracklet_id"], hit["score"]] for hit in answer["hits"]], "loaded": loaded}))
+"""
+
+
+def test_serving_an_exported_file_never_imports_torch_and_answers_the_torch_hits(exported, torch_gallery, manifest,
+                                                                                  tmp_path):
+    clip = next(Path(t.source) for t in read_manifest(manifest).tracklets("query") if t.is_video)
+    run = subprocess.run([sys.executable, "-c", SERVE_ONNX, str(torch_gallery), str(exported[0]), str(clip),
+                          str(tmp_path / "store")], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    served = json.loads(run.stdout)
+    assert served["loaded"] == []
+    (expected,) = query(torch_gallery, [clip], SearchOptions(top_k=5))
+    assert [tracklet for tracklet, _ in served["hits"]] == [hit.tracklet_id for hit in expected.hits]
+    np.testing.assert_allclose([score for _, score in served["hits"]], [hit.score for hit in expected.hits],
+                               atol=1e-4)
 
 
 def test_failed_verification_exits_1_and_keeps_no_file_unless_not_verifying(
@@ -211,8 +266,8 @@ def test_bad_inputs_are_one_line_errors_with_exit_2(exported, checkpoint, manife
           "--backend", "onnx"], "has no tfclip metadata"),
         (["extract", "-c", str(resized), "-m", str(manifest), "--out", str(tmp_path / "e.parquet"),
           "--backend", "onnx"], "input size does not match"),
-        (["extract", "-c", str(exported[0]), "-m", str(manifest), "--out", str(tmp_path / "e.parquet")],
-         "is an ONNX model"),
+        (["extract", "-c", str(exported[0]), "-m", str(manifest), "--out", str(tmp_path / "e.parquet"),
+          "--backend", "torch"], "is an ONNX model"),
     ]
     for args, message in cases:
         result = runner.invoke(app, args, terminal_width=400)

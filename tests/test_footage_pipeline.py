@@ -9,6 +9,7 @@ from fake_footage import write_video
 
 from tfclip_cli.footage.detection import Detection
 from tfclip_cli.footage.pipeline import FootagePipeline, PipelineOptions, is_static, run_video
+from tfclip_cli.footage.relink import window_bounds
 from tfclip_cli.footage.track import Track, TrackerConfig
 
 WIDTH, HEIGHT = 200, 120
@@ -95,6 +96,25 @@ def test_people_who_cross_while_hidden_are_relinked_each_to_themselves():
     assert [t.track.track_id for t in linked.tracklets] == [1, 2, 3]
     red = by_colour["red"]
     np.testing.assert_allclose(red.track.boxes[16], scene[24]["red"], atol=2.0)
+
+
+def test_relinking_embeds_the_windows_of_all_tracks_in_one_call():
+    scene = crossing_scene()
+    options = PipelineOptions(tracker=TrackerConfig(lost_buffer=3))
+    calls = []
+
+    def counting(clips) -> np.ndarray:
+        calls.append([len(clip) for clip in clips])
+        return colour_embedder(clips)
+
+    def detected(f):
+        return {"blue"} | (set() if f in range(16, 24) else {"red", "green"})
+
+    motion, _ = _feed(scene, detected, options)
+    linked, _ = _feed(scene, detected, options, embed=counting)
+    windows = [stop - start for t in motion.tracklets for start, stop in window_bounds(t.track.num_frames, 8)]
+    assert len(calls) == 1 and sorted(calls[0]) == sorted(windows)  # 5 tracks, every window, one batched call
+    assert len(linked.tracklets) == 3
 
 
 def test_detection_every_kth_frame_crops_every_frame_from_memory():

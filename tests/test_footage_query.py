@@ -13,6 +13,7 @@ import pytest
 from rich.text import Text
 from typer.testing import CliRunner
 
+from fresh_tfclip import run_fresh_tfclip
 from tiny_training import tiny_recipe
 from tfclip_cli import display, index
 from tfclip_cli.cli import app
@@ -20,6 +21,7 @@ from tfclip_cli.datasets import prepare
 from tfclip_cli.datasets.mot import GroundTruth, read_gt
 from tfclip_cli.datasets.synthetic_footage import FootageOptions, camera_video
 from tfclip_cli.errors import UserError
+from tfclip_cli.export import export_checkpoint
 from tfclip_cli.footage.detection import Detection
 from tfclip_cli.footage.pipeline import CutTracklet, PipelineOptions
 from tfclip_cli.footage.query import FootageQuery, PersonPointer, PersonQuery, is_person_crop, pick_persons, query_json
@@ -51,6 +53,7 @@ class Scene:
     gallery: Path  # index over the tracklets `track` cut from camera 0
     identity: dict[str, int]  # gallery tracklet id → the walker it follows (by ground-truth overlap)
     crops: dict[int, Path]  # walker → its ground-truth crops in camera 1
+    checkpoint: Path  # the model that cut and embedded the gallery
 
 
 def _walker_of(origin, truth: GroundTruth) -> int:
@@ -96,7 +99,7 @@ def scene(tmp_path_factory, one_torch_thread) -> Scene:
     tracked = read_manifest(folder / "tracked.parquet").tracklets()
     crops = {t.pid: Path(t.source) for t in truth_manifest.tracklets() if t.camid == 1}  # walkers both cameras see
     return Scene(folder / "scene", folder / "g.faiss", {t.tracklet_id: _walker_of(t.origin, truth) for t in tracked},
-                 crops)
+                 crops, checkpoint)
 
 
 def _query(*args: object) -> list[dict]:
@@ -147,6 +150,22 @@ def test_footage_query_prints_one_object_with_every_person_and_their_hits(scene)
         overlaps = iou_matrix(np.array([person["key_box"]]), truth.boxes[rows].astype(np.float64))[0]
         right += scene.identity[person["hits"][0]["tracklet_id"]] == truth.pids[rows[int(np.argmax(overlaps))]]
     assert right >= FOOTAGE_RIGHT, (right, len(found["persons"]))  # what the model achieves here, measured
+
+
+def test_footage_query_with_an_exported_model_never_imports_torch_and_finds_the_torch_hits(scene, tmp_path):
+    exported = export_checkpoint(scene.checkpoint, tmp_path / "model.onnx").path
+    video = camera_video(scene.root, 1)
+    args = [video, "--gallery", scene.gallery, "--detector", "gt", "--top-k", "2"]
+    answer, status = run_fresh_tfclip("query", *args, "-c", exported)
+    assert status["loaded"] == []
+    (on_torch,) = _query(*args)
+    (on_onnx,) = answer["queries"]
+    assert on_onnx["footage"] and len(on_onnx["persons"]) == len(on_torch["persons"]) >= SCENE.walkers
+    for onnx_person, torch_person in zip(on_onnx["persons"], on_torch["persons"]):
+        assert onnx_person["key_box"] == torch_person["key_box"]  # relinked alike: the same people
+        assert [h["tracklet_id"] for h in onnx_person["hits"]] == [h["tracklet_id"] for h in torch_person["hits"]]
+        np.testing.assert_allclose([h["score"] for h in onnx_person["hits"]],
+                                   [h["score"] for h in torch_person["hits"]], atol=1e-4)
 
 
 def test_person_and_box_pick_one_person_and_the_report_shows_where_hits_were_filmed(scene, tmp_path):

@@ -8,6 +8,7 @@ from tfclip_cli.footage.relink import (
     Piece,
     RelinkConfig,
     _fragments,
+    batched_window_embedder,
     can_follow,
     contact_windows,
     contacts,
@@ -108,6 +109,35 @@ def test_an_ambiguous_link_is_left_out() -> None:
     fragments = [_fragment(1, 0, 15), _fragment(2, 20, 35), _fragment(3, 20, 35, x=2)]
     assert link_fragments(fragments, RelinkConfig()) == {}
     assert link_fragments(fragments[:2], RelinkConfig()) == {0: 1}
+
+
+def _crops_of(track_: Track, who: dict[int, callable]) -> list[np.ndarray]:
+    """One 2x2 crop per frame whose pixels are the person's row of PEOPLE (as 0-255 values)."""
+    return [np.tile(np.uint8(200 * PEOPLE[who[track_.track_id](i)] + 20), (2, 2, 1)) for i in track_.frame_indices]
+
+
+def test_every_window_of_every_track_is_embedded_in_one_call_with_the_result_of_one_track_at_a_time() -> None:
+    tracks = [track(1, 0, 31), track(2, 0, 31), track(3, 40, 52)]
+    who = {1: lambda f: "A" if f < 16 else "B", 2: lambda f: "B" if f < 16 else "A", 3: lambda f: "C"}
+    crops = [_crops_of(t, who) for t in tracks]
+    calls = []
+
+    def mean_colour(clips) -> np.ndarray:  # a CropEmbedder: clips of crops -> [N, 3]
+        calls.append([len(clip) for clip in clips])
+        return np.array([np.mean([crop.reshape(-1, 3).mean(axis=0) for crop in clip], axis=0) for clip in clips])
+
+    batched = relink(tracks, batched_window_embedder(tracks, crops, mean_colour, 8), RelinkConfig(window=8))
+    assert calls == [[8, 8, 8, 8, 8, 8, 8, 8, 13]]  # one call: 4 + 4 windows of tracks 1 and 2, track 3's 13 frames
+    crops_of = {t.track_id: c for t, c in zip(tracks, crops)}
+
+    def one_track(track_: Track, windows) -> np.ndarray:
+        return mean_colour([crops_of[track_.track_id][start:stop] for start, stop in windows])
+
+    alone = relink(tracks, one_track, RelinkConfig(window=8))
+    assert len(calls) == 1 + len(tracks)
+    assert [link.pieces for link in batched] == [link.pieces for link in alone]
+    assert {link.pieces for link in batched} == {(Piece(0, 0, 16), Piece(1, 16, 32)),
+                                                 (Piece(1, 0, 16), Piece(0, 16, 32)), (Piece(2, 0, 13),)}
 
 
 def test_identity_switch_is_cut_and_each_half_joins_its_person() -> None:

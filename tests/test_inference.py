@@ -21,7 +21,8 @@ from tiny_training import TINY_CONFIG as CONFIG, save_tiny_checkpoint, tiny_mani
 from tfclip_cli import inference
 from tfclip_cli.checkpoint import file_sha256
 from tfclip_cli.cli import app
-from tfclip_cli.clips import ClipTransform, read_frames, sample_dense, sample_rrs_test
+from tfclip_cli.clips import ClipTransform, read_frames
+from tfclip_cli.frames import sample_dense, sample_rrs_test, tracklet_from_path
 from tfclip_cli.errors import DataError
 from tfclip_cli.model import build_model
 from tfclip_cli.tables import (
@@ -222,13 +223,13 @@ def test_extract_refuses_an_existing_output_and_ambiguous_inputs(manifest, check
 
 def test_embed_tracklets_embeds_query_clips_without_camera_and_names_bad_ones(manifest, model, tmp_path):
     tracklets = read_manifest(manifest).tracklets("query")
-    query = [inference.tracklet_from_path(Path(t.source)) for t in tracklets[:2]]
+    query = [tracklet_from_path(Path(t.source)) for t in tracklets[:2]]
     vectors = inference.embed_tracklets(model, query, sampling="rrs", transform=TRANSFORM,
                                         device=torch.device("cpu"))
     assert vectors.shape == (2, 320) and query[0].pid == -1
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="holds no frame images"):
-        inference.tracklet_from_path(tmp_path / "empty")
+        tracklet_from_path(tmp_path / "empty")
 
 
 @pytest.mark.parametrize("sampling", ["dense", "rrs"])
@@ -244,7 +245,7 @@ def test_crops_in_memory_embed_as_the_same_frames_read_from_files(model, tmp_pat
         folder.mkdir()
         for index, crop in enumerate(crops):
             Image.fromarray(crop).save(folder / f"{index:06d}.png")
-        files.append(inference.tracklet_from_path(folder))
+        files.append(tracklet_from_path(folder))
     cpu = torch.device("cpu")
     in_memory = inference.embed_crops(model, tracklets, sampling=sampling, transform=TRANSFORM, device=cpu)
     from_files = inference.embed_tracklets(model, files, sampling=sampling, transform=TRANSFORM, device=cpu)

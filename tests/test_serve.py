@@ -168,9 +168,9 @@ def test_footage_gets_the_per_person_answer_of_tfclip_query_and_the_model_loads_
     video, detector = tmp_path / "scene.avi", yolo_model(tmp_path / "two.onnx", TWO_STANDING)
     write_video(video, 12)
     loads = []
-    searching = importlib.import_module("tfclip_cli.index.search")  # index.search is the function of that name
-    load_model = searching.load_model
-    monkeypatch.setattr(searching, "load_model", lambda *a, **k: loads.append(a) or load_model(*a, **k))
+    inference = importlib.import_module("tfclip_cli.inference")  # where index.search loads a checkpoint's model
+    load_model = inference.load_model
+    monkeypatch.setattr(inference, "load_model", lambda *a, **k: loads.append(a) or load_model(*a, **k))
     arguments = ["query", str(video), str(video), "--gallery", str(path), "--detector", str(detector), "--json",
                  "--top-k", "3"]
     printed = CliRunner().invoke(cli_app, arguments)

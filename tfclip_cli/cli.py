@@ -357,9 +357,10 @@ class Backend(str, Enum):
 
 
 BackendOpt = Annotated[
-    Backend,
-    typer.Option("--backend", help="torch: PyTorch; onnx: onnxruntime, on a file from tfclip export (a checkpoint "
-                 "is exported once and kept beside it, re-exported when it changes)."),
+    Optional[Backend],
+    typer.Option("--backend", help="Default: the file's (onnxruntime for a .onnx file from tfclip export, without "
+                 "importing torch; PyTorch for a checkpoint). onnx on a checkpoint exports it once and keeps the "
+                 "export beside it, re-exported when the checkpoint changes.", show_default=False),
 ]
 
 
@@ -367,8 +368,8 @@ BackendOpt = Annotated[
 def extract(
     checkpoint: Annotated[
         Path,
-        typer.Option("--checkpoint", "-c", help="A tfclip checkpoint (.ckpt), or with --backend onnx an exported "
-                     ".onnx file.", exists=True, dir_okay=False),
+        typer.Option("--checkpoint", "-c", help="A tfclip checkpoint (.ckpt), or an exported .onnx file.",
+                     exists=True, dir_okay=False),
     ],
     out: OutOpt,
     inputs: Annotated[
@@ -389,7 +390,7 @@ def extract(
     skip_bad: Annotated[
         bool, typer.Option("--skip-bad", help="Write the readable tracklets even if some cannot be read.")
     ] = False,
-    backend: BackendOpt = Backend.torch,
+    backend: BackendOpt = None,
     force: ForceOpt = False,
     precision: Annotated[
         ExtractPrecision,
@@ -409,7 +410,7 @@ def extract(
     result = extract_to_file(
         checkpoint, out, manifest=manifest, splits=tuple(s.strip() for s in split.split(",") if s.strip()),
         paths=tuple(inputs or ()), camid=camid, sampling=sampling.value, batch_size=batch_size, workers=workers,
-        skip_bad=skip_bad, force=force, precision=precision.value, backend=backend.value,
+        skip_bad=skip_bad, force=force, precision=precision.value, backend=backend and backend.value,
     )
     if not display.is_main_process():
         return
@@ -688,8 +689,8 @@ def query(
     checkpoint: Annotated[
         Optional[Path],
         typer.Option(
-            "--checkpoint", "-c", help="Checkpoint (or with --backend onnx its exported .onnx file) to embed with; "
-            "default: the checkpoint recorded in the index.",
+            "--checkpoint", "-c", help="Checkpoint, or its exported .onnx file (run by onnxruntime: torch is never "
+            "imported), to embed with; default: the checkpoint recorded in the index.",
             exists=True, dir_okay=False,
         ),
     ] = None,
@@ -705,7 +706,7 @@ def query(
     html_out: Annotated[
         Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report here.", dir_okay=False)
     ] = None,
-    backend: BackendOpt = Backend.torch,
+    backend: BackendOpt = None,
     force: ForceOpt = False,
     detector: QueryDetectorOpt = QUERY_DETECTOR,
     person: Annotated[
@@ -728,15 +729,13 @@ def query(
     import json
 
     from tfclip_cli.index import SearchOptions, parse_min_score
-    from tfclip_cli.inference import process_device
     from tfclip_cli.people.answer import query_people
     from tfclip_cli.tables import check_writable
 
     if html_out is not None:
         check_writable(html_out, force=force)
-    search = SearchOptions(checkpoint=checkpoint, top_k=top_k, device=process_device(),
-                           with_hit_frames=html_out is not None, min_score=parse_min_score(min_score),
-                           backend=backend.value)
+    search = SearchOptions(checkpoint=checkpoint, top_k=top_k, device=None, with_hit_frames=html_out is not None,
+                           min_score=parse_min_score(min_score), backend=backend and backend.value)
     answer = query_people(gallery, clips, detector=detector, search=search, person=person,
                           pointer=_person_pointer(box, frame, person))
     per_query = answer.per_query  # a person each
@@ -767,7 +766,8 @@ def serve(
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8000,
     checkpoint: Annotated[
         Optional[Path],
-        typer.Option("--checkpoint", "-c", help="Checkpoint to embed with; default: the one recorded in the gallery.",
+        typer.Option("--checkpoint", "-c", help="Checkpoint, or its exported .onnx file (run by onnxruntime: torch "
+                     "is never imported), to embed with; default: the one recorded in the gallery.",
                      exists=True, dir_okay=False),
     ] = None,
     token: Annotated[
@@ -801,13 +801,12 @@ def serve(
 
     Example: tfclip serve --gallery runs/mars/gallery.faiss --host 127.0.0.1 --port 8000
     """
-    from tfclip_cli.inference import process_device
     from tfclip_cli.serve.app import serve as run_service
     from tfclip_cli.serve.service import ServeConfig
     from tfclip_cli.serve.uploads import UploadLimits
 
     config = ServeConfig(
-        gallery=gallery, checkpoint=checkpoint, device=process_device(),
+        gallery=gallery, checkpoint=checkpoint, device=None,
         limits=UploadLimits(max_bytes=int(max_upload_mb * 2**20), max_frames=max_frames),
         allow_dirs=tuple(allow_dirs or ()), store=store or gallery.with_name(gallery.name + ".clips"),
         detector=detector,
@@ -850,8 +849,9 @@ def export(
     """
     from rich.table import Column, Table
 
-    from tfclip_cli.export import VerificationError, describe, export_checkpoint
+    from tfclip_cli.export import VerificationError, export_checkpoint
     from tfclip_cli.quantize import export_int8
+    from tfclip_cli.runtime import describe
 
     if int8 and (fp16 or not verify):
         raise typer.BadParameter("--int8 quantises a verified fp32 export: leave out --fp16 and --no-verify")

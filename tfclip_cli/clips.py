@@ -1,8 +1,9 @@
-"""From tracklets to clip tensors: frame-index sampling, decoding, transforms, datasets, loaders.
+"""From tracklets to clip tensors: datasets, training transforms, the P×K sampler, loaders.
 
-The only module that imports decord (and the one that decodes frames). Sampling reproduces the official TF-CLIP code
-(docs/fidelity.md#temporal-sampling); the transforms and the P×K sampler follow docs/fidelity.md#preprocessing and
-#datasets-and-sampler, with the differences documented where they occur.
+Sampling, decoding and the test-time resize and normalisation live in :mod:`tfclip_cli.frames` (numpy, so the query
+side runs without torch); this module turns them into tensors and adds training's augmentation. The transforms and
+the P×K sampler follow docs/fidelity.md#preprocessing and #datasets-and-sampler, with the differences documented
+where they occur.
 
 Randomness is a pure function of ``(seed, epoch, index)``: :class:`ClipDataset` derives a private ``random.Random``
 (frame choice) and ``torch.Generator`` (flip, erasing) for every item, and :class:`IdentitySampler` derives one
@@ -12,38 +13,30 @@ workers or their scheduling, and a run resumed at an epoch boundary sees exactly
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 import random
-import warnings
 from collections import defaultdict
-from pathlib import Path
 from typing import Iterator, Literal, Mapping, NamedTuple, Sequence
 
-import av
-import decord
-import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from tfclip_cli import frames as frame_io
 from tfclip_cli.errors import DataError, RecipeError
+from tfclip_cli.frames import (
+    Normalization,
+    normalization_affine,
+    resize_weights,
+    sample_dense,
+    sample_evenly,
+    sample_rrs_test,
+    sample_rrs_train,
+)
 from tfclip_cli.tables import Tracklet
 
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-Normalization = Literal["imagenet", "clip"]
-NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
-    "clip": (CLIP_MEAN, CLIP_STD),
-}
 Sampling = Literal["rrs_train", "rrs_test", "evenly"]
 SAMPLINGS: tuple[Sampling, ...] = ("rrs_train", "rrs_test", "evenly")
 
@@ -55,236 +48,13 @@ ERASE_ASPECT = (0.3, 1 / 0.3)
 ERASE_ATTEMPTS = 100
 
 
-def _check_lengths(num_frames: int, seq_len: int) -> None:
-    if num_frames < 1 or seq_len < 1:
-        raise ValueError(f"need num_frames >= 1 and seq_len >= 1, got {num_frames} and {seq_len}")
-
-
-def chunk_indices(num_frames: int, seq_len: int) -> list[list[int]]:
-    """Split frame indices 0..num_frames-1 into ``seq_len`` chunks for restricted random sampling.
-
-    With fewer frames than ``seq_len``, chunk s is ``[min(s, num_frames - 1)]``. Otherwise ``k = ceil(n / seq_len)``,
-    the index list is padded with the last index to ``k * seq_len`` and chunk s is ``[k*s, k*(s+1))``: 9 frames give
-    {0,1},{2,3},{4,5},{6,7},{8,8},{8,8},{8,8},{8,8}. Reference: datasets/video_loader_xh.py L36-48;
-    docs/fidelity.md#temporal-sampling.
-    """
-    _check_lengths(num_frames, seq_len)
-    if num_frames < seq_len:
-        return [[min(s, num_frames - 1)] for s in range(seq_len)]
-    width = math.ceil(num_frames / seq_len)
-    strip = list(range(num_frames)) + [num_frames - 1] * (width * seq_len - num_frames)
-    return [strip[width * s : width * (s + 1)] for s in range(seq_len)]
-
-
-def sample_rrs_train(num_frames: int, seq_len: int, rng: random.Random) -> list[int]:
-    """One uniformly drawn position of each chunk (padding included, as the reference; video_loader_xh.py L125-142)."""
-    return [chunk[rng.randrange(len(chunk))] for chunk in chunk_indices(num_frames, seq_len)]
-
-
-def sample_rrs_test(num_frames: int, seq_len: int) -> list[int]:
-    """The first index of each chunk: 9 frames give [0, 2, 4, 6, 8, 8, 8, 8] (video_loader_xh.py L144-157)."""
-    return [chunk[0] for chunk in chunk_indices(num_frames, seq_len)]
-
-
-def sample_dense(num_frames: int, seq_len: int) -> list[list[int]]:
-    """Every frame, as consecutive non-overlapping clips; the last clip cycles its own frames up to ``seq_len``.
-
-    26 frames, seq_len 8: [0..7], [8..15], [16..23], [24, 25, 24, 25, 24, 25, 24, 25]. A clip is only started
-    while more than ``seq_len`` frames remain, so 16 frames give two clips. Reference: video_loader_xh.py L86-123.
-    """
-    _check_lengths(num_frames, seq_len)
-    clips = [list(range(start, start + seq_len)) for start in range(0, num_frames - seq_len, seq_len)]
-    rest = list(range(len(clips) * seq_len, num_frames))
-    return clips + [[rest[i % len(rest)] for i in range(seq_len)]]
-
-
-def sample_evenly(num_frames: int, seq_len: int) -> list[int]:
-    """``seq_len`` indices spread over the whole tracklet (``i * n // seq_len``); shorter tracklets repeat the last.
-
-    The reference lists `evenly` but never implements it; torchreid's version drops the ``n % seq_len`` tail frames,
-    this one spans them too (the two agree when seq_len divides n).
-    """
-    _check_lengths(num_frames, seq_len)
-    if num_frames < seq_len:
-        return [min(s, num_frames - 1) for s in range(seq_len)]
-    return [s * num_frames // seq_len for s in range(seq_len)]
-
-
-decord.logging.set_level(decord.logging.QUIET)  # FFmpeg's "moov atom not found" would print before our error line
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """Send what C code writes to file descriptor 2 during the block to /dev/null: decord logs "ERROR opening ..."
-    there before raising the error that we report as one line."""
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as sink:
-            os.dup2(sink.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def count_video_frames(path: str | Path) -> int:
-    """The number of frames decord sees in a video file.
-
-    Raises:
-        DataError: when the file cannot be opened as a video.
-    """
-    return len(_open_video(str(path)))
-
-
-def _open_video(path: str, **size: int) -> decord.VideoReader:
-    try:
-        with _native_stderr_silenced():
-            return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1, **size)
-    except Exception as exc:
-        raise DataError(f"{path}: cannot open the video ({exc}); expected a readable video file") from exc
-
-
-def _read_video(path: str, frames: list[int]) -> torch.Tensor:
-    """Decode the sorted distinct ``frames`` of a video by random access → uint8 [U, 3, H, W].
-
-    The reader is local, so its decoder and file handle are released when the call returns: a worker touching
-    thousands of videos never accumulates open readers.
-    """
-    reader = _open_video(path)
-    if frames[-1] >= len(reader):
-        raise DataError(
-            f"{path} has {len(reader)} frames but frame {frames[-1]} was requested",
-            hint="the manifest's num_frames no longer matches the file; run tfclip prepare again",
-        )
-    try:
-        batch = reader.get_batch(frames).asnumpy()
-    except Exception as exc:
-        return _read_video_at_padded_width(path, frames, exc)
-    return torch.from_numpy(batch).permute(0, 3, 1, 2)
-
-
-def _read_video_at_padded_width(path: str, frames: list[int], error: Exception) -> torch.Tensor:
-    """Retry a failed decord decode at a width rounded up to a multiple of 32, then resize back → [U, 3, H, W].
-
-    decord 0.6.0 fails on some narrow widths (8, 12, 16, 24, 48 and 72 pixels seen) with "The size must exactly
-    match": its RGB copy expects padded rows. A video that fails here too is unreadable.
-    """
-    try:
-        with av.open(path) as container:
-            stream = container.streams.video[0].codec_context
-            height, width = stream.height, stream.width
-        reader = _open_video(path, width=32 * math.ceil(width / 32), height=height)
-        batch = torch.from_numpy(reader.get_batch(frames).asnumpy()).permute(0, 3, 1, 2)
-    except Exception as exc:
-        raise DataError(f"{path}: cannot decode video frames {frames[0]}..{frames[-1]} ({error})") from exc
-    return _resize_uint8(batch, (height, width))
-
-
-MAX_FRAME_PIXELS = 50_000_000
-"""Largest frame image accepted (50 MP, above any camera's 8K frame): a bigger one is refused before decoding."""
-DECODE_SIDE = 1024
-"""Images with a longer side of at least twice this are decoded at an integer fraction of their size (JPEG draft,
-else Pillow's reduce), in uint8: a 10,000-pixel frame would otherwise cost gigabytes as a float tensor."""
-
-
-def _decode_image(path: str) -> torch.Tensor:
-    """One frame image → uint8 [3, H, W] RGB, through Pillow (libjpeg-turbo); huge images at a reduced size.
-
-    Not torchvision.io: its decoders are deprecated since torchvision 0.29 (a warning per call), only ~15 % faster
-    on 256×128 JPEGs here, and its bundled libpng rejects some valid PNGs ("bad parameters to zlib").
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below says more
-            image = Image.open(path)
-        with image:
-            _check_pixels(image, path)
-            reduced = _reduce(image)
-            pixels = np.array(reduced if reduced.mode == "RGB" else reduced.convert("RGB"))
-    except DataError:
-        raise
-    except Exception as exc:
-        raise DataError(f"{path}: cannot read the frame image ({exc}); expected a readable JPEG or PNG") from exc
-    return torch.from_numpy(pixels).permute(2, 0, 1)
-
-
-def _check_pixels(image: Image.Image, path: str) -> None:
-    width, height = image.size
-    if width * height > MAX_FRAME_PIXELS:
-        raise DataError(
-            f"{path}: a frame of {width}x{height} pixels ({width * height / 1e6:.0f} MP) is above the limit of "
-            f"{MAX_FRAME_PIXELS / 1e6:.0f} MP",
-            hint="crop or shrink the image: a person crop needs a few hundred pixels",
-        )
-
-
-def _reduce(image: Image.Image) -> Image.Image:
-    """``image``, shrunk by an integer factor while its longer side stays at least DECODE_SIDE (same for its frames:
-    a tracklet's frames are then resized to the first one's size)."""
-    factor = max(image.size) // DECODE_SIDE
-    if factor < 2:
-        return image
-    target = (image.size[0] // factor, image.size[1] // factor)
-    if image.format == "JPEG":
-        image.draft("RGB", target)  # libjpeg decodes at 1/2, 1/4 or 1/8 scale directly
-    factor = max(image.size) // DECODE_SIDE
-    return image.reduce(factor) if factor >= 2 else image
-
-
-def _resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 [N, 3, H, W] → uint8 [N, 3, *size], bilinear with antialiasing."""
-    resized = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True)
-    return resized.round().clamp(0, 255).to(torch.uint8)
-
-
-def stack_crops(crops: Sequence[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
-    """RGB crops ``[h, w, 3]`` uint8 of any sizes (a person cut out of footage, in memory) → uint8
-    ``[N, 3, *size]``, each resized on its own (bilinear, antialiased) as :class:`ClipTransform` resizes frames."""
-    return torch.cat([_resize_uint8(torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None], size)
-                      for crop in crops])
-
-
-def _read_images(paths: list[str]) -> torch.Tensor:
-    """Decode frame images → uint8 [U, 3, H, W]; images of another size are resized to the first one's."""
-    images = [_decode_image(path) for path in paths]
-    size = tuple(images[0].shape[-2:])
-    return torch.stack([image if image.shape[-2:] == size else _resize_uint8(image[None], size)[0] for image in images])
-
-
 def read_frames(tracklet: Tracklet, indices: Sequence[int]) -> torch.Tensor:
-    """Decode the frames ``indices`` of a tracklet, in that order and with repeats, as uint8 [T, 3, H, W].
-
-    Each distinct frame is decoded once: a video through decord's random access to just those frames (never the
-    whole video), a frame folder through Pillow. Both give the same layout.
+    """:func:`tfclip_cli.frames.read_frames` as a tensor: uint8 [T, 3, H, W].
 
     Raises:
         DataError: naming the file, when an index is out of range or a video or image cannot be decoded.
     """
-    assert len(indices) > 0, "read_frames needs at least one index"
-    distinct = sorted(set(indices))
-    outside = [i for i in distinct if not 0 <= i < tracklet.num_frames]
-    if outside:
-        raise DataError(
-            f"{tracklet.source}: frame {outside[0]} requested from tracklet {tracklet.tracklet_id}, "
-            f"which has {tracklet.num_frames} frames"
-        )
-    if tracklet.is_video:
-        decoded = _read_video(tracklet.video, distinct)
-    else:
-        decoded = _read_images([tracklet.frames[i] for i in distinct])
-    row_of = {frame: row for row, frame in enumerate(distinct)}
-    return decoded[[row_of[i] for i in indices]]
-
-
-def read_key_frames(tracklet: Tracklet) -> np.ndarray:
-    """The first, middle and last frame of ``tracklet`` as uint8 ``[K, H, W, 3]`` (K ≤ 3 for short tracklets).
-
-    Raises:
-        DataError: naming the file when a frame cannot be decoded.
-    """
-    last = tracklet.num_frames - 1
-    frames = read_frames(tracklet, sorted({0, last // 2, last}))  # [K, 3, H, W]
-    return frames.permute(0, 2, 3, 1).numpy()
+    return torch.from_numpy(frame_io.read_frames(tracklet, indices)).permute(0, 3, 1, 2)
 
 
 def _uniform(bounds: tuple[float, float], generator: torch.Generator | None) -> float:
@@ -318,8 +88,9 @@ def reference_erase_rect(frame_size: tuple[int, int], area: float, aspect: float
 class ClipTransform:
     """uint8 [T, 3, H, W] → float32 [T, 3, h, w]: resize, (train) flip and erase, normalise, batched over T.
 
-    Resize is bilinear with antialiasing straight to ``image_size`` (no crop), as PIL's bilinear resize in the
-    reference (utils/seqtransforms.py L30-50). Training adds a horizontal flip of the whole clip (p=``flip_p``, as
+    Resize and normalisation are the test transform's (:class:`tfclip_cli.frames.FrameTransform`: the same weights,
+    applied to tensors): bilinear with antialiasing straight to ``image_size`` (no crop), as PIL's bilinear resize in
+    the reference (utils/seqtransforms.py L30-50). Training adds a horizontal flip of the whole clip (p=``flip_p``, as
     the reference) and then random erasing (area 2-20 %, aspect 0.3-3.33, one random solid RGB colour) in one of
     two ways (``erase``):
 
@@ -343,8 +114,6 @@ class ClipTransform:
         erase_p: float = 0.5,
         erase: Erasing = "frame",
     ) -> None:
-        if normalization not in NORMALIZATIONS:
-            raise RecipeError(f"normalization {normalization!r} is not one of {', '.join(NORMALIZATIONS)}")
         if erase not in ERASINGS:
             raise RecipeError(f"erase {erase!r} is not one of {', '.join(ERASINGS)}")
         if not (0.0 <= flip_p <= 1.0 and 0.0 <= erase_p <= 1.0):
@@ -355,18 +124,24 @@ class ClipTransform:
         self.flip_p = flip_p
         self.erase_p = erase_p
         self.erase = erase
-        mean, std = (torch.tensor(values).view(3, 1, 1) for values in NORMALIZATIONS[normalization])
-        self._scale = 1.0 / (255.0 * std)
-        self._shift = mean / std
+        scale, shift = normalization_affine(normalization)
+        self._scale, self._shift = torch.from_numpy(scale).view(3, 1, 1), torch.from_numpy(shift).view(3, 1, 1)
 
     def __call__(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         assert frames.dtype == torch.uint8 and frames.ndim == 4 and frames.shape[1] == 3, frames.shape
-        clip = frames.float()
-        if tuple(clip.shape[-2:]) != self.image_size:
-            clip = F.interpolate(clip, size=self.image_size, mode="bilinear", antialias=True)
+        clip = self._resize(frames.float())
         if self.is_train:
             clip = self._augment(clip, generator)
         return clip.mul_(self._scale).sub_(self._shift)
+
+    def _resize(self, clip: torch.Tensor) -> torch.Tensor:
+        """[T, 3, H, W] → [T, 3, h, w] with :func:`tfclip_cli.frames.resize_weights` (width first, as the numpy side)."""
+        (height, width), (new_height, new_width) = clip.shape[-2:], self.image_size
+        if width != new_width:
+            clip = clip @ torch.from_numpy(resize_weights(width, new_width)).T
+        if height != new_height:
+            clip = torch.from_numpy(resize_weights(height, new_height)) @ clip
+        return clip
 
     def _augment(self, clip: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Flip the whole clip [T, 3, h, w] (values 0-255), then erase; always draws in the same order."""

@@ -1,18 +1,19 @@
-"""ONNX: the one module that imports onnx and onnxruntime.
+"""ONNX export: a checkpoint's embedding written, verified against PyTorch, quantised.
 
 ``tfclip export`` writes the test-time embedding of a checkpoint (:meth:`TFCLIP.embed`, the function ``extract``
 runs) as one self-contained ``.onnx`` file: inputs ``clips`` float32 ``[B, T, 3, H, W]`` (normalised frames) and
 ``camids`` int64 ``[B]`` (-1 = camera unknown), output ``embedding`` float32 ``[B, D]``, batch size dynamic. The
 file's ``metadata_props`` carry what a consumer needs to feed it (input size, frames per clip, mean/std, embedding
 kind and width, cameras) and where it came from (checkpoint sha256, tfclip version). Every export is checked against
-PyTorch with onnxruntime before the file is kept. :class:`OnnxEmbedder` runs such a file behind the same ``embed``
-interface as the model, for ``extract`` / ``query --backend onnx``; given a checkpoint there, the export is made
-once and cached beside it (:func:`cached_export`).
+PyTorch with onnxruntime before the file is kept. :mod:`tfclip_cli.runtime` runs such a file without torch
+(``OnnxEmbedder``); given a checkpoint instead of a file (``extract --backend onnx``), the export is made once and
+cached beside it (:func:`cached_export`).
 
 :func:`quantize_int8` writes an int8 copy of an export and :func:`compare_onnx` measures how far it moved; the
 int8 export with its retrieval check (``tfclip export --int8``) is composed in ``quantize``.
 
-Other modules that run an ONNX model (a user's YOLO detector, an exported TF-CLIP embedder) open it here.
+Sessions, metadata and the embedder live in :mod:`tfclip_cli.runtime` (no torch there); this module is the torch
+side: writing, verifying and quantising exports.
 """
 
 from __future__ import annotations
@@ -28,30 +29,32 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import onnx
-import onnxruntime
 import torch
 from torch import nn
 
 from tfclip_cli import __version__
 from tfclip_cli.checkpoint import Checkpoint, file_sha256, load_checkpoint, model_from_checkpoint
-from tfclip_cli.clips import NORMALIZATIONS, ClipTransform
-from tfclip_cli.errors import UserError
+from tfclip_cli.frames import NORMALIZATIONS
 from tfclip_cli.model import TFCLIP, ModelConfig
+from tfclip_cli.runtime import (
+    UNKNOWN_CAMERA,
+    OnnxEmbedder,
+    OnnxMetadata,
+    embedding_session,
+    read_metadata,
+)
 from tfclip_cli.tables import check_writable, reporting_write_errors
 
 logger = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "fp16"]
-Weights = Literal["fp32", "fp16", "int8"]  # what an exported file holds; int8 files are quantised fp32 exports
 OPSET = 18  # the dynamo exporter's default in torch 2.14; onnxruntime >= 1.14 runs it
-UNKNOWN_CAMERA = -1  # a ``camids`` entry meaning "no SIE": embeds exactly like ``camids=None`` in PyTorch
 VERIFY_SEED = 0
 VERIFY_BATCHES = ((3, True), (2, False))  # (clips, camera known?): two batch sizes exercise the dynamic axis
-FORMAT = "tfclip-embedding"
 
 
 @dataclass(frozen=True)
@@ -67,62 +70,6 @@ TOLERANCES: dict[Precision, Tolerance] = {
     # fp16 keeps about 3 significant digits through 12+ blocks: the cosine is what retrieval sees.
     "fp16": Tolerance(max_abs_diff=5e-2, min_cosine=0.999),
 }
-
-
-@dataclass(frozen=True)
-class OnnxMetadata:
-    """What an exported file says about itself (its ``metadata_props``, values JSON-encoded)."""
-
-    image_size: tuple[int, int]  # (height, width) of every frame
-    seq_len: int  # T, frames per clip
-    normalization: str  # name in clips.NORMALIZATIONS
-    mean: tuple[float, ...]  # per RGB channel, applied to pixels / 255
-    std: tuple[float, ...]
-    embedding: str  # before_bn or after_bn
-    embedding_dim: int
-    num_cameras: int  # camids 0..num_cameras-1 use SIE; -1 = unknown camera
-    precision: Weights  # of the weights inside; inputs and output are float32 either way
-    checkpoint_sha256: str
-    tfclip_version: str
-    model_config: dict[str, Any]  # ModelConfig.to_dict() of the checkpoint
-
-    def to_props(self) -> dict[str, str]:
-        """``metadata_props`` entries; ``format`` marks the file as a tfclip embedding."""
-        values = {name: json.dumps(value) for name, value in vars(self).items()}
-        return {"format": FORMAT, **values}
-
-    @classmethod
-    def from_props(cls, props: dict[str, str], path: Path) -> OnnxMetadata:
-        """Inverse of :meth:`to_props`.
-
-        Raises:
-            UserError: the file has no tfclip metadata (not written by ``tfclip export``).
-        """
-        missing = [name for name in cls.__dataclass_fields__ if name not in props]
-        if props.get("format") != FORMAT or missing:
-            raise UserError(
-                f"{path} has no tfclip metadata (missing {', '.join(missing) or 'format'}): expected a model "
-                "written by `tfclip export`",
-                hint=f"export one: tfclip export -c CHECKPOINT --out {path.name}",
-            )
-        values = {name: json.loads(props[name]) for name in cls.__dataclass_fields__}
-        values["image_size"] = tuple(values["image_size"])
-        values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
-        return cls(**values)
-
-
-def describe(metadata: OnnxMetadata) -> dict[str, str]:
-    """The metadata as short display strings, in the order ``tfclip export`` prints them."""
-    height, width = metadata.image_size
-    return {
-        "input": f"clips float32 [B, {metadata.seq_len}, 3, {height}, {width}] + camids int64 [B] (-1 = unknown)",
-        "normalization": f"{metadata.normalization}: mean {list(metadata.mean)}, std {list(metadata.std)}",
-        "embedding": f"{metadata.embedding}, {metadata.embedding_dim} dimensions, float32",
-        "cameras": str(metadata.num_cameras),
-        "weights": metadata.precision,
-        "checkpoint sha256": metadata.checkpoint_sha256,
-        "tfclip version": metadata.tfclip_version,
-    }
 
 
 @dataclass(frozen=True)
@@ -158,46 +105,6 @@ class ExportResult:
     path: Path
     metadata: OnnxMetadata
     verification: Verification | None
-
-
-def available_providers(*, use_gpu: bool) -> list[str]:
-    """The onnxruntime execution providers to try, CUDA first when asked for and present, CPU always last."""
-    present = onnxruntime.get_available_providers()
-    wanted = ["CUDAExecutionProvider"] if use_gpu else []
-    return [p for p in wanted if p in present] + ["CPUExecutionProvider"]
-
-
-def onnx_session(
-    path: Path,
-    *,
-    providers: Sequence[str] = ("CPUExecutionProvider",),
-    threads: int = 0,
-    optimization: Literal["all", "extended"] = "all",
-) -> onnxruntime.InferenceSession:
-    """Open an ONNX model for inference.
-
-    Args:
-        path: the ``.onnx`` file.
-        providers: onnxruntime execution providers, in order of preference.
-        threads: intra-op threads; 0 lets onnxruntime choose.
-        optimization: onnxruntime's graph optimisation level; "extended" leaves out the layout passes (which crash
-            onnxruntime 1.32's CPU provider on fp16 transformer graphs).
-
-    Raises:
-        UserError: when the file is missing or is not a loadable ONNX model.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} not found: expected an ONNX model file (.onnx)")
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    if optimization == "extended":
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    try:
-        return onnxruntime.InferenceSession(str(path), sess_options=options, providers=list(providers))
-    except Exception as error:  # onnxruntime raises its own untyped errors: re-raise with the file named
-        raise UserError(f"{path} is not a loadable ONNX model: {str(error).splitlines()[0]}") from error
 
 
 # ------------------------------------------------------------------------------------------------------ export
@@ -263,14 +170,6 @@ def _write_onnx(model: TFCLIP, path: Path, *, metadata: OnnxMetadata) -> None:
     program.save(path)
 
 
-def _session_for(
-    path: Path, precision: Weights, *, use_gpu: bool, threads: int = 0
-) -> onnxruntime.InferenceSession:
-    """A session for an exported embedding; fp16 graphs skip the layout passes (see :func:`onnx_session`)."""
-    return onnx_session(path, providers=available_providers(use_gpu=use_gpu), threads=threads,
-                        optimization="extended" if precision == "fp16" else "all")
-
-
 def _worst_rows(expected: np.ndarray, found: np.ndarray) -> tuple[float, float]:
     """(max abs difference, min cosine over rows) of two embedding matrices [N, D]."""
     return float(np.abs(expected - found).max()), float(_row_cosines(expected, found).min())
@@ -284,7 +183,7 @@ def verify_onnx(model: TFCLIP, path: Path, *, precision: Precision = "fp32") -> 
     unknown (-1), against ``embed(clips, None)``. fp16 files run on CUDA when onnxruntime has it (they are meant for
     GPU runtimes), else on the CPU.
     """
-    session = _session_for(path, precision, use_gpu=precision == "fp16")
+    session = embedding_session(path, precision, use_gpu=precision == "fp16")
     generator = torch.Generator().manual_seed(VERIFY_SEED)
     model = model.eval()
     expected, found = [], []
@@ -385,7 +284,7 @@ def record_props(path: Path, props: dict[str, str]) -> None:
 def compare_onnx(reference: Path, candidate: Path) -> Agreement:
     """Cosine between two exported files' embeddings of the clips :func:`verify_onnx` uses (same seed, batches)."""
     config = ModelConfig.from_dict(read_metadata(reference).model_config)
-    sessions = [_session_for(path, read_metadata(path).precision, use_gpu=False) for path in (reference, candidate)]
+    sessions = [embedding_session(path, read_metadata(path).precision, use_gpu=False) for path in (reference, candidate)]
     generator = torch.Generator().manual_seed(VERIFY_SEED)
     expected, found = [], []
     for batch, camera_known in VERIFY_BATCHES:
@@ -405,82 +304,6 @@ def _row_cosines(expected: np.ndarray, found: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------------- runtime
-
-
-def read_metadata(path: Path) -> OnnxMetadata:
-    """The tfclip metadata of an exported file, read without building a session (weights left on disk).
-
-    Raises:
-        UserError: the file is missing, not ONNX, or has no tfclip metadata.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} not found: expected an ONNX model written by `tfclip export`")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as error:  # protobuf's DecodeError and onnx's own: re-raise with the file named
-        raise UserError(f"{path} is not a loadable ONNX model: {str(error).splitlines()[0]}") from error
-    return OnnxMetadata.from_props({prop.key: prop.value for prop in model.metadata_props}, path)
-
-
-class OnnxEmbedder:
-    """An exported embedding run by onnxruntime behind the model's interface (``config``, ``embedding_dim``,
-    ``eval``, ``embed``), so the passes of ``inference`` run it unchanged.
-
-    Args:
-        path: a file written by :func:`export_checkpoint`.
-        use_gpu: run on onnxruntime's CUDA provider when it has one.
-        threads: onnxruntime intra-op threads; 0 lets it choose.
-
-    Raises:
-        UserError: no tfclip metadata, or a graph input that does not match the metadata's input size.
-    """
-
-    def __init__(self, path: Path, *, use_gpu: bool = False, threads: int = 0) -> None:
-        self.path = Path(path)
-        self.metadata = read_metadata(self.path)
-        self.config = ModelConfig.from_dict(self.metadata.model_config)
-        self.session = _session_for(self.path, self.metadata.precision, use_gpu=use_gpu, threads=threads)
-        if use_gpu and "CUDAExecutionProvider" not in self.session.get_providers():
-            logger.warning("onnxruntime has no CUDA provider here (install the gpu extra): %s runs on the CPU", path)
-        self._check_inputs()
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.metadata.embedding_dim
-
-    @property
-    def transform(self) -> ClipTransform:
-        """The test transform the file expects: its input size and normalisation."""
-        return ClipTransform(self.metadata.image_size, normalization=self.metadata.normalization, is_train=False)
-
-    def eval(self) -> OnnxEmbedder:
-        """Nothing to switch (an exported graph is always in eval mode); here for the model's interface."""
-        return self
-
-    def _check_inputs(self) -> None:
-        inputs = {node.name: node.shape for node in self.session.get_inputs()}
-        expected = [self.metadata.seq_len, 3, *self.metadata.image_size]
-        found = list(inputs.get("clips", [None])[1:])
-        if set(inputs) != {"clips", "camids"} or found != expected:
-            raise UserError(
-                f"{self.path}: its graph takes {inputs}, but its tfclip metadata says clips "
-                f"[B, {', '.join(map(str, expected))}] and camids [B]: the input size does not match",
-                hint="re-export the checkpoint with `tfclip export`",
-            )
-
-    def embed(self, clips: torch.Tensor, camids: torch.Tensor | None = None) -> torch.Tensor:
-        """As :meth:`TFCLIP.embed`: clips [B, T, 3, H, W] -> [B, embedding_dim] float32 on the clips' device."""
-        if tuple(clips.shape[1:]) != (self.config.seq_len, 3, *self.config.image_size):
-            raise ValueError(f"clips are {tuple(clips.shape)}, {self.path} takes [B, {self.config.seq_len}, 3, "
-                             f"{self.config.image_size[0]}, {self.config.image_size[1]}]")
-        if camids is None or self.config.num_cameras == 0:
-            camids = torch.full((clips.shape[0],), UNKNOWN_CAMERA)
-        elif camids.min() < 0 or camids.max() >= self.config.num_cameras:
-            raise ValueError(f"camera ids {camids.tolist()} outside 0..{self.config.num_cameras - 1}: pass None "
-                             "for a camera the model was not trained on")
-        feeds = {"clips": clips.detach().float().cpu().numpy(), "camids": camids.cpu().numpy().astype(np.int64)}
-        return torch.from_numpy(self.session.run(None, feeds)[0]).to(clips.device)
 
 
 CACHE_KEY_LENGTH = 16  # hex digits of the cache key in an exported file's name

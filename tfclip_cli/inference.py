@@ -16,7 +16,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,29 +26,26 @@ from torch.utils.data import Dataset
 
 from tfclip_cli import __version__, display
 from tfclip_cli.checkpoint import Checkpoint, file_sha256, load_checkpoint, model_from_checkpoint, write_torch_file
-from tfclip_cli.clips import (
-    ClipDataset,
-    ClipTransform,
-    DenseClipDataset,
-    TrackletClips,
-    build_loader,
-    count_video_frames,
-    sample_dense,
-    sample_rrs_test,
-    stack_crops,
-)
+from tfclip_cli.clips import ClipDataset, ClipTransform, DenseClipDataset, TrackletClips, build_loader
 from tfclip_cli.errors import CheckpointError, DataError, UserError
-from tfclip_cli.export import OnnxEmbedder, load_embedder
+from tfclip_cli.export import load_embedder
+from tfclip_cli.frames import EmbedSampling, FrameTransform, tracklet_from_path
+from tfclip_cli.runtime import (
+    Backend,
+    ClipBatchEmbedder,
+    OnnxEmbedder,
+    backend_for,
+    embed_crop_tracklets,
+    embed_tracklet_files,
+)
 from tfclip_cli.model import TFCLIP, ClipMemory, shares_cameras
 from tfclip_cli.recipe import Precision
 from tfclip_cli.tables import (
     SPLITS,
     Embeddings,
-    Split,
     Tracklet,
     NON_UTF8_REASON,
     check_writable,
-    is_utf8,
     non_utf8_name,
     read_manifest,
     tracklet_table,
@@ -57,10 +54,8 @@ from tfclip_cli.tables import (
 
 logger = logging.getLogger(__name__)
 
-Sampling = Literal["dense", "rrs"]
-Backend = Literal["torch", "onnx"]
+Sampling = EmbedSampling
 Embedder = TFCLIP | OnnxEmbedder  # anything with config, embedding_dim, eval() and embed(clips, camids)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 @dataclass(frozen=True)
@@ -231,72 +226,52 @@ def embed_tracklets(
     tracklets: Sequence[Tracklet],
     *,
     sampling: Sampling,
-    transform: ClipTransform,
+    transform: ClipTransform | FrameTransform,
     device: torch.device,
 ) -> np.ndarray:
-    """Embeddings ``[N, D]`` of a few tracklets (e.g. query clips) in one batch, without camera embedding.
+    """Embeddings ``[N, D]`` of a few tracklets (e.g. query clips) in one batch, without camera embedding, through
+    the numpy clips of :func:`tfclip_cli.runtime.embed_tracklet_files` (the query path with or without torch).
 
     Raises:
         DataError: naming every tracklet that cannot be read.
     """
-    extraction = extract_embeddings(
-        model, tracklets, sampling=sampling, transform=transform, device=device,
-        batch_size=max(1, len(tracklets)), workers=0, use_camids=False,
-    )
-    if extraction.failures:
-        raise DataError("cannot read " + "; ".join(extraction.failures))
-    return extraction.embeddings.vectors
+    test = FrameTransform(transform.image_size, normalization=transform.normalization)
+    return embed_tracklet_files(batch_embedder(model, device), tracklets, sampling=sampling,
+                                seq_len=model.config.seq_len, transform=test, dim=model.embedding_dim,
+                                batch_size=max(1, len(tracklets)))
 
 
-@torch.inference_mode()
+def batch_embedder(model: Embedder, device: torch.device) -> ClipBatchEmbedder:
+    """``model`` on numpy clips ``[B, T, 3, H, W]`` → ``[B, D]`` float32, fp32 without camera embedding (an
+    OnnxEmbedder runs its own numpy interface, never through tensors)."""
+    if isinstance(model, OnnxEmbedder):
+        return model.embed_array
+    model.eval()
+
+    @torch.inference_mode()
+    def embed(clips: np.ndarray) -> np.ndarray:
+        return model.embed(torch.from_numpy(clips).to(device)).float().cpu().numpy()
+
+    return embed
+
+
 def embed_crops(
     model: Embedder,
     tracklets: Sequence[Sequence[np.ndarray]],
     *,
     sampling: Sampling,
-    transform: ClipTransform,
+    transform: ClipTransform | FrameTransform,
     device: torch.device,
     batch_size: int = 32,
 ) -> np.ndarray:
     """Embeddings ``[N, D]`` of tracklets held in memory as RGB crops ``[h, w, 3]`` uint8 (cut from footage), without
     camera embedding; the same clips as :func:`extract_embeddings` would take from files (``dense``: every frame,
-    the clips averaged; ``rrs``: one ``rrs_test`` clip)."""
-    model.eval()
-    seq_len = model.config.seq_len
-    items = []
-    for number, crops in enumerate(tracklets):
-        clip_indices = sample_dense(len(crops), seq_len) if sampling == "dense" else [
-            sample_rrs_test(len(crops), seq_len)]
-        frames = transform(stack_crops(crops, transform.image_size))  # [F, 3, H, W]
-        clips = frames[[i for clip in clip_indices for i in clip]].unflatten(0, (len(clip_indices), seq_len))
-        items.append(TrackletClips(clips, -1, -1, str(number), None))
-    vectors = [vector for group in _packed(items, batch_size)
-               for vector in _forward_group(model, group, device=device, use_camids=False, precision="fp32")]
-    if not vectors:
-        return np.zeros((0, model.embedding_dim), dtype=np.float32)
-    return torch.stack(vectors).numpy().astype(np.float32)
-
-
-def tracklet_from_path(path: Path, *, camid: int = -1, split: Split = "query") -> Tracklet:
-    """A Tracklet of unknown identity (pid -1) from a video file or a folder of frame images (sorted by name).
-
-    Args:
-        camid: the camera, or -1 when unknown.
-
-    Raises:
-        DataError: when the path is missing, is a folder without images, or a video that cannot be opened.
-    """
-    path = Path(path).resolve()
-    if not is_utf8(str(path)):  # decord opens only UTF-8 names
-        raise DataError(f"{path}: {NON_UTF8_REASON}")
-    if path.is_dir():
-        frames = tuple(str(p) for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not frames:
-            raise DataError(f"{path} holds no frame images ({', '.join(IMAGE_SUFFIXES)}); expected a tracklet folder")
-        return Tracklet(str(path), pid=-1, camid=camid, split=split, num_frames=len(frames), frames=frames)
-    if not path.is_file():
-        raise DataError(f"{path} not found: expected a video file or a folder of frames")
-    return Tracklet(str(path), pid=-1, camid=camid, split=split, num_frames=count_video_frames(path), video=str(path))
+    the clips averaged; ``rrs``: one ``rrs_test`` clip), many tracklets' clips in each batch
+    (:func:`tfclip_cli.runtime.embed_crop_tracklets`)."""
+    test = FrameTransform(transform.image_size, normalization=transform.normalization)
+    return embed_crop_tracklets(batch_embedder(model, device), tracklets, sampling=sampling,
+                                seq_len=model.config.seq_len, transform=test, dim=model.embedding_dim,
+                                batch_size=batch_size)
 
 
 @dataclass(frozen=True)
@@ -309,16 +284,19 @@ class LoadedModel:
     checkpoint_sha256: str
 
 
-def load_model(checkpoint: Path, backend: Backend, device: torch.device) -> LoadedModel:
-    """The model of a checkpoint or exported ``.onnx`` file for ``backend`` (onnx: a checkpoint is exported first).
+def load_model(checkpoint: Path, backend: Backend | None, device: torch.device) -> LoadedModel:
+    """The model of a checkpoint or exported ``.onnx`` file for ``backend`` (None: the file's,
+    :func:`~tfclip_cli.runtime.backend_for`; onnx on a checkpoint exports it first).
 
     Raises:
         UserError: an ``.onnx`` file with the torch backend; CheckpointError / UserError from the loaders.
     """
     checkpoint = Path(checkpoint)
-    if backend == "onnx":
+    if backend_for(checkpoint, backend) == "onnx":
         embedder = load_embedder(checkpoint, use_gpu=device.type == "cuda")
-        return LoadedModel(embedder, embedder.transform, embedder.metadata.checkpoint_sha256)
+        metadata = embedder.metadata
+        transform = ClipTransform(metadata.image_size, normalization=metadata.normalization, is_train=False)
+        return LoadedModel(embedder, transform, metadata.checkpoint_sha256)
     if checkpoint.suffix.lower() == ".onnx":
         raise UserError(f"{checkpoint} is an ONNX model: the torch backend needs a tfclip checkpoint (.ckpt)",
                         hint="run it with onnxruntime: --backend onnx")
@@ -515,14 +493,15 @@ def extract_to_file(
     skip_bad: bool = False,
     force: bool = False,
     precision: Precision = "fp32",
-    backend: Backend = "torch",
+    backend: Backend | None = None,
 ) -> Extraction:
     """``tfclip extract``: embed a manifest's splits (or videos / frame folders) and write an embeddings table.
 
     Under torchrun each rank embeds a shard and rank 0 writes the merged table. The table's metadata holds the
     checkpoint path and sha256, the sampling, the precision it ran at, the embedding type, the backend and the
-    manifest's gallery rule; ``checkpoint`` may be an exported ``.onnx`` file with the onnx backend (its sha256 is
-    then the checkpoint's it was exported from, so the table stays comparable with torch-backend tables).
+    manifest's gallery rule; ``checkpoint`` may be an exported ``.onnx`` file (``backend`` None follows the file;
+    its sha256 is then the checkpoint's it was exported from, so the table stays comparable with torch-backend
+    tables).
 
     Raises:
         UserError: ``out`` exists without ``force``; OutputError: ``out`` cannot be written (checked first);

@@ -19,13 +19,12 @@ from pathlib import Path
 
 import torch
 
+from tfclip_cli.clips import ClipTransform
 from tfclip_cli.errors import DataError, UserError
 from tfclip_cli.evaluate import evaluate
-from tfclip_cli.export import (
-    Agreement, OnnxEmbedder, OnnxMetadata, Verification, compare_onnx, export_checkpoint, quantize_int8,
-    read_metadata, record_props,
-)
+from tfclip_cli.export import Agreement, Verification, compare_onnx, export_checkpoint, quantize_int8, record_props
 from tfclip_cli.inference import extract_embeddings
+from tfclip_cli.runtime import OnnxEmbedder, OnnxMetadata, read_metadata
 from tfclip_cli.tables import Manifest, Tracklet, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -119,7 +118,9 @@ def check_accuracy(fp32: Path, int8: Path, manifest: Manifest, *, table: Path) -
 
 def _retrieval(embedder: OnnxEmbedder, tracklets: list[Tracklet], gallery_rule: str) -> Retrieval:
     """Embed the tracklets with one file and evaluate them; an unreadable tracklet fails the check."""
-    extraction = extract_embeddings(embedder, tracklets, sampling=CHECK_SAMPLING, transform=embedder.transform,
+    metadata = embedder.metadata
+    transform = ClipTransform(metadata.image_size, normalization=metadata.normalization, is_train=False)
+    extraction = extract_embeddings(embedder, tracklets, sampling=CHECK_SAMPLING, transform=transform,
                                     device=torch.device("cpu"), workers=0)
     if extraction.failures:
         raise DataError("the --check-on table has unreadable tracklets: " + "; ".join(extraction.failures[:5]))

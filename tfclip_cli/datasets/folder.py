@@ -25,7 +25,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tfclip_cli import clips
+from tfclip_cli import frames
 from tfclip_cli.datasets.common import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Layout, Parsed, Problems, build_all
 from tfclip_cli.errors import DataError
 from tfclip_cli.tables import SPLITS, Split, Tracklet
@@ -134,10 +134,10 @@ def _video_tracklet(candidate: _Candidate, problems: Problems) -> list[Tracklet]
     """The tracklet of a video file, when it opens and its last frame decodes."""
     c = candidate
     try:
-        num_frames = clips.count_video_frames(c.path)
+        num_frames = frames.count_video_frames(c.path)
         tracklet = Tracklet(c.tracklet_id, c.pid, c.camid, c.split, num_frames, video=str(c.path))
         if num_frames > 0:
-            clips.read_frames(tracklet, [num_frames - 1])
+            frames.read_frames(tracklet, [num_frames - 1])
     except DataError as error:
         problems.add(c.path, f"the video does not decode ({error.message})")
         return []

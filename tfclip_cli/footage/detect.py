@@ -26,9 +26,8 @@ import cv2
 import numpy as np
 
 from tfclip_cli.errors import DataError, UserError
-from tfclip_cli.export import onnx_session
 from tfclip_cli.footage.detection import Detection, Detector
-from tfclip_cli.footage.replay import replay_detector
+from tfclip_cli.runtime import onnx_session
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +337,10 @@ def build_detector(spec: str, **options: object) -> Detector:
     if spec.lower().endswith(".onnx"):
         return YoloOnnxDetector(Path(spec), **options)
     if spec == "gt" or spec.startswith("gt:"):
+        # replay reads MOTChallenge files through the datasets package, whose parsers take half a second to import:
+        # a query with another detector never needs them
+        from tfclip_cli.footage.replay import replay_detector
+
         return replay_detector(spec, **options)
     raise UserError(
         f"unknown detector {spec!r}: expected one of {', '.join(DETECTOR_NAMES)} or the path of a YOLO .onnx model"

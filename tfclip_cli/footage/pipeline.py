@@ -30,8 +30,8 @@ from tfclip_cli.footage.relink import (
     Linked,
     Piece,
     RelinkConfig,
-    Window,
     WindowEmbedder,
+    batched_window_embedder,
     relink,
     unlinked,
 )
@@ -174,7 +174,7 @@ class FootagePipeline:
         tracks = [pair for pair in trimmed if pair is not None]
         crops_of = {track.track_id: crops for track, crops in tracks}
         motion = [track for track, _ in tracks]
-        linked = unlinked(motion) if self.embed is None else relink(motion, self._window_embedder(crops_of),
+        linked = unlinked(motion) if self.embed is None else relink(motion, self._window_embedder(motion, crops_of),
                                                                      self.options.relink)
         long_enough = [link for link in linked if link.track.num_frames >= self.options.min_frames]
         moving = [link for link in long_enough
@@ -195,13 +195,11 @@ class FootagePipeline:
                     track.scores[keep], track.source)
         return cut, tuple(crops[i] for i in indices)
 
-    def _window_embedder(self, crops_of: dict[int, tuple[np.ndarray, ...]]) -> WindowEmbedder:
-        """Relink's window embedder over the crops kept in memory."""
-        def embed(track: Track, windows: Sequence[Window]) -> np.ndarray:
-            crops = crops_of[track.track_id]
-            return self.embed([crops[start:stop] for start, stop in windows])
-
-        return embed
+    def _window_embedder(self, tracks: Sequence[Track], crops_of: dict[int, tuple[np.ndarray, ...]]
+                         ) -> WindowEmbedder:
+        """Relink's window embedder over the crops kept in memory: every track's windows in the same batches."""
+        return batched_window_embedder(tracks, [crops_of[track.track_id] for track in tracks], self.embed,
+                                       self.options.relink.window)
 
     def _tracklet(self, number: int, link: Linked, motion: list[Track],
                   crops_of: dict[int, tuple[np.ndarray, ...]]) -> CutTracklet:

@@ -8,7 +8,8 @@ track`` does (:mod:`~tfclip_cli.footage.pipeline`, same defaults, relinked with 
 person's crops, held in memory, are embedded and searched for; the people are numbered 1, 2, ... by the frame they
 first appear in; ``person`` picks one by number, ``pointer`` (a frame and a box) picks the one whose box there
 overlaps it most. The model is loaded once per call (or passed in), and whatever the inputs, ``--json`` prints one
-shape (:func:`query_json`).
+shape (:func:`query_json`). The tracking code (and scipy under it) is imported only when footage is queried: a
+person crop's query starts without it.
 """
 
 from __future__ import annotations
@@ -16,17 +17,14 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
 
-from tfclip_cli.clips import read_frames, stack_crops
 from tfclip_cli.errors import UserError
 from tfclip_cli.footage.detect import detector_for_video
 from tfclip_cli.footage.detection import Detector, clipped
-from tfclip_cli.footage.pipeline import CutTracklet, PipelineOptions, run_video
-from tfclip_cli.footage.track import Track, iou_matrix
+from tfclip_cli.frames import read_frames, stack_crops, tracklet_from_path
 from tfclip_cli.index import (
     Gallery,
     QueryClip,
@@ -39,7 +37,10 @@ from tfclip_cli.index import (
     read_key_frames,
     warn_if_stale,
 )
-from tfclip_cli.inference import embed_crops, tracklet_from_path
+
+if TYPE_CHECKING:
+    from tfclip_cli.footage.pipeline import CutTracklet
+    from tfclip_cli.footage.track import Track
 
 CROP_SHARE = 0.4  # one confident person covering this share of the frame: the input is a person crop
 CONFIDENT = 0.5  # detections at least this confident count when deciding crop or footage
@@ -117,7 +118,7 @@ def is_person_crop(clip: Path, detector: Detector) -> bool:
     """Whether ``clip`` (video or frame folder) looks like one person's crop to ``detector`` (see the module)."""
     tracklet = tracklet_from_path(clip)
     indices = sorted({0, (tracklet.num_frames - 1) // 2, tracklet.num_frames - 1})
-    frames = read_frames(tracklet, indices).permute(0, 2, 3, 1).numpy()  # [K, H, W, 3]
+    frames = read_frames(tracklet, indices)  # [K, H, W, 3]
     crop_like = 0
     for index, frame in zip(indices, frames):
         height, width = frame.shape[:2]
@@ -147,6 +148,8 @@ def pick_persons(tracks: list[Track], *, person: int | None = None, pointer: Per
         return [tracks[person - 1]]
     if pointer is None:
         return tracks
+    from tfclip_cli.footage.track import iou_matrix
+
     here = [(t, t.boxes[t.frame_indices.index(pointer.frame)]) for t in tracks if pointer.frame in t.frame_indices]
     overlaps = iou_matrix(np.array([pointer.box]), np.array([box for _, box in here]).reshape(-1, 4))[0]
     if len(here) == 0 or overlaps.max() < MIN_POINTER_IOU:
@@ -163,7 +166,7 @@ def _key_frames(crops: Sequence[np.ndarray]) -> np.ndarray:
     """A person's first, middle and last crop as uint8 ``[K, H, W, 3]`` at the first one's size."""
     last = len(crops) - 1
     chosen = [crops[i] for i in sorted({0, last // 2, last})]
-    return stack_crops(chosen, crops[0].shape[:2]).permute(0, 2, 3, 1).numpy()
+    return stack_crops(chosen, crops[0].shape[:2])
 
 
 def query_footage(gallery: Gallery, video: Path, detector: Detector, embedder: QueryEmbedder, *,
@@ -179,14 +182,16 @@ def query_footage(gallery: Gallery, video: Path, detector: Detector, embedder: Q
     if Path(video).is_dir():
         raise UserError(f"{video} is a folder of frames holding several people (or none): tracking them needs a "
                         "video file", hint="query a video of the scene, or a folder holding one person's crops")
-    model = functools.partial(embed_crops, embedder.model, transform=embedder.transform, device=embedder.device)
+    from tfclip_cli.footage.pipeline import PipelineOptions, run_video
+
     # a query searches for everyone the user filmed, one standing still too: the static filter keeps galleries free
-    # of signs and cones, and a false person in a query only adds a row of weak hits
+    # of signs and cones, and a false person in a query only adds a row of weak hits; relinking embeds one clip
+    # (the model's seq_len crops) per window, every track's windows in the same batches
     found = run_video(video, detector, camid=-1, options=PipelineOptions(keep_static=True), embed=functools.partial(
-        model, sampling="dense")).tracklets  # numbered 1, 2, ... by first appearance
+        embedder.embed_crops, sampling="rrs")).tracklets  # numbered 1, 2, ... by first appearance
     picked = [found[track.track_id - 1] for track in pick_persons([t.track for t in found], person=person,
                                                                    pointer=pointer)]
-    vectors = model([tracklet.crops for tracklet in picked], sampling=embedder.sampling)
+    vectors = embedder.embed_crops([tracklet.crops for tracklet in picked])
     clips = [QueryClip(f"{video} person {t.track.track_id} (frames {t.first_frame}-{t.last_frame}, "
                        f"{t.start_s:.1f}-{t.end_s:.1f}s)", t.track.num_frames, _key_frames(t.crops)) for t in picked]
     results = query_results(gallery, vectors, clips, search)
@@ -210,7 +215,7 @@ def query_clips(gallery_path: Path, clips: Sequence[Path], *, detector: str, sea
         raise UserError(f"--person and --box/--frame pick a person in one query video; {len(clips)} were given")
     gallery = load_index(gallery_path)
     warn_if_stale(gallery)
-    embedder = load_query_embedder(gallery, search.checkpoint, torch.device(search.device), backend=search.backend)
+    embedder = load_query_embedder(gallery, search.checkpoint, search.device, backend=search.backend)
     return query_gallery(gallery, clips, embedder, detector=detector, search=search, person=person, pointer=pointer)
 
 

@@ -1,7 +1,8 @@
 """Cut and re-link motion tracks by appearance: the identity switches and fragments a motion tracker leaves.
 
 Each track is split into consecutive windows of a few frames, and each window embedded (with TF-CLIP in
-``tfclip track --checkpoint``, through :func:`model_crop_embedder` on the crops the pipeline holds). A track is cut only where it touched another
+``tfclip track --checkpoint``, through :func:`model_crop_embedder` on the crops the pipeline holds: the windows of
+every track in the same batches, one clip each). A track is cut only where it touched another
 track (a tracker can only jump from one person to another where they meet) and the windows after that contact
 stay unlike the mean of all the windows before it (the person's appearance so far): one odd window is a bad crop,
 not another person. Then each fragment's end is linked to the start of the fragment that continues it, one to
@@ -20,18 +21,12 @@ import functools
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from tfclip_cli.footage.track import Track, iou_matrix
-
-if TYPE_CHECKING:
-    import torch
-
-    from tfclip_cli.clips import ClipTransform
-    from tfclip_cli.model import TFCLIP
 
 Window = tuple[int, int]  # positions [start, stop) in a track's frames
 WindowEmbedder = Callable[[Track, Sequence[Window]], np.ndarray]  # a track and its windows → [W, D]
@@ -94,6 +89,27 @@ def window_bounds(num_frames: int, window: int) -> list[Window]:
     """Consecutive windows of ``window`` frames covering ``num_frames``; a short tail joins the last window."""
     starts = list(range(0, max(num_frames - window, 0) + 1, window))
     return [(start, nxt) for start, nxt in zip(starts, starts[1:] + [num_frames])]
+
+
+def batched_window_embedder(tracks: Sequence[Track], crops: Sequence[Sequence[np.ndarray]], embed: CropEmbedder,
+                            window: int) -> WindowEmbedder:
+    """A window embedder for :func:`relink` of ``tracks`` (``crops[i]``: one crop per frame of ``tracks[i]``) that
+    embeds every window of every track in one call of ``embed`` (which batches them), not a track at a time.
+
+    The returned embedder answers for these tracks and the windows :func:`window_bounds` gives them, by identity.
+    """
+    bounds = [window_bounds(track.num_frames, window) for track in tracks]
+    clips = [track_crops[start:stop] for track_crops, windows in zip(crops, bounds) for start, stop in windows]
+    vectors = embed(clips) if clips else np.zeros((0, 0), dtype=np.float32)
+    parts = np.split(vectors, np.cumsum([len(windows) for windows in bounds])[:-1])
+    position = {id(track): number for number, track in enumerate(tracks)}
+
+    def embedded(track: Track, windows: Sequence[Window]) -> np.ndarray:
+        number = position[id(track)]
+        assert list(windows) == bounds[number], "relink asked for other windows than window_bounds gives"
+        return parts[number]
+
+    return embedded
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
@@ -272,35 +288,40 @@ def relink(tracks: Sequence[Track], embed: WindowEmbedder, config: RelinkConfig 
     return [_assemble(group, tracks, number) for number, group in enumerate(groups, start=1)]
 
 
-@dataclass(frozen=True)
-class _LoadedModel:
-    """A checkpoint's model in eval mode, with its test transform and device."""
-
-    model: TFCLIP
-    transform: ClipTransform
-    device: torch.device
+WINDOW_SAMPLING = "rrs"  # a window is one clip of the model's seq_len crops (its length, but for a short tail's)
 
 
 @functools.lru_cache(maxsize=1)  # one load per process, however many videos it tracks
-def _load_model(checkpoint: Path) -> _LoadedModel:
-    # the model stack (open_clip and the model code: seconds to import) loads only when relinking
-    from tfclip_cli.checkpoint import load_checkpoint, model_from_checkpoint
-    from tfclip_cli.inference import process_device, transform_for
+def _load_crop_embedder(checkpoint: Path, threads: int) -> CropEmbedder:
+    # the model stack (open_clip and the model code: seconds to import) loads only when relinking, and an exported
+    # .onnx file never loads it: onnxruntime runs it on the numpy crops
+    from tfclip_cli.frames import FrameTransform
+    from tfclip_cli.runtime import OnnxEmbedder, backend_for, embed_crop_tracklets
 
-    state = load_checkpoint(checkpoint)
+    if backend_for(checkpoint) == "onnx":
+        embedder = OnnxEmbedder(checkpoint, threads=threads)
+        return functools.partial(embed_crop_tracklets, embedder.embed_array, seq_len=embedder.seq_len,
+                                 transform=embedder.transform, dim=embedder.embedding_dim)
+    from tfclip_cli.inference import batch_embedder, load_model, process_device
+
     device = process_device()
-    return _LoadedModel(model_from_checkpoint(state, device), transform_for(state), device)
+    loaded = load_model(checkpoint, "torch", device)
+    transform = FrameTransform(loaded.transform.image_size, normalization=loaded.transform.normalization)
+    return functools.partial(embed_crop_tracklets, batch_embedder(loaded.model, device),
+                             seq_len=loaded.model.config.seq_len, transform=transform,
+                             dim=loaded.model.embedding_dim)
 
 
-def model_crop_embedder(checkpoint: Path, *, batch: int = 32) -> CropEmbedder:
-    """An embedder that runs the TF-CLIP model of ``checkpoint`` on clips of crops (dense sampling, no camera
-    embedding), ``batch`` clips at a time.
+def model_crop_embedder(checkpoint: Path, *, batch: int = 32, threads: int = 0) -> CropEmbedder:
+    """An embedder that runs the TF-CLIP model of ``checkpoint`` (a checkpoint on PyTorch, or an exported ``.onnx``
+    file on onnxruntime) on clips of crops, without camera embedding, ``batch`` clips at a time: one clip of the
+    model's ``seq_len`` crops per window (:data:`WINDOW_SAMPLING`), never every crop of a longer one.
+
+    Args:
+        threads: onnxruntime's intra-op threads for an ``.onnx`` file; 0 lets it choose (PyTorch keeps its own).
 
     Raises:
-        CheckpointError: when the checkpoint does not load.
+        CheckpointError: when the checkpoint does not load; UserError: an ONNX file that is not a tfclip export.
     """
-    from tfclip_cli.inference import embed_crops
-
-    loaded = _load_model(Path(checkpoint).resolve())
-    return functools.partial(embed_crops, loaded.model, sampling="dense", transform=loaded.transform,
-                             device=loaded.device, batch_size=batch)
+    embed = _load_crop_embedder(Path(checkpoint).resolve(), threads)
+    return functools.partial(embed, sampling=WINDOW_SAMPLING, batch_size=batch)

@@ -1,5 +1,9 @@
 """Search a gallery, and ``query``: embed clips with the gallery's checkpoint, search, read key frames.
 
+With an exported model (``-c M.onnx``) nothing on this path imports torch or open_clip: frames are decoded,
+sampled and transformed in numpy (:mod:`tfclip_cli.frames`) and embedded by onnxruntime (:mod:`tfclip_cli.runtime`);
+a checkpoint loads the PyTorch model, which embeds the same numpy clips.
+
 A hit's ``match`` verdict compares its score with the threshold in force: ``min_score`` when one is given, else
 the gallery's calibrated threshold (``tfclip calibrate``), else none (``match`` is None). ``min_score`` also drops
 the hits below it, so a query with no hit left has no match.
@@ -11,19 +15,31 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Collection, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Literal, Sequence
 
 import faiss
 import numpy as np
 import pandas as pd
-import torch
 
-from tfclip_cli.clips import ClipTransform, read_frames, read_key_frames
 from tfclip_cli.errors import DataError, GalleryError, UserError
+from tfclip_cli.frames import FrameTransform, read_frames, read_key_frames, tracklet_from_path
 from tfclip_cli.index.calibrate import warn_if_stale
 from tfclip_cli.index.store import Gallery, load_index, normalized
-from tfclip_cli.inference import Backend, Embedder, embed_tracklets, load_model, tracklet_from_path
+from tfclip_cli.runtime import (
+    Backend,
+    ClipBatchEmbedder,
+    OnnxEmbedder,
+    backend_for,
+    embed_crop_tracklets,
+    embed_tracklet_files,
+    has_cuda,
+)
 from tfclip_cli.tables import PERSON_COLUMN, FootageOrigin, Tracklet, row_to_tracklet
+
+if TYPE_CHECKING:
+    import torch
+
+    from tfclip_cli.inference import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +260,7 @@ def read_source_key_frame(origin: FootageOrigin) -> np.ndarray:
         DataError: naming the video when it cannot be decoded.
     """
     video = Tracklet(origin.source_video, -1, -1, "gallery", origin.key_frame + 1, video=origin.source_video)
-    return read_frames(video, [origin.key_frame]).permute(0, 2, 3, 1).numpy()
+    return read_frames(video, [origin.key_frame])
 
 
 def _row_key_frames(gallery: Gallery, row: int) -> np.ndarray:
@@ -275,13 +291,23 @@ def tracklet_key_frames(gallery: Gallery, tracklet_id: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class QueryEmbedder:
-    """The model that made a gallery's embeddings, ready to embed query clips the same way."""
+    """The model that made a gallery's embeddings, ready to embed query clips the same way: numpy clips
+    (:mod:`tfclip_cli.frames`) run by onnxruntime for an exported model, by PyTorch for a checkpoint."""
 
     model: Embedder
-    transform: ClipTransform
+    transform: FrameTransform
     sampling: str
-    device: torch.device
+    device: torch.device | None
+    """Where a PyTorch model runs; None for an exported model run by onnxruntime."""
     checkpoint: Path
+    seq_len: int
+
+    def _batch(self) -> ClipBatchEmbedder:
+        if isinstance(self.model, OnnxEmbedder):
+            return self.model.embed_array
+        from tfclip_cli.inference import batch_embedder  # torch is loaded already: the model is a torch module
+
+        return batch_embedder(self.model, self.device)
 
     def embed(self, tracklets: Sequence[Tracklet]) -> np.ndarray:
         """Embeddings ``[N, D]`` of ``tracklets`` in one batch, without camera embedding (a query's is unknown).
@@ -289,17 +315,54 @@ class QueryEmbedder:
         Raises:
             DataError: naming every tracklet that cannot be read.
         """
-        return embed_tracklets(
-            self.model, tracklets, sampling=self.sampling, transform=self.transform, device=self.device
-        )
+        return embed_tracklet_files(self._batch(), tracklets, sampling=self.sampling, seq_len=self.seq_len,
+                                    transform=self.transform, dim=self.model.embedding_dim,
+                                    batch_size=max(1, len(tracklets)))
+
+    def embed_crops(self, tracklets: Sequence[Sequence[np.ndarray]], *, sampling: str | None = None) -> np.ndarray:
+        """Embeddings ``[N, D]`` of tracklets held as RGB crops ``[h, w, 3]`` uint8 (people cut out of footage),
+        all in batches, with ``sampling`` (default: the gallery's)."""
+        return embed_crop_tracklets(self._batch(), tracklets, sampling=sampling or self.sampling,
+                                    seq_len=self.seq_len, transform=self.transform,
+                                    dim=self.model.embedding_dim)
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """A query model as :func:`_load_embedder` found it, before the gallery checks."""
+
+    model: Embedder
+    checkpoint_sha256: str
+    transform: FrameTransform
+    seq_len: int
+    device: torch.device | None
+
+
+def _load_embedder(path: Path, backend: Backend | None, device: torch.device | str | None) -> _Loaded:
+    """The model of :func:`load_query_embedder`; an ``.onnx`` file with the onnx backend loads without torch."""
+    if backend_for(path, backend) == "onnx" and path.suffix.lower() == ".onnx":
+        embedder = OnnxEmbedder(path, use_gpu=has_cuda() if device is None else str(device).startswith("cuda"))
+        metadata = embedder.metadata
+        return _Loaded(embedder, metadata.checkpoint_sha256, embedder.transform, metadata.seq_len, None)
+    import torch
+
+    from tfclip_cli.inference import load_model, process_device
+
+    device = process_device() if device is None else torch.device(device)
+    loaded = load_model(path, backend, device)
+    test = FrameTransform(loaded.transform.image_size, normalization=loaded.transform.normalization)
+    return _Loaded(loaded.model, loaded.checkpoint_sha256, test, loaded.model.config.seq_len, device)
 
 
 def load_query_embedder(
-    gallery: Gallery, checkpoint: Path | None, device: torch.device | str, *, backend: Backend = "torch"
+    gallery: Gallery, checkpoint: Path | None, device: torch.device | str | None = None, *,
+    backend: Backend | None = None,
 ) -> QueryEmbedder:
     """The model (and its test transform) that made the gallery's embeddings: ``checkpoint`` (a checkpoint, or an
-    ``.onnx`` file exported from it with the onnx backend) or the recorded one. Loading takes seconds (minutes for
-    an onnx export of a large checkpoint, cached beside it): load once and pass the embedder to every search.
+    ``.onnx`` file exported from it) or the recorded one. ``backend`` None follows the file (an ``.onnx`` file runs
+    on onnxruntime, without torch; a checkpoint on PyTorch); ``device`` None is this process's (CUDA when there is
+    one). Loading takes seconds (minutes for an onnx export of a large checkpoint, cached beside it): load once and
+    pass the embedder to every search.
 
     Raises:
         GalleryError: when no checkpoint is given or recorded, or its sha256 or embedding dimension differs.
@@ -308,8 +371,8 @@ def load_query_embedder(
     if checkpoint is None and recorded is None:
         raise GalleryError(f"{gallery.path} records no checkpoint", hint="pass the one that made it: --checkpoint C")
     path = Path(checkpoint if checkpoint is not None else recorded)
-    device = torch.device(device)
-    loaded = load_model(path, backend, device)
+    loaded = _load_embedder(path, backend, device)
+    model = loaded.model
     expected = gallery.info.checkpoint_sha256
     if expected is not None and loaded.checkpoint_sha256 != expected:
         raise GalleryError(
@@ -317,14 +380,14 @@ def load_query_embedder(
             f"recorded path {recorded})",
             hint="query with the checkpoint that extracted the gallery, or re-extract and re-index",
         )
-    if loaded.model.embedding_dim != gallery.info.dim:
+    if model.embedding_dim != gallery.info.dim:
         raise GalleryError(
-            f"{path} embeds in {loaded.model.embedding_dim} dimensions; {gallery.path} holds "
+            f"{path} embeds in {model.embedding_dim} dimensions; {gallery.path} holds "
             f"{gallery.info.dim}-d embeddings"
         )
     sampling = gallery.info.embeddings_info.get("sampling", "dense")
-    return QueryEmbedder(model=loaded.model, transform=loaded.transform, sampling=sampling, device=device,
-                         checkpoint=path)
+    return QueryEmbedder(model=model, transform=loaded.transform, sampling=sampling, device=loaded.device,
+                         checkpoint=path, seq_len=loaded.seq_len)
 
 
 @dataclass(frozen=True)
@@ -333,14 +396,16 @@ class SearchOptions:
     and searched."""
 
     checkpoint: Path | None = None
-    """Default: the one the gallery records (a checkpoint, or with the onnx backend an exported ``.onnx`` file)."""
+    """Default: the one the gallery records (a checkpoint, or an exported ``.onnx`` file)."""
     top_k: int = 10
-    device: torch.device | str = "cpu"
+    device: torch.device | str | None = "cpu"
+    """None: this process's (CUDA when there is one)."""
     with_hit_frames: bool = False
     """Also read every hit's key frames (for the HTML report)."""
     min_score: MinScore = None
     """Drop hits below it (``"auto"``: the gallery's calibrated threshold); see the module docstring."""
-    backend: Backend = "torch"
+    backend: Backend | None = None
+    """None: the checkpoint's own (onnxruntime for an ``.onnx`` file, PyTorch for a checkpoint)."""
     camids: frozenset[int] | None = None
     """Return only gallery tracklets of these cameras (None: all)."""
 

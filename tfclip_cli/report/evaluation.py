@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tfclip_cli import display
-from tfclip_cli.clips import read_key_frames
+from tfclip_cli.frames import read_key_frames
 from tfclip_cli.errors import DataError, GalleryError
 from tfclip_cli.evaluate import JUNK_PID, EvalResult, evaluate
 from tfclip_cli.report import plots

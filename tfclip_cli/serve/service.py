@@ -21,15 +21,15 @@ import urllib.parse
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Collection, Mapping
+from typing import TYPE_CHECKING, BinaryIO, Collection, Mapping
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 
 from tfclip_cli.errors import GalleryError, UserError
 from tfclip_cli.footage.query import FootageQuery, query_gallery
+from tfclip_cli.frames import tracklet_from_path
 from tfclip_cli.index import (
     FIGURE_KEYS,
     Gallery,
@@ -49,7 +49,6 @@ from tfclip_cli.index import (
     tracklet_key_frames,
     warn_if_stale,
 )
-from tfclip_cli.inference import tracklet_from_path
 from tfclip_cli.people.answer import add_timelines, hit_people
 from tfclip_cli.people.timeline import Person, person_of
 from tfclip_cli.serve.uploads import UploadLimits, allowed_path, clip_from_upload, save_upload
@@ -61,6 +60,9 @@ from tfclip_cli.tables import (
     row_to_tracklet,
     tracklet_table,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,9 @@ class ServeConfig:
 
     gallery: Path
     checkpoint: Path | None
-    device: torch.device
+    """A checkpoint (run by PyTorch) or an exported ``.onnx`` file (run by onnxruntime, torch never imported)."""
+    device: torch.device | str | None
+    """Where a checkpoint's model runs; None: this process's device."""
     limits: UploadLimits
     allow_dirs: tuple[Path, ...]
     store: Path

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from tfclip_cli.errors import DataError, UserError
-from tfclip_cli.inference import IMAGE_SUFFIXES, tracklet_from_path
+from tfclip_cli.frames import IMAGE_SUFFIXES, tracklet_from_path
 from tfclip_cli.tables import Tracklet
 
 COPY_CHUNK = 1 << 20
