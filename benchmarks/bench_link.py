@@ -223,9 +223,10 @@ def main() -> None:
             tuning[threshold].append(_scores(folder, threshold))
     name = "(d) link + camera graph"
     for threshold, found in tuning.items():
+        means = {key: [100 * np.mean([getattr(s[key], name) for s in found]) for name in ("idf1", "hota")]
+                 for key in found[0]}
         print(f"tune seeds {args.tune_seeds} threshold {threshold}, IDF1 / HOTA: " + ", ".join(
-            f"{key} {100 * np.mean([s[key].idf1 for s in found]):.1f} / {100 * np.mean([s[key].hota for s in found]):.1f}"
-            for key in found[0]), flush=True)
+            f"{key} {idf1:.1f} / {hota:.1f}" for key, (idf1, hota) in means.items()), flush=True)
     tuned = max(THRESHOLDS, key=lambda t: np.mean([s[name].idf1 for s in tuning[t]]))
     print(f"tuned threshold {tuned} (by IDF1 of {name}; default {DEFAULT_THRESHOLD})")
     for threshold in sorted({DEFAULT_THRESHOLD, tuned}):

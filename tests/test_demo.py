@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 from html_check import check_page
 
 from tfclip_cli.cli import app
-from tfclip_cli.demo import DemoPaths, pick_query, run_demo
-from tfclip_cli.errors import UserError
-from tfclip_cli.tables import read_manifest
+from tfclip_cli.demo import DemoPaths, pick_query, pick_walker, run_demo
+from tfclip_cli.errors import DataError, UserError
+from tfclip_cli.tables import Manifest, ManifestInfo, Tracklet, manifest_from_tracklets, read_manifest
 
 
 def _invoke(*args: object):
@@ -123,3 +123,20 @@ def test_force_and_resume_together_are_refused(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "pass one of them" in result.output
     assert not (tmp_path / "demo").exists()
+
+
+def _walkers(*seen: tuple[int, int, str, int]) -> Manifest:
+    """A camera network's ground-truth manifest: (pid, camid, split, frames) per tracklet."""
+    tracklets = [Tracklet(f"{split}/{pid:04d}/{camid}/t00", pid, camid, split, frames,
+                          frames=tuple(f"/x/{i}.jpg" for i in range(frames))) for pid, camid, split, frames in seen]
+    return manifest_from_tracklets(tracklets, ManifestInfo("synthetic", "gallery_only", "/x"))
+
+
+def test_the_walker_followed_is_the_one_seen_by_the_most_cameras_then_the_longest_query():
+    network = _walkers((1, 0, "query", 30), (1, 1, "gallery", 20),  # two cameras, the longest query
+                       (2, 1, "query", 12), (2, 0, "gallery", 9), (2, 2, "gallery", 9),  # three cameras
+                       (3, 2, "query", 25), (3, 0, "gallery", 9), (3, 1, "gallery", 9),  # three, longer query
+                       (4, 2, "gallery", 40))  # seen once: no query
+    assert pick_walker(network).tracklet_id == "query/0003/2/t00"
+    with pytest.raises(DataError, match="no walker seen twice"):
+        pick_walker(_walkers((4, 2, "gallery", 40)))

@@ -14,9 +14,9 @@ The demo folder ``DIR`` receives, one step after another (each logged, each reus
    ground truth and camera graph), tracked camera by camera through the footage pipeline (``footage.tracklets``,
    ``tracked/`` and ``tracked.parquet``), embedded with ``best.ckpt`` (``embeddings.parquet``), indexed
    (``gallery.faiss``) and linked into people with the camera graph (``people.link``, its default threshold:
-   ``people.parquet``, the person ids also written into the gallery's rows); then one walker, as one camera saw them (the ground-truth
-   crops of their first visit), is searched for (``people.answer``), and the person of the best hit is shown with
-   their timeline over every camera. The footage is tracked with :data:`FOOTAGE_DETECTOR`: see its comment;
+   ``people.parquet``, the person ids also written into the gallery's rows); then one walker, as one camera saw
+   them (the ground-truth crops of their first visit), is searched for (``people.answer``), and the person of the
+   best hit is shown with their timeline over every camera. The footage is tracked with :data:`FOOTAGE_DETECTOR`;
 6. ``report.html`` (``report.demo``: metrics, training curves, CMC curve, the query's ranked hits, and the
    walker's hits and timeline across cameras).
 
@@ -453,8 +453,6 @@ def _ensure_people(where: FootagePaths) -> LinkSummary:
     """Index the tracked tracklets and link them into people with the network's camera graph (``tfclip link``,
     its default threshold), writing the person ids into the gallery too; or read the people of an earlier run
     (``people.parquet`` is written last)."""
-    request = LinkRequest(embeddings=where.embeddings, out=where.people, cameras=where.camera_graph,
-                          gallery=where.index, force=True)
     if where.people.exists():
         logger.info("reusing %s", where.people)
         linked = read_embeddings(where.people)
@@ -463,7 +461,8 @@ def _ensure_people(where: FootagePaths) -> LinkSummary:
                            tuple(build_people(linked.rows).values()), how["threshold"], how["threshold_from"],
                            how["cameras"], str(where.index), None)
     build_index(read_embeddings(where.embeddings), where.index, index_type="flat", force=True)
-    return link_file(request)
+    return link_file(LinkRequest(embeddings=where.embeddings, out=where.people, cameras=where.camera_graph,
+                                 gallery=where.index, force=True))
 
 
 def pick_walker(truth: Manifest) -> Tracklet:

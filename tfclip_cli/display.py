@@ -425,9 +425,10 @@ def _demo_footage(footage: Any) -> list[Any]:
     """The demo's footage step (a ``demo.FootageDemo``): how it was tracked and linked, the walker's hits grouped
     by person, and the timeline of the person found."""
     walker, person, link = footage.query_tracklet, footage.person, footage.link
+    cameras = len({visit.camid for someone in link.people for visit in someone.visits})
     parts: list[Any] = [plain_text(
-        f"camera network: {footage.tracklets} tracklets tracked in {len({v.camid for p in link.people for v in p.visits})}"
-        f" cameras, linked into {len(link.people)} people (threshold {link.threshold:.3f}, camera graph)")]
+        f"camera network: {footage.tracklets} tracklets tracked in {cameras} cameras, linked into "
+        f"{len(link.people)} people (threshold {link.threshold:.3f}, camera graph)")]
     if footage.detector == "gt":
         parts.append(Text("tracked with --detector gt: the ground truth replayed with a detector's faults (misses, "
                           "false alarms, jittered boxes); the bundled detectors (SSDLite, HOG) miss most drawn "
