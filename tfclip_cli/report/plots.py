@@ -237,7 +237,7 @@ def person_timeline(camids: Sequence[int], starts: Sequence[float], ends: Sequen
                                      bboxprops={"edgecolor": colour, "linewidth": 1.5})
             axes.add_artist(picture)
     axes.set_yticks(range(len(rows)), [f"camera {c}" for c in rows])
-    axes.set_ylim(len(rows) - 0.5, -0.9)  # first camera on top, room above it for its key frames
+    axes.set_ylim(len(rows) - 0.5, -1.0)  # first camera on top, room above it for its key frames
     margin = 0.04 * max(span, 1.0)
     if len(starts):
         axes.set_xlim(starts.min() - margin, ends.max() + 3 * margin)
