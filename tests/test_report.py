@@ -48,6 +48,30 @@ def test_training_curves_draw_each_loss_part_the_lr_and_both_scores_per_epoch():
     assert _is_drawn(figure)
 
 
+def test_person_timeline_has_a_row_per_camera_a_bar_per_visit_and_the_key_frames_above_them():
+    from matplotlib.offsetbox import AnnotationBbox
+
+    frame = np.zeros((40, 20, 3), np.uint8)
+    frame[5:35, 5:15] = (200, 40, 40)
+    # camera 3 first, then 1, then 3 again (the walker came back); the second visit has no key frame
+    figure = plots.person_timeline([3, 1, 3], [0.0, 6.0, 14.0], [4.0, 9.5, 16.0],
+                                   key_frames=[frame, None, frame], queried=0, time_label="seconds after 12:00:01")
+    (axes,) = figure.axes
+    assert [label.get_text() for label in axes.get_yticklabels()] == ["camera 3", "camera 1"]
+    assert len(axes.collections) == 3  # one bar per visit
+    extents = [collection.get_paths()[0].get_extents() for collection in axes.collections]
+    spans = sorted((extent.x0, extent.x1, extent.y0) for extent in extents)
+    assert [(round(a, 3), round(b, 3)) for a, b, _ in spans] == [(0.0, 4.0), (6.0, 9.5), (14.0, 16.0)]
+    assert [round(y + 0.12, 3) for _, _, y in spans] == [0.0, 1.0, 0.0]  # rows: camera 3, camera 1, camera 3
+    queried_colour = tuple(axes.collections[0].get_facecolor()[0])
+    assert queried_colour != tuple(axes.collections[1].get_facecolor()[0])  # the query's visit stands out
+    assert len([a for a in axes.artists if isinstance(a, AnnotationBbox)]) == 2
+    left, right = axes.get_xlim()
+    assert left < 0.0 and right > 16.0 and axes.get_ylim()[0] > axes.get_ylim()[1]  # first camera on top
+    assert axes.get_xlabel() == "time (seconds after 12:00:01)" and axes.get_title()
+    assert _is_drawn(figure)
+
+
 def test_cmc_curve_has_a_point_per_rank_from_one_and_percent_axes():
     figure = plots.cmc_curve([0.5, 0.7, 0.8, 0.9, 1.0])
     (axes,) = figure.axes

@@ -1144,7 +1144,7 @@ def demo(
         bool, typer.Option("--resume", help="Continue an earlier demo in --out, reusing its finished steps.")
     ] = False,
 ) -> None:
-    """Run the whole pipeline on the embedded synthetic dataset: draw it, train, evaluate before/after, index, query.
+    """Run the whole pipeline on synthetic data: train, evaluate, index, query, then follow a walker across cameras.
 
     Example: tfclip demo --out tfclip-demo --quick
     """

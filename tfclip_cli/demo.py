@@ -9,8 +9,16 @@ The demo folder ``DIR`` receives, one step after another (each logged, each reus
 3. ``before.parquet`` and ``after.parquet``: query and gallery embeddings of ``initial.ckpt`` and ``best.ckpt``
    (``inference.extract_to_file``), scored by ``evaluate.evaluate`` on the held-out identities;
 4. ``gallery.faiss`` (``index.build_index``, flat) over the gallery rows of ``after.parquet``, searched with one
-   held-out query video (``index.query``), and ``report.html`` (``report.demo``: metrics, training curves, CMC
-   curve and the query's ranked hits).
+   held-out query video (``index.query``);
+5. ``footage/``: a small synthetic camera network (``datasets.synthetic_footage``: ``scene/`` with its videos,
+   ground truth and camera graph), tracked camera by camera through the footage pipeline (``footage.tracklets``,
+   ``tracked/`` and ``tracked.parquet``), embedded with ``best.ckpt`` (``embeddings.parquet``), indexed
+   (``gallery.faiss``) and linked into people with the camera graph (``people.link``, its default threshold:
+   ``people.parquet``, the person ids also written into the gallery's rows); then one walker, as one camera saw
+   them (the ground-truth crops of their first visit), is searched for (``people.answer``), and the person of the
+   best hit is shown with their timeline over every camera. The footage is tracked with :data:`FOOTAGE_DETECTOR`;
+6. ``report.html`` (``report.demo``: metrics, training curves, CMC curve, the query's ranked hits, and the
+   walker's hits and timeline across cameras).
 
 ``demo.json`` records which plan (default or quick) the folder was started with, so ``--resume`` cannot mix them.
 """
@@ -31,10 +39,15 @@ import torch
 from tfclip_cli import __version__, datasets
 from tfclip_cli.checkpoint import Checkpoint, save_checkpoint
 from tfclip_cli.datasets.synthetic import SyntheticOptions
+from tfclip_cli.datasets.synthetic_footage import CAMERA_GRAPH, FootageOptions, camera_video
 from tfclip_cli.errors import DataError, UserError
 from tfclip_cli.evaluate import EvalResult, evaluate
+from tfclip_cli.footage.tracklets import TrackOptions, track_videos
 from tfclip_cli.index import QueryResult, SearchOptions, build_index, gallery_files, lock_path, query
 from tfclip_cli.inference import extract_to_file, label_map, process_device
+from tfclip_cli.people.answer import PeopleAnswer, query_people
+from tfclip_cli.people.link import LinkRequest, LinkSummary, link_file
+from tfclip_cli.people.timeline import Person, build_people
 from tfclip_cli.recipe import BUNDLED_RECIPES, Recipe, load_recipe, recipe_to_dict
 from tfclip_cli.tables import (
     Embeddings,
@@ -50,6 +63,7 @@ from tfclip_cli.train import TrainResult, initial_model, model_config, train
 logger = logging.getLogger(__name__)
 
 RECIPE = BUNDLED_RECIPES / "synthetic-tiny.yaml"
+STEPS = 6
 IfExists = Literal["refuse", "force", "resume"]
 TOP_K = 5
 EVAL_SAMPLING = "dense"  # every clip of a tracklet averaged: the paper's protocol, cheap on the small test split
@@ -68,6 +82,14 @@ TRAINING_OVERRIDES: dict[str, object] = {
 }
 
 
+FOOTAGE_DETECTOR = "gt"
+"""How the demo's footage is tracked: the ground truth replayed with a detector's faults (misses, more of them
+behind a nearer walker; false alarms; jittered boxes; ``footage.replay``). The bundled detectors find too few of
+the drawn walkers to follow anyone: on ``benchmarks/bench_detect_walkers.py``'s networks SSDLite finds 4% of them,
+HOG 14% (at 9% precision). The demo says so when it runs."""
+QUERY_DETECTOR = "auto"  # tells the query crops from footage (``footage.query.is_person_crop``)
+
+
 @dataclass(frozen=True)
 class DemoPlan:
     """What a demo draws and how long it trains."""
@@ -76,6 +98,7 @@ class DemoPlan:
     synthetic: SyntheticOptions
     epochs: int
     milestone: int  # the epoch after which the learning rate drops tenfold
+    footage: FootageOptions  # the camera network of step 5
 
     def overrides(self) -> dict[str, object]:
         """Recipe keys set over the bundled synthetic-tiny recipe (paths aside)."""
@@ -93,6 +116,7 @@ PLANS: dict[str, DemoPlan] = {
                                    distractors=5, image_size=(128, 64), min_frames=8, max_frames=24, seed=0),
         epochs=60,
         milestone=48,
+        footage=FootageOptions(walkers=6, cameras=4, image_size=(192, 256), frames=160, seed=2),
     ),
     "quick": DemoPlan(
         name="quick",
@@ -100,6 +124,7 @@ PLANS: dict[str, DemoPlan] = {
                                    distractors=4, image_size=(128, 64), min_frames=8, max_frames=16, seed=0),
         epochs=36,
         milestone=30,
+        footage=FootageOptions(walkers=5, cameras=3, image_size=(144, 192), frames=120, seed=1),
     ),
 }
 
@@ -118,6 +143,7 @@ class DemoPaths:
     before: Path
     after: Path
     index: Path
+    footage: "FootagePaths"
     report: Path
 
     @classmethod
@@ -128,14 +154,61 @@ class DemoPaths:
             root=root, plan=root / "demo.json", data=root / "data", manifest=root / "manifest.parquet",
             initial_checkpoint=root / "initial.ckpt", run=run, trained_checkpoint=run / "best.ckpt",
             before=root / "before.parquet", after=root / "after.parquet", index=root / "gallery.faiss",
-            report=root / "report.html",
+            footage=FootagePaths.under(root / "footage"), report=root / "report.html",
         )
 
     def entries(self) -> set[str]:
         """The names a demo writes directly under ``root`` (its gallery's files as they are on disk)."""
         files = [self.plan, self.data, self.manifest, self.initial_checkpoint, self.run, self.before, self.after,
-                 self.index, lock_path(self.index), *gallery_files(self.index), self.report]
+                 self.index, lock_path(self.index), *gallery_files(self.index), self.footage.root, self.report]
         return {path.name for path in files}
+
+
+@dataclass(frozen=True)
+class FootagePaths:
+    """Where step 5 writes, under ``DIR/footage``."""
+
+    root: Path
+    scene: Path  # the drawn network: videos, ground truth, cameras.yaml, ground-truth tracklets
+    scene_manifest: Path  # its ground-truth tracklets (the query walker comes from here)
+    tracked: Path  # tfclip track's output
+    tracked_manifest: Path
+    embeddings: Path
+    index: Path
+    people: Path  # the embeddings with a person_id column (tfclip link --out)
+
+    @classmethod
+    def under(cls, root: Path) -> "FootagePaths":
+        return cls(root=root, scene=root / "scene", scene_manifest=root / "scene.parquet", tracked=root / "tracked",
+                   tracked_manifest=root / "tracked.parquet", embeddings=root / "embeddings.parquet",
+                   index=root / "gallery.faiss", people=root / "people.parquet")
+
+    @property
+    def camera_graph(self) -> Path:
+        return self.scene / "footage" / CAMERA_GRAPH
+
+
+@dataclass(frozen=True)
+class FootageDemo:
+    """What step 5 found: the network's people, and one walker searched for and followed across cameras."""
+
+    detector: str  # what found the people in the footage (FOOTAGE_DETECTOR)
+    tracklets: int  # tracked in all cameras
+    link: LinkSummary
+    query_tracklet: Tracklet  # one walker as one camera saw them (ground-truth crops; its pid is the truth)
+    true_cameras: tuple[int, ...]  # every camera the walker passes through (ground truth)
+    answer: PeopleAnswer
+    person: Person | None  # the person of the best hit, with their timeline; None when the hit is unlinked
+
+    @property
+    def result(self) -> QueryResult:
+        (result,) = self.answer.per_query
+        return result
+
+    @property
+    def is_followed_across_cameras(self) -> bool:
+        """Whether the person found holds visits to more than one camera."""
+        return self.person is not None and len(self.person.cameras) > 1
 
 
 @dataclass(frozen=True)
@@ -149,6 +222,7 @@ class DemoResult:
     training: TrainResult
     query_tracklet: Tracklet  # the held-out query video searched in step 4 (its true pid is known)
     query: QueryResult  # its top-5 gallery tracklets
+    footage: FootageDemo  # step 5: the camera network, its people, and one walker followed across cameras
     paths: DemoPaths
     timings: dict[str, float]  # seconds each step took in this call, in order (a reused step takes ~0 s)
 
@@ -188,16 +262,19 @@ def run_demo(out: Path, *, quick: bool = False, if_exists: IfExists = "refuse") 
     with _step("index and query", timings):
         query_tracklet = pick_query(manifest)
         result = _search(after_embeddings, query_tracklet, paths)
-        _write_report(paths, before=before, after=after, embeddings=after_embeddings, result=result)
+    with _step("footage", timings):
+        footage = _footage(paths, plan, recipe)
+    with _step("report", timings):
+        _write_report(paths, before=before, after=after, embeddings=after_embeddings, result=result, footage=footage)
     logger.info("mAP %.1f%% before training, %.1f%% after; wrote %s", 100 * before.mAP, 100 * after.mAP, paths.report)
     return DemoResult(plan=plan.name, device=str(process_device()), before=before, after=after, training=training,
-                      query_tracklet=query_tracklet, query=result, paths=paths, timings=timings)
+                      query_tracklet=query_tracklet, query=result, footage=footage, paths=paths, timings=timings)
 
 
 @contextlib.contextmanager
 def _step(name: str, timings: dict[str, float]) -> Iterator[None]:
     """Log the start of a demo step and record its duration in ``timings``."""
-    logger.info("demo step %d/4: %s", len(timings) + 1, name)
+    logger.info("demo step %d/%d: %s", len(timings) + 1, STEPS, name)
     started = time.perf_counter()
     yield
     timings[name] = time.perf_counter() - started
@@ -322,10 +399,92 @@ def _search(embeddings: Embeddings, query_tracklet: Tracklet, paths: DemoPaths) 
     return result
 
 
+def _footage(paths: DemoPaths, plan: DemoPlan, recipe: Recipe) -> FootageDemo:
+    """Step 5: draw the camera network, track it, embed, index and link its tracklets, and follow one walker."""
+    where = paths.footage
+    truth = _ensure_scene(where, plan.footage)
+    tracked = _ensure_tracked(where, plan.footage)
+    if not where.embeddings.exists():
+        extract_to_file(paths.trained_checkpoint, where.embeddings, manifest=where.tracked_manifest,
+                        sampling=EVAL_SAMPLING, batch_size=recipe.eval.batch_size, workers=recipe.data.workers)
+    link = _ensure_people(where)
+    walker = pick_walker(truth)
+    options = SearchOptions(top_k=TOP_K, device=process_device(), with_hit_frames=True)
+    answer = query_people(where.index, [Path(walker.source)], detector=QUERY_DETECTOR, search=options)
+    (result,) = answer.per_query
+    best = result.hits[0].person if result.hits else None
+    true_cameras = sorted({t.camid for t in truth.tracklets() if t.pid == walker.pid})
+    footage = FootageDemo(detector=FOOTAGE_DETECTOR, tracklets=len(tracked.table), link=link, query_tracklet=walker,
+                          true_cameras=tuple(true_cameras), answer=answer, person=answer.people.get(best))
+    logger.info("walker %d (seen by cameras %s) searched from camera %d: %s", walker.pid,
+                ", ".join(map(str, true_cameras)), walker.camid,
+                "no linked person" if footage.person is None else
+                f"person {footage.person.person_id} in cameras {', '.join(map(str, footage.person.cameras))}")
+    return footage
+
+
+def _ensure_scene(where: FootagePaths, options: FootageOptions) -> Manifest:
+    """Draw the camera network (ground-truth tracklets in ``scene.parquet``), or read an earlier drawing's."""
+    if where.scene_manifest.exists():
+        logger.info("reusing %s", where.scene_manifest)
+        return read_manifest(where.scene_manifest)
+    if where.scene.exists():  # drawn, but stopped before the manifest was written: draw again (seconds)
+        shutil.rmtree(where.scene)
+    manifest = datasets.prepare("synthetic", where.scene, synthetic_footage=options)
+    write_manifest(manifest, where.scene_manifest)
+    return manifest
+
+
+def _ensure_tracked(where: FootagePaths, options: FootageOptions) -> Manifest:
+    """Track every camera of the network (``tfclip track``'s API) and prepare the tracklets, unless done."""
+    if where.tracked_manifest.exists():
+        logger.info("reusing %s", where.tracked_manifest)
+        return read_manifest(where.tracked_manifest)
+    videos = [camera_video(where.scene, camid) for camid in range(options.cameras)]
+    logger.warning("tracking the demo's footage with --detector %s: the ground truth replayed with a detector's "
+                   "faults, since the bundled detectors miss most drawn walkers", FOOTAGE_DETECTOR)
+    track_videos(videos, where.tracked, options=TrackOptions(detector=FOOTAGE_DETECTOR), force=True)
+    manifest = datasets.prepare("footage", where.tracked)
+    write_manifest(manifest, where.tracked_manifest)
+    return manifest
+
+
+def _ensure_people(where: FootagePaths) -> LinkSummary:
+    """Index the tracked tracklets and link them into people with the network's camera graph (``tfclip link``,
+    its default threshold), writing the person ids into the gallery too; or read the people of an earlier run
+    (``people.parquet`` is written last)."""
+    if where.people.exists():
+        logger.info("reusing %s", where.people)
+        linked = read_embeddings(where.people)
+        how = linked.info["link"]
+        return LinkSummary(str(where.people), len(linked.rows), len(linked.rows),
+                           tuple(build_people(linked.rows).values()), how["threshold"], how["threshold_from"],
+                           how["cameras"], str(where.index), None)
+    build_index(read_embeddings(where.embeddings), where.index, index_type="flat", force=True)
+    return link_file(LinkRequest(embeddings=where.embeddings, out=where.people, cameras=where.camera_graph,
+                                 gallery=where.index, force=True))
+
+
+def pick_walker(truth: Manifest) -> Tracklet:
+    """The walker the demo follows: the query tracklet (a walker's first visit, as one camera saw them) of the
+    walker seen by the most cameras, the longest among equals, then the first by tracklet id.
+
+    Raises:
+        DataError: when no walker is seen twice (the network holds no query tracklet).
+    """
+    tracklets = truth.tracklets()
+    cameras = {pid: len({t.camid for t in tracklets if t.pid == pid}) for pid in {t.pid for t in tracklets}}
+    queries = [t for t in tracklets if t.split == "query"]
+    if not queries:
+        raise DataError("the demo's camera network has no walker seen twice", hint="pass --force to draw it again")
+    return min(queries, key=lambda t: (-cameras[t.pid], -t.num_frames, t.tracklet_id))
+
+
 def _write_report(paths: DemoPaths, *, before: EvalResult, after: EvalResult, embeddings: Embeddings,
-                  result: QueryResult) -> None:
-    """report.html: the metrics, training curves, CMC curve and the query's ranked hits."""
+                  result: QueryResult, footage: FootageDemo) -> None:
+    """report.html: the metrics, training curves, CMC curve, the query's ranked hits, and the walker's hits and
+    timeline across cameras."""
     from tfclip_cli.report.demo import write_demo_report  # matplotlib loads only when the demo draws
 
     write_demo_report(paths.report, run_dir=paths.run, before=before, after=after, embeddings=embeddings,
-                      query=result)
+                      query=result, footage=footage)

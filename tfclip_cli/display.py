@@ -403,9 +403,45 @@ def demo_summary(result: Any) -> Group:
         Text(f"trained {result.training.epochs_done} epochs on {result.device}; time per step: {steps}", style="dim"),
         query_table(result.query),
         plain_text(f"the query is held-out identity {query.pid} ({query.tracklet_id}): {found}"),
+        *_demo_footage(result.footage),
         plain_text(f"report: {result.paths.report}"),
         Panel(DEMO_NEXT_STEPS, title="what next", title_align="left", expand=False),
     )
+
+
+def timeline_table(person: Any, *, title: str) -> Table:
+    """A row per visit of a ``people.timeline.Person``: camera, from, to (UTC), seconds, tracklets."""
+    table = Table("camera", "from (UTC)", "to (UTC)", "seconds", "tracklets", title=plain_text(title),
+                  title_justify="left")
+    for visit in person.visits:
+        known = visit.start_time is not None and visit.end_time is not None
+        table.add_row(f"cam{visit.camid}", clock_time(visit.start_time), clock_time(visit.end_time),
+                      f"{visit.end_time - visit.start_time:.1f}" if known else "?",
+                      plain_text(", ".join(visit.tracklet_ids)))
+    return table
+
+
+def _demo_footage(footage: Any) -> list[Any]:
+    """The demo's footage step (a ``demo.FootageDemo``): how it was tracked and linked, the walker's hits grouped
+    by person, and the timeline of the person found."""
+    walker, person, link = footage.query_tracklet, footage.person, footage.link
+    cameras = len({visit.camid for someone in link.people for visit in someone.visits})
+    parts: list[Any] = [plain_text(
+        f"camera network: {footage.tracklets} tracklets tracked in {cameras} cameras, linked into "
+        f"{len(link.people)} people (threshold {link.threshold:.3f}, camera graph)")]
+    if footage.detector == "gt":
+        parts.append(Text("tracked with --detector gt: the ground truth replayed with a detector's faults (misses, "
+                          "false alarms, jittered boxes); the bundled detectors (SSDLite, HOG) miss most drawn "
+                          "walkers", style="yellow"))
+    parts.append(people_query_table(footage.result, footage.answer.people))
+    truth = ", ".join(map(str, footage.true_cameras))
+    if person is None:
+        parts.append(plain_text(f"walker {walker.pid} (cameras {truth}): the best hit is linked to no person"))
+        return parts
+    parts.append(timeline_table(person, title=f"walker {walker.pid}, searched as camera {walker.camid} saw them, is "
+                                f"person {person.person_id}: {len(person.cameras)} camera(s) (the walker passes "
+                                f"cameras {truth})"))
+    return parts
 
 
 def memory_table(inspection: Any) -> Table:

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.offsetbox import AnnotationBbox, OffsetImage  # noqa: E402
 
 from tfclip_cli.display import OKABE_ITO  # noqa: E402
 
@@ -210,3 +211,40 @@ def genuine_impostor_histograms(genuine: Sequence[float], impostor: Sequence[flo
     """The calibration's genuine and impostor score histograms with its threshold."""
     return score_distributions(genuine, impostor, threshold=threshold, labels=("genuine", "impostor"),
                                title="Genuine and impostor scores with the chosen threshold")
+
+
+def person_timeline(camids: Sequence[int], starts: Sequence[float], ends: Sequence[float], *,
+                    key_frames: Sequence[np.ndarray | None], queried: int | None = None,
+                    title: str = "One person across cameras", time_label: str = "seconds") -> Figure:
+    """A person's visits to cameras: a row per camera (in order of first visit, top down), time across, each
+    visit a bar from its start to its end with its key frame (``[H, W, 3]`` uint8, or None) above the bar's
+    middle; the visit ``queried`` (an index) is drawn in the match colour and named "query".
+
+    Args:
+        camids, starts, ends: one entry per visit; times in seconds from any origin ``time_label`` names.
+    """
+    rows = list(dict.fromkeys(int(c) for c in camids))
+    starts, ends = np.asarray(starts, dtype=float), np.asarray(ends, dtype=float)
+    figure, (axes,) = _figure(height=0.8 + 1.6 * max(1, len(rows)))
+    span = float(ends.max() - starts.min()) if len(starts) else 1.0
+    for number, (camid, start, end) in enumerate(zip(camids, starts, ends)):
+        row = rows.index(int(camid))
+        colour = MATCH_COLOUR if number == queried else SERIES_COLOURS[0]
+        axes.broken_barh([(start, max(end - start, span / 200))], (row - 0.12, 0.24), facecolors=colour)
+        axes.annotate("query" if number == queried else f"{end - start:.1f} s", (end, row), xytext=(4, 0),
+                      textcoords="offset points", va="center", fontsize=8, color=colour)
+        frame = key_frames[number] if number < len(key_frames) else None
+        if frame is not None and frame.size:
+            zoom = 0.8 * DPI / max(1, frame.shape[0])  # 0.8 inch tall, whatever the crop's size
+            picture = AnnotationBbox(OffsetImage(frame, zoom=zoom), ((start + end) / 2, row - 0.14),
+                                     box_alignment=(0.5, 0.0), frameon=True, pad=0.1,
+                                     bboxprops={"edgecolor": colour, "linewidth": 1.5})
+            axes.add_artist(picture)
+    axes.set_yticks(range(len(rows)), [f"camera {c}" for c in rows])
+    axes.set_ylim(len(rows) - 0.5, -1.0)  # first camera on top, room above it for its key frames
+    margin = 0.04 * max(span, 1.0)
+    if len(starts):
+        axes.set_xlim(starts.min() - margin, ends.max() + 3 * margin)
+    axes.grid(axis="y", visible=False)
+    axes.set(title=title, xlabel=f"time ({time_label})")
+    return figure
