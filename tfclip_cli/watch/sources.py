@@ -49,6 +49,7 @@ RETRY_FIRST_S = 0.5
 RETRY_MAX_S = 30.0
 OPEN_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 10.0
+UNTIMED_FORMATS = {"mpjpeg"}  # demuxers whose timestamps are made up (a fixed 25 frames/s): arrival times instead
 POLL_S = 1.0  # how often a folder is listed
 
 
@@ -378,12 +379,14 @@ class Reader(threading.Thread):
             first_index += round((time.time() - self._lost_at) * rate)
             self._lost_at = None
         step, due, anchor, index = 1.0 / self.options.fps, None, base, first_index - 1
+        has_clock, started = container.format.name not in UNTIMED_FORMATS, time.time()
         for index, decoded in enumerate(container.decode(stream), start=first_index):
             arrival = time.time()
             self.status.frames_read += 1
             if self._stopping.is_set():
                 break
-            offset = decoded.time if decoded.time is not None else (index - first_index) / rate
+            offset = (decoded.time if has_clock and decoded.time is not None
+                      else arrival - started if self.spec.is_live else (index - first_index) / rate)
             if due is not None and offset < due - 1e-6:
                 continue
             due = offset + step if due is None or offset - due > step else due + step
