@@ -777,6 +777,11 @@ def serve(
         typer.Option("--allow-host", help="Another host name requests may use, e.g. a reverse proxy's (repeatable); "
                      "--host (and for loopback, localhost) is always one.", show_default=False),
     ] = None,
+    watch_sources: Annotated[
+        Optional[Path],
+        typer.Option("--watch", help="A streams.yaml: ingest its cameras into the gallery while serving (as tfclip "
+                     "watch); /stats then shows the ingest figures.", exists=True, dir_okay=False),
+    ] = None,
 ) -> None:
     """Serve a gallery over HTTP: a search API (person crops and footage), live additions and removals, and a web
     page at /.
@@ -787,12 +792,13 @@ def serve(
     from tfclip_cli.serve.app import serve as run_service
     from tfclip_cli.serve.service import ServeConfig
     from tfclip_cli.serve.uploads import UploadLimits
+    from tfclip_cli.watch.sources import read_sources
 
     config = ServeConfig(
         gallery=gallery, checkpoint=checkpoint, device=process_device(),
         limits=UploadLimits(max_bytes=int(max_upload_mb * 2**20), max_frames=max_frames),
         allow_dirs=tuple(allow_dirs or ()), store=store or gallery.with_name(gallery.name + ".clips"),
-        detector=detector,
+        detector=detector, watch=tuple(read_sources(watch_sources)) if watch_sources is not None else (),
     )
     display.stderr.print(f"loading {gallery}; the page will be at http://{host}:{port}/", highlight=False)
     run_service(config, host=host, port=port, token=token, allow_hosts=tuple(allow_hosts or ()))
