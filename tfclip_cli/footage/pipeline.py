@@ -180,11 +180,11 @@ class FootagePipeline:
 
     def finished(self, frame_index: int, *, max_frames: int) -> PipelineResult:
         """For live footage, called between frames: the tracklets done by ``frame_index``, whose crops then leave
-        memory. A track is done when it died (lost for longer than the tracker's lost buffer) more than the
-        relinking's ``max_gap`` frames before ``frame_index`` (a fragment that may continue it has started by
-        then), or when it holds ``max_frames`` frames (it is cut there and goes on as a new tracklet). They are
-        relinked among themselves and filtered as :meth:`close` does, and numbered after every tracklet returned
-        before; :meth:`close` then returns only the rest."""
+        memory. A track is done when it died (lost for longer than the tracker's lost buffer) and was last seen
+        more than the relinking's ``max_gap`` frames before ``frame_index`` (a fragment that may continue it has
+        started by then), or when it holds ``max_frames`` frames (it is cut there and goes on as a new
+        tracklet). They are relinked among themselves and filtered as :meth:`close` does, and numbered after
+        every tracklet returned before; :meth:`close` then returns only the rest."""
         released = self._tracker.release(dead_before=frame_index - self.options.relink.max_gap,
                                          max_frames=max_frames)
         result = self._result(released)

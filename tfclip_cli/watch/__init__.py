@@ -1,1 +1,1 @@
-"""Live ingest: sources (files, folders, streams, webcams) → the footage pipeline → gallery appends. No HTTP here."""
+"""Live ingest: sources (files, folders, streams, webcams) → the footage pipeline → gallery appends; no HTTP."""

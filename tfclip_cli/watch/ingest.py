@@ -307,12 +307,13 @@ class Ingest:
     def __init__(self, specs: Sequence[SourceSpec], gallery: Path, checkpoint: Path,
                  options: WatchOptions = WatchOptions()) -> None:
         check_options(options.pipeline)
+        if isinstance(options.detector, str):  # "auto" resolved once, for every source
+            options = dataclasses.replace(options, detector=resolve_detector(options.detector))
         self.specs, self.gallery, self.options = list(specs), Path(gallery).absolute(), options
         embedder, self._info = load_embedder(self.gallery, checkpoint, options.device)
         self._embed = _Embedding(embedder)
         self._known = (set(load_index(self.gallery).rows["tracklet_id"].astype(str)) if self.gallery.exists()
                        else set())
-        self._detector = resolve_detector(options.detector) if isinstance(options.detector, str) else options.detector
         self._seen = SeenFiles(options.state or self.gallery.with_name(self.gallery.name + ".watch.json"))
         self._done: queue.Queue = queue.Queue()
         self._lags = [deque(maxlen=LAG_WINDOW) for _ in self.specs]
@@ -349,8 +350,8 @@ class Ingest:
         options = self.options
         self._readers = start_readers(self.specs, options.reader, seen=self._seen)
         session = _session_stamp()
-        self._workers = [_Worker(n, reader, dataclasses.replace(options, detector=self._detector), self._embed, self._done,
-                                 session) for n, reader in enumerate(self._readers)]
+        self._workers = [_Worker(n, reader, options, self._embed, self._done, session)
+                         for n, reader in enumerate(self._readers)]
         for worker in self._workers:
             worker.start()
         if self._stopping.is_set():
