@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
@@ -177,3 +178,19 @@ def silent_host() -> Iterator[str]:
         yield f"http://127.0.0.1:{listener.getsockname()[1]}/camera"
     finally:
         listener.close()
+
+
+def lossless_ts(video: Path, out: Path) -> Path:
+    """``video``'s frames in an MPEG-TS container (what a camera streams over HTTP or UDP), H.264 lossless: each
+    frame decodes to the pixels of the original."""
+    with av.open(str(video)) as source, av.open(str(out), "w", format="mpegts") as target:
+        incoming = source.streams.video[0]
+        stream = target.add_stream("libx264", rate=incoming.average_rate, options={"qp": "0"})
+        stream.width, stream.height, stream.pix_fmt = incoming.width, incoming.height, "yuv420p"
+        for index, frame in enumerate(source.decode(incoming)):
+            frame.pts, frame.time_base = index, Fraction(1, int(incoming.average_rate))
+            for packet in stream.encode(frame):
+                target.mux(packet)
+        for packet in stream.encode():
+            target.mux(packet)
+    return out

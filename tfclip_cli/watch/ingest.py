@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tfclip_cli.errors import Terminated
+from tfclip_cli.errors import Terminated, UserError
 from tfclip_cli.footage.detect import build_detector, detector_for_video, resolve_detector
 from tfclip_cli.footage.detection import Detector
 from tfclip_cli.footage.pipeline import CutTracklet, FootagePipeline, PipelineOptions, check_options
@@ -403,10 +403,8 @@ class Ingest:
             frames = _write_key_frames(done.tracklet, folder / done.row.tracklet_id)
             rows.append(dataclasses.replace(done.row, num_frames=len(frames), frames=frames))
         embeddings = Embeddings(rows=tracklet_table(rows), vectors=vectors, info=self._info)
-        if self.gallery.exists():
+        if not self._create(embeddings):
             append_to_index(embeddings, self.gallery)
-        else:
-            build_index(embeddings, self.gallery)
         searchable = time.time()
         for done in batch:
             self._known.add(done.row.tracklet_id)
@@ -415,6 +413,19 @@ class Ingest:
         linked = link_new_rows(self.gallery, self.options.link)
         log.info("appended %d tracklet(s) to %s%s", len(batch), self.gallery,
                  f", {linked} linked to people" if linked else "")
+
+    def _create(self, embeddings: Embeddings) -> bool:
+        """Build the gallery from ``embeddings`` when it does not exist yet; False when it does (another writer may
+        have just created it)."""
+        if self.gallery.exists():
+            return False
+        try:
+            build_index(embeddings, self.gallery)
+        except UserError:
+            if not self.gallery.exists():
+                raise
+            return False
+        return True
 
     def _report(self, report: Callable[[IngestStatus], None] | None) -> None:
         status = self.status()

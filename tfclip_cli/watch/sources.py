@@ -275,6 +275,17 @@ def _av_open(spec: SourceSpec, location: str, options: ReaderOptions) -> av.cont
     return av.open(location, options=rtsp, timeout=(options.open_timeout_s, options.read_timeout_s))
 
 
+def _decoded(container: av.container.InputContainer, stream: av.VideoStream) -> Iterator[av.VideoFrame]:
+    """The frames of ``stream``; when the input breaks off (a stream ends in an I/O error), the frames the decoder
+    still holds come out before the error."""
+    try:
+        for packet in container.demux(stream):
+            yield from packet.decode()
+    except (av.error.FFmpegError, OSError):
+        yield from stream.codec_context.decode(None)
+        raise
+
+
 class Reader(threading.Thread):
     """Reads one source into :attr:`queue` until it ends (a file, a failed stream) or :meth:`stop`."""
 
@@ -380,7 +391,7 @@ class Reader(threading.Thread):
             self._lost_at = None
         step, due, anchor, index = 1.0 / self.options.fps, None, base, first_index - 1
         has_clock, started = container.format.name not in UNTIMED_FORMATS, time.time()
-        for index, decoded in enumerate(container.decode(stream), start=first_index):
+        for index, decoded in enumerate(_decoded(container, stream), start=first_index):
             arrival = time.time()
             self.status.frames_read += 1
             if self._stopping.is_set():
