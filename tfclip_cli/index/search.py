@@ -248,14 +248,18 @@ def read_source_key_frame(origin: FootageOrigin) -> np.ndarray:
 
 
 def _row_key_frames(gallery: Gallery, row: int) -> np.ndarray:
-    """A gallery row's key frames (for footage, its key frame in the source video), or ``NO_FRAMES`` (logged) when
-    its source is unknown or unreadable."""
+    """A gallery row's key frames (for footage, its key frame in the source video; for a live stream, which cannot
+    be read again, the crops kept by ``tfclip watch``), or ``NO_FRAMES`` (logged) when its source is unknown or
+    unreadable."""
     record = gallery.rows.iloc[row]
     tracklet = row_to_tracklet(record)
     if tracklet is None:
         return NO_FRAMES
+    origin = tracklet.origin
     try:
-        return read_source_key_frame(tracklet.origin) if tracklet.origin is not None else read_key_frames(tracklet)
+        if origin is not None and Path(origin.source_video).is_file():
+            return read_source_key_frame(origin)
+        return read_key_frames(tracklet)
     except DataError as exc:
         log.warning("no key frames for gallery tracklet %s: %s", record["tracklet_id"], exc.message)
         return NO_FRAMES

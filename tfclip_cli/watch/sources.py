@@ -389,11 +389,12 @@ class Reader(threading.Thread):
         if self._lost_at is not None:  # the frames the stream was away for keep their place in the numbering
             first_index += round((time.time() - self._lost_at) * rate)
             self._lost_at = None
-        step, due, anchor, index = 1.0 / self.options.fps, None, base, first_index - 1
+        step, due, anchor = 1.0 / self.options.fps, None, base
         has_clock, started = container.format.name not in UNTIMED_FORMATS, time.time()
         for index, decoded in enumerate(_decoded(container, stream), start=first_index):
             arrival = time.time()
             self.status.frames_read += 1
+            self._next_index = index + 1  # kept per frame: a stream that breaks off ends this loop in an error
             if self._stopping.is_set():
                 break
             offset = (decoded.time if has_clock and decoded.time is not None
@@ -406,7 +407,6 @@ class Reader(threading.Thread):
             when = arrival if self.spec.is_live and anchor is None else (
                 None if anchor is None else anchor + offset)
             yield Frame(video, index, decoded.to_ndarray(format="rgb24"), when, arrival, rate)
-        self._next_index = index + 1
 
 
 def start_readers(specs: Sequence[SourceSpec], options: ReaderOptions, *, seen: SeenFiles | None) -> list[Reader]:
