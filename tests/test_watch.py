@@ -273,3 +273,38 @@ def test_tracklets_join_the_people_of_a_linked_gallery(videos, checkpoint, tmp_p
     later = rows[rows["camid"] == 1].sort_values("first_frame")
     # camera 1 films the same three walkers (drawn alike): each joins the person of its twin in camera 0
     assert list(later["person_id"]) == [10, 11, 12]
+
+
+def _watch_process(folder: Path, gallery: Path, checkpoint: Path, gt: Path, status: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tfclip_cli", "watch", str(folder), "-g", str(gallery), "-c", str(checkpoint),
+         "--detector", f"gt:{gt}", "--fps", "10", "--json-status", str(status)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+
+
+def test_kill_9_leaves_a_valid_gallery_and_a_restart_goes_on_without_repeating(videos, checkpoint, tmp_path) -> None:
+    gt, status, gallery, folder = tmp_path / "gt.txt", tmp_path / "status.json", tmp_path / "g.faiss", tmp_path / "in"
+    _write_gt(gt)
+    folder.mkdir()
+    for minute in range(3):
+        shutil.copy(videos[0], folder / f"cam0_2026120312{minute:02d}00.mp4")
+    process = _watch_process(folder, gallery, checkpoint, gt, status)
+    try:
+        _wait(lambda: status.exists() and json.loads(status.read_text())["sources"][0]["tracklets_appended"] >= 2,
+              timeout=120)
+        process.kill()  # SIGKILL: no chance to close anything
+        process.wait()
+        killed_at = load_index(gallery).info.count  # the gallery opens, whatever the moment
+        assert killed_at >= 2
+        status.unlink()
+        process = _watch_process(folder, gallery, checkpoint, gt, status)
+        _wait(lambda: status.exists() and load_index(gallery).info.count >= 9, timeout=120)
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143
+    rows = load_index(gallery).rows
+    assert len(rows) == 9 and rows["tracklet_id"].is_unique  # three files, three walkers each, none twice
+    assert json.loads((tmp_path / "g.faiss.watch.json").read_text())["files"].keys() == {
+        str((folder / f"cam0_2026120312{minute:02d}00.mp4").resolve()) for minute in range(3)}
