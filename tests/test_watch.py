@@ -37,7 +37,7 @@ from tfclip_cli.watch.sources import ReaderOptions, make_source, read_sources
 START = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc).timestamp()
 PEOPLE = walkers(3)  # in view at frames 0-23, 30-53, 60-83
 FRAMES = 90
-FAST = ReaderOptions(fps=100.0, retries=0, open_timeout_s=5.0, read_timeout_s=5.0)
+FAST = ReaderOptions(fps=1e6, retries=0, open_timeout_s=5.0, read_timeout_s=5.0)  # every frame due
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_a_folder_takes_files_once_written_oldest_first_and_once_across_restarts
     folder, gallery = tmp_path / "nvr", tmp_path / "g.faiss"
     folder.mkdir()
     shutil.copy(videos[0], folder / videos[0].name)
-    options = _options(reader=ReaderOptions(fps=100.0, settle_s=0.5))
+    options = _options(reader=ReaderOptions(fps=1e6, settle_s=0.5))
     spec = make_source(str(folder), camera=0)
     ingest = Ingest([spec], gallery, checkpoint, options)
     thread = _in_thread(ingest)
@@ -158,7 +158,7 @@ def test_a_folder_takes_files_once_written_oldest_first_and_once_across_restarts
 def test_an_mjpeg_stream_that_stops_and_comes_back_loses_no_tracklet(checkpoint, tmp_path) -> None:
     handler = mjpeg_handler([range(0, 40), range(40, FRAMES)], PEOPLE, fps=50)
     with serving(handler) as url:
-        options = _options(reader=ReaderOptions(fps=100.0, retries=1, open_timeout_s=5, read_timeout_s=5))
+        options = _options(reader=ReaderOptions(fps=1e6, retries=1, open_timeout_s=5, read_timeout_s=5))
         status = watch([make_source(url + "/video", camera=3, name="door")], tmp_path / "g.faiss", checkpoint,
                        options)
     source = status.sources[0]
@@ -216,7 +216,7 @@ def test_mpeg_ts_over_http_keeps_the_stream_clock(checkpoint, tmp_path) -> None:
 
 def test_a_source_that_never_answers_is_named_and_the_others_go_on(videos, checkpoint, tmp_path, caplog) -> None:
     with silent_host() as url, caplog.at_level(logging.WARNING):
-        options = _options(reader=ReaderOptions(fps=100.0, retries=1, open_timeout_s=1, read_timeout_s=1))
+        options = _options(reader=ReaderOptions(fps=1e6, retries=1, open_timeout_s=1, read_timeout_s=1))
         status = watch([make_source(url, camera=0), make_source(str(videos[1]), camera=1)], tmp_path / "g.faiss",
                        checkpoint, options)
     silent, file = status.sources
@@ -308,3 +308,24 @@ def test_kill_9_leaves_a_valid_gallery_and_a_restart_goes_on_without_repeating(v
     assert len(rows) == 9 and rows["tracklet_id"].is_unique  # three files, three walkers each, none twice
     assert json.loads((tmp_path / "g.faiss.watch.json").read_text())["files"].keys() == {
         str((folder / f"cam0_2026120312{minute:02d}00.mp4").resolve()) for minute in range(3)}
+
+
+def test_a_missing_source_is_one_error_line_before_any_work(checkpoint, tmp_path) -> None:
+    result = CliRunner().invoke(app, ["watch", str(tmp_path / "nowhere.mp4"), "-g", str(tmp_path / "g.faiss"), "-c",
+                                      str(checkpoint)])
+    assert result.exit_code == 2 and "nowhere.mp4 not found" in result.output
+    result = CliRunner().invoke(app, ["watch", "ftp://10.0.0.5/x", "-g", str(tmp_path / "g.faiss"), "-c",
+                                      str(checkpoint)])
+    assert result.exit_code == 2 and "unknown scheme ftp://" in result.output
+    assert not (tmp_path / "g.faiss").exists()
+
+
+def test_a_file_that_does_not_decode_fails_alone(videos, checkpoint, tmp_path, caplog) -> None:
+    broken = tmp_path / "cam5_broken.mp4"
+    broken.write_bytes(b"not a video" * 100)
+    with caplog.at_level(logging.ERROR):
+        status = watch([make_source(str(broken), camera=5), make_source(str(videos[0]), camera=0)],
+                       tmp_path / "g.faiss", checkpoint, _options())
+    assert [s.state for s in status.sources] == ["failed", "ended"]
+    assert status.sources[1].tracklets_appended == 3
+    assert any("cam5_broken.mp4" in record.getMessage() for record in caplog.records)

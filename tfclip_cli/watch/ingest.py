@@ -167,6 +167,13 @@ class _Worker(threading.Thread):
         return 0 if pipeline is None else pipeline.open_tracks
 
     def run(self) -> None:
+        try:
+            self._follow()
+        except Exception:  # a worker thread must say why it stopped; its source stops with it
+            log.exception("%s: tracking stopped", self.reader.spec.name)
+            self.reader.stop()
+
+    def _follow(self) -> None:
         while True:
             item = self.reader.queue.get(timeout=0.2)
             if item is None:

@@ -312,7 +312,8 @@ class Reader(threading.Thread):
             if self.spec.kind == "folder":
                 self._watch_folder(Path(self.spec.location))
             elif self.spec.kind == "file":
-                self._read_file(Path(self.spec.location))
+                if not self._read_file(Path(self.spec.location)):
+                    self.status.state = "failed"
             else:
                 self._read_live()
         except Exception as exc:  # a reader thread must say why it stopped, not die silently
@@ -325,20 +326,24 @@ class Reader(threading.Thread):
     def _put(self, item: Frame | VideoEnd) -> None:
         self.queue.put(item, is_lossy=self.spec.is_live, stop=self._stopping)
 
-    def _read_file(self, video: Path) -> None:
+    def _read_file(self, video: Path) -> bool:
+        """Hand over the frames of ``video`` and its end; False when it cannot be decoded (it is skipped)."""
         if self.seen is not None and self.seen.is_done(video):
             log.info("%s: %s was processed before; skipped", self.spec.name, video)
-            return
+            return True
         start = video_start_time(video) if self.spec.clock == "name" else None
         base = time.time() if self.spec.clock == "arrival" else (None if start is None else start.time)
         try:
             with _av_open(self.spec, str(video), self.options) as container:
                 for frame in self._decode(container, str(video), base=base, first_index=0):
                     self._put(frame)
-        except av.error.FFmpegError as exc:
+        except (av.error.FFmpegError, OSError) as exc:
             log.error("%s: cannot decode %s (%s); skipped", self.spec.name, video, exc)
             self.status.error = f"{video}: {exc}"
+            self._put(VideoEnd(str(video)))
+            return False
         self._put(VideoEnd(str(video)))
+        return True
 
     def _watch_folder(self, folder: Path) -> None:
         sizes: dict[str, tuple[int, float]] = {}
