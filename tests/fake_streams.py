@@ -83,9 +83,11 @@ def jpeg(frame: np.ndarray) -> bytes:
 
 
 def write_video(path: Path, frames: int, people: list[Walker], *, fps: int = 10) -> Path:
-    """An H.264 .mp4 (or MPEG-TS .ts) of the scene, written with PyAV."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264" if path.suffix == ".mp4" else "mpeg2video", rate=fps)
+    """An H.264 .mp4 (or MPEG-2 in MPEG-TS .ts, or an HLS .m3u8 playlist of 2 s H.264 segments) of the scene,
+    written with PyAV."""
+    hls = {"hls_time": "2", "hls_playlist_type": "vod"} if path.suffix == ".m3u8" else {}
+    with av.open(str(path), "w", options=hls) as container:
+        stream = container.add_stream("mpeg2video" if path.suffix == ".ts" else "libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = SIZE[1], SIZE[0], "yuv420p"
         for index in range(frames):
             for packet in stream.encode(av.VideoFrame.from_ndarray(draw(index, people), format="rgb24")):
@@ -137,6 +139,19 @@ def mjpeg_handler(pieces: list[range], people: list[Walker], *, fps: float | Non
                         time.sleep(1.0 / fps)
             except (BrokenPipeError, ConnectionResetError):
                 return
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    return Handler
+
+
+def folder_handler(folder: Path) -> type[http.server.BaseHTTPRequestHandler]:
+    """Serves the files of ``folder`` (an HLS playlist and its segments)."""
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, directory=str(folder), **kwargs)
 
         def log_message(self, *args: object) -> None:
             return

@@ -23,6 +23,7 @@ from fake_footage import tiny_checkpoint
 from fake_streams import (
     ColourDetector,
     file_handler,
+    folder_handler,
     mjpeg_handler,
     serving,
     silent_host,
@@ -212,6 +213,16 @@ def test_mpeg_ts_over_http_keeps_the_stream_clock(checkpoint, tmp_path) -> None:
     # the stream's timestamps, anchored at the first frame's arrival: walkers 3 s apart stay 3 s apart
     assert np.allclose(np.diff(rows["start_time"]), [3.0, 3.0], atol=0.15)
     assert before - 1 < rows["start_time"].iloc[0] < time.time()
+
+
+def test_hls_over_http_is_read_segment_after_segment(checkpoint, tmp_path) -> None:
+    (tmp_path / "hls").mkdir()
+    write_video(tmp_path / "hls" / "camera.m3u8", FRAMES, PEOPLE, fps=10)
+    with serving(folder_handler(tmp_path / "hls")) as url:
+        status = watch([make_source(url + "/camera.m3u8", camera=2)], tmp_path / "g.faiss", checkpoint, _options())
+    rows = load_index(tmp_path / "g.faiss").rows.sort_values("first_frame")
+    assert status.sources[0].frames_read == FRAMES and len(rows) == 3
+    assert np.allclose(np.diff(rows["start_time"]), [3.0, 3.0], atol=0.15)
 
 
 def test_a_source_that_never_answers_is_named_and_the_others_go_on(videos, checkpoint, tmp_path, caplog) -> None:
