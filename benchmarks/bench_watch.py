@@ -156,18 +156,28 @@ def is_kept_up(figures: dict) -> bool:
     return figures["drops"] < MAX_DROPS and figures["lag_p95"] < MAX_LAG_P95_S
 
 
+def _try(name: str, count: int, url: str, model: Path, detector: LoopedReplay, folder: Path, args) -> bool:
+    figures = run_load(count, url, model, detector, folder, args.seconds)
+    print(f"{name:9s} {count:3d} streams: processed {figures['processed_fps']:6.1f} frames/s "
+          f"(due {count * PROCESSED_FPS:.0f}), dropped {100 * figures['drops']:5.1f}%, lag p50 "
+          f"{figures['lag_p50']:5.1f} s p95 {figures['lag_p95']:5.1f} s, {figures['tracklets']} tracklets",
+          flush=True)
+    return is_kept_up(figures)
+
+
 def streams_per_core(name: str, url: str, model: Path, detector: LoopedReplay, folder: Path, args) -> None:
     kept, count, failed = 0, 1, None
     while count <= args.max_streams and failed is None:
-        figures = run_load(count, url, model, detector, folder, args.seconds)
-        print(f"{name:9s} {count:3d} streams: processed {figures['processed_fps']:6.1f} frames/s "
-              f"(due {count * PROCESSED_FPS:.0f}), dropped {100 * figures['drops']:5.1f}%, lag p50 "
-              f"{figures['lag_p50']:5.1f} s p95 {figures['lag_p95']:5.1f} s, {figures['tracklets']} tracklets",
-              flush=True)
-        if is_kept_up(figures):
+        if _try(name, count, url, model, detector, folder, args):
             kept, count = count, count * 2
         else:
             failed = count
+    while failed is not None and failed - kept > 1:  # bisect between the last load kept up with and the first not
+        middle = (kept + failed) // 2
+        if _try(name, middle, url, model, detector, folder, args):
+            kept = middle
+        else:
+            failed = middle
     print(f"{name}: {kept} stream(s) per core kept up with at {PROCESSED_FPS:.0f} processed frames/s each"
           + (f" ({failed} were not)" if failed else ""), flush=True)
 

@@ -316,6 +316,10 @@ class Ingest:
         check_options(options.pipeline)
         if isinstance(options.detector, str):  # "auto" resolved once, for every source
             options = dataclasses.replace(options, detector=resolve_detector(options.detector))
+        live = [spec.name for spec in specs if spec.is_live]
+        if options.detector == "gt" and live:
+            raise UserError(f"detector gt replays the gt.txt beside each file; {live[0]} is a stream",
+                            hint="name the ground truth: --detector gt:PATH/gt.txt")
         self.specs, self.gallery, self.options = list(specs), Path(gallery).absolute(), options
         embedder, self._info = load_embedder(self.gallery, checkpoint, options.device)
         self._embed = _Embedding(embedder)

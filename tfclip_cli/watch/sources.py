@@ -363,7 +363,8 @@ class Reader(threading.Thread):
                 with _av_open(self.spec, self.spec.location, self.options) as container:
                     self.status.state, self.status.error = "running", None
                     base = None if self.spec.clock == "arrival" else "first"
-                    for frame in self._decode(container, self.spec.location, base=base, first_index=self._next_index):
+                    frames = self._decode(container, self.spec.location, base=base, first_index=self._next_index)
+                    for frame in frames:
                         failures, delay = 0, RETRY_FIRST_S
                         self._put(frame)
                 reason = "the stream ended"
@@ -379,7 +380,11 @@ class Reader(threading.Thread):
                 self.status.state = "failed"
                 return
             self.status.state = "reconnecting"
-            log.warning("%s (%s): %s; reconnecting in %.1f s", self.spec.name, self.spec.location, reason, delay)
+            if self.status.frames_read == 0:  # never opened: most likely a bad URL or an unreachable host
+                log.error("%s: cannot read %s (%s); trying again in %.1f s", self.spec.name, self.spec.location,
+                          reason, delay)
+            else:
+                log.warning("%s (%s): %s; reconnecting in %.1f s", self.spec.name, self.spec.location, reason, delay)
             self._stopping.wait(delay)
             self.status.reconnects += 1
             delay = min(2 * delay, self.options.retry_max_s)
