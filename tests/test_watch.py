@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from fake_footage import tiny_checkpoint
 from fake_streams import (
     ColourDetector,
+    Walker,
     file_handler,
     folder_handler,
     mjpeg_handler,
@@ -340,3 +341,15 @@ def test_a_file_that_does_not_decode_fails_alone(videos, checkpoint, tmp_path, c
     assert [s.state for s in status.sources] == ["failed", "ended"]
     assert status.sources[1].tracklets_appended == 3
     assert any("cam5_broken.mp4" in record.getMessage() for record in caplog.records)
+
+
+def test_two_people_entering_at_one_frame_and_leaving_apart_are_two_rows(checkpoint, tmp_path) -> None:
+    people = [Walker((220, 40, 40), 0, 20, 10), Walker((40, 60, 220), 0, 120, 70)]  # both in view from frame 0
+    video = write_video(tmp_path / "cam0_20261203T120000.mp4", 150, people)
+    status = watch([make_source(str(video), camera=0)], tmp_path / "g.faiss", checkpoint, _options())
+    rows = load_index(tmp_path / "g.faiss").rows.sort_values("last_frame")
+    # handed over far apart (the first once gone for the relinking window, the second at the end of the file),
+    # both start at frame 0: each keeps its own id
+    assert status.sources[0].tracklets_appended == 2
+    assert list(rows["first_frame"]) == [0, 0] and list(rows["last_frame"]) == [19, 119]
+    assert rows["tracklet_id"].is_unique

@@ -158,6 +158,7 @@ class _Worker(threading.Thread):
         self.pipeline: FootagePipeline | None = None
         self._video: str | None = None
         self._times: dict[int, tuple[float | None, float]] = {}
+        self._starts: dict[int, int] = {}  # first frame -> tracklets of this video starting there so far
         self._detector: Detector | None = None
         self._max_frames = max(1, round(options.max_seconds * options.reader.fps))
 
@@ -193,8 +194,9 @@ class _Worker(threading.Thread):
             self._open(frame)
         assert self.pipeline is not None
         self._times[frame.index] = (frame.time, frame.arrival)
-        if len(self._times) > TIMES_KEPT:
-            del self._times[next(iter(self._times))]
+        for kept in (self._times, self._starts):
+            if len(kept) > TIMES_KEPT:
+                del kept[next(iter(kept))]
         self.pipeline.feed(frame.index, frame.image)
         self.frames_processed += 1
         self._hand_over(self.pipeline.finished(frame.index, max_frames=self._max_frames).tracklets)
@@ -209,7 +211,7 @@ class _Worker(threading.Thread):
                               else build_detector(chosen))
         self.pipeline = FootagePipeline(self._detector, camid=spec.camera, fps=frame.fps, source=frame.video,
                                         options=self.options.pipeline, embed=self.embed)
-        self._video = frame.video
+        self._video, self._starts = frame.video, {}
 
     def _close(self) -> None:
         if self.pipeline is not None:
@@ -221,9 +223,8 @@ class _Worker(threading.Thread):
         video = str(self._video)
         within = {"file": None, "folder": _safe(Path(video).stem)}.get(spec.kind, self.session)
         folder = "/".join(part for part in (f"c{spec.camera}", _safe(spec.name), within) if part)
-        starts: dict[int, int] = {}
-        for tracklet in tracklets:
-            number = starts[tracklet.first_frame] = starts.get(tracklet.first_frame, -1) + 1
+        for tracklet in tracklets:  # two tracklets may start at one frame (two people, or a cut and its sequel)
+            number = self._starts[tracklet.first_frame] = self._starts.get(tracklet.first_frame, -1) + 1
             first, last = self._times.get(tracklet.first_frame), self._times.get(tracklet.last_frame)
             start_time = None if first is None else first[0]
             end_time = None if last is None or last[0] is None else last[0] + 1.0 / tracklet.fps
