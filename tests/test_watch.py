@@ -39,7 +39,8 @@ from tfclip_cli.watch.sources import ReaderOptions, make_source, read_sources
 START = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc).timestamp()
 PEOPLE = walkers(3)  # in view at frames 0-23, 30-53, 60-83
 FRAMES = 90
-FAST = ReaderOptions(fps=1e6, retries=0, open_timeout_s=5.0, read_timeout_s=5.0)  # every frame due
+# every frame due, and a queue long enough that a stream sent faster than real time loses none on a busy machine
+FAST = ReaderOptions(fps=1e6, retries=0, open_timeout_s=5.0, read_timeout_s=5.0, queue_frames=1000)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +161,8 @@ def test_a_folder_takes_files_once_written_oldest_first_and_once_across_restarts
 def test_an_mjpeg_stream_that_stops_and_comes_back_loses_no_tracklet(checkpoint, tmp_path) -> None:
     handler = mjpeg_handler([range(0, 40), range(40, FRAMES)], PEOPLE, fps=50)
     with serving(handler) as url:
-        options = _options(reader=ReaderOptions(fps=1e6, retries=1, open_timeout_s=5, read_timeout_s=5))
+        options = _options(reader=ReaderOptions(fps=1e6, retries=1, open_timeout_s=5, read_timeout_s=5,
+                                                queue_frames=1000))
         status = watch([make_source(url + "/video", camera=3, name="door")], tmp_path / "g.faiss", checkpoint,
                        options)
     source = status.sources[0]

@@ -35,7 +35,7 @@ def test_a_camera_network_streamed_live_gives_the_tracklets_of_offline_track(tmp
             serving(file_handler(lossless_ts(videos[1], tmp_path / "c1.ts"))) as second:
         for camera, url in enumerate((first, second)):  # one watch per camera (each replays its own gt.txt)
             options = WatchOptions(detector=detector_for_video("gt", videos[camera]),
-                                   reader=ReaderOptions(fps=10.0, retries=0))
+                                   reader=ReaderOptions(fps=10.0, retries=0, queue_frames=1000))
             ingests.append(Ingest([make_source(f"{url}/live.ts", camera=camera)], gallery, checkpoint, options))
         threads = [threading.Thread(target=ingest.run) for ingest in ingests]
         for thread in threads:

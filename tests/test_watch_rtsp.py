@@ -39,7 +39,8 @@ def test_an_rtsp_camera_becomes_gallery_rows_on_the_stream_clock(tmp_path) -> No
         url = server.stdout.readline().strip()
         assert url.startswith("rtsp://127.0.0.1:")
         options = WatchOptions(detector=ColourDetector(), status_every_s=0.2,
-                               reader=ReaderOptions(fps=1e6, retries=0, open_timeout_s=10, read_timeout_s=10))
+                               reader=ReaderOptions(fps=1e6, retries=0, open_timeout_s=10, read_timeout_s=10,
+                                                   queue_frames=1000))
         status = watch([make_source(url, camera=5, name="gate")], tmp_path / "g.faiss",
                        tiny_checkpoint(tmp_path / "tiny.ckpt"), options)
     finally:
