@@ -33,6 +33,7 @@ RANK = {
     "quantize": 9,
     "footage": 9.5,
     "people": 9.7,
+    "watch": 9.8,
     "demo": 10,
     "serve": 10,
     "cli": 11,

@@ -9,7 +9,7 @@ from fake_footage import write_video
 
 from tfclip_cli.footage.detection import Detection
 from tfclip_cli.footage.pipeline import FootagePipeline, PipelineOptions, is_static, run_video
-from tfclip_cli.footage.relink import window_bounds
+from tfclip_cli.footage.relink import RelinkConfig, window_bounds
 from tfclip_cli.footage.track import Track, TrackerConfig
 
 WIDTH, HEIGHT = 200, 120
@@ -159,3 +159,49 @@ def test_run_video_reads_a_file_through_the_same_pipeline(tmp_path: Path):
     assert detector.calls == list(range(12)) and result.frames == 12
     (tracklet,) = result.tracklets
     assert tracklet.track.source == str(video) and tracklet.fps == 10.0 and len(tracklet.crops) == 12
+
+
+def _two_walkers(frames: int = 60, red_until: int = 20) -> list[dict[str, tuple]]:
+    """Red walks right until ``red_until`` and leaves; blue walks right the whole time on another row."""
+    return [{**({"red": (10.0 + 3 * f, 10.0, 30.0 + 3 * f, 60.0)} if f < red_until else {}),
+             "blue": (10.0 + 2 * f, 60.0, 30.0 + 2 * f, 115.0)} for f in range(frames)]
+
+
+def _live(scene, options: PipelineOptions, *, max_frames: int):
+    """The scene fed as a live stream: :meth:`finished` after every frame, then :meth:`close`; both results."""
+    detector = ScriptedDetector({f: list(people.values()) for f, people in enumerate(scene)})
+    pipeline = FootagePipeline(detector, camid=1, fps=10.0, source="live", options=options)
+    handed = []
+    for frame_index, people in enumerate(scene):
+        pipeline.feed(frame_index, draw(people))
+        handed.append((frame_index, pipeline.finished(frame_index, max_frames=max_frames).tracklets))
+    return handed, pipeline.close().tracklets
+
+
+LIVE = PipelineOptions(tracker=TrackerConfig(lost_buffer=3), relink=RelinkConfig(max_gap=5))
+
+
+def test_finished_hands_over_a_person_once_lost_and_close_returns_the_others_numbered_after():
+    scene = _two_walkers()
+    handed, rest = _live(scene, LIVE, max_frames=1000)
+    early = [(frame, t) for frame, tracklets in handed for t in tracklets]
+    assert len(early) == 1
+    frame, red = early[0]
+    # red, last seen at frame 19, dies once lost for more than the lost buffer (1 frame at 10 fps, so at frame 21)
+    # and is handed over once last seen more than max_gap (5) frames ago: nothing can still continue it
+    assert red.track.frame_indices == tuple(range(20)) and frame == 19 + 5 + 1
+    assert red.track.track_id == 1 and _colour_of(red.crops) == {"red"}
+    (blue,) = rest
+    assert blue.track.track_id == 2 and blue.track.frame_indices == tuple(range(60))
+    offline, _ = _feed(scene, lambda f: {"red", "blue"}, LIVE)  # a file: the same tracklets, all at close()
+    assert [t.track.frame_indices for t in offline.tracklets] == [red.track.frame_indices, blue.track.frame_indices]
+
+
+def test_finished_cuts_a_long_track_at_max_frames_and_loses_no_frame():
+    scene = _two_walkers(frames=50, red_until=0)
+    handed, rest = _live(scene, LIVE, max_frames=20)
+    pieces = [t for _, tracklets in handed for t in tracklets] + list(rest)
+    assert [t.track.frame_indices for t in pieces] == [tuple(range(0, 20)), tuple(range(20, 40)),
+                                                       tuple(range(40, 50))]
+    assert [t.track.track_id for t in pieces] == [1, 2, 3]
+    assert all(len(t.crops) == t.track.num_frames for t in pieces)

@@ -22,9 +22,10 @@ from tfclip_cli import inference
 from tfclip_cli.checkpoint import file_sha256
 from tfclip_cli.cli import app
 from tfclip_cli.clips import ClipTransform, read_frames
-from tfclip_cli.frames import sample_dense, sample_rrs_test, tracklet_from_path
+from tfclip_cli.frames import FrameTransform, sample_dense, sample_rrs_test, tracklet_from_path
 from tfclip_cli.errors import DataError
 from tfclip_cli.model import build_model
+from tfclip_cli.runtime import embed_crop_tracklets
 from tfclip_cli.tables import (
     ManifestInfo,
     manifest_from_tracklets,
@@ -247,7 +248,9 @@ def test_crops_in_memory_embed_as_the_same_frames_read_from_files(model, tmp_pat
             Image.fromarray(crop).save(folder / f"{index:06d}.png")
         files.append(tracklet_from_path(folder))
     cpu = torch.device("cpu")
-    in_memory = inference.embed_crops(model, tracklets, sampling=sampling, transform=TRANSFORM, device=cpu)
+    test = FrameTransform(TRANSFORM.image_size, normalization=TRANSFORM.normalization)
+    in_memory = embed_crop_tracklets(inference.batch_embedder(model, cpu), tracklets, sampling=sampling,
+                                     seq_len=CONFIG.seq_len, transform=test, dim=model.embedding_dim)
     from_files = inference.embed_tracklets(model, files, sampling=sampling, transform=TRANSFORM, device=cpu)
     np.testing.assert_allclose(in_memory, from_files, rtol=1e-4, atol=1e-5)
 

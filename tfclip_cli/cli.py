@@ -795,6 +795,11 @@ def serve(
         typer.Option("--allow-host", help="Another host name requests may use, e.g. a reverse proxy's (repeatable); "
                      "--host (and for loopback, localhost) is always one.", show_default=False),
     ] = None,
+    watch_sources: Annotated[
+        Optional[Path],
+        typer.Option("--watch", help="A streams.yaml: ingest its cameras into the gallery while serving (as tfclip "
+                     "watch); /stats then shows the ingest figures.", exists=True, dir_okay=False),
+    ] = None,
 ) -> None:
     """Serve a gallery over HTTP: a search API (person crops and footage), live additions and removals, and a web
     page at /.
@@ -804,12 +809,13 @@ def serve(
     from tfclip_cli.serve.app import serve as run_service
     from tfclip_cli.serve.service import ServeConfig
     from tfclip_cli.serve.uploads import UploadLimits
+    from tfclip_cli.watch.sources import read_sources
 
     config = ServeConfig(
         gallery=gallery, checkpoint=checkpoint, device=None,
         limits=UploadLimits(max_bytes=int(max_upload_mb * 2**20), max_frames=max_frames),
         allow_dirs=tuple(allow_dirs or ()), store=store or gallery.with_name(gallery.name + ".clips"),
-        detector=detector,
+        detector=detector, watch=tuple(read_sources(watch_sources)) if watch_sources is not None else (),
     )
     display.stderr.print(f"loading {gallery}; the page will be at http://{host}:{port}/", highlight=False)
     run_service(config, host=host, port=port, token=token, allow_hosts=tuple(allow_hosts or ()))
@@ -890,6 +896,95 @@ def _add_int8_rows(table: "Table", result: "Int8Export") -> None:
                       f"{check.num_gallery} gallery): mAP fp32 {100 * check.fp32.mAP:.2f}% / int8 "
                       f"{100 * check.int8.mAP:.2f}%, rank-1 fp32 {100 * check.fp32.rank1:.2f}% / int8 "
                       f"{100 * check.int8.rank1:.2f}%")
+
+
+def _status_line(figures) -> str:
+    lag = ("-" if figures.lag_p50_s is None
+           else f"{figures.lag_p50_s:.1f}/{figures.lag_p95_s:.1f}s")
+    return (f"{figures.name} (camera {figures.camera}) {figures.state}: read {figures.frames_read}, processed "
+            f"{figures.frames_processed}, dropped {figures.frames_dropped}, reconnects {figures.reconnects}, open "
+            f"tracks {figures.open_tracks}, appended {figures.tracklets_appended}, lag p50/p95 {lag}")
+
+
+@command("watch")
+def watch(
+    sources: Annotated[
+        Optional[list[str]],
+        typer.Argument(help="Video files, folders (new files are picked up), stream URLs (rtsp://, http(s)://, "
+                       "udp://) or webcam indices.", show_default=False),
+    ] = None,
+    gallery: Annotated[
+        Path, typer.Option("--gallery", "-g", help="The gallery to append to; created when missing.", dir_okay=False)
+    ] = ...,
+    checkpoint: Annotated[
+        Path, typer.Option("--checkpoint", "-c", help="A tfclip checkpoint (.ckpt) or an exported .onnx model; the "
+                           "gallery's own when it exists.", exists=True, dir_okay=False)
+    ] = ...,
+    sources_file: Annotated[
+        Optional[Path],
+        typer.Option("--sources", help="A streams.yaml naming the cameras (id, name, url, clock).", exists=True,
+                     dir_okay=False),
+    ] = None,
+    fps: Annotated[float, typer.Option("--fps", min=0.1, help="Frames per second processed per source.")] = 5.0,
+    detector: Annotated[
+        str, typer.Option("--detector", help="As tfclip track: auto, ssdlite, hog, a YOLO .onnx file, or gt:PATH.")
+    ] = "auto",
+    min_frames: Annotated[
+        int, typer.Option("--min-frames", min=1, help="Append only tracklets of at least this many frames.")
+    ] = 8,
+    max_seconds: Annotated[
+        float, typer.Option("--max-seconds", min=1.0, help="A tracklet this long is cut and goes on as a new one.")
+    ] = 60.0,
+    retries: Annotated[
+        Optional[int], typer.Option("--retries", min=0, help="Give a stream up after this many failed reconnections "
+                                    "in a row; default: keep trying.")
+    ] = None,
+    state: Annotated[
+        Optional[Path], typer.Option("--state", dir_okay=False, help="The file recording the folders' files done; "
+                                     "default: GALLERY.watch.json.")
+    ] = None,
+    json_status: Annotated[
+        Optional[Path], typer.Option("--json-status", dir_okay=False,
+                                     help="Write the status figures to this JSON file every few seconds.")
+    ] = None,
+) -> None:
+    """Watch cameras (files, folders, streams, webcams) and append each person's tracklet to the gallery within
+    seconds of them leaving the view, until the sources end, Ctrl-C or SIGTERM.
+
+    Example: tfclip watch rtsp://10.0.0.5/stream1 /srv/nvr/door/ --gallery live.faiss -c runs/mars/best.ckpt
+    """
+    import dataclasses
+
+    from tfclip_cli.footage.pipeline import PipelineOptions
+    from tfclip_cli.footage.tracklets import camid_from_name
+    from tfclip_cli.watch.ingest import WatchOptions, watch as run_watch
+    from tfclip_cli.watch.sources import ReaderOptions, make_source, read_sources
+
+    specs = read_sources(sources_file) if sources_file is not None else []
+    taken = {spec.camera for spec in specs}
+    for location in sources or []:
+        camera = camid_from_name(Path(location)) if "://" not in location else None
+        if camera is None or camera in taken:
+            camera = next(number for number in range(len(taken) + 1) if number not in taken)
+        taken.add(camera)
+        specs.append(make_source(location, camera=camera))
+    if not specs:
+        raise UserError("nothing to watch: name sources (files, folders, stream URLs, webcams) or --sources FILE")
+    options = WatchOptions(
+        detector=detector, pipeline=dataclasses.replace(PipelineOptions(), min_frames=min_frames),
+        reader=ReaderOptions(fps=fps, retries=retries), max_seconds=max_seconds,
+        state=state, json_status=json_status)
+    for spec in specs:
+        display.stderr.print(f"watching {spec.name} (camera {spec.camera}, {spec.kind}, clock {spec.clock})",
+                             highlight=False)
+
+    def report(status) -> None:
+        for figures in status.sources:
+            display.stderr.print(_status_line(figures), highlight=False, soft_wrap=True)
+
+    final = run_watch(specs, gallery, checkpoint, options, report=report)
+    appended = sum(figures.tracklets_appended for figures in final.sources)
+    display.stderr.print(f"done: {appended} tracklet(s) appended to {gallery}", highlight=False)
 
 
 @command("track")

@@ -35,7 +35,6 @@ from tfclip_cli.runtime import (
     ClipBatchEmbedder,
     OnnxEmbedder,
     backend_for,
-    embed_crop_tracklets,
     embed_tracklet_files,
 )
 from tfclip_cli.model import TFCLIP, ClipMemory, shares_cameras
@@ -253,25 +252,6 @@ def batch_embedder(model: Embedder, device: torch.device) -> ClipBatchEmbedder:
         return model.embed(torch.from_numpy(clips).to(device)).float().cpu().numpy()
 
     return embed
-
-
-def embed_crops(
-    model: Embedder,
-    tracklets: Sequence[Sequence[np.ndarray]],
-    *,
-    sampling: Sampling,
-    transform: ClipTransform | FrameTransform,
-    device: torch.device,
-    batch_size: int = 32,
-) -> np.ndarray:
-    """Embeddings ``[N, D]`` of tracklets held in memory as RGB crops ``[h, w, 3]`` uint8 (cut from footage), without
-    camera embedding; the same clips as :func:`extract_embeddings` would take from files (``dense``: every frame,
-    the clips averaged; ``rrs``: one ``rrs_test`` clip), many tracklets' clips in each batch
-    (:func:`tfclip_cli.runtime.embed_crop_tracklets`)."""
-    test = FrameTransform(transform.image_size, normalization=transform.normalization)
-    return embed_crop_tracklets(batch_embedder(model, device), tracklets, sampling=sampling,
-                                seq_len=model.config.seq_len, transform=test, dim=model.embedding_dim,
-                                batch_size=batch_size)
 
 
 @dataclass(frozen=True)

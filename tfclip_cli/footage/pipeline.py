@@ -149,6 +149,7 @@ class FootagePipeline:
         self._crops: dict[int, dict[int, np.ndarray]] = {}  # serial → frame index → crop
         self._boxes: dict[int, dict[int, tuple]] = {}  # serial → frame index → clipped box
         self._frames = 0
+        self._numbered = 0  # tracklets returned so far
 
     def feed(self, frame_index: int, frame: np.ndarray) -> None:
         """Detect (every ``every``-th frame), track, and crop every live track's box out of ``frame`` (RGB
@@ -167,10 +168,33 @@ class FootagePipeline:
                 self._boxes.setdefault(serial, {})[frame_index] = box
         self._frames += 1
 
+    @property
+    def open_tracks(self) -> int:
+        """Tracks the tracker follows now (tentative, tracked, or lost and waiting to be found again)."""
+        return len(self._tracker.live_boxes())
+
     def close(self) -> PipelineResult:
         """The tracklets of everything fed: relinked (with an embedder), long enough, and moving (unless
-        ``keep_static``), numbered 1, 2, ... by first frame."""
-        trimmed = [self._trimmed(serial, track) for serial, track in self._tracker.keyed_tracks()]
+        ``keep_static``), numbered 1, 2, ... by first frame (after those :meth:`finished` returned, if any)."""
+        return self._result(self._tracker.keyed_tracks())
+
+    def finished(self, frame_index: int, *, max_frames: int) -> PipelineResult:
+        """For live footage, called between frames: the tracklets done by ``frame_index``, whose crops then leave
+        memory. A track is done when it died (lost for longer than the tracker's lost buffer) and was last seen
+        more than the relinking's ``max_gap`` frames before ``frame_index`` (a fragment that may continue it has
+        started by then), or when it holds ``max_frames`` frames (it is cut there and goes on as a new
+        tracklet). They are relinked among themselves and filtered as :meth:`close` does, and numbered after
+        every tracklet returned before; :meth:`close` then returns only the rest."""
+        released = self._tracker.release(dead_before=frame_index - self.options.relink.max_gap,
+                                         max_frames=max_frames)
+        result = self._result(released)
+        held = self._tracker.serials()
+        for serial in [serial for serial in self._crops if serial not in held]:
+            del self._crops[serial], self._boxes[serial]
+        return result
+
+    def _result(self, keyed: list[tuple[int, Track]]) -> PipelineResult:
+        trimmed = [self._trimmed(serial, track) for serial, track in keyed]
         tracks = [pair for pair in trimmed if pair is not None]
         crops_of = {track.track_id: crops for track, crops in tracks}
         motion = [track for track, _ in tracks]
@@ -180,7 +204,9 @@ class FootagePipeline:
         moving = [link for link in long_enough
                   if self.options.keep_static or not is_static(link.track, self.options.static_motion)]
         moving.sort(key=lambda link: (link.track.frame_indices[0], link.track.track_id))
-        tracklets = tuple(self._tracklet(number, link, motion, crops_of) for number, link in enumerate(moving, 1))
+        tracklets = tuple(self._tracklet(number, link, motion, crops_of)
+                          for number, link in enumerate(moving, self._numbered + 1))
+        self._numbered += len(tracklets)
         return PipelineResult(tracklets, self._frames, len(motion), len(long_enough) - len(moving))
 
     def _trimmed(self, serial: int, track: Track) -> tuple[Track, tuple[np.ndarray, ...]] | None:

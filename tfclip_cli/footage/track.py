@@ -261,17 +261,36 @@ class ByteTracker:
     def keyed_tracks(self) -> list[tuple[int, Track]]:
         """:meth:`tracks`, each with the serial :meth:`live_boxes` named it by."""
         finished = sorted((t for t in self._dead + self._live if t.track_id > 0), key=lambda t: t.track_id)
-        return [
-            (t.serial, Track(
-                track_id=t.track_id,
-                camid=self.camid,
-                frame_indices=tuple(t.frames),
-                boxes=np.asarray(t.boxes, dtype=np.float32).reshape(-1, 4),
-                scores=np.asarray(t.scores, dtype=np.float32),
-                source=self.source,
-            ))
-            for t in finished
-        ]
+        return [(t.serial, self._track(t)) for t in finished]
+
+    def release(self, *, dead_before: int, max_frames: int) -> list[tuple[int, Track]]:
+        """For live footage: hand over and forget the tracks that are done, keyed by serial as :meth:`keyed_tracks`:
+        the dead ones last seen before frame ``dead_before``, and the history of every confirmed live track that
+        holds ``max_frames`` frames or more (the track goes on under a new serial, its history starting afresh).
+        :meth:`keyed_tracks` no longer returns what was released."""
+        dead = [t for t in self._dead if t.last_seen < dead_before]
+        self._dead = [t for t in self._dead if t not in dead]
+        released = [(t.serial, self._track(t)) for t in dead if t.track_id > 0]
+        for track in self._live:
+            if track.track_id > 0 and len(track.frames) >= max_frames:
+                released.append((track.serial, self._track(track)))
+                track.serial = next(self._next_serial)
+                track.frames, track.boxes, track.scores = [], [], []
+        return sorted(released, key=lambda pair: pair[1].track_id)
+
+    def serials(self) -> set[int]:
+        """The serials of the tracks the tracker still holds (live or dead, not released)."""
+        return {t.serial for t in self._live + self._dead}
+
+    def _track(self, track: _LiveTrack) -> Track:
+        return Track(
+            track_id=track.track_id,
+            camid=self.camid,
+            frame_indices=tuple(track.frames),
+            boxes=np.asarray(track.boxes, dtype=np.float32).reshape(-1, 4),
+            scores=np.asarray(track.scores, dtype=np.float32),
+            source=self.source,
+        )
 
     def tracks(self) -> list[Track]:
         """Every track confirmed so far (dead or alive), by id; predictions after a track's last match are left out."""

@@ -264,14 +264,18 @@ def read_source_key_frame(origin: FootageOrigin) -> np.ndarray:
 
 
 def _row_key_frames(gallery: Gallery, row: int) -> np.ndarray:
-    """A gallery row's key frames (for footage, its key frame in the source video), or ``NO_FRAMES`` (logged) when
-    its source is unknown or unreadable."""
+    """A gallery row's key frames (for footage, its key frame in the source video; for a live stream, which cannot
+    be read again, the crops kept by ``tfclip watch``), or ``NO_FRAMES`` (logged) when its source is unknown or
+    unreadable."""
     record = gallery.rows.iloc[row]
     tracklet = row_to_tracklet(record)
     if tracklet is None:
         return NO_FRAMES
+    origin = tracklet.origin
     try:
-        return read_source_key_frame(tracklet.origin) if tracklet.origin is not None else read_key_frames(tracklet)
+        if origin is not None and Path(origin.source_video).is_file():
+            return read_source_key_frame(origin)
+        return read_key_frames(tracklet)
     except DataError as exc:
         log.warning("no key frames for gallery tracklet %s: %s", record["tracklet_id"], exc.message)
         return NO_FRAMES
@@ -301,6 +305,9 @@ class QueryEmbedder:
     """Where a PyTorch model runs; None for an exported model run by onnxruntime."""
     checkpoint: Path
     seq_len: int
+    checkpoint_sha256: str
+    embedding: str
+    """The model's embedding (its ``ModelConfig.embedding``), recorded in the provenance of what it embeds."""
 
     def _batch(self) -> ClipBatchEmbedder:
         if isinstance(self.model, OnnxEmbedder):
@@ -336,6 +343,7 @@ class _Loaded:
     transform: FrameTransform
     seq_len: int
     device: torch.device | None
+    embedding: str
 
 
 def _load_embedder(path: Path, backend: Backend | None, device: torch.device | str | None) -> _Loaded:
@@ -343,7 +351,8 @@ def _load_embedder(path: Path, backend: Backend | None, device: torch.device | s
     if backend_for(path, backend) == "onnx" and path.suffix.lower() == ".onnx":
         embedder = OnnxEmbedder(path, use_gpu=has_cuda() if device is None else str(device).startswith("cuda"))
         metadata = embedder.metadata
-        return _Loaded(embedder, metadata.checkpoint_sha256, embedder.transform, metadata.seq_len, None)
+        return _Loaded(embedder, metadata.checkpoint_sha256, embedder.transform, metadata.seq_len, None,
+                       metadata.model_config["embedding"])
     import torch
 
     from tfclip_cli.inference import load_model, process_device
@@ -351,7 +360,22 @@ def _load_embedder(path: Path, backend: Backend | None, device: torch.device | s
     device = process_device() if device is None else torch.device(device)
     loaded = load_model(path, backend, device)
     test = FrameTransform(loaded.transform.image_size, normalization=loaded.transform.normalization)
-    return _Loaded(loaded.model, loaded.checkpoint_sha256, test, loaded.model.config.seq_len, device)
+    return _Loaded(loaded.model, loaded.checkpoint_sha256, test, loaded.model.config.seq_len, device,
+                   loaded.model.config.embedding)
+
+
+def _query_embedder(loaded: _Loaded, path: Path, sampling: str) -> QueryEmbedder:
+    return QueryEmbedder(model=loaded.model, transform=loaded.transform, sampling=sampling, device=loaded.device,
+                         checkpoint=path, seq_len=loaded.seq_len, checkpoint_sha256=loaded.checkpoint_sha256,
+                         embedding=loaded.embedding)
+
+
+def load_model_embedder(checkpoint: Path, device: torch.device | str | None = None, *,
+                        backend: Backend | None = None) -> QueryEmbedder:
+    """The model of ``checkpoint`` (a checkpoint, or an ``.onnx`` file run by onnxruntime without torch) ready to
+    embed clips and crops with dense sampling, for a gallery that does not exist yet (``tfclip watch`` creating
+    one); :func:`load_query_embedder` loads the model of an existing gallery and checks it against it."""
+    return _query_embedder(_load_embedder(Path(checkpoint), backend, device), Path(checkpoint), "dense")
 
 
 def load_query_embedder(
@@ -386,8 +410,7 @@ def load_query_embedder(
             f"{gallery.info.dim}-d embeddings"
         )
     sampling = gallery.info.embeddings_info.get("sampling", "dense")
-    return QueryEmbedder(model=model, transform=loaded.transform, sampling=sampling, device=loaded.device,
-                         checkpoint=path, seq_len=loaded.seq_len)
+    return _query_embedder(loaded, path, sampling)
 
 
 @dataclass(frozen=True)

@@ -186,6 +186,11 @@ def serve(config: ServeConfig, *, host: str, port: int, token: str | None, allow
             hint="pass --token SECRET (or set TFCLIP_SERVE_TOKEN), or serve on 127.0.0.1",
         )
     hosts = allowed_hosts(host, allow_hosts)
-    app = create_app(Service(config), token=token, hosts=hosts)
+    service = Service(config)
+    app = create_app(service, token=token, hosts=hosts)
     log.info("answering requests for %s", hosts.describe())
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    service.start_ingest()
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        service.stop_ingest()

@@ -60,6 +60,8 @@ from tfclip_cli.tables import (
     row_to_tracklet,
     tracklet_table,
 )
+from tfclip_cli.watch.ingest import Ingest, WatchOptions
+from tfclip_cli.watch.sources import SourceSpec
 
 if TYPE_CHECKING:
     import torch
@@ -92,6 +94,8 @@ class ServeConfig:
     """Where clips uploaded to the gallery are kept (their rows point there)."""
     detector: str
     """The detector spec that tells a person crop from footage and finds the people in footage (as ``query``'s)."""
+    watch: tuple[SourceSpec, ...] = ()
+    """Cameras ingested into the gallery while serving (``tfclip serve --watch streams.yaml``)."""
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,24 @@ class Service:
         self._latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.queries_served = 0
         self._latest: tuple[Gallery, int, dict] | None = None  # the camera view of one snapshot, for polling pages
+        self.ingest: Ingest | None = None
+        self._ingesting: threading.Thread | None = None
+
+    def start_ingest(self) -> None:
+        """Ingest the ``watch`` cameras into the gallery in a background thread (searches see each batch as it is
+        appended: the gallery is reloaded when its file changes)."""
+        if not self.config.watch:
+            return
+        options = WatchOptions(detector=self.config.detector, device=None if self.config.device is None else str(self.config.device))
+        self.ingest = Ingest(self.config.watch, self.config.gallery, self.embedder.checkpoint, options)
+        self._ingesting = threading.Thread(target=self.ingest.run, name="serve-watch", daemon=True)
+        self._ingesting.start()
+
+    def stop_ingest(self) -> None:
+        """Stop the readers, append the open tracklets, and wait for the ingest to finish."""
+        if self.ingest is not None and self._ingesting is not None:
+            self.ingest.stop()
+            self._ingesting.join()
 
     def gallery(self) -> Gallery:
         """The current gallery, reloaded first if its file was replaced or its log grew since it was read."""
@@ -414,6 +436,7 @@ class Service:
             "threshold": threshold_in_force(gallery, None), "calibration_stale": stale is not None,
             "calibration_message": stale, "queries_served": self.queries_served,
             "latency_ms": percentiles,
+            **({"ingest": self.ingest.status().to_dict()} if self.ingest is not None else {}),
         }
 
 

@@ -1,0 +1,1 @@
+"""Live ingest: sources (files, folders, streams, webcams) → the footage pipeline → gallery appends; no HTTP."""
