@@ -1,6 +1,8 @@
 """Annotated footage: the source video with boxes, ids and trails drawn, encoded for browsers; ground truth and
 tracker output side by side with identity switches marked."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -104,3 +106,21 @@ def test_track_annotate_writes_a_playable_video_of_the_written_tracklets(tmp_pat
     assert two.exit_code == 2 and "--annotate draws one video" in two.output
     bad = runner.invoke(app, [*arguments[:5], "--force", "--annotate", str(tmp_path / "x.avi")], terminal_width=300)
     assert bad.exit_code == 2 and ".webm (VP9)" in bad.output
+
+
+VP9_AFTER_DECORD = """
+import sys
+from pathlib import Path
+import numpy as np
+import tfclip_cli.frames  # decodes with decord: loads decord's own FFmpeg and libvpx
+from tfclip_cli.footage.annotate import write_video
+print(write_video([np.zeros((64, 48, 3), np.uint8)] * 5, Path(sys.argv[1]), fps=10.0).frames)
+"""
+
+
+def test_a_process_that_loaded_decord_still_encodes_vp9(tmp_path):
+    # decord's older libvpx, loaded before PyAV's, made opening the VP9 encoder fail with EINVAL
+    run = subprocess.run([sys.executable, "-c", VP9_AFTER_DECORD, str(tmp_path / "out.webm")], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "5" and (tmp_path / "out.webm").stat().st_size > 0

@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
+import av  # noqa: F401  (before decord: see below)
 import decord
 import numpy as np
 from PIL import Image
@@ -191,6 +192,9 @@ class FrameTransform:
 # -------------------------------------------------------------------------------------------------- decoding
 
 
+# PyAV is imported first on purpose: decord's wheel carries an older libvpx whose symbols, once loaded, are the ones
+# PyAV's own FFmpeg binds to, and then opening the VP9 encoder fails with EINVAL (`track --annotate OUT.webm` in a
+# process that had decoded with decord). Loaded first, PyAV binds to its own.
 decord.logging.set_level(decord.logging.QUIET)  # FFmpeg's "moov atom not found" would print before our error line
 
 
