@@ -325,15 +325,24 @@ def _check_plan(path: Path, plan: DemoPlan) -> None:
                         hint=f"resume it {flag}, or pass --force to start over")
 
 
+def _ensure_drawn(folder: Path, manifest_path: Path, **options: object) -> Manifest | None:
+    """Draw synthetic data into ``folder`` (``datasets.prepare("synthetic", ...)`` with ``options``) and write its
+    manifest; None when an earlier run's manifest is there (it is only written once the drawing is whole)."""
+    if manifest_path.exists():
+        logger.info("reusing %s", manifest_path)
+        return None
+    if folder.exists():  # drawn, but stopped before the manifest was written: draw again (seconds)
+        shutil.rmtree(folder)
+    manifest = datasets.prepare("synthetic", folder, **options)
+    write_manifest(manifest, manifest_path)
+    return manifest
+
+
 def _ensure_manifest(paths: DemoPaths, plan: DemoPlan) -> Manifest:
     """Draw the dataset and write its manifest, or read the manifest of an earlier run."""
-    if paths.manifest.exists():
-        logger.info("reusing %s", paths.manifest)
+    manifest = _ensure_drawn(paths.data, paths.manifest, synthetic=plan.synthetic)
+    if manifest is None:
         return read_manifest(paths.manifest)
-    if paths.data.exists():  # drawn, but stopped before the manifest was written: draw again (seconds)
-        shutil.rmtree(paths.data)
-    manifest = datasets.prepare("synthetic", paths.data, synthetic=plan.synthetic)
-    write_manifest(manifest, paths.manifest)
     counts = manifest.split_counts()
     logger.info("drew %s tracklets (train %d, query %d, gallery %d)", sum(counts.values()), counts["train"],
                 counts["query"], counts["gallery"])
@@ -425,14 +434,8 @@ def _footage(paths: DemoPaths, plan: DemoPlan, recipe: Recipe) -> FootageDemo:
 
 def _ensure_scene(where: FootagePaths, options: FootageOptions) -> Manifest:
     """Draw the camera network (ground-truth tracklets in ``scene.parquet``), or read an earlier drawing's."""
-    if where.scene_manifest.exists():
-        logger.info("reusing %s", where.scene_manifest)
-        return read_manifest(where.scene_manifest)
-    if where.scene.exists():  # drawn, but stopped before the manifest was written: draw again (seconds)
-        shutil.rmtree(where.scene)
-    manifest = datasets.prepare("synthetic", where.scene, synthetic_footage=options)
-    write_manifest(manifest, where.scene_manifest)
-    return manifest
+    manifest = _ensure_drawn(where.scene, where.scene_manifest, synthetic_footage=options)
+    return read_manifest(where.scene_manifest) if manifest is None else manifest
 
 
 def _ensure_tracked(where: FootagePaths, options: FootageOptions) -> Manifest:
