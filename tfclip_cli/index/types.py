@@ -82,7 +82,8 @@ def ivfpq_params(count: int, dim: int) -> dict:
 
 
 def index_bytes(index_type: IndexType, count: int, dim: int) -> int:
-    """Estimated bytes of the FAISS index of ``count`` ``dim``-d vectors: what a writer holds in memory.
+    """Estimated bytes of the FAISS index of ``count`` ``dim``-d vectors: what a process that opens the gallery
+    holds in memory.
 
     ``flat``: 4 D per vector; ``hnsw``: that plus 2 M int32 level-0 links; ``ivfpq*``: ``m · nbits / 8`` bytes of
     PQ code and an 8-byte id per vector, the ``nlist`` float32 centroids, and ``RESCORE_BYTES`` per dimension of
