@@ -197,6 +197,8 @@ def test_index_cli_auto_prints_and_records_its_choice_within_the_budget(tmp_path
         result = runner.invoke(app, ["index", str(table), "--out", str(tmp_path / "h.faiss"), *extra])
         assert result.exit_code == 2 and message in result.output, result.output
     assert not (tmp_path / "h.faiss").exists()
+    result = runner.invoke(app, ["index", "--compact", str(out), "--memory-budget", "4GiB"])
+    assert result.exit_code == 2 and "--compact takes the gallery alone" in result.output, result.output
 
 
 @pytest.mark.parametrize("index_type", ["flat", "ivfpq", "ivfpq-fp16", "ivfpq-sq8", "ivfpq-norescore", "hnsw"])

@@ -1,8 +1,9 @@
 """FAISS gallery: build, append, add and remove under a lock, load, calibrate, search; ``query`` = embed + search.
 
 ``store`` owns the gallery format (a base file and its append log, ``appendlog``; the writers' ids cache,
-``known_ids``) and every write to it, ``types`` the index types, their memory and ``--type auto``'s choice, ``calibrate`` the "no match" threshold (per
-search at an FPIR, or per pair at a false-match rate) and when it has gone stale, ``search`` the search itself and ``query`` (embed clips with the gallery's checkpoint, search,
+``known_ids``) and every write to it, ``types`` the index types, their memory and ``--type auto``'s choice,
+``calibrate`` the "no match" threshold (per search at an FPIR, or per pair at a false-match rate) and when it has
+gone stale, ``search`` the search itself and ``query`` (embed clips with the gallery's checkpoint, search,
 read key frames). The names below are the package's API.
 """
 
