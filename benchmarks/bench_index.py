@@ -22,11 +22,25 @@ O(N)), both on the same gallery in the same run; then the time to load the galle
 peak memory of ``compact_index`` (in a fresh process, so its peak RSS is its own).
 
     nice -n 10 timeout 3600 python benchmarks/bench_index.py --appends --sizes 10000 100000 1000000 --dim 512
+
+``--scale 1e6,1e7`` measures what a gallery of that many 512-d tracklets costs on this machine instead, per type
+(``--scale-types``, default ``auto`` = what ``tfclip index --type auto`` picks within ``--memory-budget``): build
+time and peak RSS (a fresh process running ``build_index``), the sizes of the gallery file and of its FAISS
+section, then a fresh process that opens the gallery (``load_index`` reads the whole file, its index included)
+and searches one query at a time on one thread through ``index.search`` (open time, RSS after opening, peak RSS,
+latency p50/p95), and recall@10 against exact search computed block by block on ``--queries`` queries. The
+vectors are generated block by block from a seed (``SyntheticVectors``), never held whole (1e7 x 512 float32
+would be 20 GB), so each process regenerates what it reads:
+
+    nice -n 10 python benchmarks/bench_index.py --scale 1e6 --scale-types ivfpq ivfpq-fp16 ivfpq-sq8 ivfpq-norescore
+    nice -n 10 timeout 3h python benchmarks/bench_index.py --scale 1e7 --scale-types ivfpq-sq8
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import resource
 import statistics
@@ -40,8 +54,9 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from tfclip_cli import index as gallery_api
 from tfclip_cli.index import append_to_index, build_index, load_index, normalized, writer_lock
-from tfclip_cli.index.store import MAGIC, SECTION_LENGTHS, _parquet_bytes, _rows_table
+from tfclip_cli.index.store import BUILD_CHUNK_ROWS, MAGIC, SECTION_LENGTHS, _parquet_bytes, _rows_table
 from tfclip_cli.tables import Embeddings, atomic_output
 
 TOP_K = 10
@@ -236,6 +251,159 @@ def bench_appends(count: int, index_type: str, args: argparse.Namespace, folder:
         file.unlink(missing_ok=True)
 
 
+class SyntheticVectors:
+    """``count`` clustered unit rows [count, dim] (as ``synthetic_vectors``) computed block by block on demand.
+
+    Block ``b`` (``BUILD_CHUNK_ROWS`` rows) comes from its own seeded generator, so every process and every pass
+    sees the same rows without any holding them all; slicing is all ``build_index`` needs of its vectors. The
+    isotropic noise of a row is drawn from a bank of ``BUILD_CHUNK_ROWS`` noise rows (drawing D normals per row
+    would dominate a 1e7-row run on 2 cores); the 32-d latent noise stays per row, so no two rows are equal.
+    """
+
+    def __init__(self, count: int, dim: int, latent_dim: int, seed: int):
+        rng = np.random.default_rng([seed, 0])
+        self.shape, self.ndim, self.dtype, self.seed = (count, dim), 2, np.dtype(np.float32), seed
+        self.centres = normalized(rng.standard_normal((max(1, count // ROWS_PER_IDENTITY), latent_dim),
+                                                      dtype=np.float32))
+        self.rotation = np.linalg.qr(rng.standard_normal((dim, latent_dim)))[0].T.astype(np.float32)
+        self.noise_bank = _noise(BUILD_CHUNK_ROWS, dim, ISOTROPIC_NOISE, rng)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _rows(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        latent = self.centres[rng.integers(0, len(self.centres), size=count)]
+        latent += _noise(count, self.centres.shape[1], SPREAD, rng)
+        return normalized(latent @ self.rotation + self.noise_bank[rng.integers(0, len(self.noise_bank), count)])
+
+    def _block(self, number: int) -> np.ndarray:
+        size = min(BUILD_CHUNK_ROWS, self.shape[0] - number * BUILD_CHUNK_ROWS)
+        return self._rows(size, np.random.default_rng([self.seed, 1, number]))
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, step = rows.indices(self.shape[0])
+        assert step == 1, "rows are read in slices"
+        first, last = start // BUILD_CHUNK_ROWS, max(start, stop - 1) // BUILD_CHUNK_ROWS
+        blocks = np.concatenate([self._block(number) for number in range(first, last + 1)])
+        offset = first * BUILD_CHUNK_ROWS
+        return blocks[start - offset:stop - offset]
+
+    def queries(self, count: int) -> np.ndarray:
+        """``count`` query rows of the same identities, drawn apart from the gallery rows."""
+        return self._rows(count, np.random.default_rng([self.seed, 2]))
+
+
+def plain_rows(count: int) -> pd.DataFrame:
+    """Manifest rows of ``count`` tracklets t0, t1, ... (what a gallery of folder-layout tracklets holds)."""
+    return pd.DataFrame({
+        "tracklet_id": [f"t{i}" for i in range(count)], "pid": np.zeros(count, dtype=np.int64),
+        "camid": np.zeros(count, dtype=np.int64), "split": "gallery", "num_frames": np.ones(count, dtype=np.int64),
+        "frames": [None] * count, "video": [None] * count,
+    })
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def rss_gib() -> float:
+    """This process's resident memory (VmRSS of /proc/self/status)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 2**20
+
+
+def index_section_bytes(path: Path) -> int:
+    """The length of the serialised FAISS index inside the gallery file at ``path`` (its third section)."""
+    with open(path, "rb") as handle:
+        return SECTION_LENGTHS.unpack(handle.read(len(MAGIC) + SECTION_LENGTHS.size)[len(MAGIC):])[2]
+
+
+def build_phase(args: argparse.Namespace) -> dict:
+    """In a fresh process: build the gallery; seconds, peak RSS and sizes."""
+    vectors = SyntheticVectors(args.count, args.dim, args.latent_dim or args.dim, args.seed)
+    embeddings = Embeddings(rows=plain_rows(args.count), vectors=vectors, info={})
+    start = time.perf_counter()
+    info = build_index(embeddings, args.gallery, index_type=args.type, memory_budget=args.budget, force=True)
+    seconds = time.perf_counter() - start
+    return {"type": info.type, "build_s": seconds, "build_peak_rss_gib": peak_rss_gib(), "params": info.params,
+            "choice": info.choice, "file_gib": args.gallery.stat().st_size / 2**30,
+            "index_section_gib": index_section_bytes(args.gallery) / 2**30}
+
+
+def serve_phase(args: argparse.Namespace) -> dict:
+    """In a fresh process: open the gallery, search each query alone on one thread; times, RSS, found rows."""
+    faiss.omp_set_num_threads(1)
+    queries = SyntheticVectors(args.count, args.dim, args.latent_dim or args.dim, args.seed).queries(args.queries)
+    before = rss_gib()
+    start = time.perf_counter()
+    gallery = load_index(args.gallery)
+    open_s = time.perf_counter() - start
+    result = {"open_s": open_s, "rss_after_open_gib": rss_gib() - before, **timed_queries(gallery, queries, "")}
+    ivf = faiss.try_extract_index_ivf(gallery.index)
+    for divisor in (16, 32) if ivf else ():  # fewer lists probed than the rule's nlist / 8: the trade-off
+        ivf.nprobe = max(1, ivf.nlist // divisor)
+        result |= timed_queries(gallery, queries, f"nprobe{ivf.nprobe}_")
+    return {**result, "serve_peak_rss_gib": peak_rss_gib(), "serve_end_rss_gib": rss_gib()}
+
+
+def timed_queries(gallery: gallery_api.Gallery, queries: np.ndarray, prefix: str) -> dict:
+    """Search each query alone through ``index.search``: p50/p95 ms; the rows found are saved beside the gallery."""
+    latencies, cpu, found = [], [], []
+    for query in queries:
+        start, start_cpu = time.perf_counter(), time.thread_time()
+        hits = gallery_api.search(gallery, query[None], TOP_K)[0]
+        latencies.append(1000 * (time.perf_counter() - start))
+        cpu.append(1000 * (time.thread_time() - start_cpu))  # what other processes on the cores cannot inflate
+        found.append([hit.row for hit in hits])
+    np.save(gallery.path.with_suffix(f".{prefix}found.npy"), np.array(found))
+    return {f"{prefix}p50_ms": float(np.percentile(latencies, 50)),
+            f"{prefix}p95_ms": float(np.percentile(latencies, 95)),
+            f"{prefix}cpu_p50_ms": float(np.percentile(cpu, 50)), f"{prefix}cpu_p95_ms": float(np.percentile(cpu, 95))}
+
+
+def exact_top(vectors: SyntheticVectors, queries: np.ndarray) -> np.ndarray:
+    """Exact top-``TOP_K`` rows [Q, TOP_K] by inner product, merged block by block."""
+    best_scores = np.full((len(queries), TOP_K), -np.inf, dtype=np.float32)
+    best_rows = np.zeros((len(queries), TOP_K), dtype=np.int64)
+    for start in range(0, len(vectors), BUILD_CHUNK_ROWS):
+        scores = queries @ vectors[start:start + BUILD_CHUNK_ROWS].T
+        rows = np.arange(start, start + scores.shape[1])[None].repeat(len(queries), 0)
+        scores, rows = np.hstack([best_scores, scores]), np.hstack([best_rows, rows])
+        keep = np.argsort(-scores, axis=1)[:, :TOP_K]
+        best_scores, best_rows = np.take_along_axis(scores, keep, 1), np.take_along_axis(rows, keep, 1)
+    return best_rows
+
+
+def _phase(args: argparse.Namespace, phase: str, index_type: str, gallery: Path) -> dict:
+    command = [sys.executable, __file__, "--phase", phase, "--count", str(args.count), "--type", index_type,
+               "--gallery", str(gallery), "--dim", str(args.dim), "--latent-dim", str(args.latent_dim),
+               "--queries", str(args.queries), "--seed", str(args.seed), "--budget", str(args.budget)]
+    done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)  # its log goes to our stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_scale(count: int, args: argparse.Namespace, folder: Path) -> None:
+    """Build and serve each ``--scale-types`` type of ``count`` rows in fresh processes; one JSON line each."""
+    args.count = count
+    vectors, exact = SyntheticVectors(count, args.dim, args.latent_dim or args.dim, args.seed), None
+    for index_type in args.scale_types:
+        gallery = folder / f"{index_type}-{count}.gallery"
+        built = _phase(args, "build", index_type, gallery)
+        print(json.dumps({"count": count, **built}), flush=True)
+        served = _phase(args, "serve", index_type, gallery)
+        if exact is None:
+            start = time.perf_counter()
+            exact = exact_top(vectors, vectors.queries(args.queries))
+            print(f"exact top-{TOP_K} of {args.queries} queries over {count:,} rows: "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)
+        for found in sorted(folder.glob(f"{gallery.stem}.*found.npy")):
+            served[found.name.split(".")[-2].replace("found", "recall@10")] = recall_at(np.load(found), exact)
+            found.unlink()
+        print(json.dumps({"count": count, "dim": args.dim, **built, **served}), flush=True)
+        for file in folder.glob(f"{gallery.name}*"):
+            file.unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="gallery sizes")
@@ -250,7 +418,29 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100, help="--appends: tracklets per append")
     parser.add_argument("--repeats", type=int, default=5, help="--appends: appends through the log per gallery")
     parser.add_argument("--old-repeats", type=int, default=2, help="--appends: whole rewrites per gallery")
+    parser.add_argument("--scale", type=lambda text: [int(float(size)) for size in text.split(",")],
+                        help="comma-separated gallery sizes (e.g. 1e6,1e7) for the build/serve/memory benchmark")
+    parser.add_argument("--scale-types", nargs="+", default=["auto"],
+                        choices=["auto", *gallery_api.RESCORE_BYTES, "flat", "hnsw"], help="types for --scale")
+    parser.add_argument("--budget", type=gallery_api.parse_memory_budget, default=gallery_api.DEFAULT_MEMORY_BUDGET,
+                        help="--memory-budget of --scale-types auto (e.g. 8GiB)")
+    parser.add_argument("--phase", choices=["build", "serve"], help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--type", help=argparse.SUPPRESS)
+    parser.add_argument("--gallery", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help="where --scale writes its galleries (default: a temp folder)")
     args = parser.parse_args()
+    if args.phase:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+        print(json.dumps((build_phase if args.phase == "build" else serve_phase)(args)), flush=True)
+        return
+    if args.scale:
+        if args.dim == 256 and "--dim" not in sys.argv:
+            args.dim = 512  # the real feature width (ViT-B/16)
+        with tempfile.TemporaryDirectory(dir=args.folder) as folder:
+            for count in args.scale:
+                bench_scale(count, args, Path(folder))
+        return
     if args.appends:
         print(f"appends of {args.batch} synthetic clustered {args.dim}-d tracklets; faiss on {os.cpu_count()} cores")
         with tempfile.TemporaryDirectory() as folder:

@@ -508,7 +508,11 @@ def _evaluate_with_report(embeddings: Path, report: Path, *, gallery_rule: str |
 class IndexKind(str, Enum):
     flat = "flat"
     ivfpq = "ivfpq"
+    ivfpq_fp16 = "ivfpq-fp16"
+    ivfpq_sq8 = "ivfpq-sq8"
+    ivfpq_norescore = "ivfpq-norescore"
     hnsw = "hnsw"
+    auto = "auto"
 
 
 @command("index")
@@ -520,7 +524,14 @@ def index(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="The gallery to write.", dir_okay=False)] = None,
     index_type: Annotated[
         Optional[IndexKind],
-        typer.Option("--type", help="flat: exact; ivfpq / hnsw: approximate, for large galleries. [default: flat]"),
+        typer.Option("--type", help="flat: exact; ivfpq / hnsw: approximate, for large galleries; ivfpq-fp16 / "
+                     "ivfpq-sq8 / ivfpq-norescore: ivfpq keeping 1/2, 1/4 or none of the float32 vectors; auto: "
+                     "chosen by size within --memory-budget. [default: flat]"),
+    ] = None,
+    memory_budget: Annotated[
+        Optional[str],
+        typer.Option("--memory-budget", help="With --type auto: the most memory the index may take, e.g. 4GiB, "
+                     "512MiB. [default: 8GiB]"),
     ] = None,
     gpu: Annotated[bool, typer.Option("--gpu", help="Train and add on all visible GPUs (needs faiss-gpu).")] = False,
     append: Annotated[
@@ -535,27 +546,32 @@ def index(
 ) -> None:
     """Build a FAISS gallery (index, rows and header) from an embeddings table, --append to one, or --compact one.
 
-    Example: tfclip index runs/mars/emb.parquet --out runs/mars/gallery.faiss --type hnsw
+    Example: tfclip index runs/mars/emb.parquet --out runs/mars/gallery.faiss --type auto --memory-budget 4GiB
     """
-    from tfclip_cli.index import append_to_index, build_index, compact_index
+    from tfclip_cli.index import DEFAULT_MEMORY_BUDGET, append_to_index, build_index, compact_index, parse_memory_budget
     from tfclip_cli.tables import read_embeddings
 
     if compact is not None:
-        if embeddings is not None or out is not None or index_type is not None or gpu or append or force:
+        if (embeddings is not None or out is not None or index_type is not None or memory_budget is not None or gpu
+                or append or force):
             raise UserError("--compact takes the gallery alone", hint=f"run: tfclip index --compact {compact}")
         _print_index_summary("compacted", compact, compact_index(compact))
         return
     if embeddings is None or out is None:
         raise UserError("give an embeddings table and --out (or --compact GALLERY)",
                         hint="tfclip index E.parquet --out gallery.faiss")
-    if append and (index_type is not None or gpu or force):
-        raise UserError("--append keeps the index's type and rewrites it on the CPU; drop --type, --gpu and --force")
+    if append and (index_type is not None or gpu or force or memory_budget is not None):
+        raise UserError("--append keeps the index's type and rewrites it on the CPU; drop --type, --memory-budget, "
+                        "--gpu and --force")
+    if memory_budget is not None and index_type is not IndexKind.auto:
+        raise UserError("--memory-budget chooses the type of --type auto", hint="add --type auto, or drop it")
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else parse_memory_budget(memory_budget)
     table = read_embeddings(embeddings)
     if append:
         info = append_to_index(table, out)
     else:
         kind = (index_type or IndexKind.flat).value
-        info = build_index(table, out, index_type=kind, use_gpu=gpu, force=force)
+        info = build_index(table, out, index_type=kind, memory_budget=budget, use_gpu=gpu, force=force)
     _print_index_summary("appended to" if append else "wrote", out, info)
 
 
@@ -564,6 +580,7 @@ def _print_index_summary(verb: str, path: Path, info: IndexInfo) -> None:
     display.stdout.print(display.plain_text(
         f"{verb} {path}: {info.type} index of {info.live_count:,} tracklets x {info.dim}-d"
         + (f" ({params})" if params else "")
+        + (f"\n--type auto chose {info.type}: {info.choice['reason']}" if info.choice and verb == "wrote" else "")
     ))
 
 

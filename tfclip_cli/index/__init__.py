@@ -1,8 +1,9 @@
 """FAISS gallery: build, append, add and remove under a lock, load, calibrate, search; ``query`` = embed + search.
 
 ``store`` owns the gallery format (a base file and its append log, ``appendlog``; the writers' ids cache,
-``known_ids``) and every write to it, ``calibrate`` the "no match" threshold (per
-search at an FPIR, or per pair at a false-match rate) and when it has gone stale, ``search`` the search itself and ``query`` (embed clips with the gallery's checkpoint, search,
+``known_ids``) and every write to it, ``types`` the index types, their memory and ``--type auto``'s choice,
+``calibrate`` the "no match" threshold (per search at an FPIR, or per pair at a false-match rate) and when it has
+gone stale, ``search`` the search itself and ``query`` (embed clips with the gallery's checkpoint, search,
 read key frames). The names below are the package's API.
 """
 
@@ -52,16 +53,13 @@ from tfclip_cli.index.search import (
     tracklet_key_frames,
 )
 from tfclip_cli.index.store import (
-    IVFPQ_MIN_ROWS,
     Gallery,
     IndexInfo,
-    IndexType,
     append_to_index,
     build_index,
     compact_index,
     gallery_files,
     gallery_stamp,
-    ivfpq_params,
     load_index,
     lock_path,
     normalized,
@@ -69,10 +67,24 @@ from tfclip_cli.index.store import (
     set_person_ids,
     writer_lock,
 )
+from tfclip_cli.index.types import (
+    DEFAULT_MEMORY_BUDGET,
+    FLAT_MAX_ROWS,
+    IVFPQ_MIN_ROWS,
+    RESCORE_BYTES,
+    IndexChoice,
+    IndexType,
+    choose_index_type,
+    index_bytes,
+    ivfpq_params,
+    parse_memory_budget,
+)
 
 __all__ = [
     "append_to_index", "build_index", "calibrate_gallery", "calibrate_gallery_per_pair",
-    "calibrate_search_threshold", "calibrate_threshold", "Calibration", "calibration_figures", "compact_index",
+    "calibrate_search_threshold", "calibrate_threshold", "Calibration", "calibration_figures", "choose_index_type",
+    "compact_index", "DEFAULT_MEMORY_BUDGET", "FLAT_MAX_ROWS", "IndexChoice", "index_bytes", "parse_memory_budget",
+    "RESCORE_BYTES",
     "CURVE_POINTS", "det_curve", "DET_FPIRS", "det_point", "FIGURE_KEYS", "HISTOGRAM_BINS",
     "DetCurve", "DetPoint", "Gallery", "gallery_files", "gallery_stamp", "Hit", "IndexInfo", "IndexType",
     "IVFPQ_MIN_ROWS", "ivfpq_params",

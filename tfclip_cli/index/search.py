@@ -143,20 +143,23 @@ def resolve_min_score(gallery: Gallery, min_score: MinScore) -> float | None:
     return float(gallery.info.calibration["threshold"])
 
 
-def _allowed_rows(gallery: Gallery, camids: Collection[int] | None) -> np.ndarray:
-    """Boolean ``[count]``: rows a search may return (not removed, and of an allowed camera)."""
+def _allowed_rows(gallery: Gallery, camids: Collection[int] | None) -> np.ndarray | None:
+    """Boolean ``[count]``: rows a search may return (not removed, and of an allowed camera); None when all are
+    (a mask of 10 million rows costs a query milliseconds)."""
+    if not gallery.info.removed and camids is None:
+        return None
     allowed = gallery.live
     if camids is not None:
         allowed &= gallery.rows["camid"].isin(list(camids)).to_numpy()
     return allowed
 
 
-def _search_params(gallery: Gallery, allowed: np.ndarray) -> tuple[Any, Any]:
+def _search_params(gallery: Gallery, allowed: np.ndarray | None) -> tuple[Any, Any]:
     """FAISS search parameters restricted to ``allowed`` rows (None when all are), and the selector they hold.
 
     The selector is returned so the caller keeps it alive while faiss holds a raw pointer to it.
     """
-    if allowed.all():
+    if allowed is None or allowed.all():
         return None, None
     excluded = np.flatnonzero(~allowed).astype(np.int64)
     if len(excluded) <= allowed.sum():  # the smaller id set makes the cheaper selector
@@ -168,7 +171,9 @@ def _search_params(gallery: Gallery, allowed: np.ndarray) -> tuple[Any, Any]:
     params = gallery.info.params
     if gallery.info.type == "hnsw":
         return faiss.SearchParametersHNSW(sel=selector, efSearch=params["efSearch"]), selector
-    if gallery.info.type == "ivfpq":
+    if gallery.info.type == "ivfpq-norescore":
+        return faiss.SearchParametersIVF(sel=selector, nprobe=params["nprobe"]), selector
+    if gallery.info.type.startswith("ivfpq"):
         base = faiss.SearchParametersIVF(sel=selector, nprobe=params["nprobe"])
         return faiss.IndexRefineSearchParameters(k_factor=params["k_factor"], base_index_params=base), (selector, base)
     return faiss.SearchParameters(sel=selector), selector
@@ -196,10 +201,11 @@ def search(
             f"query embeddings have {vectors.shape[1]} dimensions; {gallery.path} holds {gallery.info.dim}-d"
         )
     allowed = _allowed_rows(gallery, camids)
-    if not allowed.any():
+    searchable = gallery.info.count if allowed is None else int(allowed.sum())
+    if searchable == 0:
         return [[] for _ in vectors]
     params, _selector = _search_params(gallery, allowed)
-    scores, ids = gallery.index.search(normalized(vectors), min(top_k, int(allowed.sum())), params=params)
+    scores, ids = gallery.index.search(normalized(vectors), min(top_k, searchable), params=params)
     threshold = threshold_in_force(gallery, min_score)
     floor = -math.inf if min_score is None else min_score
     found = [

@@ -1,20 +1,8 @@
 """The gallery file: one FAISS index, its rows and its header in ONE file, written atomically under a lock.
 
 Every index holds L2-normalised embeddings and ranks by inner product (= cosine similarity), the score
-used by ``evaluate``. Three types, row ``i`` of the index is row ``i`` of the rows table:
-
-- ``flat``: ``IndexFlatIP``, exact; the right choice below ~100k tracklets.
-- ``ivfpq``: ``IndexIVFPQFastScan`` (4-bit codes scanned with SIMD) wrapped in ``IndexRefineFlat``;
-  :func:`ivfpq_params` maps the gallery size N and dimension D to its parameters: ``nlist = round(sqrt(N))``
-  inverted lists (at most ``N // 39``: faiss wants ≥ 39 training points per centroid); ``m`` = the largest divisor
-  of D that is at most D / 4 (sub-quantizers of ≥ 4 dimensions; a D with no such divisor above 1, a prime or
-  D < 8, is refused: one sub-quantizer of all D dimensions with 16 centroids cannot rank), ``nbits = 4``;
-  ``nprobe = clamp(nlist // 8, 16, nlist)``; k-means trains on a seeded sample of ``min(N, max(64 · nlist,
-  IVFPQ_MIN_ROWS))`` rows. The PQ scan proposes ``k_factor · k`` candidates (``k_factor = 4``), re-scored exactly
-  against the stored float vectors: recall@10 ≥ 0.95 in ``benchmarks/bench_index.py`` at the cost of keeping the
-  raw vectors (memory as ``flat``, latency far lower). Galleries under ``IVFPQ_MIN_ROWS`` are refused: 2^4 PQ centroids need ≥ 39 points each.
-- ``hnsw``: ``IndexHNSWFlat`` with ``M = 32`` links per node, ``efConstruction = 40`` (faiss's default; higher
-  doubles build time for little recall on clustered data), ``efSearch = 64``.
+used by ``evaluate``; row ``i`` of the index is row ``i`` of the rows table. The types, their parameters, their
+memory and ``--type auto``'s choice live in :mod:`tfclip_cli.index.types`.
 
 On disk, a gallery ``G`` is a base file and an append log beside it:
 
@@ -55,7 +43,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import math
 import os
 import re
 import struct
@@ -76,6 +63,15 @@ from tfclip_cli import __version__
 from tfclip_cli.errors import GalleryError, UserError
 from tfclip_cli.index.appendlog import LogScan, append_record, encode_record, log_path, read_records, sync_folder
 from tfclip_cli.index.known_ids import KnownIds, LogPosition, ids_path, open_known_ids, write_known_ids
+from tfclip_cli.index.types import (
+    DEFAULT_MEMORY_BUDGET,
+    RESCORE_BYTES,
+    IndexChoice,
+    IndexType,
+    choose_index_type,
+    index_params,
+    new_index,
+)
 from tfclip_cli.tables import (
     EMBEDDING_ROW_COLUMNS,
     MANIFEST_SCHEMA,
@@ -88,14 +84,8 @@ from tfclip_cli.tables import (
 
 log = logging.getLogger(__name__)
 
-IndexType = Literal["flat", "ivfpq", "hnsw"]
-
-HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 40
-HNSW_EF_SEARCH = 64
-PQ_NBITS = 4
-IVFPQ_MIN_ROWS = 39 * 2**PQ_NBITS
-IVFPQ_K_FACTOR = 4.0
+BUILD_CHUNK_ROWS = 16_384
+"""Rows normalised and added at a time, so a build never holds a second float32 copy of all the vectors."""
 TRAIN_SEED = 1234
 
 MAGIC = b"TFCLIP-GALLERY-1"
@@ -134,6 +124,8 @@ class IndexInfo:
     """uuid4 hex, new each time the base file is written; its append log is ``G.<generation>.log``
     (empty in galleries written before append logs: their first append rewrites them with one)."""
     tfclip_version: str = __version__
+    choice: dict | None = None
+    """Why ``--type auto`` chose ``type``: ``{"budget_bytes", "index_bytes", "reason"}``; None when given."""
 
     @property
     def live_count(self) -> int:
@@ -163,63 +155,6 @@ class Gallery:
         return int(found[-1]) if len(found) else None
 
 
-def ivfpq_params(count: int, dim: int) -> dict:
-    """The documented IVF-PQ rule (module docstring) for ``count`` vectors of ``dim`` dimensions.
-
-    Raises:
-        GalleryError: when ``count`` is below ``IVFPQ_MIN_ROWS``, too few to train the PQ codebooks, or ``dim``
-            has no divisor between 2 and ``dim / 4`` (a prime, or below 8) to split the vectors into sub-quantizers.
-    """
-    if count < IVFPQ_MIN_ROWS:
-        raise GalleryError(
-            f"ivfpq needs at least {IVFPQ_MIN_ROWS} tracklets to train its codebooks; the gallery has {count}",
-            hint="use --type flat: exact search is fast at this size",
-        )
-    m = max(divisor for divisor in range(1, max(1, dim // 4) + 1) if dim % divisor == 0)
-    if m == 1:
-        raise GalleryError(
-            f"ivfpq splits each vector into sub-quantizers of equal width; {dim}-d embeddings have no divisor "
-            f"between 2 and {dim // 4}, so one sub-quantizer of 16 centroids would code all {dim} dimensions",
-            hint="use --type hnsw (or flat), or embed with a model whose width has small divisors (e.g. 512)",
-        )
-    nlist = max(1, min(round(math.sqrt(count)), count // 39))
-    return {
-        "nlist": nlist,
-        "m": m,
-        "nbits": PQ_NBITS,
-        "nprobe": min(nlist, max(16, nlist // 8)),
-        "k_factor": IVFPQ_K_FACTOR,
-        "train_rows": min(count, max(64 * nlist, IVFPQ_MIN_ROWS)),
-    }
-
-
-def _index_params(index_type: IndexType, count: int, dim: int) -> dict:
-    if index_type == "ivfpq":
-        return ivfpq_params(count, dim)
-    if index_type == "hnsw":
-        return {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "efSearch": HNSW_EF_SEARCH}
-    return {}
-
-
-def _new_index(index_type: IndexType, dim: int, params: dict) -> Any:
-    """An empty CPU index of ``index_type`` for inner product (the IVF-PQ part alone, before refinement)."""
-    if index_type == "flat":
-        return faiss.IndexFlatIP(dim)
-    if index_type == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, params["M"], faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = params["efConstruction"]
-        index.hnsw.efSearch = params["efSearch"]
-        return index
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFPQFastScan(
-        quantizer, dim, params["nlist"], params["m"], params["nbits"], faiss.METRIC_INNER_PRODUCT
-    )
-    index.nprobe = params["nprobe"]
-    index.own_fields = True
-    quantizer.this.disown()
-    return index
-
-
 def normalized(vectors: np.ndarray) -> np.ndarray:
     """Contiguous float32 copy of ``vectors`` [N, D] with unit L2 rows (zero rows stay zero)."""
     out = np.array(vectors, dtype=np.float32, order="C", copy=True)
@@ -236,7 +171,7 @@ def _require_gpus(index_type: IndexType) -> int:
             "--gpu: faiss-gpu/CUDA is not available (this faiss build has no GPU support or sees no GPU)",
             hint="install faiss-gpu on a machine with CUDA GPUs, or drop --gpu to build on the CPU",
         )
-    if index_type != "ivfpq":
+    if index_type not in RESCORE_BYTES:
         raise UserError(
             f"--gpu: a {index_type} index has no GPU build step (only ivfpq's k-means training runs on GPUs)",
             hint="drop --gpu, or use --type ivfpq",
@@ -251,27 +186,46 @@ def _gpu_flat(dim: int) -> Any:
     return faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(dim), options)
 
 
-def _fill(index: Any, vectors: np.ndarray, *, train_rows: int, use_gpu: bool) -> None:
-    """Train ``index`` when it needs it on a seeded sample of ``train_rows`` rows, then add ``vectors`` [N, D].
+def _chunks(vectors: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, rows)`` blocks of ``BUILD_CHUNK_ROWS`` rows of ``vectors`` [N, D], as they are.
+
+    ``vectors`` may be any ``[N, D]`` array that slices (an ``np.memmap``, or rows computed on demand).
+    """
+    for start in range(0, len(vectors), BUILD_CHUNK_ROWS):
+        yield start, np.asarray(vectors[start:start + BUILD_CHUNK_ROWS])
+
+
+def _checked_sample(vectors: np.ndarray, ids: pd.Series, sample_rows: int) -> np.ndarray:
+    """The unit rows [sample_rows, D] of a seeded sample, read block by block; raises GalleryError on NaN/inf rows."""
+    sample = np.sort(np.random.default_rng(TRAIN_SEED).choice(len(vectors), size=sample_rows, replace=False))
+    picked, bad = [], []
+    for start, block in _chunks(vectors):
+        bad.extend(start + np.flatnonzero(~np.isfinite(block).all(axis=1)))
+        inside = sample[(sample >= start) & (sample < start + len(block))]
+        picked.append(normalized(block[inside - start]))
+    if bad:
+        raise GalleryError(
+            f"the embeddings of {len(bad)} tracklet(s) hold NaN or inf ({', '.join(ids.iloc[bad[:5]])}): "
+            "expected finite vectors",
+            hint="extract them again (a diverged checkpoint gives NaN); tfclip evaluate refuses them too",
+        )
+    return np.concatenate(picked)
+
+
+def _fill(index: Any, vectors: np.ndarray, sample: np.ndarray, *, use_gpu: bool) -> None:
+    """Train ``index`` when it needs it on the unit rows ``sample``, then add ``vectors`` [N, D] block by block.
 
     With ``use_gpu`` the coarse k-means (the costly part of training) assigns points with a flat index sharded
     over every visible GPU; the index itself stays a CPU index, so the saved file loads anywhere.
     """
     if not index.is_trained:
-        sample = np.random.default_rng(TRAIN_SEED).choice(len(vectors), size=train_rows, replace=False)
         ivf = faiss.extract_index_ivf(index)
         on_gpus = _gpu_flat(index.d) if use_gpu else None
         ivf.clustering_index = on_gpus  # the local keeps the GPU index alive while faiss holds a raw pointer
-        index.train(vectors[np.sort(sample)])
+        index.train(sample)
         ivf.clustering_index = None
-    index.add(vectors)
-
-
-def _refined(base: Any, vectors: np.ndarray, k_factor: float) -> Any:
-    """Wrap a filled IVF-PQ index so its ``k_factor · k`` candidates are re-scored exactly on ``vectors``."""
-    index = faiss.IndexRefineFlat(base, faiss.swig_ptr(vectors))
-    index.k_factor = k_factor
-    return index
+    for _, block in _chunks(vectors):
+        index.add(normalized(block))
 
 
 def lock_path(path: Path) -> Path:
@@ -328,14 +282,21 @@ def _check_output(path: Path, *, force: bool) -> None:
     check_writable(path, force=True)
 
 
-def _checked_rows(embeddings: Embeddings) -> pd.DataFrame:
-    """Every column of the rows to index; raises GalleryError on no rows, a repeated id or non-finite vectors."""
+def _checked_ids(embeddings: Embeddings) -> pd.DataFrame:
+    """Every column of the rows to index; raises GalleryError on no rows or a repeated id."""
     if len(embeddings.rows) == 0:
         raise GalleryError("the embeddings table has no rows: nothing to index")
     ids = embeddings.rows["tracklet_id"].astype(str)
     repeated = sorted(set(ids[ids.duplicated()]))
     if repeated:
         raise GalleryError(f"the embeddings table repeats tracklet ids {', '.join(repeated[:5])}: ids must be unique")
+    return embeddings.rows.reset_index(drop=True)
+
+
+def _checked_rows(embeddings: Embeddings) -> pd.DataFrame:
+    """Every column of the rows to index; raises GalleryError on no rows, a repeated id or non-finite vectors."""
+    _checked_ids(embeddings)
+    ids = embeddings.rows["tracklet_id"].astype(str)
     bad = ~np.isfinite(embeddings.vectors).all(axis=1)
     if bad.any():
         raise GalleryError(
@@ -346,7 +307,7 @@ def _checked_rows(embeddings: Embeddings) -> pd.DataFrame:
     return embeddings.rows.reset_index(drop=True)
 
 
-def _header_from(embeddings: Embeddings, index_type: IndexType, params: dict) -> IndexInfo:
+def _header_from(embeddings: Embeddings, index_type: IndexType, params: dict, choice: dict | None) -> IndexInfo:
     provenance = {k: v for k, v in embeddings.info.items() if k not in ("checkpoint", "checkpoint_sha256")}
     return IndexInfo(
         type=index_type,
@@ -356,36 +317,56 @@ def _header_from(embeddings: Embeddings, index_type: IndexType, params: dict) ->
         checkpoint=embeddings.info.get("checkpoint"),
         checkpoint_sha256=embeddings.info.get("checkpoint_sha256"),
         embeddings_info=provenance,
+        choice=choice,
     )
+
+
+def _resolved_type(index_type: IndexType | Literal["auto"], count: int, dim: int, budget: int) -> IndexChoice | None:
+    """The choice of ``auto`` (logged), or None for a given type."""
+    if index_type != "auto":
+        return None
+    choice = choose_index_type(count, dim, budget)
+    log.info("--type auto chose %s: %s", choice.type, choice.reason)
+    return choice
 
 
 def build_index(
     embeddings: Embeddings,
     out: Path,
     *,
-    index_type: IndexType = "flat",
+    index_type: IndexType | Literal["auto"] = "flat",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
     use_gpu: bool = False,
     force: bool = False,
 ) -> IndexInfo:
     """Index ``embeddings`` (L2-normalised, inner product) into the gallery file ``out``.
 
+    ``embeddings.vectors`` is read ``BUILD_CHUNK_ROWS`` rows at a time (twice: a checked training sample, then
+    the rows added), so it may be an ``np.memmap`` or rows computed on demand. ``index_type="auto"`` chooses by
+    :func:`~tfclip_cli.index.types.choose_index_type` within ``memory_budget`` bytes, recorded in the header's
+    ``choice``.
+
     Raises:
         UserError: when ``out`` exists without ``force``, or ``use_gpu`` without faiss-gpu/CUDA.
         OutputError: when ``out`` cannot be written (read-only folder, a file as a folder), before any work.
-        GalleryError: on an empty table, repeated tracklet ids, non-finite vectors or too few rows for ``ivfpq``.
+        GalleryError: on an empty table, repeated tracklet ids, non-finite vectors, too few rows for ``ivfpq``,
+            or no type within ``memory_budget`` for ``auto``.
     """
     out = Path(out)
     _check_output(out, force=force)
+    rows = _checked_ids(embeddings)
+    choice = _resolved_type(index_type, len(rows), embeddings.dim, memory_budget)
+    index_type = choice.type if choice else index_type
     if use_gpu:
         log.info("building on %d GPU(s)", _require_gpus(index_type))
-    rows = _checked_rows(embeddings)
-    params = _index_params(index_type, len(rows), embeddings.dim)
-    vectors = normalized(embeddings.vectors)
-    index = _new_index(index_type, embeddings.dim, params)
-    _fill(index, vectors, train_rows=params.get("train_rows", 0), use_gpu=use_gpu)
-    if index_type == "ivfpq":
-        index = _refined(index, vectors, params["k_factor"])
-    info = _header_from(embeddings, index_type, params)
+    params = index_params(index_type, len(rows), embeddings.dim)
+    sample = _checked_sample(embeddings.vectors, rows["tracklet_id"].astype(str), params.get("train_rows", 0))
+    index = new_index(index_type, embeddings.dim, params)
+    _fill(index, embeddings.vectors, sample, use_gpu=use_gpu)
+    del sample
+    info = _header_from(embeddings, index_type, params,
+                        choice and {"budget_bytes": memory_budget, "index_bytes": choice.index_bytes,
+                                    "reason": choice.reason})
     with writer_lock(out):
         _check_output(out, force=force)  # another writer may have created it while this one built
         return _write_gallery(Gallery(out, index, rows, info), force=force)
