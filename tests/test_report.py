@@ -290,15 +290,19 @@ def _calibration_gallery(tmp_path, seed: int) -> Embeddings:
     return table
 
 
-def test_calibrate_report_draws_the_det_curve_and_histograms_at_the_stored_threshold(tmp_path):
-    table = _calibration_gallery(tmp_path, 4)
+def _calibration_report(tmp_path: Path, *rule: str) -> tuple:
+    """``tfclip calibrate`` of the gallery in ``tmp_path`` under ``rule`` (e.g. ``--fmr 0.05``) with ``--report``:
+    the report checked as a page, and its text."""
     out = tmp_path / "calibration.html"
     result = CliRunner().invoke(app, ["calibrate", str(tmp_path / "val.parquet"), "--gallery",
-                                      str(tmp_path / "g.faiss"), "--fmr", "0.05", "--report", str(out)],
-                                terminal_width=300)
+                                      str(tmp_path / "g.faiss"), *rule, "--report", str(out)], terminal_width=300)
     assert result.exit_code == 0, result.output
-    page = check_page(out)
-    text = out.read_text()
+    return check_page(out), out.read_text()
+
+
+def test_calibrate_report_draws_the_det_curve_and_histograms_at_the_stored_threshold(tmp_path):
+    table = _calibration_gallery(tmp_path, 4)
+    page, text = _calibration_report(tmp_path, "--fmr", "0.05")
     threshold = load_index(tmp_path / "g.faiss").info.calibration["threshold"]
     assert page.tags.count("svg") == 2 and f"{threshold:.4f}" in text
     assert f"chosen threshold {threshold:.3f}" in text and f"threshold {threshold:.3f}" in text
@@ -309,13 +313,7 @@ def test_calibrate_report_draws_the_det_curve_and_histograms_at_the_stored_thres
 
 def test_calibrate_report_of_the_per_search_rule_draws_fnir_against_fpir_at_the_stored_threshold(tmp_path):
     _calibration_gallery(tmp_path, 5)
-    out = tmp_path / "calibration.html"
-    result = CliRunner().invoke(app, ["calibrate", str(tmp_path / "val.parquet"), "--gallery",
-                                      str(tmp_path / "g.faiss"), "--fpir", "0.1", "--report", str(out)],
-                                terminal_width=300)
-    assert result.exit_code == 0, result.output
-    page = check_page(out)
-    text = out.read_text()
+    page, text = _calibration_report(tmp_path, "--fpir", "0.1")
     stored = load_index(tmp_path / "g.faiss").info.calibration
     assert stored["rule"] == "per-search" and page.tags.count("svg") == 2
     assert f"chosen threshold {stored['threshold']:.3f}" in text and "FPIR" in text and "FNIR" in text
