@@ -54,12 +54,14 @@ from tfclip_cli.index.search import (
 )
 from tfclip_cli.index.store import (
     Gallery,
+    GalleryIndex,
     IndexInfo,
     append_to_index,
     build_index,
     compact_index,
     gallery_files,
     gallery_stamp,
+    index_path,
     load_index,
     lock_path,
     normalized,
