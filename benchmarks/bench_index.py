@@ -25,10 +25,11 @@ peak memory of ``compact_index`` (in a fresh process, so its peak RSS is its own
 
 ``--scale 1e6,1e7`` measures what a gallery of that many 512-d tracklets costs on this machine instead, per type
 (``--scale-types``, default ``auto`` = what ``tfclip index --type auto`` picks within ``--memory-budget``): build
-time and peak RSS (a fresh process running ``build_index``), the sizes of the gallery file and of its FAISS
-section, then a fresh process that opens the gallery (``load_index`` reads the whole file, its index included)
-and searches one query at a time on one thread through ``index.search`` (open time, RSS after opening, peak RSS,
-latency p50/p95), and recall@10 against exact search computed block by block on ``--queries`` queries. The
+time and peak RSS (a fresh process running ``build_index``), the sizes of the gallery file and of its index
+file, then a fresh process that opens the gallery (``load_index`` maps the index file) and searches one query at
+a time on one thread through ``index.search`` (open time, RSS after opening, peak RSS, the process's own and its
+file-backed memory at the end, latency p50/p95), and recall@10 against exact search computed block by block on
+``--queries`` queries. ``--folder F --keep`` leaves the galleries in ``F``. The
 vectors are generated block by block from a seed (``SyntheticVectors``), never held whole (1e7 x 512 float32
 would be 20 GB), so each process regenerates what it reads:
 
@@ -39,6 +40,7 @@ would be 20 GB), so each process regenerates what it reads:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -56,7 +58,7 @@ import pandas as pd
 
 from tfclip_cli import index as gallery_api
 from tfclip_cli.index import append_to_index, build_index, load_index, normalized, writer_lock
-from tfclip_cli.index.store import BUILD_CHUNK_ROWS, MAGIC, SECTION_LENGTHS, _parquet_bytes, _rows_table
+from tfclip_cli.index.store import BUILD_CHUNK_ROWS, _parquet_bytes, _rows_table
 from tfclip_cli.tables import Embeddings, atomic_output
 
 TOP_K = 10
@@ -179,18 +181,17 @@ def _batch(number: int, vectors: np.ndarray) -> Embeddings:
 
 
 def rewrite_append(embeddings: Embeddings, path: Path) -> None:
-    """The format-1 append this log replaced: load everything, add, write a whole new file, rename it in."""
+    """The append this log replaced: load everything, add, write a whole new gallery (rows and index), rename it in."""
     with writer_lock(path):
         gallery = load_index(path)
-        gallery.index.add(normalized(embeddings.vectors))
+        index = gallery.index.merged()
+        index.add(normalized(embeddings.vectors))
         rows = pd.concat([gallery.rows, embeddings.rows], ignore_index=True)
-        header = b"{}"  # the header's few hundred bytes do not change the figure
-        table, blob = _parquet_bytes(_rows_table(rows, path)), faiss.serialize_index(gallery.index)
         rewritten = path.with_name("rewritten.faiss")  # beside the gallery, which the log appends go on to use
         with atomic_output(rewritten, force=True) as temp, open(temp, "wb") as handle:
-            handle.write(MAGIC + SECTION_LENGTHS.pack(len(header), len(table), blob.nbytes))
-            for section in (header, table, blob.data):
-                handle.write(section)
+            handle.write(_parquet_bytes(_rows_table(rows, path)))
+        with atomic_output(rewritten.with_name("rewritten.faissindex"), force=True) as temp:
+            faiss.write_index(index, str(temp))
 
 
 COMPACT_SCRIPT = """
@@ -247,7 +248,7 @@ def bench_appends(count: int, index_type: str, args: argparse.Namespace, folder:
         f"compact {compact_s:6.1f} s, peak RSS {compact_gib:5.2f} GiB ({imported_gib:.2f} after imports)",
         flush=True,
     )
-    for file in (*folder.glob(f"{index_type}-{count}.faiss*"), folder / "rewritten.faiss"):
+    for file in (*folder.glob(f"{index_type}-{count}.faiss*"), *folder.glob("rewritten.faiss*")):
         file.unlink(missing_ok=True)
 
 
@@ -306,16 +307,11 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def rss_gib() -> float:
-    """This process's resident memory (VmRSS of /proc/self/status)."""
+def rss_gib(field: str = "VmRSS") -> float:
+    """This process's resident ``field`` of /proc/self/status (VmRSS; RssAnon: its own memory; RssFile: pages of
+    mapped files, which the kernel reads around each page a search touches and can drop again)."""
     with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 2**20
-
-
-def index_section_bytes(path: Path) -> int:
-    """The length of the serialised FAISS index inside the gallery file at ``path`` (its third section)."""
-    with open(path, "rb") as handle:
-        return SECTION_LENGTHS.unpack(handle.read(len(MAGIC) + SECTION_LENGTHS.size)[len(MAGIC):])[2]
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":")) / 2**20
 
 
 def build_phase(args: argparse.Namespace) -> dict:
@@ -325,9 +321,12 @@ def build_phase(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     info = build_index(embeddings, args.gallery, index_type=args.type, memory_budget=args.budget, force=True)
     seconds = time.perf_counter() - start
-    return {"type": info.type, "build_s": seconds, "build_peak_rss_gib": peak_rss_gib(), "params": info.params,
-            "choice": info.choice, "file_gib": args.gallery.stat().st_size / 2**30,
-            "index_section_gib": index_section_bytes(args.gallery) / 2**30}
+    index_file = gallery_api.index_path(args.gallery, info.generation)
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # CPU time: what other programs on the cores do not inflate
+    return {"type": info.type, "build_s": seconds, "build_cpu_s": usage.ru_utime + usage.ru_stime,
+            "build_peak_rss_gib": peak_rss_gib(), "params": info.params,
+            "choice": info.choice, "rows_file_mib": args.gallery.stat().st_size / 2**20,
+            "index_file_gib": index_file.stat().st_size / 2**30}
 
 
 def serve_phase(args: argparse.Namespace) -> dict:
@@ -339,11 +338,12 @@ def serve_phase(args: argparse.Namespace) -> dict:
     gallery = load_index(args.gallery)
     open_s = time.perf_counter() - start
     result = {"open_s": open_s, "rss_after_open_gib": rss_gib() - before, **timed_queries(gallery, queries, "")}
-    ivf = faiss.try_extract_index_ivf(gallery.index)
+    ivf = faiss.try_extract_index_ivf(gallery.index.base)
     for divisor in (16, 32) if ivf else ():  # fewer lists probed than the rule's nlist / 8: the trade-off
         ivf.nprobe = max(1, ivf.nlist // divisor)
         result |= timed_queries(gallery, queries, f"nprobe{ivf.nprobe}_")
-    return {**result, "serve_peak_rss_gib": peak_rss_gib(), "serve_end_rss_gib": rss_gib()}
+    return {**result, "serve_peak_rss_gib": peak_rss_gib(), "serve_end_rss_anon_gib": rss_gib("RssAnon"),
+            "serve_end_rss_file_gib": rss_gib("RssFile")}
 
 
 def timed_queries(gallery: gallery_api.Gallery, queries: np.ndarray, prefix: str) -> dict:
@@ -400,7 +400,7 @@ def bench_scale(count: int, args: argparse.Namespace, folder: Path) -> None:
             served[found.name.split(".")[-2].replace("found", "recall@10")] = recall_at(np.load(found), exact)
             found.unlink()
         print(json.dumps({"count": count, "dim": args.dim, **built, **served}), flush=True)
-        for file in folder.glob(f"{gallery.name}*"):
+        for file in () if args.keep else folder.glob(f"{gallery.name}*"):
             file.unlink()
 
 
@@ -429,7 +429,10 @@ def main() -> None:
     parser.add_argument("--type", help=argparse.SUPPRESS)
     parser.add_argument("--gallery", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help="where --scale writes its galleries (default: a temp folder)")
+    parser.add_argument("--keep", action="store_true", help="--scale: keep the galleries in --folder")
     args = parser.parse_args()
+    if args.keep and args.folder is None:
+        parser.error("--keep needs --folder")
     if args.phase:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
         print(json.dumps((build_phase if args.phase == "build" else serve_phase)(args)), flush=True)
@@ -437,7 +440,8 @@ def main() -> None:
     if args.scale:
         if args.dim == 256 and "--dim" not in sys.argv:
             args.dim = 512  # the real feature width (ViT-B/16)
-        with tempfile.TemporaryDirectory(dir=args.folder) as folder:
+        with (contextlib.nullcontext(args.folder) if args.keep else tempfile.TemporaryDirectory(dir=args.folder)
+              ) as folder:
             for count in args.scale:
                 bench_scale(count, args, Path(folder))
         return
