@@ -1266,3 +1266,21 @@ def test_a_writer_deletes_the_index_file_a_killed_writer_wrote_before_its_rename
     neighbour.write_bytes(b"x")
     index.append_to_index(_embeddings(np.eye(4), prefix="n"), path)
     assert not orphan.exists() and neighbour.exists()
+
+
+def test_a_refresh_reads_only_the_records_appended_since_and_a_rewrite_in_full(tmp_path, no_compaction):
+    path = tmp_path / "g.faiss"
+    index.build_index(_embeddings(np.eye(8)[:4]), path)
+    index.append_to_index(_embeddings(np.eye(8)[4:5], prefix="a"), path)
+    gallery = index.load_index(path)
+    assert index.refresh_index(gallery) is gallery  # nothing changed
+    index.append_to_index(_embeddings(np.eye(8)[5:7], prefix="b"), path)
+    refreshed = index.refresh_index(gallery)
+    assert refreshed.index.base is gallery.index.base  # the base was not read again
+    loaded = index.load_index(path)
+    assert _ids(refreshed) == _ids(loaded) == ["t0", "t1", "t2", "t3", "a0", "b0", "b1"]
+    assert (refreshed.info, refreshed.log_end) == (loaded.info, loaded.log_end)
+    assert [hits[0].tracklet_id for hits in index.search(refreshed, np.eye(8)[[1, 6]], 1)] == ["t1", "b1"]
+    index.remove_from_index(path, ["b0"])  # a new base: read in full
+    rewritten = index.refresh_index(refreshed)
+    assert rewritten.index.base is not gallery.index.base and _ids(rewritten) == ["t0", "t1", "t2", "t3", "a0", "b1"]

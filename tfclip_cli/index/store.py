@@ -234,6 +234,10 @@ class Gallery:
     index: GalleryIndex
     rows: pd.DataFrame
     info: IndexInfo
+    log_end: int = 0
+    """Offset just past the last log record the snapshot holds (:func:`refresh_index` reads on from there)."""
+    base_identity: str = ""
+    """The identity of the base file it was read from (``_base_identity``); empty for one not read from disk."""
 
     @property
     def live(self) -> np.ndarray:
@@ -555,7 +559,10 @@ def _widened(known: pa.Schema, new: pa.Schema, path: Path) -> pa.Schema:
 
 def _base_identity(path: Path) -> str:
     """The identity of the base file now at ``path``: a rewrite (a new file) or an edit in place changes it."""
-    stat = os.stat(path)
+    return _identity(os.stat(path))
+
+
+def _identity(stat: os.stat_result) -> str:
     return f"{stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
@@ -574,7 +581,7 @@ def _known_ids(path: Path, info: IndexInfo) -> KnownIds:
     snapshot = _load_snapshot(path)
     gallery = snapshot.gallery
     live_ids = gallery.rows["tracklet_id"].astype(str)[gallery.live]
-    position = LogPosition(snapshot.log_end, gallery.info.count - info.count, snapshot.records, snapshot.log_last)
+    position = LogPosition(gallery.log_end, gallery.info.count - info.count, snapshot.records, snapshot.log_last)
     write_known_ids(file, live_ids, base=base, schema=_rows_table(gallery.rows, path).schema.remove_metadata(),
                     log=position)
     known = open_known_ids(file, base=base)
@@ -916,8 +923,6 @@ def _read_index_file(file: Path, *, mapped: bool, gallery: Path | None = None) -
 
 class _Snapshot(NamedTuple):
     gallery: Gallery
-    log_end: int
-    """Offset just past the last log record the gallery holds."""
     log_last: int
     """Where that record starts (0 without records)."""
     records: int
@@ -952,7 +957,7 @@ def _load_snapshot(path: Path) -> _Snapshot:
                 scan = _read_log(path, info.generation)
                 index = _read_index(path, sections, info)
                 if _is_current(base, path):
-                    return _assembled(path, sections, info, scan, index)
+                    return _assembled(path, sections, info, scan, index, _identity(os.fstat(base.fileno())))
         except FileNotFoundError:  # replaced between the check and an open (of the base, or its index file)
             if generation and _names_generation(path, generation):  # not replaced: the index file is gone
                 raise GalleryError(f"{path}: its index file {index_path(path, generation).name} is missing",
@@ -998,7 +1003,8 @@ def _is_current(base: BinaryIO, path: Path) -> bool:
     return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
-def _assembled(path: Path, sections: _Sections, info: IndexInfo, scan: LogScan, index: GalleryIndex) -> _Snapshot:
+def _assembled(path: Path, sections: _Sections, info: IndexInfo, scan: LogScan, index: GalleryIndex,
+               identity: str) -> _Snapshot:
     """The base's index, rows and header checked against each other, then the log's batches added to them."""
     rows = _read_rows(sections.rows, path)
     if index.ntotal == 0:
@@ -1011,12 +1017,42 @@ def _assembled(path: Path, sections: _Sections, info: IndexInfo, scan: LogScan, 
         )
     if any(not 0 <= row < info.count for row in info.removed):
         raise GalleryError(f"{path}: the header removes rows outside 0..{info.count - 1}")
+    gallery = _with_records(Gallery(path, index, rows, info, base_identity=identity), scan)
+    last = scan.batches[-1].offset if scan.batches else 0
+    return _Snapshot(gallery, last, len(scan.batches))
+
+
+def _with_records(gallery: Gallery, scan: LogScan) -> Gallery:
+    """``gallery`` with the log batches of ``scan`` after its rows, read up to ``scan.end``."""
+    info = gallery.info
     if scan.batches:
-        log_file = log_path(path, info.generation)
+        log_file = log_path(gallery.path, info.generation)
         if any(batch.vectors.shape[1] != info.dim for batch in scan.batches):
             raise GalleryError(f"{log_file}: a record holds vectors of another width than the gallery's {info.dim}")
-        rows = pd.concat([rows, *(_read_rows(batch.rows, log_file) for batch in scan.batches)], ignore_index=True)
-        index = replace(index, appended=np.concatenate([batch.vectors for batch in scan.batches]))
-        info = replace(info, count=len(rows))
-    last = scan.batches[-1].offset if scan.batches else 0
-    return _Snapshot(Gallery(path=path, index=index, rows=rows, info=info), scan.end, last, len(scan.batches))
+        rows = pd.concat([gallery.rows, *(_read_rows(batch.rows, log_file) for batch in scan.batches)],
+                         ignore_index=True)
+        appended = np.concatenate([gallery.index.appended, *(batch.vectors for batch in scan.batches)])
+        gallery = replace(gallery, index=replace(gallery.index, appended=appended), rows=rows,
+                          info=replace(info, count=len(rows)))
+    return replace(gallery, log_end=scan.end)
+
+
+def refresh_index(gallery: Gallery) -> Gallery:
+    """The gallery at ``gallery.path`` now, read on from the snapshot ``gallery``: the same object when nothing
+    changed, the snapshot plus the log records committed since when only the log grew (the cost of the new
+    records: the base's rows and index are not read again), else :func:`load_index`'s full read.
+
+    Raises:
+        GalleryError: as :func:`load_index`.
+    """
+    path = gallery.path
+    try:
+        unchanged = bool(gallery.base_identity) and _base_identity(path) == gallery.base_identity
+        handle = open(log_path(path, gallery.info.generation), "rb") if unchanged and gallery.info.generation else None
+    except FileNotFoundError:  # the base, or its log, was replaced or deleted
+        handle = None
+    if handle is None:
+        return load_index(path)
+    with handle:  # the base's log: records are only ever added after the valid ones a snapshot read
+        scan = read_records(handle, gallery.info.generation, start=gallery.log_end)
+    return _with_records(gallery, scan) if scan.batches else gallery
