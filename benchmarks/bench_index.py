@@ -30,7 +30,9 @@ time and peak RSS (a fresh process running ``build_index``), the sizes of the ga
 file, then a fresh process that opens the gallery (``load_index`` maps the index file) and searches one query at
 a time on one thread through ``index.search`` (open time, RSS after opening, peak RSS, the process's own and its
 file-backed memory at the end, latency p50/p95), and recall@10 against exact search computed block by block on
-``--queries`` queries. ``--folder F --keep`` leaves the galleries in ``F``. The
+``--queries`` queries. ``--folder F --keep`` leaves the galleries in ``F``, ``--reuse`` serves them again;
+``--serve-cgroup`` runs the serving process in a memory cgroup (a limit that counts the page cache its mapped
+index file fills, which RSS counts too although the kernel can drop it). The
 vectors are generated block by block from a seed (``SyntheticVectors``), never held whole (1e7 x 512 float32
 would be 20 GB), so each process regenerates what it reads:
 
@@ -336,8 +338,33 @@ def build_phase(args: argparse.Namespace) -> dict:
             "index_file_gib": index_file.stat().st_size / 2**30}
 
 
+def join_cgroup(folder: Path) -> None:
+    """Move this process into the memory cgroup ``folder`` (v1 or v2, made beforehand), so that the kernel holds
+    it to the cgroup's limit: its own memory and the page cache of the files it reads together. The v1 peak and
+    limit-hit counters are reset (v2's count from the cgroup's creation: make a fresh one per run)."""
+    (folder / "cgroup.procs").write_text(str(os.getpid()))
+    for counter in ("memory.max_usage_in_bytes", "memory.failcnt"):
+        if (folder / counter).exists():
+            (folder / counter).write_text("0")
+
+
+def cgroup_figures(folder: Path) -> dict:
+    """The cgroup's limit, peak usage (GiB) and how often the limit was hit (v1: failcnt; v2: events max)."""
+    def read(*names: str) -> str:
+        file = next((folder / name for name in names if (folder / name).exists()), None)
+        return file.read_text() if file else ""
+    limit = read("memory.limit_in_bytes", "memory.max").strip()
+    events = dict(line.split() for line in read("memory.events").splitlines())
+    return {"cgroup_limit_gib": int(limit) / 2**30 if limit.isdigit() else limit,
+            "cgroup_peak_gib": int(read("memory.max_usage_in_bytes", "memory.peak") or 0) / 2**30,
+            "cgroup_limit_hits": int(read("memory.failcnt").strip() or events.get("max", 0))}
+
+
 def serve_phase(args: argparse.Namespace) -> dict:
-    """In a fresh process: open the gallery, search each query alone on one thread; times, RSS, found rows."""
+    """In a fresh process (in ``--serve-cgroup`` when given): open the gallery, search each query alone on one
+    thread; times, RSS, found rows."""
+    if args.serve_cgroup:
+        join_cgroup(args.serve_cgroup)
     faiss.omp_set_num_threads(1)
     queries = SyntheticVectors(args.count, args.dim, args.latent_dim or args.dim, args.seed).queries(args.queries)
     before = rss_gib()
@@ -350,7 +377,8 @@ def serve_phase(args: argparse.Namespace) -> dict:
         ivf.nprobe = max(1, ivf.nlist // divisor)
         result |= timed_queries(gallery, queries, f"nprobe{ivf.nprobe}_")
     return {**result, "serve_peak_rss_gib": peak_rss_gib(), "serve_end_rss_anon_gib": rss_gib("RssAnon"),
-            "serve_end_rss_file_gib": rss_gib("RssFile")}
+            "serve_end_rss_file_gib": rss_gib("RssFile"),
+            **(cgroup_figures(args.serve_cgroup) if args.serve_cgroup else {})}
 
 
 def timed_queries(gallery: gallery_api.Gallery, queries: np.ndarray, prefix: str) -> dict:
@@ -384,7 +412,8 @@ def exact_top(vectors: SyntheticVectors, queries: np.ndarray) -> np.ndarray:
 def _phase(args: argparse.Namespace, phase: str, index_type: str, gallery: Path) -> dict:
     command = [sys.executable, __file__, "--phase", phase, "--count", str(args.count), "--type", index_type,
                "--gallery", str(gallery), "--dim", str(args.dim), "--latent-dim", str(args.latent_dim),
-               "--queries", str(args.queries), "--seed", str(args.seed), "--budget", str(args.budget)]
+               "--queries", str(args.queries), "--seed", str(args.seed), "--budget", str(args.budget),
+               *(["--serve-cgroup", str(args.serve_cgroup)] if args.serve_cgroup else [])]
     done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)  # its log goes to our stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -395,7 +424,12 @@ def bench_scale(count: int, args: argparse.Namespace, folder: Path) -> None:
     vectors, exact = SyntheticVectors(count, args.dim, args.latent_dim or args.dim, args.seed), None
     for index_type in args.scale_types:
         gallery = folder / f"{index_type}-{count}.gallery"
-        built = _phase(args, "build", index_type, gallery)
+        saved = gallery.with_name(gallery.name + ".build.json")  # what the build measured, for --reuse
+        if args.reuse and saved.exists():
+            built = json.loads(saved.read_text())
+        else:
+            built = _phase(args, "build", index_type, gallery)
+            saved.write_text(json.dumps(built))
         print(json.dumps({"count": count, **built}), flush=True)
         served = _phase(args, "serve", index_type, gallery)
         if exact is None:
@@ -437,9 +471,15 @@ def main() -> None:
     parser.add_argument("--gallery", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help="where --scale writes its galleries (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="--scale: keep the galleries in --folder")
+    parser.add_argument("--reuse", action="store_true",
+                        help="--scale: serve the galleries a --keep run left in --folder (its build figures)")
+    parser.add_argument("--serve-cgroup", type=Path,
+                        help="--scale: serve inside this memory cgroup, made beforehand (e.g. "
+                             "/sys/fs/cgroup/memory/g4 with memory.limit_in_bytes 4G); report its peak usage")
     args = parser.parse_args()
-    if args.keep and args.folder is None:
-        parser.error("--keep needs --folder")
+    if (args.keep or args.reuse) and args.folder is None:
+        parser.error("--keep and --reuse need --folder")
+    args.keep |= args.reuse
     if args.phase:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
         print(json.dumps((build_phase if args.phase == "build" else serve_phase)(args)), flush=True)
