@@ -338,14 +338,15 @@ def build_phase(args: argparse.Namespace) -> dict:
             "index_file_gib": index_file.stat().st_size / 2**30}
 
 
-def join_cgroup(folder: Path) -> None:
-    """Move this process into the memory cgroup ``folder`` (v1 or v2, made beforehand), so that the kernel holds
-    it to the cgroup's limit: its own memory and the page cache of the files it reads together. The v1 peak and
-    limit-hit counters are reset (v2's count from the cgroup's creation: make a fresh one per run)."""
-    (folder / "cgroup.procs").write_text(str(os.getpid()))
+def in_cgroup(folder: Path):
+    """A ``preexec_fn`` that moves the new process into the memory cgroup ``folder`` (v1 or v2, made beforehand)
+    before it runs Python, so the kernel holds all of it to the cgroup's limit: its own memory and the page cache
+    of the files it reads together. The v1 peak and limit-hit counters are reset first (v2's count from the
+    cgroup's creation: make a fresh one per run)."""
     for counter in ("memory.max_usage_in_bytes", "memory.failcnt"):
         if (folder / counter).exists():
             (folder / counter).write_text("0")
+    return lambda: (folder / "cgroup.procs").write_text(str(os.getpid()))
 
 
 def cgroup_figures(folder: Path) -> dict:
@@ -363,8 +364,6 @@ def cgroup_figures(folder: Path) -> dict:
 def serve_phase(args: argparse.Namespace) -> dict:
     """In a fresh process (in ``--serve-cgroup`` when given): open the gallery, search each query alone on one
     thread; times, RSS, found rows."""
-    if args.serve_cgroup:
-        join_cgroup(args.serve_cgroup)
     faiss.omp_set_num_threads(1)
     queries = SyntheticVectors(args.count, args.dim, args.latent_dim or args.dim, args.seed).queries(args.queries)
     before = rss_gib()
@@ -414,7 +413,9 @@ def _phase(args: argparse.Namespace, phase: str, index_type: str, gallery: Path)
                "--gallery", str(gallery), "--dim", str(args.dim), "--latent-dim", str(args.latent_dim),
                "--queries", str(args.queries), "--seed", str(args.seed), "--budget", str(args.budget),
                *(["--serve-cgroup", str(args.serve_cgroup)] if args.serve_cgroup else [])]
-    done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)  # its log goes to our stderr
+    joining = in_cgroup(args.serve_cgroup) if args.serve_cgroup and phase == "serve" else None
+    done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True,  # its log goes to our stderr
+                          preexec_fn=joining)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
