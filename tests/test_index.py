@@ -822,7 +822,8 @@ def test_duplicates_are_refused_across_base_and_log_even_without_the_ids_cache(t
         if cache == "copy":  # a copy of the gallery has no cache: it is rebuilt from the gallery
             shutil.copy(path, tmp_path / "h.faiss")
             for suffix in ("log", "faissindex"):
-                shutil.copy(tmp_path / f"g.faiss.{info.generation}.{suffix}", tmp_path / f"h.faiss.{info.generation}.{suffix}")
+                name = f"faiss.{info.generation}.{suffix}"
+                shutil.copy(tmp_path / f"g.{name}", tmp_path / f"h.{name}")
             path = tmp_path / "h.faiss"
         elif cache is None:
             cache_file.unlink()
