@@ -17,18 +17,22 @@ flat, ivfpq and hnsw are comparable. Recall@10 = overlap of the top-10 ids with 
 
 ``--appends`` measures the gallery's append log instead: for each size and for flat and ivfpq, the time of one
 append of ``--batch`` (100) tracklets through ``append_to_index`` (a record appended to the log, O(batch)) beside
-the format-1 read-modify-write it replaced (load the whole gallery, add, serialise, write a new file, rename:
-O(N)), both on the same gallery in the same run; then the time to load the gallery with its log, and the time and
-peak memory of ``compact_index`` (in a fresh process, so its peak RSS is its own).
+the read-modify-write it replaced (load the whole gallery, add, write new rows and index files, rename:
+O(N)), both on the same gallery in the same run; then the time to load the gallery with its log, the time a
+service takes to see one more append (``refresh_index``: the new record alone), and the time and peak memory of
+``compact_index`` (in a fresh process, so its peak RSS is its own).
 
     nice -n 10 timeout 3600 python benchmarks/bench_index.py --appends --sizes 10000 100000 1000000 --dim 512
 
 ``--scale 1e6,1e7`` measures what a gallery of that many 512-d tracklets costs on this machine instead, per type
 (``--scale-types``, default ``auto`` = what ``tfclip index --type auto`` picks within ``--memory-budget``): build
-time and peak RSS (a fresh process running ``build_index``), the sizes of the gallery file and of its FAISS
-section, then a fresh process that opens the gallery (``load_index`` reads the whole file, its index included)
-and searches one query at a time on one thread through ``index.search`` (open time, RSS after opening, peak RSS,
-latency p50/p95), and recall@10 against exact search computed block by block on ``--queries`` queries. The
+time and peak RSS (a fresh process running ``build_index``), the sizes of the gallery file and of its index
+file, then a fresh process that opens the gallery (``load_index`` maps the index file) and searches one query at
+a time on one thread through ``index.search`` (open time, RSS after opening, peak RSS, the process's own and its
+file-backed memory at the end, latency p50/p95), and recall@10 against exact search computed block by block on
+``--queries`` queries. ``--folder F --keep`` leaves the galleries in ``F``, ``--reuse`` serves them again;
+``--serve-cgroup`` runs the serving process in a memory cgroup (a limit that counts the page cache its mapped
+index file fills, which RSS counts too although the kernel can drop it). The
 vectors are generated block by block from a seed (``SyntheticVectors``), never held whole (1e7 x 512 float32
 would be 20 GB), so each process regenerates what it reads:
 
@@ -39,6 +43,7 @@ would be 20 GB), so each process regenerates what it reads:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -55,8 +60,8 @@ import numpy as np
 import pandas as pd
 
 from tfclip_cli import index as gallery_api
-from tfclip_cli.index import append_to_index, build_index, load_index, normalized, writer_lock
-from tfclip_cli.index.store import BUILD_CHUNK_ROWS, MAGIC, SECTION_LENGTHS, _parquet_bytes, _rows_table
+from tfclip_cli.index import append_to_index, build_index, load_index, normalized, refresh_index, writer_lock
+from tfclip_cli.index.store import BUILD_CHUNK_ROWS, _parquet_bytes, _rows_table
 from tfclip_cli.tables import Embeddings, atomic_output
 
 TOP_K = 10
@@ -179,18 +184,17 @@ def _batch(number: int, vectors: np.ndarray) -> Embeddings:
 
 
 def rewrite_append(embeddings: Embeddings, path: Path) -> None:
-    """The format-1 append this log replaced: load everything, add, write a whole new file, rename it in."""
+    """The append this log replaced: load everything, add, write a whole new gallery (rows and index), rename it in."""
     with writer_lock(path):
         gallery = load_index(path)
-        gallery.index.add(normalized(embeddings.vectors))
+        index = gallery.index.merged()
+        index.add(normalized(embeddings.vectors))
         rows = pd.concat([gallery.rows, embeddings.rows], ignore_index=True)
-        header = b"{}"  # the header's few hundred bytes do not change the figure
-        table, blob = _parquet_bytes(_rows_table(rows, path)), faiss.serialize_index(gallery.index)
         rewritten = path.with_name("rewritten.faiss")  # beside the gallery, which the log appends go on to use
         with atomic_output(rewritten, force=True) as temp, open(temp, "wb") as handle:
-            handle.write(MAGIC + SECTION_LENGTHS.pack(len(header), len(table), blob.nbytes))
-            for section in (header, table, blob.data):
-                handle.write(section)
+            handle.write(_parquet_bytes(_rows_table(rows, path)))
+        with atomic_output(rewritten.with_name("rewritten.faissindex"), force=True) as temp:
+            faiss.write_index(index, str(temp))
 
 
 COMPACT_SCRIPT = """
@@ -238,16 +242,22 @@ def bench_appends(count: int, index_type: str, args: argparse.Namespace, folder:
     gallery = load_index(path)
     load_s = time.perf_counter() - start
     assert gallery.info.count == count + args.batch * args.repeats, gallery.info.count
-    del gallery
+    append_to_index(_batch(args.repeats, batches[0]), path)  # what a service sees next: one more record
+    start = time.perf_counter()
+    refreshed = refresh_index(gallery)
+    refresh_s = time.perf_counter() - start
+    assert refreshed.info.count == gallery.info.count + args.batch, refreshed.info.count
+    del gallery, refreshed
     compact_s, imported_gib, compact_gib = timed_compaction(path)
     print(
         f"{count:>9,} {index_type:>6} build {build_s:7.1f} s   append of {args.batch}: "
         f"log {1000 * statistics.median(new):8.1f} ms (max {1000 * max(new):7.1f})   "
         f"rewrite {1000 * statistics.median(old):9.1f} ms   load with log {load_s:6.2f} s   "
+        f"refresh after one more {1000 * refresh_s:6.1f} ms   "
         f"compact {compact_s:6.1f} s, peak RSS {compact_gib:5.2f} GiB ({imported_gib:.2f} after imports)",
         flush=True,
     )
-    for file in (*folder.glob(f"{index_type}-{count}.faiss*"), folder / "rewritten.faiss"):
+    for file in (*folder.glob(f"{index_type}-{count}.faiss*"), *folder.glob("rewritten.faiss*")):
         file.unlink(missing_ok=True)
 
 
@@ -306,16 +316,11 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def rss_gib() -> float:
-    """This process's resident memory (VmRSS of /proc/self/status)."""
+def rss_gib(field: str = "VmRSS") -> float:
+    """This process's resident ``field`` of /proc/self/status (VmRSS; RssAnon: its own memory; RssFile: pages of
+    mapped files, which the kernel reads around each page a search touches and can drop again)."""
     with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 2**20
-
-
-def index_section_bytes(path: Path) -> int:
-    """The length of the serialised FAISS index inside the gallery file at ``path`` (its third section)."""
-    with open(path, "rb") as handle:
-        return SECTION_LENGTHS.unpack(handle.read(len(MAGIC) + SECTION_LENGTHS.size)[len(MAGIC):])[2]
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":")) / 2**20
 
 
 def build_phase(args: argparse.Namespace) -> dict:
@@ -325,13 +330,40 @@ def build_phase(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     info = build_index(embeddings, args.gallery, index_type=args.type, memory_budget=args.budget, force=True)
     seconds = time.perf_counter() - start
-    return {"type": info.type, "build_s": seconds, "build_peak_rss_gib": peak_rss_gib(), "params": info.params,
-            "choice": info.choice, "file_gib": args.gallery.stat().st_size / 2**30,
-            "index_section_gib": index_section_bytes(args.gallery) / 2**30}
+    index_file = gallery_api.index_path(args.gallery, info.generation)
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # CPU time: what other programs on the cores do not inflate
+    return {"type": info.type, "build_s": seconds, "build_cpu_s": usage.ru_utime + usage.ru_stime,
+            "build_peak_rss_gib": peak_rss_gib(), "params": info.params,
+            "choice": info.choice, "rows_file_mib": args.gallery.stat().st_size / 2**20,
+            "index_file_gib": index_file.stat().st_size / 2**30}
+
+
+def in_cgroup(folder: Path):
+    """A ``preexec_fn`` that moves the new process into the memory cgroup ``folder`` (v1 or v2, made beforehand)
+    before it runs Python, so the kernel holds all of it to the cgroup's limit: its own memory and the page cache
+    of the files it reads together. The v1 peak and limit-hit counters are reset first (v2's count from the
+    cgroup's creation: make a fresh one per run)."""
+    for counter in ("memory.max_usage_in_bytes", "memory.failcnt"):
+        if (folder / counter).exists():
+            (folder / counter).write_text("0")
+    return lambda: (folder / "cgroup.procs").write_text(str(os.getpid()))
+
+
+def cgroup_figures(folder: Path) -> dict:
+    """The cgroup's limit, peak usage (GiB) and how often the limit was hit (v1: failcnt; v2: events max)."""
+    def read(*names: str) -> str:
+        file = next((folder / name for name in names if (folder / name).exists()), None)
+        return file.read_text() if file else ""
+    limit = read("memory.limit_in_bytes", "memory.max").strip()
+    events = dict(line.split() for line in read("memory.events").splitlines())
+    return {"cgroup_limit_gib": int(limit) / 2**30 if limit.isdigit() else limit,
+            "cgroup_peak_gib": int(read("memory.max_usage_in_bytes", "memory.peak") or 0) / 2**30,
+            "cgroup_limit_hits": int(read("memory.failcnt").strip() or events.get("max", 0))}
 
 
 def serve_phase(args: argparse.Namespace) -> dict:
-    """In a fresh process: open the gallery, search each query alone on one thread; times, RSS, found rows."""
+    """In a fresh process (in ``--serve-cgroup`` when given): open the gallery, search each query alone on one
+    thread; times, RSS, found rows."""
     faiss.omp_set_num_threads(1)
     queries = SyntheticVectors(args.count, args.dim, args.latent_dim or args.dim, args.seed).queries(args.queries)
     before = rss_gib()
@@ -339,11 +371,13 @@ def serve_phase(args: argparse.Namespace) -> dict:
     gallery = load_index(args.gallery)
     open_s = time.perf_counter() - start
     result = {"open_s": open_s, "rss_after_open_gib": rss_gib() - before, **timed_queries(gallery, queries, "")}
-    ivf = faiss.try_extract_index_ivf(gallery.index)
+    ivf = faiss.try_extract_index_ivf(gallery.index.base)
     for divisor in (16, 32) if ivf else ():  # fewer lists probed than the rule's nlist / 8: the trade-off
         ivf.nprobe = max(1, ivf.nlist // divisor)
         result |= timed_queries(gallery, queries, f"nprobe{ivf.nprobe}_")
-    return {**result, "serve_peak_rss_gib": peak_rss_gib(), "serve_end_rss_gib": rss_gib()}
+    return {**result, "serve_peak_rss_gib": peak_rss_gib(), "serve_end_rss_anon_gib": rss_gib("RssAnon"),
+            "serve_end_rss_file_gib": rss_gib("RssFile"),
+            **(cgroup_figures(args.serve_cgroup) if args.serve_cgroup else {})}
 
 
 def timed_queries(gallery: gallery_api.Gallery, queries: np.ndarray, prefix: str) -> dict:
@@ -377,8 +411,11 @@ def exact_top(vectors: SyntheticVectors, queries: np.ndarray) -> np.ndarray:
 def _phase(args: argparse.Namespace, phase: str, index_type: str, gallery: Path) -> dict:
     command = [sys.executable, __file__, "--phase", phase, "--count", str(args.count), "--type", index_type,
                "--gallery", str(gallery), "--dim", str(args.dim), "--latent-dim", str(args.latent_dim),
-               "--queries", str(args.queries), "--seed", str(args.seed), "--budget", str(args.budget)]
-    done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)  # its log goes to our stderr
+               "--queries", str(args.queries), "--seed", str(args.seed), "--budget", str(args.budget),
+               *(["--serve-cgroup", str(args.serve_cgroup)] if args.serve_cgroup else [])]
+    joining = in_cgroup(args.serve_cgroup) if args.serve_cgroup and phase == "serve" else None
+    done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True,  # its log goes to our stderr
+                          preexec_fn=joining)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -388,7 +425,12 @@ def bench_scale(count: int, args: argparse.Namespace, folder: Path) -> None:
     vectors, exact = SyntheticVectors(count, args.dim, args.latent_dim or args.dim, args.seed), None
     for index_type in args.scale_types:
         gallery = folder / f"{index_type}-{count}.gallery"
-        built = _phase(args, "build", index_type, gallery)
+        saved = gallery.with_name(gallery.name + ".build.json")  # what the build measured, for --reuse
+        if args.reuse and saved.exists():
+            built = json.loads(saved.read_text())
+        else:
+            built = _phase(args, "build", index_type, gallery)
+            saved.write_text(json.dumps(built))
         print(json.dumps({"count": count, **built}), flush=True)
         served = _phase(args, "serve", index_type, gallery)
         if exact is None:
@@ -400,7 +442,7 @@ def bench_scale(count: int, args: argparse.Namespace, folder: Path) -> None:
             served[found.name.split(".")[-2].replace("found", "recall@10")] = recall_at(np.load(found), exact)
             found.unlink()
         print(json.dumps({"count": count, "dim": args.dim, **built, **served}), flush=True)
-        for file in folder.glob(f"{gallery.name}*"):
+        for file in () if args.keep else folder.glob(f"{gallery.name}*"):
             file.unlink()
 
 
@@ -429,7 +471,16 @@ def main() -> None:
     parser.add_argument("--type", help=argparse.SUPPRESS)
     parser.add_argument("--gallery", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help="where --scale writes its galleries (default: a temp folder)")
+    parser.add_argument("--keep", action="store_true", help="--scale: keep the galleries in --folder")
+    parser.add_argument("--reuse", action="store_true",
+                        help="--scale: serve the galleries a --keep run left in --folder (its build figures)")
+    parser.add_argument("--serve-cgroup", type=Path,
+                        help="--scale: serve inside this memory cgroup, made beforehand (e.g. "
+                             "/sys/fs/cgroup/memory/g4 with memory.limit_in_bytes 4G); report its peak usage")
     args = parser.parse_args()
+    if (args.keep or args.reuse) and args.folder is None:
+        parser.error("--keep and --reuse need --folder")
+    args.keep |= args.reuse
     if args.phase:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
         print(json.dumps((build_phase if args.phase == "build" else serve_phase)(args)), flush=True)
@@ -437,7 +488,8 @@ def main() -> None:
     if args.scale:
         if args.dim == 256 and "--dim" not in sys.argv:
             args.dim = 512  # the real feature width (ViT-B/16)
-        with tempfile.TemporaryDirectory(dir=args.folder) as folder:
+        with (contextlib.nullcontext(args.folder) if args.keep else tempfile.TemporaryDirectory(dir=args.folder)
+              ) as folder:
             for count in args.scale:
                 bench_scale(count, args, Path(folder))
         return

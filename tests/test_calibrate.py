@@ -4,7 +4,6 @@ the warning once a gallery has grown past its calibration (query, the service's 
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import torch
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from gallery_copy import copy_gallery
 from test_index import CHECKPOINT_INFO, _embeddings, _rows, tiny_gallery  # noqa: F401  (module-scoped fixture)
 from tfclip_cli import index
 from tfclip_cli.cli import app
@@ -342,7 +342,7 @@ def test_calibrating_a_gallery_far_larger_than_the_table_searched_warns(tmp_path
 def _calibrated_at(tiny_gallery, folder: Path, rows: int) -> Path:  # noqa: F811
     """A copy of the tiny gallery whose header says it was calibrated when it held ``rows`` live tracklets."""
     path = folder / f"calibrated-at-{rows}.faiss"
-    shutil.copy(tiny_gallery[0], path)
+    copy_gallery(tiny_gallery[0], path)
     index.store.update_header(path, calibration={"rule": "per-search", "threshold": 0.5, "fpir": 0.01,
                                                  "gallery_rows": rows})
     return path
@@ -392,8 +392,7 @@ def test_stats_and_the_service_log_say_when_the_gallery_has_outgrown_its_calibra
 def test_get_calibration_answers_the_stored_curve_and_histograms_and_stats_leaves_them_out(
     tiny_gallery, tmp_path  # noqa: F811
 ):
-    path = tmp_path / "g.faiss"
-    shutil.copy(tiny_gallery[0], path)
+    path = copy_gallery(tiny_gallery[0], tmp_path / "g.faiss")
     config = ServeConfig(gallery=path, checkpoint=None, device=torch.device("cpu"),
                          limits=UploadLimits(max_bytes=1_000_000, max_frames=100), allow_dirs=(),
                          store=tmp_path / "store", detector="hog")

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from gallery_copy import copy_gallery
 from tiny_training import TINY_CONFIG as CONFIG, save_tiny_checkpoint, tiny_manifest
 from tfclip_cli import index
 from tfclip_cli.cli import app
@@ -202,19 +203,21 @@ def test_index_cli_auto_prints_and_records_its_choice_within_the_budget(tmp_path
 
 
 @pytest.mark.parametrize("index_type", ["flat", "ivfpq", "ivfpq-fp16", "ivfpq-sq8", "ivfpq-norescore", "hnsw"])
-def test_each_index_section_takes_about_the_bytes_the_budget_rule_counts(tmp_path, index_type):
+def test_each_index_file_takes_about_the_bytes_the_budget_rule_counts(tmp_path, index_type):
     path = tmp_path / "g.faiss"
-    index.build_index(_embeddings(_clustered(4000, 32, seed=1)[0]), path, index_type=index_type)
-    size = len(_sections(path.read_bytes())[2])  # the serialised FAISS index inside the gallery file
+    info = index.build_index(_embeddings(_clustered(4000, 32, seed=1)[0]), path, index_type=index_type)
+    size = index.index_path(path, info.generation).stat().st_size
     assert 0.9 < size / index.index_bytes(index_type, 4000, 32) < 1.15
 
 
-def test_one_gallery_file_records_rows_and_provenance(tmp_path):
+def test_one_gallery_file_records_rows_and_provenance_and_names_its_index_file(tmp_path):
     path = tmp_path / "g.faiss"
     info = index.build_index(_embeddings(np.eye(6)), path, index_type="hnsw")
     assert len(info.generation) == 32 and int(info.generation, 16) >= 0  # uuid4 hex
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.faiss", f"g.faiss.{info.generation}.ids", "g.faiss.lock"]
-    assert path.read_bytes().startswith(b"TFCLIP-GALLERY-1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "g.faiss", f"g.faiss.{info.generation}.faissindex", f"g.faiss.{info.generation}.ids", "g.faiss.lock"]
+    assert path.read_bytes().startswith(b"TFCLIP-GALLERY-2")
+    assert faiss.read_index(str(index.index_path(path, info.generation))).ntotal == 6  # a plain FAISS file
     gallery = index.load_index(path)
     assert gallery.info == info
     assert (info.type, info.dim, info.count, info.removed, info.calibration) == ("hnsw", 6, 6, (), None)
@@ -348,11 +351,28 @@ def _header(data: bytes, **changes) -> bytes:
     return json.dumps(fields).encode()
 
 
+def _sections_2(data: bytes) -> list[bytes]:
+    """The header and rows sections of a format-2 gallery file's bytes."""
+    lengths = struct.unpack("<QQ", data[16:32])
+    return [data[32:32 + lengths[0]], data[32 + lengths[0]:32 + sum(lengths)]]
+
+
+def _as_format_1(path: Path) -> bytes:
+    """The gallery at ``path`` rewritten in place as a format-1 file (its index inside it, no index file beside it);
+    returns the bytes."""
+    header, rows = _sections_2(path.read_bytes())
+    file = index.index_path(path, json.loads(header)["generation"])
+    data = _assembled(header, rows, file.read_bytes())
+    file.unlink()
+    path.write_bytes(data)
+    return data
+
+
 def _broken(tmp_path: Path, how: str) -> tuple[Path, str]:
-    """A gallery damaged in one way, and what the error must say (each message names the file)."""
+    """A format-1 gallery damaged in one way, and what the error must say (each message names the file)."""
     path = tmp_path / "g.faiss"
     index.build_index(_embeddings(np.eye(4)), path)
-    data = path.read_bytes()
+    data = _as_format_1(path)
     header, rows, blob = _sections(data)
     damaged = {
         "empty file": b"",
@@ -598,7 +618,7 @@ def test_query_min_score_drops_hits_below_it_and_auto_needs_a_calibration(tiny_g
     result = runner.invoke(app, ["query", sources[1], "--gallery", str(path), "--min-score", "high"])
     assert result.exit_code == 2 and "expected a number, 'auto' or 'off'" in result.output
     calibrated = tmp_path / "c.faiss"
-    shutil.copy(path, calibrated)
+    copy_gallery(path, calibrated)
     index.store.update_header(calibrated, calibration={"threshold": 0.999, "fmr": 0.01})
     (found,) = index.query(calibrated, [Path(sources[1])], index.SearchOptions(top_k=3, min_score="auto"))
     assert found.threshold == 0.999 and [hit.match for hit in found.hits] == [True]
@@ -642,18 +662,26 @@ def _names(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
-def test_a_failure_between_write_and_rename_leaves_the_old_gallery_and_no_temp(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("failing", "named"), [(1, r"g\.faiss\.[0-9a-f]{32}\.faissindex"), (2, r"g\.faiss")])
+def test_a_failure_between_write_and_rename_leaves_the_old_gallery_and_no_temp(tmp_path, monkeypatch, failing,
+                                                                               named):
     path = tmp_path / "g.faiss"
     info = index.build_index(_embeddings(np.eye(4)), path)
     before, names = path.read_bytes(), _names(tmp_path)
+    renames = []
+    real_replace = os.replace
 
-    def no_space(*args):
-        raise OSError(28, "No space left on device")
+    def no_space_at_the_nth(*args):  # the index file's rename is the first, the base's the second
+        renames.append(args)
+        if len(renames) == failing:
+            raise OSError(28, "No space left on device")
+        return real_replace(*args)
 
-    monkeypatch.setattr(os, "replace", no_space)
-    with pytest.raises(OutputError, match="cannot write .*g.faiss: no space left on device"):
-        index.remove_from_index(path, ["t1"])  # a rewrite of the base
-    assert path.read_bytes() == before and names == ["g.faiss", f"g.faiss.{info.generation}.ids", "g.faiss.lock"]
+    monkeypatch.setattr(os, "replace", no_space_at_the_nth)
+    with pytest.raises(OutputError, match=f"cannot write .*{named}: no space left on device"):
+        index.compact_index(path)  # a rewrite of base and index file
+    assert path.read_bytes() == before and names == [
+        "g.faiss", f"g.faiss.{info.generation}.faissindex", f"g.faiss.{info.generation}.ids", "g.faiss.lock"]
     assert _names(tmp_path) == names
 
 
@@ -667,7 +695,8 @@ def test_an_append_stays_committed_when_the_compaction_after_it_fails(tmp_path, 
     monkeypatch.undo()
     compacted = index.compact_index(path)
     assert compacted.count == 8 and compacted.generation != info.generation
-    assert _names(tmp_path) == ["g.faiss", f"g.faiss.{compacted.generation}.ids", "g.faiss.lock"]
+    assert _names(tmp_path) == ["g.faiss", f"g.faiss.{compacted.generation}.faissindex",
+                                f"g.faiss.{compacted.generation}.ids", "g.faiss.lock"]
 
 
 # ------------------------------------------------------------------ the append log and compaction
@@ -697,7 +726,8 @@ def test_an_append_writes_one_record_beside_an_untouched_base_and_readers_see_it
     assert appended.generation == again.generation == info.generation
     log_file = tmp_path / f"g.faiss.{info.generation}.log"
     assert [file.name for file in index.gallery_files(path)] == [  # what to copy, or delete, with the gallery
-        "g.faiss", "g.faiss.lock", f"g.faiss.{info.generation}.ids", f"g.faiss.{info.generation}.log"]
+        "g.faiss", "g.faiss.lock", f"g.faiss.{info.generation}.faissindex", f"g.faiss.{info.generation}.ids",
+        f"g.faiss.{info.generation}.log"]
     records = log_file.read_bytes()
     assert records.startswith(b"TFCLIPA1" + info.generation.encode()) and records.count(b"TFCLIPA1") == 2
     gallery = index.load_index(path)
@@ -753,14 +783,15 @@ def test_compaction_folds_the_log_into_a_new_base_from_the_cli(tmp_path, no_comp
     for start in range(700, 800, 25):
         index.append_to_index(_embeddings(vectors[start:start + 25], prefix=f"b{start}-"), path)
     before = index.load_index(path)
-    expected = [[hit.tracklet_id for hit in hits] for hits in index.search(before, vectors[::50], 5)]
+    own = [f"t{row}" if row < 700 else f"b{row // 25 * 25}-{row % 25}" for row in range(0, 800, 50)]
+    assert [hits[0].tracklet_id for hits in index.search(before, vectors[::50], 5)] == own  # log rows: exact
     result = CliRunner().invoke(app, ["index", "--compact", str(path)], terminal_width=400)
     assert result.exit_code == 0, result.output
     assert "compacted" in result.output and "ivfpq index of 800 tracklets" in result.output
     after = index.load_index(path)
     assert after.info.generation != before.info.generation and not list(tmp_path.glob("*.log"))
     assert _ids(after) == _ids(before) and after.info.params == before.info.params
-    assert [[hit.tracklet_id for hit in hits] for hits in index.search(after, vectors[::50], 5)] == expected
+    assert [hits[0].tracklet_id for hits in index.search(after, vectors[::50], 5)] == own  # now in the ivfpq
     for wrong in (["index", str(path), "--compact", str(path)], ["index"],
                   ["index", "--compact", str(path), "--out", str(path)]):
         result = CliRunner().invoke(app, wrong)
@@ -790,7 +821,9 @@ def test_duplicates_are_refused_across_base_and_log_even_without_the_ids_cache(t
         cache_file = tmp_path / f"g.faiss.{info.generation}.ids"
         if cache == "copy":  # a copy of the gallery has no cache: it is rebuilt from the gallery
             shutil.copy(path, tmp_path / "h.faiss")
-            shutil.copy(tmp_path / f"g.faiss.{info.generation}.log", tmp_path / f"h.faiss.{info.generation}.log")
+            for suffix in ("log", "faissindex"):
+                name = f"faiss.{info.generation}.{suffix}"
+                shutil.copy(tmp_path / f"g.{name}", tmp_path / f"h.{name}")
             path = tmp_path / "h.faiss"
         elif cache is None:
             cache_file.unlink()
@@ -844,7 +877,7 @@ def test_an_append_whose_columns_clash_with_the_gallery_is_refused_at_once(tmp_p
 def test_a_gallery_written_before_append_logs_opens_and_its_first_append_gives_it_a_generation(tmp_path):
     path = tmp_path / "g.faiss"
     index.build_index(_embeddings(np.eye(8)[:4]), path)
-    header, rows, blob = _sections(path.read_bytes())
+    header, rows, blob = _sections(_as_format_1(path))
     fields = json.loads(header)
     del fields["generation"]
     path.write_bytes(_assembled(json.dumps(fields).encode(), rows, blob))  # as tfclip wrote it before
@@ -889,7 +922,7 @@ def test_the_gallery_stamp_changes_with_every_append_and_rewrite(tmp_path, no_co
 # ------------------------------------------------------------------ kill -9 at any point of a write
 
 
-CRASH_CALLS = ("write", "fsync", "ftruncate", "replace", "unlink")
+CRASH_CALLS = ("write", "fsync", "ftruncate", "replace", "unlink", "link")
 """The file-system calls a writer is killed at (a write is cut in the middle first)."""
 
 
@@ -1090,3 +1123,165 @@ def test_a_reader_whose_base_is_replaced_after_it_opened_it_starts_again_and_los
     gallery = index.load_index(path)  # the old base with no log would be 4 rows: it starts again instead
     assert gallery.info.count == 8 and _ids(gallery) == ["t0", "t1", "t2", "t3", "n0", "n1", "n2", "n3"]
     assert opened[0] == "g.faiss" and opened.count("g.faiss") >= 2
+
+
+# ------------------------------------------------------------------ the index file, memory-mapped
+
+
+def _mapped_files() -> set[str]:
+    with open("/proc/self/maps") as maps:
+        return {line.split(maxsplit=5)[-1].strip() for line in maps if "/" in line}
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the memory map of the process from /proc")
+@pytest.mark.parametrize("index_type", ["flat", "ivfpq-sq8", "hnsw"])
+def test_a_reader_maps_the_index_file_and_a_compaction_still_folds_the_log_into_it(tmp_path, no_compaction,
+                                                                                   index_type):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "g.faiss"
+    vectors = rng.standard_normal((710, 16))
+    info = index.build_index(_embeddings(vectors[:700]), path, index_type=index_type)
+    index.append_to_index(_embeddings(vectors[700:], prefix="n"), path)
+    gallery = index.load_index(path)
+    assert str(index.index_path(path, info.generation)) in _mapped_files()
+    assert (gallery.index.base.ntotal, len(gallery.index.appended), gallery.index.ntotal) == (700, 10, 710)
+    np.testing.assert_allclose(gallery.index.reconstruct_n(695, 10)[5:], index.normalized(vectors[700:705]), atol=1e-6)
+    compacted = index.compact_index(path)  # faiss aborts on an add to a mapped index: the writer reads it whole
+    after = index.load_index(path)
+    assert (after.index.base.ntotal, len(after.index.appended), compacted.count) == (710, 0, 710)
+    assert [hits[0].tracklet_id for hits in index.search(after, vectors[[3, 705]], 1)] == ["t3", "n5"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the resident size from /proc")
+def test_opening_a_large_flat_gallery_reads_little_of_its_index_file(tmp_path):
+    path = tmp_path / "g.faiss"
+    vectors = np.random.default_rng(0).standard_normal((10_000, 2048)).astype(np.float32)  # 80 MB; rows: ~3 MB
+    info = index.build_index(_embeddings(vectors), path)
+    del vectors
+
+    def rss_kib() -> int:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
+
+    size_kib = index.index_path(path, info.generation).stat().st_size // 1024
+    before = rss_kib()
+    gallery = index.load_index(path)
+    assert rss_kib() - before < size_kib / 4
+    assert gallery.index.ntotal == 10_000
+
+
+def test_a_reader_keeps_searching_its_mapped_gallery_after_a_writer_deleted_its_index_file(tmp_path):
+    path = tmp_path / "g.faiss"
+    old = index.build_index(_embeddings(np.eye(4)), path)
+    gallery = index.load_index(path)
+    new = index.compact_index(path)
+    assert not index.index_path(path, old.generation).exists() and index.index_path(path, new.generation).exists()
+    assert [hit.tracklet_id for hit in index.search(gallery, np.eye(4)[2:3], 1)[0]] == ["t2"]
+
+
+def test_a_rewrite_of_the_header_alone_links_the_index_file_instead_of_writing_it(tmp_path):
+    path = tmp_path / "g.faiss"
+    old = index.build_index(_embeddings(np.eye(4)), path)
+    inode = index.index_path(path, old.generation).stat().st_ino
+    new = index.remove_from_index(path, ["t1"])
+    assert new.generation != old.generation and index.index_path(path, new.generation).stat().st_ino == inode
+    assert not index.index_path(path, old.generation).exists()
+    query = np.array([[1.0, 0.9, 0.3, 0.2]])
+    assert [hit.tracklet_id for hit in index.search(index.load_index(path), query, 4)[0]] == ["t0", "t2", "t3"]
+
+
+def test_searches_merge_the_log_rows_with_the_base_ranking_and_filter_both(tmp_path, no_compaction):
+    rng = np.random.default_rng(3)
+    path = tmp_path / "g.faiss"
+    vectors, queries = rng.standard_normal((12, 8)), rng.standard_normal((5, 8))
+    base, logged = _embeddings(vectors[:8]), _embeddings(vectors[8:], prefix="n")
+    base.rows["camid"], logged.rows["camid"] = np.arange(8) % 2, np.arange(4) % 2
+    index.build_index(base, path)
+    index.append_to_index(logged, path)
+    gallery = index.load_index(path)
+    ids = [f"t{i}" for i in range(8)] + [f"n{i}" for i in range(4)]
+    order, scores = _brute_force(vectors, queries, 12)
+    found = index.search(gallery, queries, 12)
+    assert [[hit.tracklet_id for hit in hits] for hits in found] == [[ids[i] for i in row] for row in order]
+    np.testing.assert_allclose([[hit.score for hit in hits] for hits in found], scores, atol=1e-5)
+    odd = index.search(gallery, queries, 3, camids=[1])
+    expected = [[ids[i] for i in row if i % 2 == 1 if (i < 8 or (i - 8) % 2 == 1)][:3] for row in order]
+    assert [[hit.tracklet_id for hit in hits] for hits in odd] == expected
+
+
+def test_an_append_compacts_once_the_log_holds_more_rows_than_a_reader_should_scan(tmp_path, monkeypatch):
+    path = tmp_path / "g.faiss"
+    monkeypatch.setattr(index.store, "COMPACT_ROWS", 2)
+    info = index.build_index(_embeddings(np.eye(64)[:40]), path)
+    first = index.append_to_index(_embeddings(np.eye(64)[40:42], prefix="a"), path)  # 2 rows: kept in the log
+    assert first.generation == info.generation
+    second = index.append_to_index(_embeddings(np.eye(64)[42:43], prefix="b"), path)  # 3 > 2, far under 25 %
+    assert second.generation != info.generation and not list(tmp_path.glob("*.log"))
+
+
+@pytest.mark.parametrize("how", ["index file missing", "index file truncated", "index file not FAISS",
+                                 "generation not hex"])
+def test_load_names_the_gallery_and_its_index_file_when_the_index_file_is_damaged(tmp_path, how):
+    path = tmp_path / "g.faiss"
+    info = index.build_index(_embeddings(np.eye(4)), path)
+    file = index.index_path(path, info.generation)
+    if how == "index file missing":
+        file.unlink()
+    elif how == "index file truncated":
+        file.write_bytes(file.read_bytes()[:-10])
+    elif how == "index file not FAISS":
+        file.write_bytes(b"not a faiss index")
+    else:
+        header, rows = _sections_2(path.read_bytes())
+        header = json.dumps({**json.loads(header), "generation": "../../x"}).encode()
+        path.write_bytes(b"TFCLIP-GALLERY-2" + struct.pack("<QQ", len(header), len(rows)) + header + rows)
+    expected = {"index file missing": f"its index file {file.name} is missing",
+                "index file truncated": f"its index file {file.name} (99 bytes) is not a readable index",
+                "index file not FAISS": f"its index file {file.name} (17 bytes) is not a readable index",
+                "generation not hex": "the header is not a tfclip gallery header (generation '../../x', expected 32 "
+                                      "hex digits)"}[how]
+    with pytest.raises(GalleryError, match=re.escape(f"{path}: {expected}")):
+        index.load_index(path)
+
+
+def test_format_1_galleries_still_open_and_the_next_write_makes_them_format_2(tmp_path, no_compaction):
+    path = tmp_path / "g.faiss"
+    info = index.build_index(_embeddings(np.eye(8)[:4]), path)
+    _as_format_1(path)
+    assert not list(tmp_path.glob("*.faissindex"))
+    index.append_to_index(_embeddings(np.eye(8)[4:6], prefix="n"), path)  # a log beside a format-1 base
+    gallery = index.load_index(path)
+    assert gallery.info.generation == info.generation and _ids(gallery)[-2:] == ["n0", "n1"]
+    assert [hits[0].tracklet_id for hits in index.search(gallery, np.eye(8)[[1, 5]], 1)] == ["t1", "n1"]
+    compacted = index.compact_index(path)
+    assert path.read_bytes().startswith(b"TFCLIP-GALLERY-2") and index.load_index(path).info.count == 6
+    assert [file.name for file in tmp_path.glob("*.faissindex")] == [f"g.faiss.{compacted.generation}.faissindex"]
+
+
+def test_a_writer_deletes_the_index_file_a_killed_writer_wrote_before_its_rename(tmp_path):
+    path = tmp_path / "g.faiss"
+    info = index.build_index(_embeddings(np.eye(4)), path)
+    orphan = index.index_path(path, "f" * 32)  # written, synced, then the writer was killed before renaming G
+    shutil.copy(index.index_path(path, info.generation), orphan)
+    neighbour = index.index_path(tmp_path / "g.faiss.x", "e" * 32)  # another gallery's, named like this one's
+    neighbour.write_bytes(b"x")
+    index.append_to_index(_embeddings(np.eye(4), prefix="n"), path)
+    assert not orphan.exists() and neighbour.exists()
+
+
+def test_a_refresh_reads_only_the_records_appended_since_and_a_rewrite_in_full(tmp_path, no_compaction):
+    path = tmp_path / "g.faiss"
+    index.build_index(_embeddings(np.eye(8)[:4]), path)
+    index.append_to_index(_embeddings(np.eye(8)[4:5], prefix="a"), path)
+    gallery = index.load_index(path)
+    assert index.refresh_index(gallery) is gallery  # nothing changed
+    index.append_to_index(_embeddings(np.eye(8)[5:7], prefix="b"), path)
+    refreshed = index.refresh_index(gallery)
+    assert refreshed.index.base is gallery.index.base  # the base was not read again
+    loaded = index.load_index(path)
+    assert _ids(refreshed) == _ids(loaded) == ["t0", "t1", "t2", "t3", "a0", "b0", "b1"]
+    assert (refreshed.info, refreshed.log_end) == (loaded.info, loaded.log_end)
+    assert [hits[0].tracklet_id for hits in index.search(refreshed, np.eye(8)[[1, 6]], 1)] == ["t1", "b1"]
+    index.remove_from_index(path, ["b0"])  # a new base: read in full
+    rewritten = index.refresh_index(refreshed)
+    assert rewritten.index.base is not gallery.index.base and _ids(rewritten) == ["t0", "t1", "t2", "t3", "a0", "b1"]

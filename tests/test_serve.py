@@ -28,6 +28,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from fake_footage import write_video, yolo_model
+from gallery_copy import copy_gallery
 from test_index import _clustered, _embeddings, tiny_gallery  # noqa: F401  (tiny_gallery: a module fixture)
 from tfclip_cli import index
 from tfclip_cli.cli import app as cli_app
@@ -51,8 +52,7 @@ def _config(gallery: Path, tmp_path: Path, **changes) -> ServeConfig:
 def gallery_copy(tiny_gallery, tmp_path):  # noqa: F811
     """A private copy of the tiny gallery (the service writes to it) and the gallery's sources."""
     path, _, sources = tiny_gallery
-    shutil.copy(path, tmp_path / "g.faiss")
-    return tmp_path / "g.faiss", sources
+    return copy_gallery(path, tmp_path / "g.faiss"), sources
 
 
 LOOPBACK = allowed_hosts("127.0.0.1")

@@ -539,7 +539,7 @@ def index(
     ] = False,
     compact: Annotated[
         Optional[Path],
-        typer.Option("--compact", help="Fold the append log of this gallery into its base file (alone).",
+        typer.Option("--compact", help="Fold the append log of this gallery into its base and index files (alone).",
                      exists=True, dir_okay=False),
     ] = None,
     force: ForceOpt = False,

@@ -204,8 +204,10 @@ def search(
     searchable = gallery.info.count if allowed is None else int(allowed.sum())
     if searchable == 0:
         return [[] for _ in vectors]
-    params, _selector = _search_params(gallery, allowed)
-    scores, ids = gallery.index.search(normalized(vectors), min(top_k, searchable), params=params)
+    in_base = gallery.index.base.ntotal  # the selector speaks of base rows; the log's rows are masked apart
+    params, _selector = _search_params(gallery, None if allowed is None else allowed[:in_base])
+    scores, ids = gallery.index.search(normalized(vectors), min(top_k, searchable), params=params,
+                                       appended_allowed=None if allowed is None else allowed[in_base:])
     threshold = threshold_in_force(gallery, min_score)
     floor = -math.inf if min_score is None else min_score
     found = [

@@ -1,16 +1,18 @@
-"""The gallery file: one FAISS index, its rows and its header in ONE file, written atomically under a lock.
+"""The gallery: a base file and its FAISS index file, an append log and an ids cache beside it, written under a lock.
 
 Every index holds L2-normalised embeddings and ranks by inner product (= cosine similarity), the score
 used by ``evaluate``; row ``i`` of the index is row ``i`` of the rows table. The types, their parameters, their
 memory and ``--type auto``'s choice live in :mod:`tfclip_cli.index.types`.
 
-On disk, a gallery ``G`` is a base file and an append log beside it:
+On disk, a gallery ``G`` is:
 
-- ``G``, the base (format 1): ``MAGIC``, three little-endian uint64 section lengths, then the JSON header
-  (:class:`IndexInfo`, whose ``generation`` is a uuid4 hex drawn each time a base is written), the rows table
-  (Parquet: every column of the indexed embeddings rows, footage columns included) and the serialised FAISS
-  index. A base is never modified: a rewrite (build, compaction, removal, calibration, ``set_person_ids``) writes
-  a new file, ``fsync``s it and renames it into place with ``tables.atomic_output``.
+- ``G``, the base (format 2): ``MAGIC``, two little-endian uint64 section lengths, then the JSON header
+  (:class:`IndexInfo`, whose ``generation`` is a uuid4 hex drawn each time a base is written) and the rows table
+  (Parquet: every column of the indexed embeddings rows, footage columns included).
+- ``G.<generation>.faissindex``, the base's FAISS index (``faiss.write_index``, streamed to the file: a build
+  never holds a second serialised copy of a large index). It is written and synced before ``G`` is renamed into
+  place, and never modified: a rewrite that keeps the index (a removal, a calibration, ``set_person_ids``) links
+  it under the new generation's name instead of writing it again.
 - ``G.<generation>.log``, the append log of that base (``appendlog``): one record per append, each with its
   length, the base's generation and a CRC-32; it holds the appended rows (Parquet) and their normalised float32
   vectors. An append writes one record and ``fsync``s it: O(k) for k tracklets, whatever the gallery's size.
@@ -18,23 +20,31 @@ On disk, a gallery ``G`` is a base file and an append log beside it:
   append checks for duplicates without reading the rows; rebuilt from ``G`` and its log whenever it is missing
   or out of date. ``G.lock``: the writers' lock.
 
-A reader (:func:`load_index`) opens the base, then its generation's log, and checks that ``G`` still names the
-base it opened (else it starts again): the snapshot is the base plus the log records committed at that moment,
-the log's vectors added to the index (``add`` to the trained ivfpq, the HNSW graph, the flat index). A record
-cut short by ``kill -9`` fails its checksum: readers stop before it and the next writer truncates it. A rewrite
-folds the log into the new base, of a new generation, and deletes the old log only after the new base is renamed
-and synced: a ``kill -9`` before the rename leaves the old base and its log, after it the new base (whose readers
-ignore the old log). So at any instant the gallery on disk is the old state or the new one, and an append that
-returned is never lost. :func:`compact_index` (``tfclip index --compact G``) is that rewrite alone; an append
-runs it too once the log holds more than ``COMPACT_SHARE`` of the base's rows or ``COMPACT_RECORDS`` records, so
-readers never decode an unbounded log and the O(N) rewrite is amortised over the appends that grew the log.
-A gallery written before append logs (no ``generation``) opens as it is; its first append rewrites it once.
+A reader (:func:`load_index`) opens the base, then its generation's log and index file, and checks that ``G``
+still names the base it opened (else it starts again): the snapshot is the base plus the log records committed
+at that moment. The index file is memory-mapped read-only (faiss ``IO_FLAG_MMAP_IFC``): the flat codes (the
+vectors of ``flat`` and ``hnsw``, the re-scoring vectors of ``ivfpq*``) stay on disk until a search reads them,
+so opening a large gallery reads its IVF lists or graph, not its vectors. The log's vectors are searched exactly
+beside the mapped index (:class:`GalleryIndex`); faiss cannot add to a mapped index, and the log stays small: an
+append compacts the gallery once the log holds more than ``COMPACT_SHARE`` of the base's rows, ``COMPACT_ROWS``
+rows or ``COMPACT_RECORDS`` records, so readers never decode an unbounded log and the O(N) rewrite is amortised
+over the appends that grew the log. A record cut short by ``kill -9`` fails its checksum: readers stop before it
+and the next writer truncates it.
+
+A rewrite folds the log into a new base of a new generation (:func:`compact_index`, ``tfclip index --compact G``,
+is that rewrite alone): the new index file first, then ``G`` renamed into place, then the old generation's files
+deleted. A ``kill -9`` before the rename leaves the old base, its index file and its log, after it the new ones
+(whose readers ignore the old files); the next writer deletes what a killed one left. So at any instant the
+gallery on disk is the old state or the new one, an append that returned is never lost, and a reader that mapped
+an index file a writer has since deleted keeps reading it. Format 1 (``MAGIC_FORMAT_1``: three sections, the
+serialised index inside ``G``) still opens, read whole; its next rewrite makes it format 2, and a gallery written
+before append logs (no ``generation``) is rewritten by its first append.
 
 Writers (build, append, compaction, remove, calibrate, link) hold ``fcntl.flock`` on ``G.lock`` for their whole
 read-modify-write, so concurrent writers wait for each other instead of losing a batch; holding it, a writer
-deletes the temporary files a killed writer left. Removing a tracklet marks its row in the header (a
-tombstone); searches exclude tombstoned rows with a FAISS id selector, and ``tfclip index`` rebuilds a compact
-gallery.
+deletes the temporary files and the other generations' files a killed writer left. Removing a tracklet marks its
+row in the header (a tombstone); searches exclude tombstoned rows with a FAISS id selector, and ``tfclip index``
+rebuilds a compact gallery.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import struct
 import threading
 import time
@@ -88,16 +99,23 @@ BUILD_CHUNK_ROWS = 16_384
 """Rows normalised and added at a time, so a build never holds a second float32 copy of all the vectors."""
 TRAIN_SEED = 1234
 
-MAGIC = b"TFCLIP-GALLERY-1"
+MAGIC = b"TFCLIP-GALLERY-2"
 """The first 16 bytes of a gallery file; the last digit is the format version."""
-SECTION_LENGTHS = struct.Struct("<QQQ")
+SECTION_LENGTHS = struct.Struct("<QQ")
+MAGIC_FORMAT_1 = b"TFCLIP-GALLERY-1"
+"""Format 1: the serialised index is a third section of ``G`` (read whole, never written any more)."""
+SECTION_LENGTHS_FORMAT_1 = struct.Struct("<QQQ")
 LOCK_WAIT_S = 300.0
 """How long a writer waits for another writer of the same gallery before refusing."""
 REBUILD_HINT = "rebuild it: tfclip index E.parquet --out {path} --force"
 COMPACT_SHARE = 0.25
 """An append compacts the gallery when its log holds more rows than this share of the base's."""
+COMPACT_ROWS = 100_000
+"""... or more rows than this (a reader holds them in memory and scans them exactly beside the mapped index)."""
 COMPACT_RECORDS = 1000
 """... or more records than this (each costs a reader a Parquet decode)."""
+QUERY_CHUNK = 256
+"""Queries scored against the log's vectors at a time, so a large batch never holds a [Q, rows] matrix."""
 LOAD_ATTEMPTS = 20
 """How many times a reader starts again when the base is replaced while it opens base and log."""
 
@@ -134,13 +152,92 @@ class IndexInfo:
 
 
 @dataclass(frozen=True)
+class GalleryIndex:
+    """The vectors of a loaded gallery: the base's FAISS index and the append log's unit vectors after it.
+
+    Row ``i < base.ntotal`` is the base's, row ``base.ntotal + j`` the log's ``j``-th. A base read from an index
+    file is memory-mapped read-only (faiss aborts the process on an ``add`` to it), so the log's vectors are not
+    added to it: :meth:`search` scans them exactly and merges the two rankings.
+    """
+
+    base: Any
+    appended: np.ndarray
+    """[M, D] float32 unit rows of the log (M = 0 without one)."""
+    file: Path | None = None
+    """The index file ``base`` maps; None for an index built or read whole in memory."""
+
+    @classmethod
+    def of(cls, index: Any) -> "GalleryIndex":
+        """An in-memory FAISS ``index`` alone, no log."""
+        return cls(index, np.zeros((0, index.d), dtype=np.float32))
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.base.ntotal) + len(self.appended)
+
+    @property
+    def d(self) -> int:
+        return int(self.base.d)
+
+    def reconstruct(self, row: int) -> np.ndarray:
+        """The stored vector of ``row`` (approximate for the compressed ``ivfpq*`` types)."""
+        count = int(self.base.ntotal)
+        return self.appended[row - count].copy() if row >= count else self.base.reconstruct(row)
+
+    def reconstruct_n(self, start: int, count: int) -> np.ndarray:
+        """The stored vectors [count, D] of rows ``start`` .. ``start + count - 1``."""
+        base_count, stop = int(self.base.ntotal), start + count
+        head = self.base.reconstruct_n(start, min(stop, base_count) - start) if start < base_count else \
+            np.zeros((0, self.d), dtype=np.float32)
+        return np.concatenate([head, self.appended[max(start - base_count, 0):max(stop - base_count, 0)]])
+
+    def search(self, queries: np.ndarray, k: int, *, params: Any = None,
+               appended_allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS-style ``(scores [Q, k], rows [Q, k])`` by inner product over base and log, row -1 past the end.
+
+        Args:
+            params: the base's FAISS search parameters (its selector speaks of base rows).
+            appended_allowed: boolean ``[M]``, the log rows a search may return (None: all).
+        """
+        scores, rows = self.base.search(queries, k, params=params)
+        if len(self.appended) == 0:
+            return scores, rows
+        scores = np.where(rows >= 0, scores, -np.inf)
+        merged_scores, merged_rows = [], []
+        for start in range(0, len(queries), QUERY_CHUNK):
+            extra = queries[start:start + QUERY_CHUNK] @ self.appended.T
+            if appended_allowed is not None:
+                extra[:, ~appended_allowed] = -np.inf
+            extra_rows = np.broadcast_to(np.arange(len(self.appended)) + self.base.ntotal, extra.shape)
+            both_scores = np.concatenate([scores[start:start + QUERY_CHUNK], extra], axis=1)
+            both_rows = np.concatenate([rows[start:start + QUERY_CHUNK], extra_rows], axis=1)
+            order = np.argsort(-both_scores, axis=1, kind="stable")[:, :k]
+            merged_scores.append(np.take_along_axis(both_scores, order, axis=1))
+            merged_rows.append(np.take_along_axis(both_rows, order, axis=1))
+        scores, rows = np.concatenate(merged_scores), np.concatenate(merged_rows)
+        return scores.astype(np.float32), np.where(np.isfinite(scores), rows, -1)
+
+    def merged(self) -> Any:
+        """One writable FAISS index of every row: the base (read whole again from its file when mapped) with the
+        log's vectors added. An in-memory base is added to, not copied: the gallery is stale afterwards."""
+        base = _read_index_file(self.file, mapped=False) if self.file is not None else self.base
+        if len(self.appended):
+            base.add(self.appended)
+        return base
+
+
+@dataclass(frozen=True)
 class Gallery:
-    """A loaded gallery: the FAISS index, its rows (row ``i`` ↔ index id ``i``) and header."""
+    """A loaded gallery: its vectors, its rows (row ``i`` ↔ index row ``i``) and header."""
 
     path: Path
-    index: Any
+    index: GalleryIndex
     rows: pd.DataFrame
     info: IndexInfo
+    log_end: int = 0
+    """Offset just past the last log record the snapshot holds (:func:`refresh_index` reads on from there)."""
+    base_identity: str = ""
+    """The identity of the base file it was read from (``_base_identity``); empty for one not read from disk."""
 
     @property
     def live(self) -> np.ndarray:
@@ -270,10 +367,17 @@ def writer_lock(path: Path) -> Iterator[None]:
 
 
 def _delete_orphans(path: Path) -> None:
-    """Delete ``tables.atomic_output`` temporaries of ``path``: under the lock no other writer owns them."""
+    """Delete ``tables.atomic_output`` temporaries of ``path`` and the files of generations its base does not name
+    (an index file written before a killed writer's rename, a log left after it): under the lock no other writer
+    owns them. Nothing of an unreadable base is deleted."""
     for orphan in path.parent.glob(f".{path.name}.*.tmp"):
         log.warning("deleting %s, left by a gallery writer that was killed", orphan)
         orphan.unlink(missing_ok=True)
+    try:
+        generation = _read_base_header(path).generation if path.is_file() else ""
+    except GalleryError:
+        return
+    _delete_other_generations(path, generation)
 
 
 def _check_output(path: Path, *, force: bool) -> None:
@@ -369,7 +473,7 @@ def build_index(
                                     "reason": choice.reason})
     with writer_lock(out):
         _check_output(out, force=force)  # another writer may have created it while this one built
-        return _write_gallery(Gallery(out, index, rows, info), force=force)
+        return _write_gallery(Gallery(out, GalleryIndex.of(index), rows, info), force=force)
 
 
 def _check_appendable(info: IndexInfo, path: Path, embeddings: Embeddings) -> None:
@@ -418,7 +522,7 @@ def append_to_index(embeddings: Embeddings, path: Path) -> IndexInfo:
             position = LogPosition(end, known.log.rows + len(rows), known.log.records + 1, last=known.log.end)
             known.add(new_ids, schema=schema, log=position)
         info = replace(info, count=base_rows + position.rows, tfclip_version=__version__)
-        if position.rows > COMPACT_SHARE * base_rows or position.records > COMPACT_RECORDS:
+        if position.rows > min(COMPACT_SHARE * base_rows, COMPACT_ROWS) or position.records > COMPACT_RECORDS:
             return _compact_after_append(path, info)
     return info
 
@@ -455,7 +559,10 @@ def _widened(known: pa.Schema, new: pa.Schema, path: Path) -> pa.Schema:
 
 def _base_identity(path: Path) -> str:
     """The identity of the base file now at ``path``: a rewrite (a new file) or an edit in place changes it."""
-    stat = os.stat(path)
+    return _identity(os.stat(path))
+
+
+def _identity(stat: os.stat_result) -> str:
     return f"{stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
@@ -474,7 +581,7 @@ def _known_ids(path: Path, info: IndexInfo) -> KnownIds:
     snapshot = _load_snapshot(path)
     gallery = snapshot.gallery
     live_ids = gallery.rows["tracklet_id"].astype(str)[gallery.live]
-    position = LogPosition(snapshot.log_end, gallery.info.count - info.count, snapshot.records, snapshot.log_last)
+    position = LogPosition(gallery.log_end, gallery.info.count - info.count, snapshot.records, snapshot.log_last)
     write_known_ids(file, live_ids, base=base, schema=_rows_table(gallery.rows, path).schema.remove_metadata(),
                     log=position)
     known = open_known_ids(file, base=base)
@@ -573,9 +680,10 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 
 def _write_gallery(gallery: Gallery, *, force: bool) -> IndexInfo:
-    """Write ``gallery`` as a new base of a new generation: header, rows and index in one temporary file, synced,
-    renamed onto ``gallery.path`` in one step. Then delete the append logs and ids caches of other generations
-    (the gallery holds their rows: every writer loads base and log under the lock) and write the new ids cache.
+    """Write ``gallery`` as a new base of a new generation: its index file first (synced), then header and rows
+    in a temporary file, synced and renamed onto ``gallery.path`` in one step. Then delete the files of other
+    generations (the gallery holds their rows: every writer loads base and log under the lock) and write the new
+    ids cache. Called under the writer lock.
 
     Returns:
         The header written, with its new ``generation``.
@@ -585,13 +693,19 @@ def _write_gallery(gallery: Gallery, *, force: bool) -> IndexInfo:
     assert gallery.index.ntotal == len(rows) == info.count, (gallery.index.ntotal, len(rows), info.count)
     header = json.dumps(asdict(info), indent=2, sort_keys=True).encode()
     table = _rows_table(rows, path)
-    table_bytes, blob = _parquet_bytes(table), faiss.serialize_index(gallery.index)
-    with atomic_output(path, force=force) as temp, open(temp, "wb") as handle:
-        handle.write(MAGIC + SECTION_LENGTHS.pack(len(header), len(table_bytes), blob.nbytes))
-        for section in (header, table_bytes, blob.data):
-            handle.write(section)
-        handle.flush()
-        os.fsync(handle.fileno())  # the new base is on disk before the old log is deleted
+    table_bytes = _parquet_bytes(table)
+    index_file = index_path(path, info.generation)
+    _write_index_file(gallery.index, index_file)
+    try:
+        with atomic_output(path, force=force) as temp, open(temp, "wb") as handle:
+            handle.write(MAGIC + SECTION_LENGTHS.pack(len(header), len(table_bytes)))
+            for section in (header, table_bytes):
+                handle.write(section)
+            handle.flush()
+            os.fsync(handle.fileno())  # the new base is on disk before the old generation's files are deleted
+    except BaseException:
+        index_file.unlink(missing_ok=True)
+        raise
     sync_folder(path.parent)
     _delete_other_generations(path, info.generation)
     live_ids = rows["tracklet_id"].astype(str)[replace(gallery, info=info).live]
@@ -600,9 +714,32 @@ def _write_gallery(gallery: Gallery, *, force: bool) -> IndexInfo:
     return info
 
 
+def _write_index_file(index: GalleryIndex, out: Path) -> None:
+    """Write ``index`` (base and log as one FAISS index) to ``out``, synced. An index file unchanged since it was
+    read (no log rows to fold in) is hard-linked under the new name instead: O(1) for a rewrite of the header
+    or rows alone (a copy where the file system has no hard links)."""
+    with atomic_output(out) as temp:
+        if index.file is not None and len(index.appended) == 0:
+            temp.unlink()
+            try:
+                os.link(index.file, temp)
+            except OSError:
+                shutil.copyfile(index.file, temp)
+        else:
+            faiss.write_index(index.merged(), str(temp))  # streamed: no second, serialised copy in memory
+        with open(temp, "rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def index_path(path: Path, generation: str) -> Path:
+    """The FAISS index file of generation ``generation`` of the gallery at ``path``."""
+    return path.with_name(f"{path.name}.{generation}.faissindex")
+
+
 def _generation_files(path: Path) -> Iterator[tuple[Path, str]]:
-    """The append logs and ids caches (and their SQLite journals) beside ``path``, each with its generation."""
-    pattern = re.compile(re.escape(path.name) + r"\.([0-9a-f]{32})\.(?:log|ids|ids-journal)")
+    """The index files, append logs and ids caches (and their SQLite journals) beside ``path``, each with its
+    generation."""
+    pattern = re.compile(re.escape(path.name) + r"\.([0-9a-f]{32})\.(?:faissindex|log|ids|ids-journal)")
     for file in path.parent.iterdir() if path.parent.is_dir() else ():
         found = pattern.fullmatch(file.name)
         if found:
@@ -610,14 +747,16 @@ def _generation_files(path: Path) -> Iterator[tuple[Path, str]]:
 
 
 def _delete_other_generations(path: Path, generation: str) -> None:
-    """Delete the append logs and ids caches beside ``path`` of generations other than ``generation``."""
+    """Delete the index files, append logs and ids caches beside ``path`` of generations other than ``generation``
+    (a reader that mapped a deleted index file keeps reading it)."""
     for file, owner in _generation_files(path):
         if owner != generation:
             file.unlink(missing_ok=True)
 
 
 def gallery_files(path: Path) -> list[Path]:
-    """The files of the gallery at ``path`` on disk: the base, its lock, its append logs and ids caches."""
+    """The files of the gallery at ``path`` on disk: the base, its lock, its index files, append logs and ids
+    caches."""
     path = Path(path)
     files = [file for file in (path, lock_path(path)) if file.exists()]
     return files + sorted(file for file, _ in _generation_files(path))
@@ -626,25 +765,28 @@ def gallery_files(path: Path) -> list[Path]:
 class _Sections(NamedTuple):
     header: bytes
     rows: bytes
-    index: bytes
+    index: bytes | None
+    """The serialised index of a format-1 file; None in format 2 (the index has its own file)."""
 
 
-def _section_lengths(handle: BinaryIO, path: Path) -> tuple[int, int, int]:
-    """The lengths of the three sections of the gallery file open as ``handle``, checked against its size.
+def _section_lengths(handle: BinaryIO, path: Path) -> tuple[int, ...]:
+    """The lengths of the sections (two in format 2, three in format 1) of the gallery file open as ``handle``,
+    checked against its size.
 
     The size is that of the open file (``fstat``), never of ``path``: a writer may rename a new gallery onto
     ``path`` after the open, and this reader keeps reading the old file whole.
     """
-    prefix = len(MAGIC) + SECTION_LENGTHS.size
-    head = handle.read(prefix)
-    if not head.startswith(MAGIC) or len(head) < prefix:
+    magic = handle.read(len(MAGIC))
+    lengths_format = {MAGIC: SECTION_LENGTHS, MAGIC_FORMAT_1: SECTION_LENGTHS_FORMAT_1}.get(magic)
+    packed = handle.read(lengths_format.size) if lengths_format else b""
+    if lengths_format is None or len(packed) < lengths_format.size:
         raise GalleryError(
-            f"{path} is not a tfclip gallery (format 1): an index written by an older tfclip (with "
+            f"{path} is not a tfclip gallery (format 1 or 2): an index written by an older tfclip (with "
             ".meta.parquet/.json files beside it), another tool, or a damaged file",
             hint=REBUILD_HINT.format(path=path),
         )
-    lengths = SECTION_LENGTHS.unpack(head[len(MAGIC):])
-    size = os.fstat(handle.fileno()).st_size
+    lengths = lengths_format.unpack(packed)
+    prefix, size = len(magic) + len(packed), os.fstat(handle.fileno()).st_size
     if prefix + sum(lengths) != size:
         raise GalleryError(
             f"{path} is damaged: its sections claim {prefix + sum(lengths):,} bytes, the file holds {size:,}",
@@ -654,8 +796,9 @@ def _section_lengths(handle: BinaryIO, path: Path) -> tuple[int, int, int]:
 
 
 def _read_sections(handle: BinaryIO, path: Path) -> _Sections:
-    """The three sections of the gallery file open as ``handle``."""
-    return _Sections(*(handle.read(length) for length in _section_lengths(handle, path)))
+    """The sections of the gallery file open as ``handle``."""
+    sections = [handle.read(length) for length in _section_lengths(handle, path)]
+    return _Sections(*sections, *([None] if len(sections) == 2 else []))
 
 
 def _read_base_header(path: Path) -> IndexInfo:
@@ -700,6 +843,9 @@ def _header_problem(fields: Any) -> str | None:
     removed = fields.get("removed", [])
     if not isinstance(removed, list) or any(type(row) is not int for row in removed):
         return f"removed {removed!r}, expected a list of row numbers"
+    generation = fields.get("generation", "")
+    if not (isinstance(generation, str) and re.fullmatch(r"(?:[0-9a-f]{32})?", generation)):
+        return f"generation {generation!r}, expected 32 hex digits"
     return None
 
 
@@ -729,31 +875,54 @@ def _read_rows(data: bytes, path: Path) -> pd.DataFrame:
 _FAISS_LIMIT_LOCK = threading.Lock()
 
 
-def _read_faiss(data: bytes, path: Path) -> Any:
-    """Deserialise the index; a vector claiming more bytes than the section holds is a GalleryError.
+@contextlib.contextmanager
+def _faiss_reading(size: int, what: str, path: Path) -> Iterator[None]:
+    """Read a FAISS index of ``size`` bytes (``what``: where, for the message); a vector claiming more bytes than
+    that is a GalleryError naming the gallery ``path``.
 
     faiss allocates a vector at the size its file claims before reading it (a damaged or crafted header asked
-    for terabytes: MemoryError); capping faiss's per-vector limit at the section's length refuses it unallocated.
+    for terabytes: MemoryError); capping faiss's per-vector limit at the index's length refuses it unallocated.
     """
     with _FAISS_LIMIT_LOCK:  # the limit is a faiss global: restore it for other readers
         previous = faiss.get_deserialization_vector_byte_limit()
-        faiss.set_deserialization_vector_byte_limit(max(len(data), 1))
+        faiss.set_deserialization_vector_byte_limit(max(size, 1))
         try:
-            return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+            yield
         except (RuntimeError, MemoryError) as exc:
             reason = str(exc).splitlines()[0].split("Error: ")[-1] if str(exc) else type(exc).__name__
             raise GalleryError(
-                f"{path}: the FAISS section ({len(data):,} bytes) is not a readable index ({reason})",
+                f"{path}: {what} ({size:,} bytes) is not a readable index ({reason})",
                 hint=REBUILD_HINT.format(path=path),
             ) from exc
         finally:
             faiss.set_deserialization_vector_byte_limit(previous)
 
 
+def _read_faiss(data: bytes, path: Path) -> Any:
+    """Deserialise the index section of a format-1 file."""
+    with _faiss_reading(len(data), "the FAISS section", path):
+        return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+
+
+def _read_index_file(file: Path, *, mapped: bool, gallery: Path | None = None) -> Any:
+    """The FAISS index in ``file``: its flat codes memory-mapped read-only (``mapped``), or read whole.
+
+    Raises:
+        FileNotFoundError: when ``file`` is gone (a writer replaced the gallery since its header was read).
+        GalleryError: naming the gallery and ``file``, when it is not a readable FAISS index.
+    """
+    size = file.stat().st_size
+    try:
+        with _faiss_reading(size, f"its index file {file.name}", gallery or file):
+            return faiss.read_index(str(file), faiss.IO_FLAG_MMAP_IFC if mapped else 0)
+    except GalleryError:
+        if not file.exists():
+            raise FileNotFoundError(file) from None
+        raise
+
+
 class _Snapshot(NamedTuple):
     gallery: Gallery
-    log_end: int
-    """Offset just past the last log record the gallery holds."""
     log_last: int
     """Where that record starts (0 without records)."""
     records: int
@@ -779,15 +948,20 @@ def _load_snapshot(path: Path) -> _Snapshot:
                 f"{path} not found: expected a gallery written by tfclip index",
                 hint=f"build it with: tfclip index E.parquet --out {path}",
             )
+        generation = None
         try:
             with open(path, "rb") as base:
                 sections = _read_sections(base, path)
                 info = _read_header(sections.header, path)
+                generation = info.generation
                 scan = _read_log(path, info.generation)
+                index = _read_index(path, sections, info)
                 if _is_current(base, path):
-                    return _assembled(path, sections, info, scan)
-        except FileNotFoundError:  # replaced between the check and the open
-            continue
+                    return _assembled(path, sections, info, scan, index, _identity(os.fstat(base.fileno())))
+        except FileNotFoundError:  # replaced between the check and an open (of the base, or its index file)
+            if generation and _names_generation(path, generation):  # not replaced: the index file is gone
+                raise GalleryError(f"{path}: its index file {index_path(path, generation).name} is missing",
+                                   hint=REBUILD_HINT.format(path=path)) from None
     raise GalleryError(f"{path} was rewritten {LOAD_ATTEMPTS} times while it was being read", hint="try again")
 
 
@@ -803,6 +977,22 @@ def _read_log(path: Path, generation: str) -> LogScan:
         return read_records(handle, generation)
 
 
+def _names_generation(path: Path, generation: str) -> bool:
+    """Whether the base now at ``path`` is of ``generation``."""
+    try:
+        return _read_base_header(path).generation == generation
+    except (FileNotFoundError, GalleryError):
+        return False
+
+
+def _read_index(path: Path, sections: _Sections, info: IndexInfo) -> GalleryIndex:
+    """The base's index without the log: the format-1 section read whole, or the index file mapped."""
+    if sections.index is not None:
+        return GalleryIndex.of(_read_faiss(sections.index, path))
+    file = index_path(path, info.generation)
+    return GalleryIndex(_read_index_file(file, mapped=True, gallery=path), np.zeros((0, info.dim), np.float32), file)
+
+
 def _is_current(base: BinaryIO, path: Path) -> bool:
     """Whether ``path`` still names the file open as ``base``."""
     try:
@@ -813,10 +1003,10 @@ def _is_current(base: BinaryIO, path: Path) -> bool:
     return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
-def _assembled(path: Path, sections: _Sections, info: IndexInfo, scan: LogScan) -> _Snapshot:
+def _assembled(path: Path, sections: _Sections, info: IndexInfo, scan: LogScan, index: GalleryIndex,
+               identity: str) -> _Snapshot:
     """The base's index, rows and header checked against each other, then the log's batches added to them."""
     rows = _read_rows(sections.rows, path)
-    index = _read_faiss(sections.index, path)
     if index.ntotal == 0:
         raise GalleryError(f"{path} is an empty index: nothing to search", hint="index some embeddings first")
     if not (index.ntotal == len(rows) == info.count) or index.d != info.dim:
@@ -827,12 +1017,42 @@ def _assembled(path: Path, sections: _Sections, info: IndexInfo, scan: LogScan) 
         )
     if any(not 0 <= row < info.count for row in info.removed):
         raise GalleryError(f"{path}: the header removes rows outside 0..{info.count - 1}")
+    gallery = _with_records(Gallery(path, index, rows, info, base_identity=identity), scan)
+    last = scan.batches[-1].offset if scan.batches else 0
+    return _Snapshot(gallery, last, len(scan.batches))
+
+
+def _with_records(gallery: Gallery, scan: LogScan) -> Gallery:
+    """``gallery`` with the log batches of ``scan`` after its rows, read up to ``scan.end``."""
+    info = gallery.info
     if scan.batches:
-        log_file = log_path(path, info.generation)
+        log_file = log_path(gallery.path, info.generation)
         if any(batch.vectors.shape[1] != info.dim for batch in scan.batches):
             raise GalleryError(f"{log_file}: a record holds vectors of another width than the gallery's {info.dim}")
-        rows = pd.concat([rows, *(_read_rows(batch.rows, log_file) for batch in scan.batches)], ignore_index=True)
-        index.add(np.concatenate([batch.vectors for batch in scan.batches]))
-        info = replace(info, count=len(rows))
-    last = scan.batches[-1].offset if scan.batches else 0
-    return _Snapshot(Gallery(path=path, index=index, rows=rows, info=info), scan.end, last, len(scan.batches))
+        rows = pd.concat([gallery.rows, *(_read_rows(batch.rows, log_file) for batch in scan.batches)],
+                         ignore_index=True)
+        appended = np.concatenate([gallery.index.appended, *(batch.vectors for batch in scan.batches)])
+        gallery = replace(gallery, index=replace(gallery.index, appended=appended), rows=rows,
+                          info=replace(info, count=len(rows)))
+    return replace(gallery, log_end=scan.end)
+
+
+def refresh_index(gallery: Gallery) -> Gallery:
+    """The gallery at ``gallery.path`` now, read on from the snapshot ``gallery``: the same object when nothing
+    changed, the snapshot plus the log records committed since when only the log grew (the cost of the new
+    records: the base's rows and index are not read again), else :func:`load_index`'s full read.
+
+    Raises:
+        GalleryError: as :func:`load_index`.
+    """
+    path = gallery.path
+    try:
+        unchanged = bool(gallery.base_identity) and _base_identity(path) == gallery.base_identity
+        handle = open(log_path(path, gallery.info.generation), "rb") if unchanged and gallery.info.generation else None
+    except FileNotFoundError:  # the base, or its log, was replaced or deleted
+        handle = None
+    if handle is None:
+        return load_index(path)
+    with handle:  # the base's log: records are only ever added after the valid ones a snapshot read
+        scan = read_records(handle, gallery.info.generation, start=gallery.log_end)
+    return _with_records(gallery, scan) if scan.batches else gallery

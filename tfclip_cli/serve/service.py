@@ -2,9 +2,10 @@
 
 Searches read an immutable snapshot of the gallery; writes go through ``index``'s locked, atomic functions and
 then swap the snapshot, so a search never sees a half-written gallery. The snapshot is also reloaded when the
-gallery changes on disk (its base file replaced, or records appended to its log by ``tfclip index --append`` or
-``tfclip watch`` while serving), which is how the page's camera view sees a growing gallery: :meth:`Service.cameras`
-answers the latest tracklets of each camera of the current snapshot.
+gallery changes on disk (its base file replaced: read again; records appended to its log by ``tfclip index
+--append`` or ``tfclip watch`` while serving: only the new records read, ``index.refresh_index``), which is how
+the page's camera view sees a growing gallery: :meth:`Service.cameras` answers the latest tracklets of each camera
+of the current snapshot.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from tfclip_cli.index import (
     gallery_stamp,
     load_index,
     load_query_embedder,
+    refresh_index,
     remove_from_index,
     resolve_min_score,
     search_with_tracklet,
@@ -225,7 +227,7 @@ class Service:
             identity = gallery_stamp(self.config.gallery)
             if identity != self._identity:
                 was_stale = stale_calibration(self._gallery) is not None
-                self._gallery, self._identity = load_index(self.config.gallery), identity
+                self._gallery, self._identity = refresh_index(self._gallery), identity
                 log.info("reloaded %s: %d tracklets", self.config.gallery, self._gallery.info.live_count)
                 if not was_stale:  # warn once, when it goes stale, not on every append after
                     warn_if_stale(self._gallery)
