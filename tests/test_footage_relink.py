@@ -112,7 +112,8 @@ def test_contacts_are_the_frames_a_track_touches_another() -> None:
 def _fragment(track_id: int, first: int, last: int, x: int = 0):
     one = track(track_id, first, last, x=x)
     spans = plan_spans(one, set(), RelinkConfig())
-    return _fragments(one, track_id - 1, spans, np.tile(PEOPLE["A"], (len(spans.spans), 1)), RelinkConfig())[0]
+    return _fragments(one, track_id - 1, spans, vectors=np.tile(PEOPLE["A"], (len(spans.spans), 1)),
+                      config=RelinkConfig())[0]
 
 
 def test_a_fragment_follows_another_soon_after_and_near_where_it_ended() -> None:

@@ -120,7 +120,7 @@ def contact_windows(bounds: Sequence[Span], frames: Sequence[int], touching: set
     return sorted({j for i in touched for j in (i, i + 1) if 0 < j < len(bounds)})
 
 
-def _sides_long_enough(k: int, start: int, num_windows: int, cut_windows: int) -> bool:
+def _sides_long_enough(k: int, start: int, num_windows: int, *, cut_windows: int) -> bool:
     """Whether a cut before window ``k`` leaves at least ``cut_windows`` windows on each side (since ``start``)."""
     return k - start >= cut_windows and num_windows - k >= cut_windows
 
@@ -161,7 +161,7 @@ def plan_spans(track: Track, touching: set[int], config: RelinkConfig) -> TrackS
     contact where a cut could fall are embedded one by one; a track touching nobody is one span."""
     windows = window_bounds(track.num_frames, config.window)
     candidates = [k for k in contact_windows(windows, track.frame_indices, touching)
-                  if _sides_long_enough(k, 0, len(windows), config.cut_windows)]
+                  if _sides_long_enough(k, 0, len(windows), cut_windows=config.cut_windows)]
     edges = span_edges(len(windows), candidates, config.cut_windows)
     return TrackSpans(tuple(windows), tuple(candidates), tuple(edges))
 
@@ -173,7 +173,7 @@ def cut_points(vectors: np.ndarray, spans: TrackSpans, config: RelinkConfig) -> 
     ``cut_windows`` long."""
     cuts, start = [], 0
     for k in spans.candidates:
-        if not _sides_long_enough(k, start, len(spans.windows), config.cut_windows):
+        if not _sides_long_enough(k, start, len(spans.windows), cut_windows=config.cut_windows):
             continue
         before = spans.mean(vectors, start, k)
         after = spans.mean(vectors, k, k + config.cut_windows)
@@ -183,7 +183,7 @@ def cut_points(vectors: np.ndarray, spans: TrackSpans, config: RelinkConfig) -> 
     return cuts
 
 
-def _fragments(track: Track, position: int, spans: TrackSpans, vectors: np.ndarray, config: RelinkConfig
+def _fragments(track: Track, position: int, spans: TrackSpans, *, vectors: np.ndarray, config: RelinkConfig
                ) -> list[_Fragment]:
     """The track (at ``position`` of relink's list) cut where its appearance changes after a contact, each fragment
     with the mean embedding of its windows (``vectors``: ``[S, D]``, one unit row per span)."""
@@ -317,6 +317,8 @@ def relink(tracks: Sequence[Track], embed: SpanEmbedder, config: RelinkConfig = 
     """Cut tracks where their appearance changes after touching another track, then link each fragment's end to
     the start of the fragment that continues it.
 
+    Args:
+        embed: called once, with ``tracks`` and the spans of each (:func:`plan_spans`) to embed as one clip each.
     Returns:
         the tracklets, numbered 1, 2, ... by first frame.
     """
@@ -326,7 +328,8 @@ def relink(tracks: Sequence[Track], embed: SpanEmbedder, config: RelinkConfig = 
     vectors = embed(tracks, [plan.spans for plan in plans])
     fragments = [
         f for position, (track, plan, track_vectors) in enumerate(zip(tracks, plans, vectors, strict=True))
-        for f in _fragments(track, position, plan, _unit(np.asarray(track_vectors, dtype=np.float64)), config)
+        for f in _fragments(track, position, plan, vectors=_unit(np.asarray(track_vectors, dtype=np.float64)),
+                            config=config)
     ]
     links = rejoin_unused_cuts(fragments, link_fragments(fragments, config))
     groups = sorted(([fragments[i] for i in chain] for chain in chains(len(fragments), links)),
