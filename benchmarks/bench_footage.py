@@ -16,7 +16,9 @@ one crop (the middle frame) per written tracklet, to look at what the tracklets 
 ``--appearance M.onnx`` measures ``tfclip track -c M.onnx`` end to end instead (decode, detect, track and crop,
 embed, relink, write the tracklets) on the same frames, every frame processed (10 frames/s: vtest.avi's rate), one
 core and one thread: the CPU time of each stage, its share, and the whole as a multiple of real time. Appearance is
-relinking's window embedding (one clip of the model's frames per window, all tracks' windows in shared batches).
+relinking's span embedding (one clip of the model's ``seq_len`` crops per span: a whole track that touched nobody,
+or a window near a contact, or a stretch between them; all tracks' spans in shared batches); the script prints how
+many clips and crops the model ran.
 ``--build-appearance`` first writes a random-init ViT-B/16 checkpoint and exports it with ``tfclip export --int8``
 to that path (speed does not depend on the weights; minutes, once).
 
@@ -44,6 +46,7 @@ from tfclip_cli.footage.detect import build_detector, read_video, set_threads, v
 from tfclip_cli.footage.pipeline import FootagePipeline, PipelineOptions, run_video
 from tfclip_cli.footage.relink import CropEmbedder, model_crop_embedder
 from tfclip_cli.footage.tracklets import TrackOptions, _write_tracklet, track_videos
+from tfclip_cli.runtime import read_metadata
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 CAMERA_FPS = 10.0
@@ -230,9 +233,10 @@ def end_to_end(clip: Path, spec: str, appearance: Path, *, frames: int, folder: 
           f"of video in {total:.1f} s of CPU time = {video_seconds / total:.2f}x real time per core")
     for stage in ("decode", "detect", "track + crop", "embed", "relink", "write"):
         print(f"  {stage:12s} {clock.seconds[stage]:7.1f} s  {100 * clock.seconds[stage] / total:5.1f} %")
-    print(f"  {done.tracks} tracks, {len(done.tracklets)} tracklets written; {embed.clips} windows embedded as one "
-          f"clip each ({embed.crops} crops in them) in {embed.calls} call(s), "
-          f"{embed.clips / max(clock.seconds['embed'], 1e-9):.2f} clips/s")
+    seq_len = read_metadata(appearance).seq_len
+    print(f"  {done.tracks} tracks, {len(done.tracklets)} tracklets written; {embed.clips} clips embedded "
+          f"({embed.clips * seq_len} crops: the model's {seq_len} sampled over each span, from {embed.crops} crops "
+          f"in the spans) in {embed.calls} call(s), {embed.clips / max(clock.seconds['embed'], 1e-9):.2f} clips/s")
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from fake_footage import write_video
 
 from tfclip_cli.footage.detection import Detection
 from tfclip_cli.footage.pipeline import FootagePipeline, PipelineOptions, is_static, run_video
-from tfclip_cli.footage.relink import RelinkConfig, window_bounds
+from tfclip_cli.footage.relink import RelinkConfig
 from tfclip_cli.footage.track import Track, TrackerConfig
 
 WIDTH, HEIGHT = 200, 120
@@ -98,7 +98,7 @@ def test_people_who_cross_while_hidden_are_relinked_each_to_themselves():
     np.testing.assert_allclose(red.track.boxes[16], scene[24]["red"], atol=2.0)
 
 
-def test_relinking_embeds_the_windows_of_all_tracks_in_one_call():
+def test_relinking_embeds_each_track_touching_nobody_as_one_clip_all_tracks_in_one_call():
     scene = crossing_scene()
     options = PipelineOptions(tracker=TrackerConfig(lost_buffer=3))
     calls = []
@@ -111,9 +111,12 @@ def test_relinking_embeds_the_windows_of_all_tracks_in_one_call():
         return {"blue"} | (set() if f in range(16, 24) else {"red", "green"})
 
     motion, _ = _feed(scene, detected, options)
+    assert sorted(t.track.num_frames for t in motion.tracklets) == [16, 16, 16, 16, 40]
     linked, _ = _feed(scene, detected, options, embed=counting)
-    windows = [stop - start for t in motion.tracklets for start, stop in window_bounds(t.track.num_frames, 8)]
-    assert len(calls) == 1 and sorted(calls[0]) == sorted(windows)  # 5 tracks, every window, one batched call
+    # red and green before and after the pillar (16 frames: 2 windows, too short to cut) are one clip each;
+    # blue (5 windows) touches red in frames 0-10 and green from frame 24: windows 2 and 3 may start another
+    # person, so all 5 windows around them are clips of their own; 9 clips in one batched call
+    assert len(calls) == 1 and sorted(calls[0]) == [8, 8, 8, 8, 8, 16, 16, 16, 16]
     assert len(linked.tracklets) == 3
 
 

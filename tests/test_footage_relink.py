@@ -1,25 +1,32 @@
 """Relinking by appearance, proved with synthetic embeddings: cut at identity switches, merge fragments."""
 
 import dataclasses
+import functools
 
 import numpy as np
 
 from tfclip_cli.footage.relink import (
+    SPAN_SAMPLING,
     Piece,
     RelinkConfig,
+    TrackSpans,
     _fragments,
-    batched_window_embedder,
     can_follow,
     contact_windows,
     contacts,
+    crop_span_embedder,
     cut_points,
     least_similarity,
     link_fragments,
+    plan_spans,
     relink,
+    span_edges,
     unlinked,
     window_bounds,
 )
 from tfclip_cli.footage.track import Track
+from tfclip_cli.frames import FrameTransform
+from tfclip_cli.runtime import embed_crop_tracklets
 
 PEOPLE = {name: vector for name, vector in zip("ABC", np.eye(3))}
 
@@ -32,14 +39,20 @@ def track(track_id: int, first: int, last: int, camid: int = 0, x: int = 0) -> T
 
 
 class FakeEmbedder:
-    """Embeds a window as the person who fills most of it, per a hand-written (track id, frame) → person table."""
+    """Embeds a span as the person who fills most of it, per a hand-written (track id, frame) → person table, and
+    remembers the spans it was asked for, one list per call."""
 
     def __init__(self, who: dict[int, callable]) -> None:
         self.who = who
+        self.calls: list[list[list[tuple[int, int]]]] = []
 
-    def __call__(self, track: Track, windows: list[tuple[int, int]]) -> np.ndarray:
+    def __call__(self, tracks: list[Track], spans: list[list[tuple[int, int]]]) -> list[np.ndarray]:
+        self.calls.append([list(track_spans) for track_spans in spans])
+        return [self.embed(track, track_spans) for track, track_spans in zip(tracks, spans)]
+
+    def embed(self, track: Track, spans: list[tuple[int, int]]) -> np.ndarray:
         rows = []
-        for start, stop in windows:
+        for start, stop in spans:
             names = [self.who[track.track_id](i) for i in track.frame_indices[start:stop]]
             rows.append(PEOPLE[max(set(names), key=names.count)] + 0.05)
         return np.array(rows)
@@ -51,15 +64,36 @@ def test_windows_cover_the_track_and_a_short_tail_joins_the_last() -> None:
     assert window_bounds(5, 8) == [(0, 5)]
 
 
+def windows_alone(count: int, candidates: list[int]) -> TrackSpans:
+    """``count`` windows of 8 frames, each embedded on its own."""
+    return TrackSpans(tuple(window_bounds(8 * count, 8)), tuple(candidates), tuple(range(count + 1)))
+
+
 def test_cut_where_the_windows_after_stay_unlike_the_ones_before() -> None:
     a, b = PEOPLE["A"], PEOPLE["B"]
     config = RelinkConfig(cut_windows=2)
-    assert cut_points(np.array([a, a, b, b]), [1, 2, 3], config) == [2]  # too few windows on the sides of 1 and 3
-    assert cut_points(np.array([a, a, b, b]), [], config) == []  # no contact, no cut
+    # too few windows on the sides of 1 and 3
+    assert cut_points(np.array([a, a, b, b]), windows_alone(4, [1, 2, 3]), config) == [2]
+    assert cut_points(np.array([a, a, b, b]), windows_alone(4, []), config) == []  # no contact, no cut
     # one odd window (a bad crop) is no switch: B then A again averages to 0.71 with A
-    assert cut_points(np.array([a, a, b, a, a]), [1, 2, 3], config) == []
+    assert cut_points(np.array([a, a, b, a, a]), windows_alone(5, [1, 2, 3]), config) == []
     # the prototype is every window since the last cut: A, A, B, B, A, A cut twice
-    assert cut_points(np.array([a, a, b, b, a, a]), [1, 2, 3, 4, 5], config) == [2, 4]
+    assert cut_points(np.array([a, a, b, b, a, a]), windows_alone(6, [1, 2, 3, 4, 5]), config) == [2, 4]
+
+
+def test_a_stretch_embedded_as_one_clip_weighs_as_the_windows_it_covers() -> None:
+    a, b = PEOPLE["A"], PEOPLE["B"]
+    config = RelinkConfig(cut_windows=2, cut_similarity=0.5)
+    # 9 windows of 8 frames: a stretch of windows 0-3 (one clip: A), then windows 4-8 alone around candidate 6
+    spans = TrackSpans(tuple(window_bounds(72, 8)), (6,), (0, 4, 5, 6, 7, 8, 9))
+    assert spans.spans == [(0, 32), (32, 40), (40, 48), (48, 56), (56, 64), (64, 72)]
+    vectors = np.array([a, b, b, b, b, b])
+    # the mean before window 6 counts the stretch as 4 windows of A: (4A + 2B) / |4A + 2B|
+    np.testing.assert_allclose(spans.mean(vectors, 0, 6), (4 * a + 2 * b) / np.sqrt(20))
+    # so the Bs after it (cosine 2 / sqrt(20) = 0.45) are cut, as when every window is embedded alone; counted as
+    # one clip, the stretch would give A + 2B, cosine 0.89 with B: no cut
+    assert cut_points(vectors, spans, config) == [6]
+    assert cut_points(np.array([a] * 4 + [b] * 5), windows_alone(9, [6]), config) == [6]
 
 
 def test_contacts_are_the_frames_a_track_touches_another() -> None:
@@ -77,7 +111,9 @@ def test_contacts_are_the_frames_a_track_touches_another() -> None:
 
 def _fragment(track_id: int, first: int, last: int, x: int = 0):
     one = track(track_id, first, last, x=x)
-    return _fragments(one, track_id - 1, lambda t, w: np.tile(PEOPLE["A"], (len(w), 1)), set(), RelinkConfig())[0]
+    spans = plan_spans(one, set(), RelinkConfig())
+    return _fragments(one, track_id - 1, spans, vectors=np.tile(PEOPLE["A"], (len(spans.spans), 1)),
+                      config=RelinkConfig())[0]
 
 
 def test_a_fragment_follows_another_soon_after_and_near_where_it_ended() -> None:
@@ -116,7 +152,7 @@ def _crops_of(track_: Track, who: dict[int, callable]) -> list[np.ndarray]:
     return [np.tile(np.uint8(200 * PEOPLE[who[track_.track_id](i)] + 20), (2, 2, 1)) for i in track_.frame_indices]
 
 
-def test_every_window_of_every_track_is_embedded_in_one_call_with_the_result_of_one_track_at_a_time() -> None:
+def test_the_spans_of_every_track_are_embedded_in_one_call_with_the_result_of_one_track_at_a_time() -> None:
     tracks = [track(1, 0, 31), track(2, 0, 31), track(3, 40, 52)]
     who = {1: lambda f: "A" if f < 16 else "B", 2: lambda f: "B" if f < 16 else "A", 3: lambda f: "C"}
     crops = [_crops_of(t, who) for t in tracks]
@@ -126,18 +162,85 @@ def test_every_window_of_every_track_is_embedded_in_one_call_with_the_result_of_
         calls.append([len(clip) for clip in clips])
         return np.array([np.mean([crop.reshape(-1, 3).mean(axis=0) for crop in clip], axis=0) for clip in clips])
 
-    batched = relink(tracks, batched_window_embedder(tracks, crops, mean_colour, 8), RelinkConfig(window=8))
-    assert calls == [[8, 8, 8, 8, 8, 8, 8, 8, 13]]  # one call: 4 + 4 windows of tracks 1 and 2, track 3's 13 frames
+    batched = relink(tracks, crop_span_embedder(crops, mean_colour), RelinkConfig(window=8))
+    # one call: tracks 1 and 2 touch all along (every window alone), track 3 touches nobody (one 13-frame clip)
+    assert calls == [[8, 8, 8, 8, 8, 8, 8, 8, 13]]
     crops_of = {t.track_id: c for t, c in zip(tracks, crops)}
 
-    def one_track(track_: Track, windows) -> np.ndarray:
-        return mean_colour([crops_of[track_.track_id][start:stop] for start, stop in windows])
+    def one_track(tracks_: list[Track], spans) -> list[np.ndarray]:
+        return [mean_colour([crops_of[t.track_id][start:stop] for start, stop in track_spans])
+                for t, track_spans in zip(tracks_, spans)]
 
     alone = relink(tracks, one_track, RelinkConfig(window=8))
     assert len(calls) == 1 + len(tracks)
     assert [link.pieces for link in batched] == [link.pieces for link in alone]
     assert {link.pieces for link in batched} == {(Piece(0, 0, 16), Piece(1, 16, 32)),
                                                  (Piece(1, 0, 16), Piece(0, 16, 32)), (Piece(2, 0, 13),)}
+
+
+def test_only_the_windows_around_a_possible_cut_are_spans_of_their_own() -> None:
+    # 16 windows, candidates 7 and 8, 2 windows each side: windows 5-9 alone, 0-4 and 10-15 one span each
+    assert span_edges(16, [7, 8], 2) == [0, 5, 6, 7, 8, 9, 10, 16]
+    assert span_edges(12, [], 2) == [0, 12]  # no candidate: the whole track
+    assert span_edges(4, [2], 2) == [0, 1, 2, 3, 4]
+    assert span_edges(20, [3, 15], 1) == [0, 2, 3, 4, 14, 15, 16, 20]
+
+
+def test_a_track_touching_nobody_is_embedded_as_one_clip_of_the_models_seq_len_crops() -> None:
+    lone = track(1, 0, 99)  # 100 frames: 12 windows, nobody near
+    given, run = [], []
+
+    def batch(clips: np.ndarray) -> np.ndarray:  # the model: [B, T, 3, H, W] -> [B, 3]
+        run.append(clips.shape)
+        return clips.mean(axis=(1, 3, 4))
+
+    model = functools.partial(embed_crop_tracklets, batch, sampling=SPAN_SAMPLING, seq_len=4,
+                              transform=FrameTransform((16, 8)), dim=3)
+
+    def crop_embedder(clips) -> np.ndarray:
+        given.append([len(clip) for clip in clips])
+        return model(clips)
+
+    linked = relink([lone], crop_span_embedder([_crops_of(lone, {1: lambda f: "A"})], crop_embedder))
+    assert given == [[100]]  # one clip of all its crops ...
+    assert run == [(1, 4, 3, 16, 8)]  # ... of which the model runs seq_len = 4
+    assert [link.pieces for link in linked] == [(Piece(0, 0, 100),)]
+
+
+def _meeting(swap: bool) -> list[Track]:
+    """Tracks 1 and 2 walk right 1 px a frame (30 px tall) for 128 frames, 100 px apart but on the same boxes at
+    frames 60-67 (they meet); with ``swap`` the tracker swapped them at frame 64 (in the middle of the meeting).
+    Track 3 walks alone far to the right, frames 0-99."""
+    def y_of(person: str, frame: int) -> int:
+        return 50 if 60 <= frame < 68 else {"A": 0, "B": 100}[person]
+
+    def followed(track_id: int, first: str, second: str) -> Track:
+        people = [second if swap and f >= 64 else first for f in range(128)]
+        boxes = np.array([[f, y_of(p, f), f + 10, y_of(p, f) + 30] for f, p in enumerate(people)], dtype=np.float32)
+        return Track(track_id, 0, tuple(range(128)), boxes, np.full(128, 0.9, np.float32))
+
+    return [followed(1, "A", "B"), followed(2, "B", "A"), track(3, 0, 99, x=500)]
+
+
+def test_the_clips_embedded_are_one_per_lone_track_and_the_windows_around_each_meeting() -> None:
+    tracks = _meeting(swap=False)
+    embed = FakeEmbedder({1: lambda f: "A", 2: lambda f: "B", 3: lambda f: "C"})
+    linked = relink(tracks, embed, RelinkConfig(window=8, cut_windows=2))
+    # tracks 1 and 2 touch in windows 7 and 8 (frames 56-71): a person may change at windows 7, 8, 9, so windows
+    # 5-10 are clips of their own, 0-4 and 11-15 one clip each; track 3 touches nobody: one clip
+    meeting = [(0, 40), (40, 48), (48, 56), (56, 64), (64, 72), (72, 80), (80, 88), (88, 128)]
+    assert embed.calls == [[meeting, meeting, [(0, 100)]]]  # 17 clips (44 windows), one call
+    assert len(linked) == 3
+
+
+def test_a_switch_where_two_tracks_met_is_still_cut_between_clips_of_whole_stretches() -> None:
+    tracks = _meeting(swap=True)  # track 1 is A then B, track 2 B then A, from frame 64
+    who = {1: lambda f: "A" if f < 64 else "B", 2: lambda f: "B" if f < 64 else "A", 3: lambda f: "C"}
+    embed = FakeEmbedder(who)
+    linked = relink(tracks, embed, RelinkConfig(window=8, cut_windows=2))
+    assert [len(spans) for spans in embed.calls[0]] == [8, 8, 1]
+    assert {link.pieces for link in linked} == {(Piece(0, 0, 64), Piece(1, 64, 128)),
+                                                (Piece(1, 0, 64), Piece(0, 64, 128)), (Piece(2, 0, 100),)}
 
 
 def test_identity_switch_is_cut_and_each_half_joins_its_person() -> None:
@@ -219,8 +322,8 @@ class TwoVideoEmbedder:
     def __init__(self) -> None:
         self.by_camera = {camid: FakeEmbedder(_people(camid)) for camid in (0, 1)}
 
-    def __call__(self, track: Track, windows: list[tuple[int, int]]) -> np.ndarray:
-        return self.by_camera[track.camid](track, windows)
+    def __call__(self, tracks: list[Track], spans: list[list[tuple[int, int]]]) -> list[np.ndarray]:
+        return [self.by_camera[track.camid].embed(track, track_spans) for track, track_spans in zip(tracks, spans)]
 
 
 def _who(link, tracks: list[Track]) -> list[str]:

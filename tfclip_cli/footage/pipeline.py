@@ -30,8 +30,7 @@ from tfclip_cli.footage.relink import (
     Linked,
     Piece,
     RelinkConfig,
-    WindowEmbedder,
-    batched_window_embedder,
+    crop_span_embedder,
     relink,
     unlinked,
 )
@@ -198,8 +197,8 @@ class FootagePipeline:
         tracks = [pair for pair in trimmed if pair is not None]
         crops_of = {track.track_id: crops for track, crops in tracks}
         motion = [track for track, _ in tracks]
-        linked = unlinked(motion) if self.embed is None else relink(motion, self._window_embedder(motion, crops_of),
-                                                                     self.options.relink)
+        linked = unlinked(motion) if self.embed is None else relink(
+            motion, crop_span_embedder([crops_of[track.track_id] for track in motion], self.embed), self.options.relink)
         long_enough = [link for link in linked if link.track.num_frames >= self.options.min_frames]
         moving = [link for link in long_enough
                   if self.options.keep_static or not is_static(link.track, self.options.static_motion)]
@@ -220,12 +219,6 @@ class FootagePipeline:
         cut = Track(track.track_id, track.camid, indices, np.array([boxes[i] for i in indices], dtype=np.float32),
                     track.scores[keep], track.source)
         return cut, tuple(crops[i] for i in indices)
-
-    def _window_embedder(self, tracks: Sequence[Track], crops_of: dict[int, tuple[np.ndarray, ...]]
-                         ) -> WindowEmbedder:
-        """Relink's window embedder over the crops kept in memory: every track's windows in the same batches."""
-        return batched_window_embedder(tracks, [crops_of[track.track_id] for track in tracks], self.embed,
-                                       self.options.relink.window)
 
     def _tracklet(self, number: int, link: Linked, motion: list[Track],
                   crops_of: dict[int, tuple[np.ndarray, ...]]) -> CutTracklet:

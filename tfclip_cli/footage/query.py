@@ -186,7 +186,7 @@ def query_footage(gallery: Gallery, video: Path, detector: Detector, embedder: Q
 
     # a query searches for everyone the user filmed, one standing still too: the static filter keeps galleries free
     # of signs and cones, and a false person in a query only adds a row of weak hits; relinking embeds one clip
-    # (the model's seq_len crops) per window, every track's windows in the same batches
+    # (the model's seq_len crops) per span it reads, every track's spans in the same batches
     found = run_video(video, detector, camid=-1, options=PipelineOptions(keep_static=True), embed=functools.partial(
         embedder.embed_crops, sampling="rrs")).tracklets  # numbered 1, 2, ... by first appearance
     picked = [found[track.track_id - 1] for track in pick_persons([t.track for t in found], person=person,

@@ -1,18 +1,20 @@
 """Cut and re-link motion tracks by appearance: the identity switches and fragments a motion tracker leaves.
 
-Each track is split into consecutive windows of a few frames, and each window embedded (with TF-CLIP in
-``tfclip track --checkpoint``, through :func:`model_crop_embedder` on the crops the pipeline holds: the windows of
-every track in the same batches, one clip each). A track is cut only where it touched another
-track (a tracker can only jump from one person to another where they meet) and the windows after that contact
-stay unlike the mean of all the windows before it (the person's appearance so far): one odd window is a bad crop,
-not another person. Then each fragment's end is linked to the start of the fragment that continues it, one to
-one (Hungarian assignment on the fragments' mean embeddings), only between plausible pairs (same camera, starting
-soon after and near where the other ended; right where and when it ended, a lower similarity will do) and only
-when no rival pairing is nearly as alike: an ambiguous link is left out. A cut whose sides both found no other
-continuation is undone. The logic takes any embedder, so it is tested with synthetic embeddings; without a
-checkpoint tracks pass through unchanged (:func:`unlinked`). Tracks are told apart by their place in the list
-given, never by ``track_id`` (which repeats across videos), and only tracks of one camera and one source video are
-ever linked.
+A track is cut only where it touched another track (a tracker can only jump from one person to another where they
+meet) and the windows of a few frames after that contact stay unlike the mean of all the windows before it (the
+person's appearance so far): one odd window is a bad crop, not another person. So only what those comparisons
+read is embedded (with TF-CLIP in ``tfclip track --checkpoint``, through :func:`model_crop_embedder` on the crops
+the pipeline holds), each span one clip of the model's ``seq_len`` crops sampled over it, the spans of every track
+in one batched call (:func:`crop_span_embedder`): a track that touched nobody is one span, one clip; around each
+contact where a cut could fall the windows on either side are spans of their own, and each stretch between them
+is one span, which stands for every window it covers in a mean (:meth:`TrackSpans.mean`). Then each fragment's end
+is linked to the start of the fragment that continues it, one to one (Hungarian assignment on the fragments' mean
+embeddings), only between plausible pairs (same camera, starting soon after and near where the other ended; right
+where and when it ended, a lower similarity will do) and only when no rival pairing is nearly as alike: an
+ambiguous link is left out. A cut whose sides both found no other continuation is undone. The logic takes any
+embedder, so it is tested with synthetic embeddings; without a checkpoint tracks pass through unchanged
+(:func:`unlinked`). Tracks are told apart by their place in the list given, never by ``track_id`` (which repeats
+across videos), and only tracks of one camera and one source video are ever linked.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from scipy.optimize import linear_sum_assignment
 
 from tfclip_cli.footage.track import Track, iou_matrix
 
-Window = tuple[int, int]  # positions [start, stop) in a track's frames
-WindowEmbedder = Callable[[Track, Sequence[Window]], np.ndarray]  # a track and its windows → [W, D]
+Span = tuple[int, int]  # positions [start, stop) in a track's frames: a window, or a stretch of them
+SpanEmbedder = Callable[[Sequence[Track], Sequence[Sequence[Span]]], Sequence[np.ndarray]]
+"""Tracks and the spans of each → one ``[S, D]`` per track, each span one clip; all tracks' spans in one call."""
 CropEmbedder = Callable[[Sequence[Sequence[np.ndarray]]], np.ndarray]  # clips of RGB crops [h, w, 3] → [N, D]
 
 
@@ -37,7 +40,7 @@ CropEmbedder = Callable[[Sequence[Sequence[np.ndarray]]], np.ndarray]  # clips o
 class RelinkConfig:
     """When a track is cut (an identity switch) and when two fragments are merged (one person, found again)."""
 
-    window: int = 8  # frames per embedded window (TF-CLIP's clip length)
+    window: int = 8  # frames per window: cuts fall between windows, and one near a contact is one clip
     cut_similarity: float = 0.5  # the windows after a contact less alike than this with the ones before: cut
     cut_windows: int = 2  # windows on each side of a cut: one odd window (a bad crop) is not a switch
     contact: float = 0.0  # least IoU of the track's box with another track's for a contact (where switches happen)
@@ -85,31 +88,10 @@ def unlinked(tracks: Sequence[Track]) -> list[Linked]:
     return [Linked(track, (Piece(position, 0, track.num_frames),)) for position, track in enumerate(tracks)]
 
 
-def window_bounds(num_frames: int, window: int) -> list[Window]:
+def window_bounds(num_frames: int, window: int) -> list[Span]:
     """Consecutive windows of ``window`` frames covering ``num_frames``; a short tail joins the last window."""
     starts = list(range(0, max(num_frames - window, 0) + 1, window))
     return [(start, nxt) for start, nxt in zip(starts, starts[1:] + [num_frames])]
-
-
-def batched_window_embedder(tracks: Sequence[Track], crops: Sequence[Sequence[np.ndarray]], embed: CropEmbedder,
-                            window: int) -> WindowEmbedder:
-    """A window embedder for :func:`relink` of ``tracks`` (``crops[i]``: one crop per frame of ``tracks[i]``) that
-    embeds every window of every track in one call of ``embed`` (which batches them), not a track at a time.
-
-    The returned embedder answers for these tracks and the windows :func:`window_bounds` gives them, by identity.
-    """
-    bounds = [window_bounds(track.num_frames, window) for track in tracks]
-    clips = [track_crops[start:stop] for track_crops, windows in zip(crops, bounds) for start, stop in windows]
-    vectors = embed(clips) if clips else np.zeros((0, 0), dtype=np.float32)
-    parts = np.split(vectors, np.cumsum([len(windows) for windows in bounds])[:-1])
-    position = {id(track): number for number, track in enumerate(tracks)}
-
-    def embedded(track: Track, windows: Sequence[Window]) -> np.ndarray:
-        number = position[id(track)]
-        assert list(windows) == bounds[number], "relink asked for other windows than window_bounds gives"
-        return parts[number]
-
-    return embedded
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
@@ -131,43 +113,103 @@ def contacts(track: Track, others: Sequence[Track], min_iou: float) -> set[int]:
     return touching
 
 
-def contact_windows(bounds: Sequence[Window], frames: Sequence[int], touching: set[int]) -> list[int]:
+def contact_windows(bounds: Sequence[Span], frames: Sequence[int], touching: set[int]) -> list[int]:
     """Indices of the windows that may start another person: the window holding a contact, and the one after it
     (a switch at a window's end shows only in the next one)."""
     touched = [i for i, (start, stop) in enumerate(bounds) if touching.intersection(frames[start:stop])]
     return sorted({j for i in touched for j in (i, i + 1) if 0 < j < len(bounds)})
 
 
-def cut_points(vectors: np.ndarray, candidates: Sequence[int], config: RelinkConfig) -> list[int]:
-    """Indices of the windows ``[W, D]`` (unit rows) that start a new fragment, among ``candidates``: where the mean
-    of the next ``cut_windows`` windows is less alike than ``cut_similarity`` with the mean of all the windows since
-    the last cut (the person's appearance so far), each side at least ``cut_windows`` long."""
+def _sides_long_enough(k: int, start: int, num_windows: int, *, cut_windows: int) -> bool:
+    """Whether a cut before window ``k`` leaves at least ``cut_windows`` windows on each side (since ``start``)."""
+    return k - start >= cut_windows and num_windows - k >= cut_windows
+
+
+def span_edges(num_windows: int, candidates: Sequence[int], cut_windows: int) -> list[int]:
+    """Window indices where the spans to embed start, then ``num_windows``: each of the ``cut_windows`` windows on
+    either side of a candidate cut is a span of its own (what :func:`cut_points` compares), each run of the
+    other windows one span. ``[]`` candidates give ``[0, num_windows]``: the whole track, one span."""
+    alone = {j for k in candidates for j in range(k - cut_windows, k + cut_windows) if 0 <= j < num_windows}
+    return [0] + [j for j in range(1, num_windows + 1) if j in alone or j - 1 in alone or j == num_windows]
+
+
+@dataclass(frozen=True)
+class TrackSpans:
+    """What relinking embeds of one track: its windows (a cut falls between two), the windows a new fragment may
+    start at (after a contact), and the spans embedded one clip each, as window indices: span ``i`` covers
+    windows ``edges[i]`` to ``edges[i + 1]`` (exclusive)."""
+
+    windows: tuple[Span, ...]
+    candidates: tuple[int, ...]
+    edges: tuple[int, ...]
+
+    @property
+    def spans(self) -> list[Span]:
+        """Each span's positions ``[start, stop)`` in the track's frames."""
+        return [(self.windows[a][0], self.windows[b - 1][1]) for a, b in itertools.pairwise(self.edges)]
+
+    def mean(self, vectors: np.ndarray, first: int, last: int) -> np.ndarray:
+        """The unit mean of the span vectors ``[S, D]`` (unit rows) over windows ``first`` to ``last`` (both span
+        edges), each span weighted by the windows it covers: the mean over those windows, one clip standing for
+        every window of a stretch."""
+        i, j = self.edges.index(first), self.edges.index(last)
+        return _unit(np.average(vectors[i:j], axis=0, weights=np.diff(self.edges[i : j + 1])))
+
+
+def plan_spans(track: Track, touching: set[int], config: RelinkConfig) -> TrackSpans:
+    """The spans of ``track`` to embed, given the frames it touches another track: only the windows around a
+    contact where a cut could fall are embedded one by one; a track touching nobody is one span."""
+    windows = window_bounds(track.num_frames, config.window)
+    candidates = [k for k in contact_windows(windows, track.frame_indices, touching)
+                  if _sides_long_enough(k, 0, len(windows), cut_windows=config.cut_windows)]
+    edges = span_edges(len(windows), candidates, config.cut_windows)
+    return TrackSpans(tuple(windows), tuple(candidates), tuple(edges))
+
+
+def cut_points(vectors: np.ndarray, spans: TrackSpans, config: RelinkConfig) -> list[int]:
+    """Indices of the windows that start a new fragment, among ``spans.candidates``, given one unit vector per
+    span ``[S, D]``: where the mean of the next ``cut_windows`` windows is less alike than ``cut_similarity``
+    with the mean of all the windows since the last cut (the person's appearance so far), each side at least
+    ``cut_windows`` long."""
     cuts, start = [], 0
-    for k in candidates:
-        if k - start < config.cut_windows or len(vectors) - k < config.cut_windows:
+    for k in spans.candidates:
+        if not _sides_long_enough(k, start, len(spans.windows), cut_windows=config.cut_windows):
             continue
-        before = _unit(vectors[start:k].mean(axis=0))
-        after = _unit(vectors[k : k + config.cut_windows].mean(axis=0))
+        before = spans.mean(vectors, start, k)
+        after = spans.mean(vectors, k, k + config.cut_windows)
         if float(before @ after) < config.cut_similarity:
             cuts.append(k)
             start = k
     return cuts
-def _fragments(track: Track, position: int, embed: WindowEmbedder, touching: set[int], config: RelinkConfig
+
+
+def _fragments(track: Track, position: int, spans: TrackSpans, *, vectors: np.ndarray, config: RelinkConfig
                ) -> list[_Fragment]:
     """The track (at ``position`` of relink's list) cut where its appearance changes after a contact, each fragment
-    with its mean window embedding."""
-    bounds = window_bounds(track.num_frames, config.window)
-    vectors = _unit(np.asarray(embed(track, bounds), dtype=np.float64))
-    candidates = contact_windows(bounds, track.frame_indices, touching)
-    edges = [0, *cut_points(vectors, candidates, config), len(bounds)]
+    with the mean embedding of its windows (``vectors``: ``[S, D]``, one unit row per span)."""
+    edges = [0, *cut_points(vectors, spans, config), len(spans.windows)]
     fragments = []
-    for first, last in zip(edges, edges[1:]):
-        piece = Piece(position, bounds[first][0], bounds[last - 1][1])
+    for first, last in itertools.pairwise(edges):
+        piece = Piece(position, spans.windows[first][0], spans.windows[last - 1][1])
         frames = track.frame_indices[piece.start : piece.stop]
-        mean = _unit(vectors[first:last].mean(axis=0))
         ends = track.boxes[piece.start], track.boxes[piece.stop - 1]
-        fragments.append(_Fragment(piece, track.camid, track.source, frames[0], frames[-1], mean, *ends))
+        fragments.append(_Fragment(piece, track.camid, track.source, frames[0], frames[-1],
+                                   spans.mean(vectors, first, last), *ends))
     return fragments
+
+
+def crop_span_embedder(crops: Sequence[Sequence[np.ndarray]], embed: CropEmbedder) -> SpanEmbedder:
+    """A span embedder for :func:`relink` over crops held in memory (``crops[i]``: one per frame of the ``i``-th
+    track relink is given): every span of every track one clip of ``embed`` (which samples its model's
+    ``seq_len`` crops from it), all in one call, which batches them."""
+
+    def embedded(tracks: Sequence[Track], spans: Sequence[Sequence[Span]]) -> list[np.ndarray]:
+        assert len(tracks) == len(crops), "relink was given other tracks than the crops are of"
+        clips = [crops[number][start:stop] for number, track_spans in enumerate(spans)
+                 for start, stop in track_spans]
+        return np.split(embed(clips), np.cumsum([len(track_spans) for track_spans in spans])[:-1])
+
+    return embedded
 
 
 def _gap_and_distance(a: _Fragment, b: _Fragment) -> tuple[int, float]:
@@ -271,16 +313,23 @@ def _assemble(group: list[_Fragment], tracks: Sequence[Track], track_id: int) ->
     return Linked(track, tuple(piece for _, piece in parts))
 
 
-def relink(tracks: Sequence[Track], embed: WindowEmbedder, config: RelinkConfig = RelinkConfig()) -> list[Linked]:
+def relink(tracks: Sequence[Track], embed: SpanEmbedder, config: RelinkConfig = RelinkConfig()) -> list[Linked]:
     """Cut tracks where their appearance changes after touching another track, then link each fragment's end to
     the start of the fragment that continues it.
 
+    Args:
+        embed: called once, with ``tracks`` and the spans of each (:func:`plan_spans`) to embed as one clip each.
     Returns:
         the tracklets, numbered 1, 2, ... by first frame.
     """
+    if not tracks:
+        return []
+    plans = [plan_spans(track, contacts(track, tracks, config.contact), config) for track in tracks]
+    vectors = embed(tracks, [plan.spans for plan in plans])
     fragments = [
-        f for position, track in enumerate(tracks)
-        for f in _fragments(track, position, embed, contacts(track, tracks, config.contact), config)
+        f for position, (track, plan, track_vectors) in enumerate(zip(tracks, plans, vectors, strict=True))
+        for f in _fragments(track, position, plan, vectors=_unit(np.asarray(track_vectors, dtype=np.float64)),
+                            config=config)
     ]
     links = rejoin_unused_cuts(fragments, link_fragments(fragments, config))
     groups = sorted(([fragments[i] for i in chain] for chain in chains(len(fragments), links)),
@@ -288,7 +337,7 @@ def relink(tracks: Sequence[Track], embed: WindowEmbedder, config: RelinkConfig 
     return [_assemble(group, tracks, number) for number, group in enumerate(groups, start=1)]
 
 
-WINDOW_SAMPLING = "rrs"  # a window is one clip of the model's seq_len crops (its length, but for a short tail's)
+SPAN_SAMPLING = "rrs"  # a span (a window or a whole stretch of them) is one clip of the model's seq_len crops
 
 
 @functools.lru_cache(maxsize=1)  # one load per process, however many videos it tracks
@@ -315,7 +364,8 @@ def _load_crop_embedder(checkpoint: Path, threads: int) -> CropEmbedder:
 def model_crop_embedder(checkpoint: Path, *, batch: int = 32, threads: int = 0) -> CropEmbedder:
     """An embedder that runs the TF-CLIP model of ``checkpoint`` (a checkpoint on PyTorch, or an exported ``.onnx``
     file on onnxruntime) on clips of crops, without camera embedding, ``batch`` clips at a time: one clip of the
-    model's ``seq_len`` crops per window (:data:`WINDOW_SAMPLING`), never every crop of a longer one.
+    model's ``seq_len`` crops sampled over each clip of crops it is given (:data:`SPAN_SAMPLING`), never every
+    crop of a longer one.
 
     Args:
         threads: onnxruntime's intra-op threads for an ``.onnx`` file; 0 lets it choose (PyTorch keeps its own).
@@ -324,4 +374,4 @@ def model_crop_embedder(checkpoint: Path, *, batch: int = 32, threads: int = 0) 
         CheckpointError: when the checkpoint does not load; UserError: an ONNX file that is not a tfclip export.
     """
     embed = _load_crop_embedder(Path(checkpoint).resolve(), threads)
-    return functools.partial(embed, sampling=WINDOW_SAMPLING, batch_size=batch)
+    return functools.partial(embed, sampling=SPAN_SAMPLING, batch_size=batch)
