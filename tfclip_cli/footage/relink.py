@@ -43,7 +43,7 @@ class RelinkConfig:
     window: int = 8  # frames per window: cuts fall between windows, and one near a contact is one clip
     cut_similarity: float = 0.5  # the windows after a contact less alike than this with the ones before: cut
     cut_windows: int = 2  # windows on each side of a cut: one odd window (a bad crop) is not a switch
-    contact: float = 0.0  # least IoU of the track's box with another track's for a contact (where switches happen)
+    contact: float = 0.3  # least IoU of the track's box with another track's for a contact (where switches happen)
     merge_similarity: float = 0.85  # fragments at least this alike may be one person
     merge_margin: float = 0.05  # ... and more alike than any rival pairing by this much, else not merged
     max_gap: int = 60  # most frames between a fragment's end and the next one's start
