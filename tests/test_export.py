@@ -388,6 +388,19 @@ def test_int8_file_embeds_through_the_onnx_backend_close_to_torch_fp32(int8_expo
     assert 0.999 < _cosines(found, expected).min() < 1 - 1e-7
 
 
+def test_int8_quantises_the_linear_layers_per_output_channel_and_keeps_the_patch_convolution_fp32(int8_exported):
+    graph = onnx.load(str(int8_exported[0])).graph
+    ops = [node.op_type for node in graph.node]
+    assert "Conv" in ops and "ConvInteger" not in ops
+    assert any(op in ("MatMulInteger", "DynamicQuantizeMatMul") for op in ops)
+    weights = {init.name: init for init in graph.initializer}
+    quantized = [name for name, init in weights.items() if init.data_type == TensorProto.INT8 and len(init.dims) == 2]
+    scales = [weights[f"{name.removesuffix('_quantized')}_scale"] for name in quantized
+              if f"{name.removesuffix('_quantized')}_scale" in weights]
+    assert quantized and len(scales) == len(quantized)
+    assert all(len(scale.dims) == 1 and scale.dims[0] > 1 for scale in scales)  # one scale per output channel
+
+
 def test_int8_export_refuses_a_map_drop_over_the_limit_unless_forced(exported, checkpoint, manifest, tmp_path,
                                                                      monkeypatch):
     # A limit below zero makes any measured drop (even none) too much: the refusal path without a broken model.

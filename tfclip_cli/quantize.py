@@ -130,7 +130,7 @@ def _retrieval(embedder: OnnxEmbedder, tracklets: list[Tracklet], gallery_rule: 
 
 def _figures(agreement: Agreement, check: AccuracyCheck | None) -> dict:
     """The metadata entry: int8 vs fp32 cosine, and the retrieval figures when measured."""
-    figures = {"quantization": "onnxruntime dynamic (int8 weights, activations per batch)", **asdict(agreement)}
+    figures = {"quantization": "onnxruntime dynamic (int8 MatMul/Gemm weights per output channel, activations per batch)", **asdict(agreement)}
     if check is not None:
         figures.update(check_on=str(check.table), num_query=check.num_query, num_gallery=check.num_gallery,
                        fp32=asdict(check.fp32), int8=asdict(check.int8))
