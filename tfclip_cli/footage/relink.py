@@ -340,8 +340,16 @@ def relink(tracks: Sequence[Track], embed: SpanEmbedder, config: RelinkConfig = 
 SPAN_SAMPLING = "rrs"  # a span (a window or a whole stretch of them) is one clip of the model's seq_len crops
 
 
+GPU_BATCH = 32
+"""Clips per forward pass on a GPU."""
+CPU_BATCH = 4
+"""Clips per forward pass on the CPU, where a batch whose activations outgrow the caches runs slower: ViT-B/16
+int8 on one thread, ``bench_footage.py --appearance``: 0.65x real time per core at 4 clips, 0.60x at 32."""
+
+
 @functools.lru_cache(maxsize=1)  # one load per process, however many videos it tracks
-def _load_crop_embedder(checkpoint: Path, threads: int) -> CropEmbedder:
+def _load_crop_embedder(checkpoint: Path, threads: int) -> tuple[CropEmbedder, bool]:
+    """The model's crop embedder, and whether it runs on a GPU."""
     # the model stack (open_clip and the model code: seconds to import) loads only when relinking, and an exported
     # .onnx file never loads it: onnxruntime runs it on the numpy crops
     from tfclip_cli.frames import FrameTransform
@@ -350,7 +358,7 @@ def _load_crop_embedder(checkpoint: Path, threads: int) -> CropEmbedder:
     if backend_for(checkpoint) == "onnx":
         embedder = OnnxEmbedder(checkpoint, threads=threads)
         return functools.partial(embed_crop_tracklets, embedder.embed_array, seq_len=embedder.seq_len,
-                                 transform=embedder.transform, dim=embedder.embedding_dim)
+                                 transform=embedder.transform, dim=embedder.embedding_dim), False
     from tfclip_cli.inference import batch_embedder, load_model, process_device
 
     device = process_device()
@@ -358,12 +366,13 @@ def _load_crop_embedder(checkpoint: Path, threads: int) -> CropEmbedder:
     transform = FrameTransform(loaded.transform.image_size, normalization=loaded.transform.normalization)
     return functools.partial(embed_crop_tracklets, batch_embedder(loaded.model, device),
                              seq_len=loaded.model.config.seq_len, transform=transform,
-                             dim=loaded.model.embedding_dim)
+                             dim=loaded.model.embedding_dim), device.type == "cuda"
 
 
-def model_crop_embedder(checkpoint: Path, *, batch: int = 32, threads: int = 0) -> CropEmbedder:
+def model_crop_embedder(checkpoint: Path, *, batch: int | None = None, threads: int = 0) -> CropEmbedder:
     """An embedder that runs the TF-CLIP model of ``checkpoint`` (a checkpoint on PyTorch, or an exported ``.onnx``
-    file on onnxruntime) on clips of crops, without camera embedding, ``batch`` clips at a time: one clip of the
+    file on onnxruntime) on clips of crops, without camera embedding, ``batch`` clips at a time (default
+    :data:`GPU_BATCH` on a GPU, :data:`CPU_BATCH` on the CPU): one clip of the
     model's ``seq_len`` crops sampled over each clip of crops it is given (:data:`SPAN_SAMPLING`), never every
     crop of a longer one.
 
@@ -373,5 +382,5 @@ def model_crop_embedder(checkpoint: Path, *, batch: int = 32, threads: int = 0) 
     Raises:
         CheckpointError: when the checkpoint does not load; UserError: an ONNX file that is not a tfclip export.
     """
-    embed = _load_crop_embedder(Path(checkpoint).resolve(), threads)
-    return functools.partial(embed, sampling=SPAN_SAMPLING, batch_size=batch)
+    embed, on_gpu = _load_crop_embedder(Path(checkpoint).resolve(), threads)
+    return functools.partial(embed, sampling=SPAN_SAMPLING, batch_size=batch or (GPU_BATCH if on_gpu else CPU_BATCH))
