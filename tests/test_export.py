@@ -430,7 +430,7 @@ def test_int8_options_that_do_not_combine_exit_2(checkpoint, manifest, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_relinking_with_an_exported_file_embeds_a_few_clips_per_pass_on_the_cpu(exported, monkeypatch):
+def test_relinking_with_an_exported_file_embeds_the_cpu_batch_of_clips_per_pass(exported, monkeypatch):
     from tfclip_cli.footage import relink
     from tfclip_cli.runtime import OnnxEmbedder
 
@@ -442,5 +442,6 @@ def test_relinking_with_an_exported_file_embeds_a_few_clips_per_pass_on_the_cpu(
     crops = [np.full((24, 12, 3), value, dtype=np.uint8) for value in range(10)]
     vectors = relink.model_crop_embedder(exported[0])([crops] * 10)
     relink._load_crop_embedder.cache_clear()
-    assert vectors.shape == (10, 320) and batches == [relink.CPU_BATCH, relink.CPU_BATCH, 2]
+    full, rest = divmod(10, relink.CPU_BATCH)
+    assert vectors.shape == (10, 320) and batches == [relink.CPU_BATCH] * full + [rest] * (rest > 0)
     np.testing.assert_allclose(vectors, vectors[:1].repeat(10, axis=0), atol=1e-5)  # batching changes nothing

@@ -342,10 +342,10 @@ SPAN_SAMPLING = "rrs"  # a span (a window or a whole stretch of them) is one cli
 
 GPU_BATCH = 32
 """Clips per forward pass on a GPU."""
-CPU_BATCH = 4
-"""Clips per forward pass on the CPU: an eighth of the activations of a GPU batch in memory, and no slower (ViT-B/16
-int8 on one thread, ``bench_footage.py --appearance``: 0.65x and 0.61x real time per core at 4 clips, 0.60x at 32;
-onnxruntime alone, 2.06 clips/s at 4, 1.59-1.94 at 32)."""
+CPU_BATCH = 1
+"""Clips per forward pass on the CPU, where larger batches only hold more activations in memory and run no faster
+(ViT-B/16 int8 on one thread, ``bench_footage.py --appearance``: 0.67x real time per core at 1 clip a pass, 0.65x
+at 4)."""
 
 
 @functools.lru_cache(maxsize=1)  # one load per process, however many videos it tracks
