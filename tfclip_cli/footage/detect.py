@@ -24,6 +24,7 @@ from typing import Iterator
 
 import cv2
 import numpy as np
+import threadpoolctl
 
 from tfclip_cli.errors import DataError, UserError
 from tfclip_cli.footage.detection import Detection, Detector
@@ -302,8 +303,11 @@ class YoloOnnxDetector:
 
 
 def set_threads(count: int) -> None:
-    """Threads OpenCV may use (one per worker process when videos run in parallel)."""
+    """Threads OpenCV and numpy's BLAS may use (one per worker process when videos run in parallel). BLAS counts
+    too: the crops are resized by matrix products, after each of which OpenBLAS's idle threads spin on the other
+    cores (a third more CPU time per embedded clip on ``vtest.avi``, ``bench_footage.py --appearance``)."""
     cv2.setNumThreads(count)
+    threadpoolctl.threadpool_limits(count, user_api="blas")
 
 
 def resolve_detector(spec: str) -> str:
