@@ -219,7 +219,7 @@ def test_failed_verification_exits_1_and_keeps_no_file_unless_not_verifying(
     exported, checkpoint, tmp_path, monkeypatch
 ):
     # A tolerance nothing meets stands in for a broken export; copying the tested file skips a second export.
-    monkeypatch.setattr(export, "_write_onnx", lambda model, path, metadata: shutil.copy(exported[0], path))
+    monkeypatch.setattr(export, "_write_onnx", _copy_of_the_fp32_export(exported))
     monkeypatch.setitem(export.TOLERANCES, "fp32", export.Tolerance(max_abs_diff=1e-4, min_cosine=1.5))
     out = tmp_path / "model.onnx"
     result = CliRunner().invoke(app, ["export", "-c", str(checkpoint), "--out", str(out)], terminal_width=400)
@@ -284,7 +284,7 @@ def test_a_checkpoint_run_with_onnx_is_exported_and_verified_once_beside_it_unti
     checkpoint = save_tiny_checkpoint(model, folder / "model.ckpt", normalization="clip")
     # copying the tested export stands in for writing one (minutes on a busy runner; `exported` and the query
     # test above write real ones through this cache); the verification against the checkpoint's model still runs
-    monkeypatch.setattr(export, "_write_onnx", lambda model, path, metadata: shutil.copy(exported[0], path))
+    monkeypatch.setattr(export, "_write_onnx", _copy_of_the_fp32_export(exported))
     exports, verifications = [], []
     export_checkpoint, verify_onnx = export.export_checkpoint, export.verify_onnx
     monkeypatch.setattr(export, "export_checkpoint", lambda *a, **k: exports.append(a) or export_checkpoint(*a, **k))
@@ -324,17 +324,15 @@ def test_a_checkpoint_run_with_onnx_is_exported_and_verified_once_beside_it_unti
 
 def _copy_of_the_fp32_export(exported):
     """Stands in for `_write_onnx`: the module's tested fp32 export, copied (an export takes half a minute here)."""
-    return lambda model, path, metadata: shutil.copy(exported[0], path)
+    return lambda model, path, **_: shutil.copy(exported[0], path)
 
 
 @pytest.fixture(scope="module")
 def int8_exported(exported, checkpoint, manifest, tmp_path_factory, one_torch_thread):
     """`tfclip export --int8 --check-on` of the tiny checkpoint: (the .onnx path, the command's output)."""
     out = tmp_path_factory.mktemp("int8") / "model-int8.onnx"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(export, "_write_onnx", _copy_of_the_fp32_export(exported))
-        result = CliRunner().invoke(app, ["export", "-c", str(checkpoint), "--out", str(out), "--int8",
-                                          "--check-on", str(manifest)], terminal_width=400)
+    result = CliRunner().invoke(app, ["export", "-c", str(checkpoint), "--out", str(out), "--int8",
+                                      "--check-on", str(manifest)], terminal_width=400)
     assert result.exit_code == 0, result.output
     return out, result.output
 
@@ -399,6 +397,22 @@ def test_int8_quantises_the_linear_layers_per_output_channel_and_keeps_the_patch
               if f"{name.removesuffix('_quantized')}_scale" in weights]
     assert quantized and len(scales) == len(quantized)
     assert all(len(scale.dims) == 1 and scale.dims[0] > 1 for scale in scales)  # one scale per output channel
+
+
+def test_int8_quantises_self_attention_as_onnxruntimes_qattention_and_fp32_exports_stay_standard_onnx(
+    int8_exported, exported, model
+):
+    int8 = onnx.load(str(int8_exported[0])).graph.node
+    blocks = len(model.backbone.vit.transformer.resblocks)
+    assert [node.domain for node in int8 if node.op_type == "QAttention"] == ["com.microsoft"] * blocks
+    # a plain export runs anywhere ONNX runs: standard operators only
+    assert {node.domain for node in onnx.load(str(exported[0])).graph.node} <= {"", "ai.onnx"}
+
+
+def test_attention_written_for_onnxruntime_matches_pytorch(checkpoint, tmp_path):
+    fused = export.export_checkpoint(checkpoint, tmp_path / "fused.onnx", fused_attention=True)
+    assert fused.verification.passed and fused.verification.min_cosine > 0.99999
+    assert "Attention" in {node.op_type for node in onnx.load(str(fused.path)).graph.node}
 
 
 def test_int8_export_refuses_a_map_drop_over_the_limit_unless_forced(exported, checkpoint, manifest, tmp_path,

@@ -114,9 +114,9 @@ def test_relinking_embeds_each_track_touching_nobody_as_one_clip_all_tracks_in_o
     assert sorted(t.track.num_frames for t in motion.tracklets) == [16, 16, 16, 16, 40]
     linked, _ = _feed(scene, detected, options, embed=counting)
     # red and green before and after the pillar (16 frames: 2 windows, too short to cut) are one clip each;
-    # blue (5 windows) touches red in frames 0-10 and green from frame 24: windows 2 and 3 may start another
-    # person, so all 5 windows around them are clips of their own; 9 clips in one batched call
-    assert len(calls) == 1 and sorted(calls[0]) == [8, 8, 8, 8, 8, 16, 16, 16, 16]
+    # blue (5 windows) overlaps green (IoU above 0.3) from frame 24: window 3 may start another person, compared
+    # with the 2 windows from it on: windows 0-2 one clip, 3-4 another; 6 clips in one batched call
+    assert len(calls) == 1 and sorted(calls[0]) == [16, 16, 16, 16, 16, 24]
     assert len(linked.tracklets) == 3
 
 

@@ -163,8 +163,9 @@ def test_the_spans_of_every_track_are_embedded_in_one_call_with_the_result_of_on
         return np.array([np.mean([crop.reshape(-1, 3).mean(axis=0) for crop in clip], axis=0) for clip in clips])
 
     batched = relink(tracks, crop_span_embedder(crops, mean_colour), RelinkConfig(window=8))
-    # one call: tracks 1 and 2 touch all along (every window alone), track 3 touches nobody (one 13-frame clip)
-    assert calls == [[8, 8, 8, 8, 8, 8, 8, 8, 13]]
+    # one call: tracks 1 and 2 touch all along (a cut may fall at window 2: the 2 windows before it and the 2
+    # after it are a span each), track 3 touches nobody (one 13-frame clip)
+    assert calls == [[16, 16, 16, 16, 13]]
     crops_of = {t.track_id: c for t, c in zip(tracks, crops)}
 
     def one_track(tracks_: list[Track], spans) -> list[np.ndarray]:
@@ -178,12 +179,13 @@ def test_the_spans_of_every_track_are_embedded_in_one_call_with_the_result_of_on
                                                  (Piece(1, 0, 16), Piece(0, 16, 32)), (Piece(2, 0, 13),)}
 
 
-def test_only_the_windows_around_a_possible_cut_are_spans_of_their_own() -> None:
-    # 16 windows, candidates 7 and 8, 2 windows each side: windows 5-9 alone, 0-4 and 10-15 one span each
-    assert span_edges(16, [7, 8], 2) == [0, 5, 6, 7, 8, 9, 10, 16]
+def test_spans_start_only_where_a_cut_may_fall_and_where_its_comparison_ends() -> None:
+    # 16 windows, candidates 7 and 8 compared with the 2 windows after each: 0-6, 7, 8, 9, 10-15
+    assert span_edges(16, [7, 8], 2) == [0, 7, 8, 9, 10, 16]
     assert span_edges(12, [], 2) == [0, 12]  # no candidate: the whole track
-    assert span_edges(4, [2], 2) == [0, 1, 2, 3, 4]
-    assert span_edges(20, [3, 15], 1) == [0, 2, 3, 4, 14, 15, 16, 20]
+    assert span_edges(4, [2], 2) == [0, 2, 4]
+    assert span_edges(20, [3, 15], 1) == [0, 3, 4, 15, 16, 20]
+    assert span_edges(10, [8], 2) == [0, 8, 10]  # the windows compared reach the track's end
 
 
 def test_a_track_touching_nobody_is_embedded_as_one_clip_of_the_models_seq_len_crops() -> None:
@@ -226,10 +228,11 @@ def test_the_clips_embedded_are_one_per_lone_track_and_the_windows_around_each_m
     tracks = _meeting(swap=False)
     embed = FakeEmbedder({1: lambda f: "A", 2: lambda f: "B", 3: lambda f: "C"})
     linked = relink(tracks, embed, RelinkConfig(window=8, cut_windows=2))
-    # tracks 1 and 2 touch in windows 7 and 8 (frames 56-71): a person may change at windows 7, 8, 9, so windows
-    # 5-10 are clips of their own, 0-4 and 11-15 one clip each; track 3 touches nobody: one clip
-    meeting = [(0, 40), (40, 48), (48, 56), (56, 64), (64, 72), (72, 80), (80, 88), (88, 128)]
-    assert embed.calls == [[meeting, meeting, [(0, 100)]]]  # 17 clips (44 windows), one call
+    # tracks 1 and 2 touch in windows 7 and 8 (frames 56-71): a person may change at windows 7, 8, 9, each
+    # compared with the 2 windows from it on, so windows 7, 8, 9, 10 are clips of their own, 0-6 and 11-15 one
+    # clip each; track 3 touches nobody: one clip
+    meeting = [(0, 56), (56, 64), (64, 72), (72, 80), (80, 88), (88, 128)]
+    assert embed.calls == [[meeting, meeting, [(0, 100)]]]  # 13 clips (44 windows), one call
     assert len(linked) == 3
 
 
@@ -238,7 +241,7 @@ def test_a_switch_where_two_tracks_met_is_still_cut_between_clips_of_whole_stret
     who = {1: lambda f: "A" if f < 64 else "B", 2: lambda f: "B" if f < 64 else "A", 3: lambda f: "C"}
     embed = FakeEmbedder(who)
     linked = relink(tracks, embed, RelinkConfig(window=8, cut_windows=2))
-    assert [len(spans) for spans in embed.calls[0]] == [8, 8, 1]
+    assert [len(spans) for spans in embed.calls[0]] == [6, 6, 1]
     assert {link.pieces for link in linked} == {(Piece(0, 0, 64), Piece(1, 64, 128)),
                                                 (Piece(1, 0, 64), Piece(0, 64, 128)), (Piece(2, 0, 100),)}
 

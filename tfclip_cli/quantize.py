@@ -91,7 +91,7 @@ def export_int8(checkpoint: Path, out: Path, *, check_on: Path | None = None, fo
     manifest = read_manifest(check_on) if check_on is not None else None
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as folder:
-        fp32 = export_checkpoint(checkpoint, Path(folder) / "fp32.onnx")
+        fp32 = export_checkpoint(checkpoint, Path(folder) / "fp32.onnx", fused_attention=True)
         staged = Path(folder) / out.name
         quantize_int8(fp32.path, staged)
         agreement = compare_onnx(fp32.path, staged)

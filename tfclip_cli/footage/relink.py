@@ -5,9 +5,9 @@ meet) and the windows of a few frames after that contact stay unlike the mean of
 person's appearance so far): one odd window is a bad crop, not another person. So only what those comparisons
 read is embedded (with TF-CLIP in ``tfclip track --checkpoint``, through :func:`model_crop_embedder` on the crops
 the pipeline holds), each span one clip of the model's ``seq_len`` crops sampled over it, the spans of every track
-in one batched call (:func:`crop_span_embedder`): a track that touched nobody is one span, one clip; around each
-contact where a cut could fall the windows on either side are spans of their own, and each stretch between them
-is one span, which stands for every window it covers in a mean (:meth:`TrackSpans.mean`). Then each fragment's end
+in one batched call (:func:`crop_span_embedder`): a track that touched nobody is one span, one clip; a span
+starts at each window where a cut could fall (after a contact) and at the end of the windows compared with the
+ones before it, and each span stands for every window it covers in a mean (:meth:`TrackSpans.mean`). Then each fragment's end
 is linked to the start of the fragment that continues it, one to one (Hungarian assignment on the fragments' mean
 embeddings), only between plausible pairs (same camera, starting soon after and near where the other ended; right
 where and when it ended, a lower similarity will do) and only when no rival pairing is nearly as alike: an
@@ -126,11 +126,12 @@ def _sides_long_enough(k: int, start: int, num_windows: int, *, cut_windows: int
 
 
 def span_edges(num_windows: int, candidates: Sequence[int], cut_windows: int) -> list[int]:
-    """Window indices where the spans to embed start, then ``num_windows``: each of the ``cut_windows`` windows on
-    either side of a candidate cut is a span of its own (what :func:`cut_points` compares), each run of the
-    other windows one span. ``[]`` candidates give ``[0, num_windows]``: the whole track, one span."""
-    alone = {j for k in candidates for j in range(k - cut_windows, k + cut_windows) if 0 <= j < num_windows}
-    return [0] + [j for j in range(1, num_windows + 1) if j in alone or j - 1 in alone or j == num_windows]
+    """Window indices where the spans to embed start, then ``num_windows``: a span edge at each candidate cut and
+    ``cut_windows`` windows after it, what :func:`cut_points` compares (the mean of the windows since the last
+    cut, a candidate too, with the mean of the ``cut_windows`` windows from the candidate on). ``[]`` candidates
+    give ``[0, num_windows]``: the whole track, one span."""
+    edges = {0, num_windows} | {edge for k in candidates for edge in (k, k + cut_windows) if edge < num_windows}
+    return sorted(edges)
 
 
 @dataclass(frozen=True)
@@ -157,8 +158,9 @@ class TrackSpans:
 
 
 def plan_spans(track: Track, touching: set[int], config: RelinkConfig) -> TrackSpans:
-    """The spans of ``track`` to embed, given the frames it touches another track: only the windows around a
-    contact where a cut could fall are embedded one by one; a track touching nobody is one span."""
+    """The spans of ``track`` to embed, given the frames it touches another track: spans start only where a cut
+    could fall after a contact and where its comparison ends (:func:`span_edges`); a track touching nobody is one
+    span."""
     windows = window_bounds(track.num_frames, config.window)
     candidates = [k for k in contact_windows(windows, track.frame_indices, touching)
                   if _sides_long_enough(k, 0, len(windows), cut_windows=config.cut_windows)]
