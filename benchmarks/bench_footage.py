@@ -2,8 +2,11 @@
 
 The default video is the public street-scene sample Debian's ``opencv-doc`` package ships (``vtest.avi``, 768×576,
 10 frames/s, 795 frames, up to ~8 walkers at once); without it a synthetic 768×576 video of moving figures stands
-in (speed only: the detectors are not expected to find drawn figures). The process is pinned to one core and
-OpenCV and onnxruntime are given one thread. For each detector and frame step ``--every`` the script times
+in (speed only: the detectors are not expected to find drawn figures). The process is pinned to one core once
+onnxruntime has loaded, and OpenCV, onnxruntime and numpy's BLAS are given one thread. (onnxruntime 1.32 picks
+its int8 matrix kernels as it loads: in a process already held to fewer CPUs than the machine has, it leaves out
+the AMX kernels of the Xeons that have them, as ``perf`` shows. So ``taskset -c 0 python
+benchmarks/bench_footage.py ...`` measures what a CPU without AMX, with AVX-512 VNNI, would do.) For each detector and frame step ``--every`` the script times
 :func:`tfclip_cli.footage.pipeline.run_video` (decode + detect + track + crop) over the first ``--frames`` frames and
 prints frames/s, the ratio to real time at 10 frames/s, detections per detected frame and tracks found, beside
 decoding alone as the baseline measured in the same run. Speeds are frames per second of the process's CPU time
@@ -17,8 +20,8 @@ one crop (the middle frame) per written tracklet, to look at what the tracklets 
 embed, relink, write the tracklets) on the same frames, every frame processed (10 frames/s: vtest.avi's rate), one
 core and one thread: the CPU time of each stage, its share, and the whole as a multiple of real time. Appearance is
 relinking's span embedding (one clip of the model's ``seq_len`` crops per span: a whole track that touched nobody,
-or a window near a contact, or a stretch between them; all tracks' spans in shared batches); the script prints how
-many clips and crops the model ran.
+or the stretch up to a window where a cut may fall after a contact, the windows compared after it, and the rest;
+all tracks' spans in shared batches); the script prints how many clips and crops the model ran.
 ``--build-appearance`` first writes a random-init ViT-B/16 checkpoint and exports it with ``tfclip export --int8``
 to that path (speed does not depend on the weights; minutes, once).
 
@@ -46,7 +49,7 @@ from tfclip_cli.footage.detect import build_detector, read_video, set_threads, v
 from tfclip_cli.footage.pipeline import FootagePipeline, PipelineOptions, run_video
 from tfclip_cli.footage.relink import CropEmbedder, model_crop_embedder
 from tfclip_cli.footage.tracklets import TrackOptions, _write_tracklet, track_videos
-from tfclip_cli.runtime import read_metadata
+from tfclip_cli.runtime import read_metadata  # loads onnxruntime before main() pins the process (see above)
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 CAMERA_FPS = 10.0

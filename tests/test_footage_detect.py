@@ -16,6 +16,7 @@ from tfclip_cli.footage.detect import (
     non_max_suppression,
     read_video,
     resolve_detector,
+    set_threads,
     ssd_anchors,
     video_info,
 )
@@ -160,3 +161,20 @@ def test_auto_is_resolved_to_the_detector_it_stands_for(monkeypatch: pytest.Monk
     assert (resolve_detector("auto"), resolve_detector("hog"), resolve_detector("m.onnx")) == ("ssdlite", "hog", "m.onnx")
     monkeypatch.setattr("tfclip_cli.footage.detect.is_ssdlite_installed", lambda: False)
     assert resolve_detector("auto") == "hog"
+
+
+def test_set_threads_holds_opencv_and_numpys_blas_to_the_count() -> None:
+    import cv2
+    import threadpoolctl
+
+    def blas_threads() -> list[int]:
+        return [pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+
+    before_cv2, before_blas = cv2.getNumThreads(), blas_threads()
+    assert before_blas, "numpy has a BLAS here"
+    try:
+        set_threads(1)
+        assert cv2.getNumThreads() == 1 and blas_threads() == [1] * len(before_blas)
+    finally:
+        cv2.setNumThreads(before_cv2)
+        threadpoolctl.threadpool_limits(max(before_blas), user_api="blas")

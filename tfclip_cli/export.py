@@ -158,8 +158,8 @@ class _ExportedSelfAttention(nn.Module):
 
     - standard ONNX (``fused=False``): one projection of q, k and v, one permute into heads and one back;
     - onnxruntime's ``com.microsoft.Attention`` operator (``fused=True``, :func:`_self_attention`), which
-      ``--int8`` quantises to ``QAttention``: ViT-B/16 int8 14% faster on one thread (3.20 vs 2.80 clips/s,
-      ``bench_export.py``), but the file then runs on onnxruntime only.
+      ``--int8`` quantises to ``QAttention``: ViT-B/16 int8 2-5% faster on one thread (3.90 vs 3.81 clips/s in
+      ``bench_export.py``), with the same embeddings, but the file then runs on onnxruntime only.
     """
 
     def __init__(self, attention: nn.MultiheadAttention, *, fused: bool) -> None:
@@ -342,8 +342,8 @@ def quantize_int8(source: Path, target: Path) -> None:
     onnxruntime's dynamic quantisation: MatMul / Gemm / Attention weights (:data:`INT8_OP_TYPES`) become int8, one
     scale per output channel, and activations are quantised per batch at run time, so no calibration data is
     needed. ``source`` should hold its self-attention as onnxruntime's ``Attention`` (``export_checkpoint(...,
-    fused_attention=True)``, as ``export_int8`` writes it): quantised to ``QAttention``, ViT-B/16 runs 14% faster
-    on one thread than with the attention in standard operators (3.20 vs 2.80 clips/s). The
+    fused_attention=True)``, as ``export_int8`` writes it): quantised to ``QAttention``, ViT-B/16 runs 2-5% faster
+    on one thread than with the attention in standard operators (``bench_export.py``). The
     patch embedding's Conv stays fp32: as ``ConvInteger`` it took 7% of ViT-B/16's int8 time for about 5% of its
     multiply-adds, and leaving it out made the model 8% faster (411 vs 444 ms a clip on one thread) and closer to
     fp32 (cosine 0.99997 vs 0.99995). Static QDQ quantisation calibrated on real clips was measured on the tiny
