@@ -15,7 +15,8 @@ from tfclip_cli.datasets import prepare
 from tfclip_cli.errors import UserError
 from tfclip_cli.footage.detection import Detection
 from tfclip_cli.footage.pipeline import PipelineOptions
-from tfclip_cli.footage.tracklets import TrackOptions, camid_from_name, interleave, track_videos
+from tfclip_cli.footage import tracklets
+from tfclip_cli.footage.tracklets import TrackOptions, camid_from_name, interleave, track_one_video, track_videos
 
 BOX = [60.0, 10.0, 100.0, 110.0]  # STANDING's box in a 160×120 frame
 STILL = PipelineOptions(keep_static=True)  # STANDING never moves: kept only when asked
@@ -135,6 +136,30 @@ def test_worker_processes_track_one_video_each(tmp_path: Path, detector: str) ->
                            workers=2)
     assert [(v.camid, v.tracklets) for v in summary.videos] == [(0, 1), (1, 1)]
     assert len(prepare("footage", tmp_path / "out").tracklets()) == 2
+
+
+def test_the_appearance_model_gets_the_thread_count_torch_has_one_in_a_worker(
+    tmp_path: Path, detector: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    given = []
+
+    def recording(checkpoint: Path, **options):
+        given.append(options.get("threads"))
+        return lambda clips: np.ones((len(clips), 4), np.float32)
+
+    monkeypatch.setattr(tracklets, "model_crop_embedder", recording)
+    video = tmp_path / "cam0.avi"
+    write_video(video, 9)
+    options = TrackOptions(detector=detector, checkpoint=tmp_path / "model.onnx", pipeline=STILL)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a worker process starts (`_start_worker`)
+    try:
+        track_one_video(video, tmp_path / "out" / "cam0", camid=0, options=options, progress=None)
+    finally:
+        torch.set_num_threads(previous)
+    assert given == [1]
 
 
 def test_a_checkpoint_relinks_the_tracks_by_model_embeddings(tmp_path: Path, detector: str) -> None:

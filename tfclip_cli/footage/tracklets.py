@@ -168,7 +168,9 @@ def track_one_video(
     """
     started = time.perf_counter()
     detector = detector_for_video(options.detector, video) if isinstance(options.detector, str) else options.detector
-    embed = model_crop_embedder(options.checkpoint) if options.checkpoint is not None else None
+    # onnxruntime gets torch's thread count: one in a worker process (one core each), else all of them
+    embed = None if options.checkpoint is None else model_crop_embedder(options.checkpoint,
+                                                                        threads=torch.get_num_threads())
     done = run_video(video, detector, camid=camid, options=options.pipeline, embed=embed, progress=progress)
     fps = video_info(video).fps
     folder.parent.mkdir(parents=True, exist_ok=True)
