@@ -114,8 +114,8 @@ def test_relinking_embeds_each_track_touching_nobody_as_one_clip_all_tracks_in_o
     assert sorted(t.track.num_frames for t in motion.tracklets) == [16, 16, 16, 16, 40]
     linked, _ = _feed(scene, detected, options, embed=counting)
     # red and green before and after the pillar (16 frames: 2 windows, too short to cut) are one clip each;
-    # blue (5 windows) overlaps green (IoU above 0.3) from frame 24: window 3 may start another person, compared
-    # with the 2 windows from it on: windows 0-2 one clip, 3-4 another; 6 clips in one batched call
+    # blue (5 windows) overlaps green (IoU above 0.3) in window 3 (frames 24-31), which may start another person,
+    # compared with the 2 windows from it on: windows 0-2 one clip, 3-4 another; 6 clips in one batched call
     assert len(calls) == 1 and sorted(calls[0]) == [16, 16, 16, 16, 16, 24]
     assert len(linked.tracklets) == 3
 
