@@ -26,8 +26,8 @@ import torch
 
 from tfclip_cli.checkpoint import Checkpoint, save_checkpoint
 from tfclip_cli.export import export_checkpoint, quantize_int8
-from tfclip_cli.quantize import export_int8
 from tfclip_cli.model import ModelConfig, backbone_spec, build_model
+from tfclip_cli.quantize import export_int8
 from tfclip_cli.runtime import OnnxEmbedder
 
 SEQ_LEN = 8

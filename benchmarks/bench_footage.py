@@ -1,17 +1,17 @@
 """Detection + tracking speed of ``tfclip track`` on ONE CPU core, as a multiple of real time for a 10 frames/s camera.
 
 The default video is the public street-scene sample Debian's ``opencv-doc`` package ships (``vtest.avi``, 768×576,
-10 frames/s, 795 frames, up to ~8 walkers at once); without it a synthetic 768×576 video of moving figures stands
-in (speed only: the detectors are not expected to find drawn figures). The process is pinned to one core once
-onnxruntime has loaded, and OpenCV, onnxruntime and numpy's BLAS are given one thread. (onnxruntime 1.32 picks
-its int8 matrix kernels as it loads: in a process already held to fewer CPUs than the machine has, it leaves out
-the AMX kernels of the Xeons that have them, as ``perf`` shows. So ``taskset -c 0 python
-benchmarks/bench_footage.py ...`` measures what a CPU without AMX, with AVX-512 VNNI, would do.) For each detector and frame step ``--every`` the script times
-:func:`tfclip_cli.footage.pipeline.run_video` (decode + detect + track + crop) over the first ``--frames`` frames and
-prints frames/s, the ratio to real time at 10 frames/s, detections per detected frame and tracks found, beside
-decoding alone as the baseline measured in the same run. Speeds are frames per second of the process's CPU time
-(what one core can sustain; on a busy shared machine the wall clock also counts other programs' turns), with the
-wall-clock figure beside it.
+10 frames/s, 795 frames, up to ~8 walkers at once); without it a synthetic 768×576 video of moving figures stands in
+(speed only: the detectors are not expected to find drawn figures). The process is pinned to one core once
+onnxruntime has loaded, and OpenCV, onnxruntime and numpy's BLAS are given one thread. (onnxruntime 1.32 picks its
+int8 matrix kernels as it loads: in a process already held to fewer CPUs than the machine has, it leaves out the AMX
+kernels of the Xeons that have them, as ``perf`` shows. So ``taskset -c 0 python benchmarks/bench_footage.py ...``
+measures what a CPU without AMX, with AVX-512 VNNI, would do.) For each detector and frame step ``--every`` the
+script times :func:`tfclip_cli.footage.pipeline.run_video` (decode + detect + track + crop) over the first
+``--frames`` frames and prints frames/s, the ratio to real time at 10 frames/s, detections per detected frame and
+tracks found, beside decoding alone as the baseline measured in the same run. Speeds are frames per second of the
+process's CPU time (what one core can sustain; on a busy shared machine the wall clock also counts other programs'
+turns), with the wall-clock figure beside it.
 
 ``--mosaic PATH`` also runs ``tfclip track``'s API with the default detector on the whole video and saves a PNG of
 one crop (the middle frame) per written tracklet, to look at what the tracklets hold.

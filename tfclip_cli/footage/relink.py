@@ -2,19 +2,19 @@
 
 A track is cut only where it touched another track (a tracker can only jump from one person to another where they
 meet) and the windows of a few frames after that contact stay unlike the mean of all the windows before it (the
-person's appearance so far): one odd window is a bad crop, not another person. So only what those comparisons
-read is embedded (with TF-CLIP in ``tfclip track --checkpoint``, through :func:`model_crop_embedder` on the crops
-the pipeline holds), each span one clip of the model's ``seq_len`` crops sampled over it, the spans of every track
-in one batched call (:func:`crop_span_embedder`): a track that touched nobody is one span, one clip; a span
-starts at each window where a cut could fall (after a contact) and at the end of the windows compared with the
-ones before it, and each span stands for every window it covers in a mean (:meth:`TrackSpans.mean`). Then each fragment's end
-is linked to the start of the fragment that continues it, one to one (Hungarian assignment on the fragments' mean
+person's appearance so far): one odd window is a bad crop, not another person. So only what those comparisons read
+is embedded (with TF-CLIP in ``tfclip track --checkpoint``, through :func:`model_crop_embedder` on the crops the
+pipeline holds), each span one clip of the model's ``seq_len`` crops sampled over it, the spans of every track in
+one batched call (:func:`crop_span_embedder`): a track that touched nobody is one span, one clip; a span starts at
+each window where a cut could fall (after a contact) and at the end of the windows compared with the ones before it,
+and each span stands for every window it covers in a mean (:meth:`TrackSpans.mean`). Then each fragment's end is
+linked to the start of the fragment that continues it, one to one (Hungarian assignment on the fragments' mean
 embeddings), only between plausible pairs (same camera, starting soon after and near where the other ended; right
-where and when it ended, a lower similarity will do) and only when no rival pairing is nearly as alike: an
-ambiguous link is left out. A cut whose sides both found no other continuation is undone. The logic takes any
-embedder, so it is tested with synthetic embeddings; without a checkpoint tracks pass through unchanged
-(:func:`unlinked`). Tracks are told apart by their place in the list given, never by ``track_id`` (which repeats
-across videos), and only tracks of one camera and one source video are ever linked.
+where and when it ended, a lower similarity will do) and only when no rival pairing is nearly as alike: an ambiguous
+link is left out. A cut whose sides both found no other continuation is undone. The logic takes any embedder, so it
+is tested with synthetic embeddings; without a checkpoint tracks pass through unchanged (:func:`unlinked`). Tracks
+are told apart by their place in the list given, never by ``track_id`` (which repeats across videos), and only
+tracks of one camera and one source video are ever linked.
 """
 
 from __future__ import annotations
